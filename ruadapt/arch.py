@@ -1,0 +1,70 @@
+"""Per-architecture facts (where the vocabulary matrices live, tie rules), read from ``archs.yaml``.
+
+Kept as data so that supporting a new model family is one YAML entry, not another ``if`` branch in every
+stage.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import yaml
+
+from .errors import RuadaptError
+
+
+@dataclass(frozen=True)
+class Arch:
+    """Vocabulary layout of one ``model_type``."""
+
+    model_type: str
+    input_names: tuple[str, ...]
+    output_name: str
+    tied: bool
+    scaled_input: bool = False
+    encoder_decoder: bool = False
+
+    @property
+    def input_name(self) -> str:
+        """The canonical input-embedding tensor (the first listed; the others are tied copies)."""
+        return self.input_names[0]
+
+    def vocab_tensor_names(self) -> tuple[str, ...]:
+        """Every tensor whose rows are indexed by token id."""
+        return self.input_names if self.tied else self.input_names + (self.output_name,)
+
+
+@functools.cache
+def _table() -> dict[str, dict]:
+    text = resources.files("ruadapt").joinpath("archs.yaml").read_text(encoding="utf-8")
+    return yaml.safe_load(text)
+
+
+def supported_model_types() -> list[str]:
+    return sorted(_table())
+
+
+def arch_for_config(config: dict, config_path: Path | str = "config.json") -> Arch:
+    """The :class:`Arch` of a model from its parsed ``config.json``; unknown types are a user error."""
+    model_type = config.get("model_type")
+    table = _table()
+    if model_type not in table:
+        raise RuadaptError(
+            f"{config_path}: model_type {model_type!r} is not supported; "
+            f"supported: {', '.join(supported_model_types())}"
+        )
+    entry = table[model_type]
+    tied = config.get("tie_word_embeddings")
+    if tied is None:
+        tied = bool(entry.get("tie_default", False))
+    return Arch(
+        model_type=model_type,
+        input_names=tuple(entry["input"]),
+        output_name=entry["output"],
+        tied=bool(tied),
+        scaled_input=bool(entry.get("scaled_input", False)),
+        encoder_decoder=bool(entry.get("encoder_decoder", False)),
+    )

@@ -1,0 +1,339 @@
+"""The one checkpoint reader and the one checkpoint writer of ruadapt.
+
+Both work on plain Hugging Face model directories (``config.json`` + ``model.safetensors`` or
+``model-0000k-of-0000n.safetensors`` shards with ``model.safetensors.index.json``).
+
+* :class:`CheckpointReader` serves tensors by name with one shard open at a time and answers shape/dtype
+  questions from the safetensors headers alone, so a 72B checkpoint is inspected in seconds.
+* :class:`CheckpointWriter` fills shards up to a byte budget and names them as transformers does; shards in
+  which nothing changed are copied as files (:func:`write_with_replacements`), so a stage that changes two
+  tensors of a 145 GB checkpoint holds only those two in memory.
+
+Only safetensors are ever read: a directory holding pickle weights only is refused (pickle can execute code).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Mapping
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from tqdm.auto import tqdm
+
+from .errors import RuadaptError
+
+log = logging.getLogger(__name__)
+
+SINGLE_FILE = "model.safetensors"
+INDEX_FILE = "model.safetensors.index.json"
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
+DEFAULT_MAX_SHARD_BYTES = 5 * 1024**3
+
+_DTYPES: dict[str, torch.dtype] = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+    "F8_E4M3": torch.float8_e4m3fn,
+    "F8_E5M2": torch.float8_e5m2,
+}
+
+
+def parse_size(text: str | int) -> int:
+    """Parse a byte budget such as ``"2GB"``, ``"500MB"``, ``"64KiB"`` or ``1048576``."""
+    if isinstance(text, int):
+        return text
+    s = str(text).strip().upper().replace(" ", "")
+    units = {"KIB": 1024, "MIB": 1024**2, "GIB": 1024**3, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "B": 1}
+    for unit, factor in units.items():
+        if s.endswith(unit):
+            number = s[: -len(unit)]
+            break
+    else:
+        number, factor = s, 1
+    try:
+        value = int(float(number) * factor)
+    except ValueError:
+        raise RuadaptError(f"shard size {text!r} is not a size; write e.g. 2GB, 500MB or 1048576") from None
+    if value <= 0:
+        raise RuadaptError(f"shard size {text!r} must be positive")
+    return value
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """What the safetensors header says about one tensor."""
+
+    name: str
+    shape: tuple[int, ...]
+    st_dtype: str
+    shard: Path
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return _DTYPES[self.st_dtype]
+
+    @property
+    def nbytes(self) -> int:
+        n = 1
+        for s in self.shape:
+            n *= s
+        return n * torch.empty((), dtype=self.dtype).element_size()
+
+
+def read_json(path: Path) -> dict:
+    """Parse a JSON file, turning a malformed one into a one-line user error."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise RuadaptError(f"{path}: file not found") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise RuadaptError(f"{path}: not valid JSON ({e})") from None
+
+
+class CheckpointReader:
+    """Read-only access to a safetensors model directory, by tensor name, one shard open at a time."""
+
+    def __init__(self, path: Path | str, *, need_config: bool = True):
+        self.path = Path(path).expanduser().resolve()
+        if not self.path.is_dir():
+            raise RuadaptError(f"{self.path}: model directory not found")
+        config_path = self.path / "config.json"
+        if need_config and not config_path.is_file():
+            raise RuadaptError(f"{config_path}: missing; a Hugging Face model directory needs config.json")
+        self.config: dict = read_json(config_path) if config_path.is_file() else {}
+        self.index_path: Path | None = None
+        self.infos: dict[str, TensorInfo] = {}
+        self._open_shard: Path | None = None
+        self._handle = None
+        self._load_headers()
+
+    # ------------------------------------------------------------------ layout
+    def _shard_files(self) -> list[Path]:
+        index = self.path / INDEX_FILE
+        single = self.path / SINGLE_FILE
+        if index.is_file():
+            self.index_path = index
+            data = read_json(index)
+            weight_map = data.get("weight_map")
+            if not isinstance(weight_map, dict) or not weight_map:
+                raise RuadaptError(f"{index}: has no weight_map")
+            shards = list(dict.fromkeys(weight_map.values()))
+            for shard in shards:
+                if not (self.path / shard).is_file():
+                    raise RuadaptError(f"{index}: names shard {shard} which is missing from {self.path}")
+            self._weight_map = weight_map
+            return [self.path / s for s in shards]
+        if single.is_file():
+            self._weight_map = None
+            return [single]
+        pickles = sorted(p.name for p in self.path.iterdir() if p.suffix in PICKLE_SUFFIXES)
+        if pickles:
+            raise RuadaptError(
+                f"{self.path}: holds only pickle weights ({', '.join(pickles[:3])}); ruadapt reads safetensors only "
+                "- convert first, e.g. AutoModelForCausalLM.from_pretrained(dir).save_pretrained(new_dir)"
+            )
+        raise RuadaptError(f"{self.path}: no {SINGLE_FILE} or {INDEX_FILE} found")
+
+    def _load_headers(self) -> None:
+        self.shards = self._shard_files()
+        for shard in self.shards:
+            try:
+                with safe_open(shard, framework="pt") as f:
+                    for name in f.keys():
+                        sl = f.get_slice(name)
+                        self.infos[name] = TensorInfo(name, tuple(sl.get_shape()), sl.get_dtype(), shard)
+            except Exception as e:  # safetensors raises its own error type for truncated/corrupt files
+                raise RuadaptError(f"{shard}: not a readable safetensors file ({e}); re-download or re-save it") from None
+        if self._weight_map is not None:
+            for name, shard in self._weight_map.items():
+                info = self.infos.get(name)
+                if info is None or info.shard.name != shard:
+                    raise RuadaptError(f"{self.index_path}: tensor {name} is not in shard {shard}")
+
+    # ------------------------------------------------------------------ queries
+    @property
+    def names(self) -> list[str]:
+        return list(self.infos)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.infos
+
+    def info(self, name: str) -> TensorInfo:
+        try:
+            return self.infos[name]
+        except KeyError:
+            raise RuadaptError(f"{self.path}: tensor {name} not found in the checkpoint") from None
+
+    def names_in(self, shard: Path) -> list[str]:
+        return [n for n, i in self.infos.items() if i.shard == shard]
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(i.nbytes for i in self.infos.values())
+
+    def get(self, name: str) -> torch.Tensor:
+        """Load one tensor; keeps its shard open for the next call and closes the previous one."""
+        info = self.info(name)
+        if self._open_shard != info.shard:
+            self._handle = safe_open(info.shard, framework="pt")
+            self._open_shard = info.shard
+        return self._handle.get_tensor(name)
+
+    def get_rows(self, name: str, start: int, stop: int) -> torch.Tensor:
+        """Rows ``start:stop`` of a 2-D tensor without loading the rest (for chunked passes over huge matrices)."""
+        info = self.info(name)
+        if self._open_shard != info.shard:
+            self._handle = safe_open(info.shard, framework="pt")
+            self._open_shard = info.shard
+        return self._handle.get_slice(name)[start:stop]
+
+    def close(self) -> None:
+        self._handle = None
+        self._open_shard = None
+
+    def fingerprint(self) -> str:
+        """sha256 over config, index and every shard header: identifies the checkpoint without reading 100s of GB."""
+        h = hashlib.sha256()
+        for extra in ("config.json", INDEX_FILE):
+            p = self.path / extra
+            if p.is_file():
+                h.update(p.read_bytes())
+        for shard in self.shards:
+            with open(shard, "rb") as f:
+                n = int.from_bytes(f.read(8), "little")
+                h.update(f.read(n))
+            h.update(str(shard.stat().st_size).encode())
+        return h.hexdigest()
+
+
+class CheckpointWriter:
+    """Writes tensors into shards of at most ``max_shard_bytes`` (a single larger tensor gets its own shard).
+
+    Shards are written under temporary names and renamed to ``model-0000k-of-0000n.safetensors`` (or
+    ``model.safetensors`` when there is one) by :meth:`finish`, which also writes the index.
+    Use it inside :func:`ruadapt.outdir.atomic_output_dir` so a failure leaves nothing behind.
+    """
+
+    def __init__(self, directory: Path, max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES):
+        self.dir = Path(directory)
+        self.max_shard_bytes = max_shard_bytes
+        self._buffer: dict[str, torch.Tensor] = {}
+        self._buffer_bytes = 0
+        self._parts: list[tuple[Path, list[str]]] = []
+        self.total_bytes = 0
+        self.total_params = 0
+
+    def add(self, name: str, tensor: torch.Tensor) -> None:
+        if name in self._buffer or any(name in names for _, names in self._parts):
+            raise ValueError(f"tensor {name} written twice")
+        nbytes = tensor.numel() * tensor.element_size()
+        if self._buffer and self._buffer_bytes + nbytes > self.max_shard_bytes:
+            self._flush()
+        tensor = tensor.detach().to("cpu").contiguous()
+        ptrs = {t.untyped_storage().data_ptr() for t in self._buffer.values()}
+        if tensor.untyped_storage().data_ptr() in ptrs:  # save_file refuses shared storage (tied views)
+            tensor = tensor.clone()
+        self._buffer[name] = tensor
+        self._buffer_bytes += nbytes
+        self.total_bytes += nbytes
+        self.total_params += tensor.numel()
+
+    def add_shard_file(self, src: Path, infos: Iterable[TensorInfo]) -> None:
+        """Copy an unchanged input shard as one output shard, byte for byte."""
+        self._flush()
+        infos = list(infos)
+        part = self.dir / f".part-{len(self._parts):05d}.safetensors"
+        shutil.copyfile(src, part)
+        self._parts.append((part, [i.name for i in infos]))
+        for i in infos:
+            self.total_bytes += i.nbytes
+            n = 1
+            for s in i.shape:
+                n *= s
+            self.total_params += n
+
+    def _flush(self) -> None:
+        if not self._buffer:
+            return
+        part = self.dir / f".part-{len(self._parts):05d}.safetensors"
+        save_file(self._buffer, str(part), metadata={"format": "pt"})
+        self._parts.append((part, list(self._buffer)))
+        self._buffer = {}
+        self._buffer_bytes = 0
+
+    def finish(self) -> list[Path]:
+        """Write the last shard, give every shard its final name and write the index; returns the shard paths."""
+        self._flush()
+        n = len(self._parts)
+        if n == 0:
+            raise ValueError("no tensors were written")
+        if n == 1:
+            final = self.dir / SINGLE_FILE
+            os.replace(self._parts[0][0], final)
+            return [final]
+        weight_map: dict[str, str] = {}
+        finals = []
+        for k, (part, names) in enumerate(self._parts, start=1):
+            final = self.dir / f"model-{k:05d}-of-{n:05d}.safetensors"
+            os.replace(part, final)
+            finals.append(final)
+            for name in names:
+                weight_map[name] = final.name
+        index = {
+            "metadata": {"total_size": self.total_bytes, "total_parameters": self.total_params},
+            "weight_map": dict(sorted(weight_map.items())),
+        }
+        (self.dir / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
+        return finals
+
+
+def write_with_replacements(
+    reader: CheckpointReader,
+    out_dir: Path,
+    replacements: Mapping[str, torch.Tensor | None],
+    *,
+    max_shard_bytes: int | None = None,
+    progress: bool = True,
+) -> list[Path]:
+    """Stream ``reader``'s tensors into ``out_dir``, swapping in ``replacements`` (``None`` drops a tensor).
+
+    Shards that hold none of the replaced tensors are copied as files; the others are rewritten tensor by
+    tensor in the input's order. Names in ``replacements`` that the input lacks are appended at the end.
+    ``max_shard_bytes`` defaults to the input's largest shard (so the layout stays as the user had it).
+    """
+    if max_shard_bytes is None:
+        max_shard_bytes = max(s.stat().st_size for s in reader.shards)
+    writer = CheckpointWriter(out_dir, max_shard_bytes)
+    pending = dict(replacements)
+    for shard in tqdm(reader.shards, desc="writing shards", unit="shard", disable=not progress):
+        names = reader.names_in(shard)
+        if not any(n in pending for n in names):
+            writer.add_shard_file(shard, (reader.info(n) for n in names))
+            continue
+        for name in names:
+            if name in pending:
+                new = pending.pop(name)
+                if new is not None:
+                    writer.add(name, new)
+            else:
+                writer.add(name, reader.get(name))
+        reader.close()
+    for name, tensor in pending.items():
+        if tensor is not None:
+            writer.add(name, tensor)
+    return writer.finish()

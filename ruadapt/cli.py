@@ -1,0 +1,60 @@
+"""The ``ruadapt`` command. Each subcommand's arguments live in ``ruadapt/commands/<name>.py``, which parses
+them and calls the stage module (``swap.py``, ``lep.py``, ...); stage modules never import the CLI.
+
+Bad input surfaces as :class:`ruadapt.errors.RuadaptError`: one line on stderr, exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+
+from .errors import EXIT_USAGE, RuadaptError
+
+# subcommand name -> module with ``register(subparsers)``; order = order in ``ruadapt --help``
+COMMANDS: tuple[str, ...] = (
+    "ruadapt.commands.inspect",
+)
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Keeps the example blocks of epilogs as written and shows defaults."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ruadapt",
+        description="Adapt a pretrained LLM to Russian by changing its vocabulary.",
+        formatter_class=HelpFormatter,
+        epilog="example:\n  ruadapt inspect ./Qwen2.5-7B\n\nrun 'ruadapt COMMAND --help' for each command's options",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors; no progress bars")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for module in COMMANDS:
+        importlib.import_module(module).register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    if args.quiet:
+        os.environ["TQDM_DISABLE"] = "1"
+    try:
+        return int(args.func(args) or 0)
+    except RuadaptError as e:
+        print(f"ruadapt {args.command}: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"ruadapt {args.command}: interrupted; no output was written", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,93 @@
+"""Atomic output directories: every stage writes into a temporary folder next to its target and renames it
+into place only when everything succeeded, so a crash (even SIGKILL) never leaves a half-written output.
+
+Stale temporary folders from killed runs are recognised by the PID in their name and removed by the next run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Iterator, Sequence
+
+from .errors import RuadaptError
+
+log = logging.getLogger(__name__)
+
+_TMP_MARK = ".ruadapt-tmp-"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _is_within(child: Path, parent: Path) -> bool:
+    try:
+        child.relative_to(parent)
+        return True
+    except ValueError:
+        return False
+
+
+def check_output_dir(out: Path, inputs: Sequence[Path] = (), *, option: str = "--out") -> Path:
+    """Refuse an output that exists and is not empty, or that is an input, inside one, or contains one."""
+    out = Path(out).expanduser().resolve()
+    for inp in inputs:
+        if inp is None:
+            continue
+        inp = Path(inp).expanduser().resolve()
+        if out == inp or _is_within(out, inp) or _is_within(inp, out):
+            raise RuadaptError(
+                f"{out}: {option} must not be an input or lie inside one ({inp}); choose a new directory"
+            )
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise RuadaptError(f"{out}: {option} exists and is not empty; remove it or choose a new directory")
+    return out
+
+
+def clean_stale_tmp(out: Path) -> None:
+    """Remove temporary folders left beside ``out`` by runs that were killed."""
+    parent = out.parent
+    if not parent.is_dir():
+        return
+    prefix = f".{out.name}{_TMP_MARK}"
+    for entry in parent.iterdir():
+        if not entry.name.startswith(prefix):
+            continue
+        pid_text = entry.name[len(prefix):].split("-")[0]
+        if pid_text.isdigit() and _pid_alive(int(pid_text)) and int(pid_text) != os.getpid():
+            continue
+        log.info("removing stale temporary output %s", entry)
+        shutil.rmtree(entry, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def atomic_output_dir(out: Path, inputs: Sequence[Path] = (), *, option: str = "--out") -> Iterator[Path]:
+    """Yield a fresh temporary folder beside ``out``; on success rename it to ``out``, on error remove it."""
+    out = check_output_dir(out, inputs, option=option)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    clean_stale_tmp(out)
+    tmp = out.parent / f".{out.name}{_TMP_MARK}{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    try:
+        yield tmp
+        # re-check: something may have appeared at the target while we worked
+        if out.exists():
+            if any(out.iterdir()):
+                raise RuadaptError(f"{out}: appeared and is not empty while ruadapt was writing; output left unwritten")
+            out.rmdir()
+        os.rename(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

@@ -1,0 +1,149 @@
+"""A Hugging Face tokenizer directory: find it, load it, copy it, and keep token ids in configs consistent.
+
+Both a tokenizer-only dir and a model dir holding the tokenizer files are accepted wherever ``--tokenizer`` or
+``--base`` is asked for.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from tokenizers import Tokenizer
+
+from .checkpoint import read_json
+from .errors import RuadaptError
+
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "chat_template.jinja",
+    "chat_template.json",
+)
+# ids that configs carry and that move when the vocabulary is replaced or trimmed
+TOKEN_ID_KEYS = ("bos_token_id", "eos_token_id", "pad_token_id", "unk_token_id", "decoder_start_token_id", "sep_token_id")
+
+
+def tokenizer_json_path(directory: Path | str, option: str = "--tokenizer") -> Path:
+    directory = Path(directory).expanduser()
+    if not directory.is_dir():
+        raise RuadaptError(f"{directory}: {option} directory not found")
+    path = directory / "tokenizer.json"
+    if not path.is_file():
+        raise RuadaptError(
+            f"{directory}: no tokenizer.json ({option} needs a fast tokenizer; save one with "
+            "AutoTokenizer.from_pretrained(dir).save_pretrained(dir))"
+        )
+    return path
+
+
+def load_tokenizer(directory: Path | str, option: str = "--tokenizer") -> Tokenizer:
+    """The raw ``tokenizers.Tokenizer`` of a directory, with a one-line error if it is missing or broken."""
+    path = tokenizer_json_path(directory, option)
+    try:
+        return Tokenizer.from_file(str(path))
+    except Exception as e:
+        raise RuadaptError(f"{path}: not a readable tokenizer.json ({e})") from None
+
+
+def tokenizer_size(tok: Tokenizer) -> int:
+    """``len(tokenizer)`` as transformers counts it: highest id + 1 over model vocab and added tokens."""
+    ids = list(tok.get_vocab(with_added_tokens=True).values())
+    return max(ids) + 1 if ids else 0
+
+
+def copy_tokenizer_files(src: Path, dst: Path, *, fallback_chat_template_from: Path | None = None) -> list[str]:
+    """Copy the tokenizer files of ``src`` into ``dst`` (never the slow vocab.json/merges.txt of another
+    vocabulary). If ``src`` has no chat template, take the one of ``fallback_chat_template_from``."""
+    copied = []
+    for name in TOKENIZER_FILES:
+        if (Path(src) / name).is_file():
+            shutil.copyfile(Path(src) / name, Path(dst) / name)
+            copied.append(name)
+    if fallback_chat_template_from is not None and chat_template(Path(dst)) is None:
+        template = chat_template(Path(fallback_chat_template_from))
+        if template is not None:
+            set_chat_template(Path(dst), template)
+            copied.append("chat_template (from base)")
+    return copied
+
+
+def chat_template(directory: Path) -> str | dict | None:
+    """The chat template a directory carries (chat_template.jinja, chat_template.json or tokenizer_config.json)."""
+    directory = Path(directory)
+    if (directory / "chat_template.jinja").is_file():
+        return (directory / "chat_template.jinja").read_text(encoding="utf-8")
+    if (directory / "chat_template.json").is_file():
+        return read_json(directory / "chat_template.json").get("chat_template")
+    cfg = directory / "tokenizer_config.json"
+    if cfg.is_file():
+        return read_json(cfg).get("chat_template")
+    return None
+
+
+def set_chat_template(directory: Path, template: str | dict) -> None:
+    """Store ``template`` in ``tokenizer_config.json`` (replacing any separate template file)."""
+    directory = Path(directory)
+    for name in ("chat_template.jinja", "chat_template.json"):
+        (directory / name).unlink(missing_ok=True)
+    cfg_path = directory / "tokenizer_config.json"
+    cfg = read_json(cfg_path) if cfg_path.is_file() else {}
+    cfg["chat_template"] = template
+    write_json(cfg_path, cfg)
+
+
+def write_json(path: Path, data: dict) -> None:
+    Path(path).write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def sync_added_tokens_decoder(directory: Path, tok: Tokenizer) -> None:
+    """Make ``tokenizer_config.json``'s ``added_tokens_decoder`` list exactly the added tokens (and ids) of
+    ``tok``, so transformers cannot re-add a token under another id."""
+    cfg_path = Path(directory) / "tokenizer_config.json"
+    if not cfg_path.is_file():
+        return
+    cfg = read_json(cfg_path)
+    if "added_tokens_decoder" not in cfg:
+        return
+    cfg["added_tokens_decoder"] = {
+        str(i): {
+            "content": t.content,
+            "lstrip": t.lstrip,
+            "normalized": t.normalized,
+            "rstrip": t.rstrip,
+            "single_word": t.single_word,
+            "special": t.special,
+        }
+        for i, t in sorted(tok.get_added_tokens_decoder().items())
+    }
+    write_json(cfg_path, cfg)
+
+
+def remap_token_ids(config: dict, old: Tokenizer, new: Tokenizer, *, where: str = "config.json") -> dict[str, list]:
+    """Rewrite every token id in ``config`` (bos/eos/pad/...; ints or lists) from ``old``'s id to the id the same
+    token string has in ``new``. Returns ``{key: [old, new]}`` for what changed; a token ``new`` lacks is an error."""
+    changes: dict[str, list] = {}
+
+    def one(key: str, i: int) -> int:
+        token = old.id_to_token(i)
+        if token is None:
+            return i  # not a real token of the old vocabulary (e.g. a padding id past it): leave as is
+        j = new.token_to_id(token)
+        if j is None:
+            raise RuadaptError(f"{where}: {key} {i} is token {token!r}, which the new tokenizer lacks")
+        return j
+
+    for key in TOKEN_ID_KEYS:
+        value = config.get(key)
+        if value is None:
+            continue
+        if isinstance(value, list):
+            new_value = [one(key, int(v)) for v in value]
+        else:
+            new_value = one(key, int(value))
+        if new_value != value:
+            changes[key] = [value, new_value]
+            config[key] = new_value
+    return changes

@@ -1,0 +1,301 @@
+"""Tokens as raw bytes, and the map from a new vocabulary to the old one (DESIGN.md §2-3).
+
+This is the *one* token-to-bytes function of ruadapt. A byte-level BPE token (Qwen, Llama-3, Mistral-Nemo)
+may be only part of a UTF-8 character, so tokens are never decoded to ``str`` and re-encoded: a token is
+turned into its raw bytes (GPT-2 byte alphabet, or ``▁`` / ``<0xNN>`` pieces for SentencePiece-style BPE such
+as Gemma), and those bytes are segmented by the base *model* as one pre-token.
+
+:func:`build_vocab_map` gives, for every id of a new tokenizer, where its row comes from: a copy of one old
+row (same bytes, or the same special-token content), or the mean of the old rows of its pieces. Swap, LEP
+(the averaging map T) and the reports all use it.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from dataclasses import dataclass, field
+from typing import Iterator, Sequence
+
+import torch
+from tokenizers import Tokenizer
+
+BYTE_LEVEL = "byte_level"
+SENTENCEPIECE = "sentencepiece"
+SPACE_MARK = "\u2581"  # ▁
+
+
+@functools.cache
+def bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's reversible byte → printable character table used by byte-level BPE."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return {b: chr(c) for b, c in zip(bs, cs)}
+
+
+@functools.cache
+def unicode_to_bytes() -> dict[str, int]:
+    return {c: b for b, c in bytes_to_unicode().items()}
+
+
+def detect_family(tokenizer: Tokenizer) -> str:
+    """``byte_level`` (GPT-2 byte alphabet) or ``sentencepiece`` (``▁`` for space, ``<0xNN>`` byte fallback)."""
+    spec = json.loads(tokenizer.to_str())
+    model = spec.get("model", {})
+    if model.get("type") != "BPE":
+        return SENTENCEPIECE if model.get("type") == "Unigram" else BYTE_LEVEL
+    text = json.dumps([spec.get("pre_tokenizer"), spec.get("decoder")])
+    if '"ByteLevel"' in text:
+        return BYTE_LEVEL
+    return SENTENCEPIECE
+
+
+def bytes_to_piece(data: bytes, family: str) -> str | None:
+    """The model-vocabulary string for raw bytes (``None`` when a SentencePiece model cannot spell them)."""
+    if family == BYTE_LEVEL:
+        table = bytes_to_unicode()
+        return "".join(table[b] for b in data)
+    try:
+        return data.decode("utf-8").replace(" ", SPACE_MARK)
+    except UnicodeDecodeError:
+        return None
+
+
+def piece_to_bytes(piece: str, family: str) -> bytes:
+    """Raw bytes of a model-vocabulary string (inverse of :func:`bytes_to_piece`)."""
+    if family == BYTE_LEVEL:
+        table = unicode_to_bytes()
+        try:
+            return bytes(table[c] for c in piece)
+        except KeyError:  # not a byte-level string (e.g. a special token kept in the model vocab)
+            return piece.encode("utf-8")
+    if len(piece) == 6 and piece.startswith("<0x") and piece.endswith(">"):
+        try:
+            return bytes([int(piece[3:5], 16)])
+        except ValueError:
+            pass
+    return piece.replace(SPACE_MARK, " ").encode("utf-8")
+
+
+class TokenCodec:
+    """Token id ↔ raw bytes for one tokenizer, and segmentation of raw bytes by its BPE model."""
+
+    def __init__(self, tokenizer: Tokenizer):
+        self.tokenizer = tokenizer
+        self.family = detect_family(tokenizer)
+        self.vocab: dict[str, int] = tokenizer.get_vocab(with_added_tokens=False)
+        self.added: dict[int, str] = {i: t.content for i, t in tokenizer.get_added_tokens_decoder().items()}
+        self.special: set[int] = {i for i, t in tokenizer.get_added_tokens_decoder().items() if t.special}
+        self.id_to_piece: dict[int, str] = {i: p for p, i in self.vocab.items()}
+        self.size = max(list(self.id_to_piece) + list(self.added)) + 1
+        self._by_bytes: dict[bytes, int] | None = None
+
+    def __len__(self) -> int:
+        return self.size
+
+    def token_bytes(self, token_id: int) -> bytes:
+        """Raw bytes a token stands for; added tokens stand for their content as UTF-8."""
+        if token_id in self.added:
+            return self.added[token_id].encode("utf-8")
+        return piece_to_bytes(self.id_to_piece[token_id], self.family)
+
+    def id_of_bytes(self, data: bytes) -> int | None:
+        """The id of the *model-vocabulary* token with exactly these bytes, if any."""
+        if self._by_bytes is None:
+            by_bytes: dict[bytes, int] = {}
+            for i in sorted(self.id_to_piece):
+                if i in self.added:
+                    continue
+                by_bytes.setdefault(piece_to_bytes(self.id_to_piece[i], self.family), i)
+            self._by_bytes = by_bytes
+        return self._by_bytes.get(data)
+
+    def segment(self, data: bytes) -> list[int]:
+        """Ids the BPE model gives ``data`` as one pre-token (no normalizer, no pre-tokenizer on mojibake)."""
+        piece = bytes_to_piece(data, self.family)
+        if piece is None:  # bytes that are not UTF-8 in a SentencePiece model: one byte-fallback piece each
+            ids = [self.vocab.get(f"<0x{b:02X}>") for b in data]
+            return [i for i in ids if i is not None]
+        return [t.id for t in self.tokenizer.model.tokenize(piece)]
+
+
+ROW_COPY = "copy"        # same bytes / same special content as an old token: the old row, bit-identical
+ROW_MEAN = "mean"        # new token: mean of the old rows of its pieces
+ROW_SPECIAL = "special"  # added/special token matched by content in the old tokenizer
+ROW_PAD = "pad"          # a matrix row that belongs to no token
+
+
+@dataclass
+class VocabMap:
+    """For each row of a new embedding matrix: its kind and the old ids it is built from."""
+
+    kinds: list[str]
+    sources: list[tuple[int, ...]]
+    n_tokens: int
+    n_base_tokens: int
+    counts: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def n_rows(self) -> int:
+        return len(self.kinds)
+
+    def with_rows(self, n_rows: int) -> "VocabMap":
+        """The same map padded with ``pad`` rows up to ``n_rows``."""
+        extra = n_rows - self.n_rows
+        if extra < 0:
+            raise ValueError(f"cannot shrink a vocab map of {self.n_rows} rows to {n_rows}")
+        return VocabMap(self.kinds + [ROW_PAD] * extra, self.sources + [()] * extra, self.n_tokens, self.n_base_tokens)
+
+    def copy_pairs(self) -> tuple[list[int], list[int]]:
+        """(new ids, old ids) of rows copied unchanged."""
+        dst, src = [], []
+        for i, (k, s) in enumerate(zip(self.kinds, self.sources)):
+            if k in (ROW_COPY, ROW_SPECIAL) and len(s) == 1:
+                dst.append(i)
+                src.append(s[0])
+        return dst, src
+
+    def mean_rows(self) -> list[int]:
+        return [i for i, (k, s) in enumerate(zip(self.kinds, self.sources)) if s and not (k in (ROW_COPY, ROW_SPECIAL) and len(s) == 1)]
+
+    def pad_rows(self) -> list[int]:
+        return [i for i, s in enumerate(self.sources) if not s]
+
+    def summary(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for k in self.kinds:
+            out[k] = out.get(k, 0) + 1
+        return out
+
+    def provenance(self) -> list[list]:
+        """Compact per-row provenance: runs of consecutive copies as ``["copy", first_new, first_old, n]``,
+        others as ``[kind, new_id, [old ids]]``."""
+        out: list[list] = []
+        for i, (k, s) in enumerate(zip(self.kinds, self.sources)):
+            if k == ROW_COPY and len(s) == 1:
+                last = out[-1] if out else None
+                if last and last[0] == ROW_COPY and last[1] + last[3] == i and last[2] + last[3] == s[0]:
+                    last[3] += 1
+                    continue
+                out.append([ROW_COPY, i, s[0], 1])
+            elif k == ROW_PAD:
+                last = out[-1] if out else None
+                if last and last[0] == ROW_PAD and last[1] + last[2] == i:
+                    last[2] += 1
+                    continue
+                out.append([ROW_PAD, i, 1])
+            else:
+                out.append([k, i, list(s)])
+        return out
+
+
+def piece_weights(n: int, init: str) -> list[float]:
+    """Weights of a token's pieces: ``mean`` = uniform; ``weighted`` = halving from the first piece on
+    (w_k ∝ 2^-k, the word-start piece counts most, in the spirit of the original ruadapt's decaying weights)."""
+    if init == "mean":
+        return [1.0 / n] * n
+    if init == "weighted":
+        raw = [2.0 ** -k for k in range(n)]
+        s = sum(raw)
+        return [w / s for w in raw]
+    raise ValueError(f"unknown init {init!r}")
+
+
+def build_vocab_map(base: Tokenizer | TokenCodec, new: Tokenizer | TokenCodec) -> VocabMap:
+    """Where each token of ``new`` comes from in ``base`` (by bytes for normal tokens, by content for added)."""
+    base = base if isinstance(base, TokenCodec) else TokenCodec(base)
+    new = new if isinstance(new, TokenCodec) else TokenCodec(new)
+    base_added = {content: i for i, content in base.added.items()}
+    kinds: list[str] = []
+    sources: list[tuple[int, ...]] = []
+    for i in range(new.size):
+        if i in new.added:
+            content = new.added[i]
+            if content in base_added:
+                kinds.append(ROW_SPECIAL)
+                sources.append((base_added[content],))
+                continue
+            data = content.encode("utf-8")
+            old = base.id_of_bytes(data)
+            pieces = (old,) if old is not None else tuple(base.segment(data))
+            kinds.append(ROW_SPECIAL)
+            sources.append(pieces)
+            continue
+        if i not in new.id_to_piece:  # a hole in the id space
+            kinds.append(ROW_PAD)
+            sources.append(())
+            continue
+        data = new.token_bytes(i)
+        old = base.id_of_bytes(data)
+        if old is not None:
+            kinds.append(ROW_COPY)
+            sources.append((old,))
+        else:
+            pieces = tuple(base.segment(data))
+            kinds.append(ROW_MEAN if pieces else ROW_PAD)
+            sources.append(pieces)
+    return VocabMap(kinds, sources, new.size, base.size)
+
+
+def averaged_rows(
+    vmap: VocabMap, old: torch.Tensor, rows: Sequence[int], *, init: str = "mean", dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """Rows ``T[rows] @ old`` computed in ``dtype`` (T = the averaging map; copy rows have one weight 1)."""
+    flat: list[int] = []
+    seg: list[int] = []
+    weights: list[float] = []
+    for j, r in enumerate(rows):
+        src = vmap.sources[r]
+        if not src:
+            continue
+        flat.extend(src)
+        seg.extend([j] * len(src))
+        weights.extend(piece_weights(len(src), init))
+    out = torch.zeros(len(rows), old.shape[1], dtype=dtype)
+    if flat:
+        gathered = old[torch.tensor(flat)].to(dtype) * torch.tensor(weights, dtype=dtype)[:, None]
+        out.index_add_(0, torch.tensor(seg), gathered)
+    return out
+
+
+def iter_chunks(ids: Sequence[int], size: int) -> Iterator[Sequence[int]]:
+    for k in range(0, len(ids), size):
+        yield ids[k : k + size]
+
+
+def build_matrix(
+    vmap: VocabMap, old: torch.Tensor, *, init: str = "mean", chunk_rows: int = 8192, pad_row: torch.Tensor | None = None
+) -> torch.Tensor:
+    """A new vocabulary matrix from ``old`` (rows × d): copied rows bit-identical, new rows the (weighted) mean of
+    their pieces accumulated in float32 chunk by chunk, padding rows the mean of the old token rows.
+
+    Peak memory is ``old`` + the result + one chunk, never a float32 copy of the whole matrix.
+    """
+    d = old.shape[1]
+    out = torch.empty(vmap.n_rows, d, dtype=old.dtype)
+    dst, src = vmap.copy_pairs()
+    if dst:
+        out[torch.tensor(dst)] = old[torch.tensor(src)]
+    for chunk in iter_chunks(vmap.mean_rows(), chunk_rows):
+        out[torch.tensor(chunk)] = averaged_rows(vmap, old, chunk, init=init).to(old.dtype)
+    pads = vmap.pad_rows()
+    if pads:
+        if pad_row is None:
+            pad_row = mean_row(old, vmap.n_base_tokens)
+        out[torch.tensor(pads)] = pad_row.to(old.dtype)
+    return out
+
+
+def mean_row(matrix: torch.Tensor, n_rows: int, chunk_rows: int = 16384) -> torch.Tensor:
+    """Mean of the first ``n_rows`` rows (the real token rows), accumulated in float64 by chunks."""
+    acc = torch.zeros(matrix.shape[1], dtype=torch.float64)
+    n_rows = min(n_rows, matrix.shape[0])
+    for k in range(0, n_rows, chunk_rows):
+        acc += matrix[k : min(k + chunk_rows, n_rows)].to(torch.float64).sum(0)
+    return (acc / max(n_rows, 1)).to(matrix.dtype)

@@ -1,0 +1,121 @@
+"""The checkpoint reader/writer: round trips, byte budgets, pass-through bit-identity, atomic outputs."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from ruadapt.checkpoint import CheckpointReader, CheckpointWriter, parse_size, write_with_replacements
+from ruadapt.errors import RuadaptError
+from ruadapt.outdir import atomic_output_dir
+from tiny import make_tiny_model, tensor_hashes
+
+
+def _tensors(n=7, rows=50, d=8):
+    g = torch.Generator().manual_seed(0)
+    return {f"layer.{i}.weight": torch.randn(rows, d, generator=g) for i in range(n)}
+
+
+def test_writer_fills_shards_up_to_budget_and_reader_round_trips(tmp_path):
+    tensors = _tensors()
+    one = 50 * 8 * 4
+    w = CheckpointWriter(tmp_path, max_shard_bytes=3 * one)
+    for k, v in tensors.items():
+        w.add(k, v)
+    shards = w.finish()
+    assert [s.name for s in shards] == [f"model-0000{k}-of-00003.safetensors" for k in (1, 2, 3)]
+    index = json.loads((tmp_path / "model.safetensors.index.json").read_text())
+    assert index["metadata"]["total_size"] == 7 * one
+    (tmp_path / "config.json").write_text("{}")
+    r = CheckpointReader(tmp_path)
+    assert r.names == list(tensors)
+    assert r.info("layer.3.weight").shape == (50, 8)
+    for k, v in tensors.items():
+        assert torch.equal(r.get(k), v)
+    assert torch.equal(r.get_rows("layer.0.weight", 5, 9), tensors["layer.0.weight"][5:9])
+
+
+def test_single_shard_is_model_safetensors(tmp_path):
+    w = CheckpointWriter(tmp_path, max_shard_bytes=parse_size("1GB"))
+    w.add("a", torch.ones(3))
+    assert [p.name for p in w.finish()] == ["model.safetensors"]
+    assert not (tmp_path / "model.safetensors.index.json").exists()
+
+
+def test_parse_size():
+    assert parse_size("2GB") == 2 * 10**9
+    assert parse_size("64KiB") == 65536
+    assert parse_size(123) == 123
+    with pytest.raises(RuadaptError):
+        parse_size("lots")
+
+
+def test_write_with_replacements_copies_untouched_shards_bit_identically(tmp_path):
+    src = make_tiny_model(tmp_path / "m", "qwen2", max_shard_size="100KB")
+    r = CheckpointReader(src)
+    new_embed = torch.zeros(10, 16)
+    with atomic_output_dir(tmp_path / "out", [src]) as tmp:
+        write_with_replacements(r, tmp, {"model.embed_tokens.weight": new_embed, "lm_head.weight": None})
+    before, after = tensor_hashes(src), tensor_hashes(tmp_path / "out")
+    assert set(after) == set(before) - {"lm_head.weight"}
+    for name in after:
+        if name != "model.embed_tokens.weight":
+            assert after[name] == before[name], name
+    assert torch.equal(CheckpointReader(tmp_path / "out", need_config=False).get("model.embed_tokens.weight"), new_embed)
+
+
+def test_reader_refuses_pickle_truncated_and_missing_shards(tmp_path):
+    d = tmp_path / "pickle"
+    d.mkdir()
+    (d / "config.json").write_text("{}")
+    (d / "pytorch_model.bin").write_bytes(b"x")
+    with pytest.raises(RuadaptError, match="pickle weights.*convert"):
+        CheckpointReader(d)
+
+    src = make_tiny_model(tmp_path / "m", "llama", max_shard_size="100KB")
+    shard = sorted(src.glob("model-*.safetensors"))[1]
+    data = shard.read_bytes()
+    shard.write_bytes(data[:-7])
+    with pytest.raises(RuadaptError, match=f"{shard.name}.*not a readable safetensors"):
+        CheckpointReader(src)
+    shard.unlink()
+    with pytest.raises(RuadaptError, match=f"names shard {shard.name} which is missing"):
+        CheckpointReader(src)
+
+
+def test_atomic_output_dir_refuses_nonempty_and_inputs(tmp_path):
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x").write_text("x")
+    with pytest.raises(RuadaptError, match="not empty"):
+        with atomic_output_dir(tmp_path / "full"):
+            pass
+    with pytest.raises(RuadaptError, match="must not be an input"):
+        with atomic_output_dir(tmp_path / "full" / "sub", [tmp_path / "full"]):
+            pass
+    with pytest.raises(ZeroDivisionError):
+        with atomic_output_dir(tmp_path / "new") as tmp:
+            (tmp / "half").write_text("written")
+            1 / 0
+    assert not (tmp_path / "new").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["full"]
+
+
+def test_sigkill_leaves_no_output_and_next_run_cleans_up(tmp_path):
+    code = (
+        "import os, signal, sys; sys.path.insert(0, %r)\n"
+        "from ruadapt.outdir import atomic_output_dir\n"
+        "with atomic_output_dir(%r) as t:\n"
+        "    (t / 'part').write_text('x')\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+    ) % (str(os.getcwd()), str(tmp_path / "out"))
+    p = subprocess.run([sys.executable, "-c", code])
+    assert p.returncode == -9
+    assert not (tmp_path / "out").exists()
+    assert any(".ruadapt-tmp-" in x.name for x in tmp_path.iterdir())
+    with atomic_output_dir(tmp_path / "out") as t:
+        (t / "ok").write_text("y")
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["out"]

@@ -1,0 +1,122 @@
+"""Tiny models of real architectures with the *real* base tokenizers from ../shared/tokenizers.
+
+Shared by the test modules (import as ``from tiny import ...``). Weights are random but seeded; the embedding
+matrices have the padded row counts of the released checkpoints (e.g. Qwen2.5: 151,665 tokens, 151,936 rows).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+SHARED_TOKENIZERS = SHARED / "tokenizers"
+SHARED_DATA = SHARED / "data"
+
+# model_type -> (tokenizer folder in ../shared/tokenizers, matrix rows as in the released checkpoints, tied default)
+ARCHS: dict[str, tuple[str, int]] = {
+    "qwen2": ("qwen2.5", 151936),
+    "qwen3": ("qwen2.5", 151936),
+    "llama": ("llama-3", 128256),
+    "mistral": ("mistral-nemo", 131072),
+    "gemma2": ("gemma-3", 262208),
+    "gemma3_text": ("gemma-3", 262208),
+}
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+
+
+def copy_tokenizer(name: str, dst: Path) -> Path:
+    """Copy a real base tokenizer from ../shared (read-only there) into ``dst``."""
+    dst.mkdir(parents=True, exist_ok=True)
+    for f in TOKENIZER_FILES:
+        shutil.copyfile(SHARED_TOKENIZERS / name / f, dst / f)
+    return dst
+
+
+def _token_id(tok_dir: Path, key: str) -> int | None:
+    cfg = json.loads((tok_dir / "tokenizer_config.json").read_text())
+    value = cfg.get(key)
+    if isinstance(value, dict):
+        value = value.get("content")
+    if not value:
+        return None
+    tj = json.loads((tok_dir / "tokenizer.json").read_text())
+    for t in tj["added_tokens"]:
+        if t["content"] == value:
+            return t["id"]
+    return tj["model"]["vocab"].get(value)
+
+
+def make_tiny_model(
+    out: Path,
+    model_type: str = "qwen2",
+    *,
+    tied: bool | None = None,
+    tokenizer: str | None = None,
+    rows: int | None = None,
+    hidden: int = 16,
+    layers: int = 2,
+    max_shard_size: str = "300KB",
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+) -> Path:
+    """Build, seed and save a tiny ``model_type`` with a real tokenizer; returns the model dir."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    tok_name, default_rows = ARCHS[model_type]
+    tok_name = tokenizer or tok_name
+    out = Path(out)
+    copy_tokenizer(tok_name, out)
+    kwargs = dict(
+        vocab_size=rows or default_rows,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=256,
+    )
+    if model_type in ("qwen3", "gemma2", "gemma3_text"):
+        kwargs["head_dim"] = hidden // 2
+    if model_type in ("gemma2", "gemma3_text"):
+        kwargs["query_pre_attn_scalar"] = hidden // 2
+    if tied is not None:
+        kwargs["tie_word_embeddings"] = tied
+    for key, cfg_key in (("bos_token_id", "bos_token"), ("eos_token_id", "eos_token"), ("pad_token_id", "pad_token")):
+        kwargs[key] = _token_id(out, cfg_key)
+    config = AutoConfig.for_model(model_type, **kwargs)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    with torch.no_grad():  # some inits leave zeros / tiny values; make every row distinct and O(1)
+        for p in model.parameters():
+            p.normal_(0, 0.5)
+    model.save_pretrained(out, max_shard_size=max_shard_size)
+    return out
+
+
+def tensor_hashes(model_dir: Path) -> dict[str, str]:
+    """sha256 of every tensor's bytes in a safetensors model dir, by name."""
+    from safetensors import safe_open
+
+    out = {}
+    for f in sorted(Path(model_dir).glob("*.safetensors")):
+        with safe_open(f, "pt") as h:
+            for name in h.keys():
+                t = h.get_tensor(name)
+                out[name] = hashlib.sha256(t.contiguous().view(torch.uint8).numpy().tobytes()).hexdigest()
+    return out
+
+
+def dir_hash(path: Path) -> str:
+    """sha256 over every file (names and bytes) below ``path``: proves an input was not modified."""
+    h = hashlib.sha256()
+    for f in sorted(Path(path).rglob("*")):
+        if f.is_file():
+            h.update(str(f.relative_to(path)).encode())
+            h.update(f.read_bytes())
+    return h.hexdigest()
