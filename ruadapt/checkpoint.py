@@ -21,7 +21,7 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Callable, Iterable, Mapping, Union
 
 import torch
 from safetensors import safe_open
@@ -302,15 +302,21 @@ class CheckpointWriter:
         return finals
 
 
+Replacement = Union[torch.Tensor, Callable[[], torch.Tensor], None]
+
+
 def write_with_replacements(
     reader: CheckpointReader,
     out_dir: Path,
-    replacements: Mapping[str, torch.Tensor | None],
+    replacements: Mapping[str, Replacement],
     *,
     max_shard_bytes: int | None = None,
     progress: bool = True,
 ) -> list[Path]:
     """Stream ``reader``'s tensors into ``out_dir``, swapping in ``replacements`` (``None`` drops a tensor).
+
+    A replacement may be a zero-argument callable: it is called only when its shard is written, so a stage can
+    build each new matrix just in time and memory holds one new matrix (plus one shard), not all of them.
 
     Shards that hold none of the replaced tensors are copied as files; the others are rewritten tensor by
     tensor in the input's order. Names in ``replacements`` that the input lacks are appended at the end.
@@ -329,11 +335,11 @@ def write_with_replacements(
             if name in pending:
                 new = pending.pop(name)
                 if new is not None:
-                    writer.add(name, new)
+                    writer.add(name, new() if callable(new) else new)
             else:
                 writer.add(name, reader.get(name))
         reader.close()
     for name, tensor in pending.items():
         if tensor is not None:
-            writer.add(name, tensor)
+            writer.add(name, tensor() if callable(tensor) else tensor)
     return writer.finish()

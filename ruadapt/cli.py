@@ -17,6 +17,7 @@ from .errors import EXIT_USAGE, RuadaptError
 # subcommand name -> module with ``register(subparsers)``; order = order in ``ruadapt --help``
 COMMANDS: tuple[str, ...] = (
     "ruadapt.commands.inspect",
+    "ruadapt.commands.swap",
 )
 
 
@@ -51,6 +52,9 @@ def main(argv: list[str] | None = None) -> int:
     except RuadaptError as e:
         print(f"ruadapt {args.command}: error: {e}", file=sys.stderr)
         return EXIT_USAGE
+    except BrokenPipeError:  # `ruadapt inspect ... | head`
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
         print(f"ruadapt {args.command}: interrupted; no output was written", file=sys.stderr)
         return 130

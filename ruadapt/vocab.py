@@ -19,6 +19,7 @@ from typing import Iterator, Sequence
 
 import torch
 from tokenizers import Tokenizer
+from tqdm.auto import tqdm
 
 BYTE_LEVEL = "byte_level"
 SENTENCEPIECE = "sentencepiece"
@@ -270,7 +271,14 @@ def iter_chunks(ids: Sequence[int], size: int) -> Iterator[Sequence[int]]:
 
 
 def build_matrix(
-    vmap: VocabMap, old: torch.Tensor, *, init: str = "mean", chunk_rows: int = 8192, pad_row: torch.Tensor | None = None
+    vmap: VocabMap,
+    old: torch.Tensor,
+    *,
+    init: str = "mean",
+    chunk_rows: int = 8192,
+    pad_row: torch.Tensor | None = None,
+    progress: bool = False,
+    desc: str = "rows",
 ) -> torch.Tensor:
     """A new vocabulary matrix from ``old`` (rows × d): copied rows bit-identical, new rows the (weighted) mean of
     their pieces accumulated in float32 chunk by chunk, padding rows the mean of the old token rows.
@@ -282,8 +290,11 @@ def build_matrix(
     dst, src = vmap.copy_pairs()
     if dst:
         out[torch.tensor(dst)] = old[torch.tensor(src)]
-    for chunk in iter_chunks(vmap.mean_rows(), chunk_rows):
-        out[torch.tensor(chunk)] = averaged_rows(vmap, old, chunk, init=init).to(old.dtype)
+    mean_ids = vmap.mean_rows()
+    with tqdm(total=len(mean_ids), desc=f"new rows of {desc}", unit="row", disable=not progress or not mean_ids) as bar:
+        for chunk in iter_chunks(mean_ids, chunk_rows):
+            out[torch.tensor(chunk)] = averaged_rows(vmap, old, chunk, init=init).to(old.dtype)
+            bar.update(len(chunk))
     pads = vmap.pad_rows()
     if pads:
         if pad_row is None:

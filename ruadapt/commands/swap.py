@@ -1,0 +1,50 @@
+"""``ruadapt swap --model DIR --tokenizer DIR --out DIR``"""
+
+from __future__ import annotations
+
+import argparse
+
+from . import add_parser, path_arg
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = add_parser(
+        sub,
+        "swap",
+        help="give a model a new vocabulary: copy known rows, init new ones as the mean of their old pieces",
+        description="Write a copy of --model whose input embeddings (and untied lm_head) follow --tokenizer. "
+        "Rows of tokens the base has (same bytes / same special content) are copied bit-identically; a new "
+        "token's row is the mean of the base rows of its pieces under the base tokenizer; padding rows get the "
+        "mean row. Only the vocabulary matrices are loaded; every other tensor is copied through unchanged.",
+        examples="ruadapt swap --model ./Qwen2.5-7B --tokenizer tokenizers/qwen2.5-ru48k --out runs/qwen7b-swapped\n"
+        "ruadapt swap --model ./Llama-3-8B --tokenizer ./llama3-ru --out ./l3-ru --init weighted --pad-to-multiple-of 128",
+    )
+    p.add_argument("--model", required=True, type=path_arg, help="base model dir (safetensors + config + its tokenizer)")
+    p.add_argument("--tokenizer", required=True, type=path_arg, help="new tokenizer dir (extension or replacement)")
+    p.add_argument("--out", required=True, type=path_arg, help="output model dir (must not exist or be empty)")
+    p.add_argument(
+        "--init",
+        choices=("mean", "weighted"),
+        default="mean",
+        help="new rows: plain mean of the pieces' rows, or weights halving from the first piece on",
+    )
+    p.add_argument("--pad-to-multiple-of", type=int, default=None, metavar="N", help="round the row count up to N (default: the base's padding multiple)")
+    p.add_argument("--max-shard-size", default=None, metavar="SIZE", help="shard byte budget, e.g. 5GB (default: the input's largest shard)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..swap import swap_model
+
+    rec = swap_model(
+        args.model,
+        args.tokenizer,
+        args.out,
+        init=args.init,
+        pad_to_multiple_of=args.pad_to_multiple_of,
+        max_shard_size=args.max_shard_size,
+        progress=not args.quiet,
+    )
+    r = rec["result"]
+    print(f"{args.out}: {r['new_tokens']:,} tokens in {r['rows']:,} rows ({r['rows_by_kind']}); record: ruadapt_swap.json")
+    return 0

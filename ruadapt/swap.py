@@ -1,0 +1,189 @@
+"""``ruadapt swap``: give a model a new vocabulary (DESIGN.md §2-3).
+
+Input rows of tokens the base already has (same bytes, or the same special-token content) are copied
+bit-identically; every new token starts as the mean of the base rows of the pieces the *base* tokenizer cuts
+its bytes into; rows that belong to no token (padding) get the mean row. Untied models build the lm_head from
+the base lm_head, never from input rows. Only the vocabulary matrices are held in memory, one at a time: every
+other tensor streams through, and shards without a vocabulary matrix are copied as files.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer
+from tqdm.auto import tqdm
+
+from .arch import Arch, arch_for_config
+from .checkpoint import CheckpointReader, parse_size, read_json, write_with_replacements
+from .errors import RuadaptError
+from .outdir import atomic_output_dir
+from .record import StageRecord, sha256_file
+from .tokdir import (
+    copy_tokenizer_files,
+    load_tokenizer,
+    remap_token_ids,
+    sync_added_tokens_decoder,
+    tokenizer_json_path,
+    tokenizer_size,
+    write_json,
+)
+from .vocab import VocabMap, build_matrix, build_vocab_map, mean_row
+
+log = logging.getLogger(__name__)
+
+INITS = ("mean", "weighted")
+
+
+def padding_multiple(rows: int, n_tokens: int, cap: int = 1024) -> int:
+    """The multiple a checkpoint padded its vocabulary rows to: 1 when unpadded, else the largest power of two
+    dividing ``rows`` (Qwen2.5 151,936 → 128, 152,064 → 512; Gemma-3 262,208 → 64)."""
+    if rows <= n_tokens:
+        return 1
+    m = 1
+    while rows % (m * 2) == 0 and m * 2 <= cap:
+        m *= 2
+    return m
+
+
+def padded_rows(n_rows_wanted: int, multiple: int) -> int:
+    """``n_rows_wanted`` rounded up to ``multiple``."""
+    return -(-n_rows_wanted // multiple) * multiple
+
+
+def check_vocab_tensors(reader: CheckpointReader, arch: Arch, n_tokens: int) -> None:
+    """The vocabulary matrices exist, agree in shape and cover every token id of the checkpoint's tokenizer."""
+    cfg_path = reader.path / "config.json"
+    if arch.input_name not in reader:
+        raise RuadaptError(f"{reader.path}: input embedding {arch.input_name} not in the checkpoint ({arch.model_type})")
+    rows, d = reader.info(arch.input_name).shape
+    if not arch.tied:
+        if arch.output_name not in reader:
+            raise RuadaptError(
+                f"{cfg_path}: tie_word_embeddings is false but {arch.output_name} is missing from {reader.path}"
+            )
+        if reader.info(arch.output_name).shape != (rows, d):
+            raise RuadaptError(
+                f"{reader.path}: {arch.output_name} shape {reader.info(arch.output_name).shape} differs from "
+                f"{arch.input_name} {(rows, d)}"
+            )
+    if rows < n_tokens:
+        raise RuadaptError(
+            f"{reader.path}: embedding has {rows} rows but its tokenizer has {n_tokens} tokens; ids past the rows "
+            "have no embedding"
+        )
+
+
+def swap_model(
+    model_dir: Path,
+    tokenizer_dir: Path,
+    out: Path,
+    *,
+    init: str = "mean",
+    pad_to_multiple_of: int | None = None,
+    max_shard_size: str | int | None = None,
+    progress: bool = True,
+) -> dict:
+    """Write ``out``: ``model_dir`` with the vocabulary of ``tokenizer_dir``. Returns the stage record."""
+    if init not in INITS:
+        raise RuadaptError(f"--init {init!r} is not one of {', '.join(INITS)}")
+    if pad_to_multiple_of is not None and pad_to_multiple_of < 1:
+        raise RuadaptError(f"--pad-to-multiple-of must be ≥ 1, got {pad_to_multiple_of}")
+    model_dir, tokenizer_dir, out = Path(model_dir), Path(tokenizer_dir), Path(out)
+    record = StageRecord("swap", {"init": init, "pad_to_multiple_of": pad_to_multiple_of, "max_shard_size": max_shard_size})
+
+    # ---- everything is validated before any output exists
+    reader = CheckpointReader(model_dir)
+    arch = arch_for_config(reader.config, reader.path / "config.json")
+    base_tok = load_tokenizer(model_dir, "--model")
+    new_tok = load_tokenizer(tokenizer_dir, "--tokenizer")
+    n_base, n_new = tokenizer_size(base_tok), tokenizer_size(new_tok)
+    check_vocab_tensors(reader, arch, n_base)
+    base_rows, hidden = reader.info(arch.input_name).shape
+    max_shard_bytes = parse_size(max_shard_size) if max_shard_size is not None else None
+    config = dict(reader.config)
+    gen_path = reader.path / "generation_config.json"
+    gen_config = read_json(gen_path) if gen_path.is_file() else None
+    id_changes = {"config.json": remap_token_ids(config, base_tok, new_tok, where=str(reader.path / "config.json"))}
+    if gen_config is not None:
+        id_changes["generation_config.json"] = remap_token_ids(gen_config, base_tok, new_tok, where=str(gen_path))
+
+    with record.timed("vocab_map"):
+        vmap = build_vocab_map(base_tok, new_tok)
+    multiple = pad_to_multiple_of or padding_multiple(base_rows, n_base)
+    n_rows = padded_rows(max(int(config.get("vocab_size") or base_rows), base_rows, n_new), multiple)
+    vmap = vmap.with_rows(n_rows)
+    counts = vmap.summary()
+    log.info(
+        "%s: %d base tokens (%d rows) -> %d new tokens, %d rows (multiple %d): %s",
+        reader.path.name, n_base, base_rows, n_new, n_rows, multiple, counts,
+    )
+
+    record.input("model", reader.path, fingerprint=reader.fingerprint(), model_type=arch.model_type, tied=arch.tied)
+    record.input("base_tokenizer", tokenizer_json_path(model_dir), sha256=sha256_file(tokenizer_json_path(model_dir)))
+    record.input("tokenizer", tokenizer_json_path(tokenizer_dir), sha256=sha256_file(tokenizer_json_path(tokenizer_dir)))
+
+    def new_matrix(name: str) -> torch.Tensor:
+        with record.timed(f"build {name}"):
+            old = reader.get(name)
+            if not torch.isfinite(old[:n_base]).all():
+                raise RuadaptError(f"{reader.path}: {name} has NaN or infinite values in its token rows")
+            new = build_matrix(vmap, old, init=init, pad_row=mean_row(old, n_base), progress=progress, desc=name)
+            del old
+            return new
+
+    cache: dict[str, torch.Tensor] = {}
+
+    def input_matrix() -> torch.Tensor:  # tied copies (T5) share one new matrix
+        if "m" not in cache:
+            cache["m"] = new_matrix(arch.input_name)
+        return cache["m"]
+
+    replacements: dict = {n: input_matrix for n in arch.input_names if n in reader}
+    if not arch.tied:
+        replacements[arch.output_name] = lambda: new_matrix(arch.output_name)
+    elif arch.output_name in reader:  # a tied checkpoint that stored lm_head anyway: keep it tied to the new rows
+        replacements[arch.output_name] = input_matrix
+
+    config["vocab_size"] = n_rows
+    with atomic_output_dir(out, [model_dir, tokenizer_dir]) as tmp:
+        with record.timed("write"):
+            write_with_replacements(reader, tmp, replacements, max_shard_bytes=max_shard_bytes, progress=progress)
+        cache.clear()
+        write_json(tmp / "config.json", config)
+        if gen_config is not None:
+            write_json(tmp / "generation_config.json", gen_config)
+        copied = copy_tokenizer_files(tokenizer_dir, tmp, fallback_chat_template_from=model_dir)
+        sync_added_tokens_decoder(tmp, new_tok)
+        _verify_tokenizer(tmp, new_tok)
+        record.set("tokenizer_files", copied)
+        record.set(
+            "result",
+            {
+                "model_type": arch.model_type,
+                "tied": arch.tied,
+                "hidden_size": hidden,
+                "base_tokens": n_base,
+                "base_rows": base_rows,
+                "new_tokens": n_new,
+                "rows": n_rows,
+                "padding_multiple": multiple,
+                "rows_by_kind": counts,
+                "token_id_changes": id_changes,
+            },
+        )
+        record.set("provenance_format", "[copy, first_new_id, first_old_id, run_length] | [pad, first_id, run_length] | [mean|special, new_id, [old piece ids]]")
+        record.set("provenance", vmap.provenance())
+        record.write(tmp)
+    reader.close()
+    log.info("wrote %s", out)
+    return record.data
+
+
+def _verify_tokenizer(directory: Path, expected: Tokenizer) -> None:
+    """Reload what was written and check no token changed its id (DESIGN §2: always verify after saving)."""
+    reloaded = Tokenizer.from_file(str(directory / "tokenizer.json"))
+    if reloaded.get_vocab(with_added_tokens=True) != expected.get_vocab(with_added_tokens=True):
+        raise RuadaptError(f"{directory / 'tokenizer.json'}: token ids changed on reload; tokenizer not written")

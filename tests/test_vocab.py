@@ -1,0 +1,121 @@
+"""Token → raw bytes → base pieces (DESIGN §3), checked against an independent naive BPE."""
+
+import json
+
+import pytest
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+from ruadapt.vocab import (
+    ROW_COPY,
+    ROW_MEAN,
+    TokenCodec,
+    build_matrix,
+    build_vocab_map,
+    bytes_to_unicode,
+    piece_weights,
+)
+from tiny import SHARED_TOKENIZERS
+
+BASES = ["qwen2.5", "llama-3", "mistral-nemo", "gemma-3"]
+
+
+@pytest.fixture(scope="module")
+def codecs():
+    return {name: TokenCodec(Tokenizer.from_file(str(SHARED_TOKENIZERS / name / "tokenizer.json"))) for name in BASES}
+
+
+def byte_level(vocab: dict[str, int]) -> Tokenizer:
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    return tok
+
+
+def naive_bpe(symbols: list[str], ranks: dict[tuple[str, str], int]) -> list[str]:
+    """Textbook BPE: repeatedly merge the adjacent pair with the lowest merge rank."""
+    symbols = list(symbols)
+    while len(symbols) > 1:
+        best = min(range(len(symbols) - 1), key=lambda i: ranks.get((symbols[i], symbols[i + 1]), 1 << 60))
+        if (symbols[best], symbols[best + 1]) not in ranks:
+            break
+        symbols[best : best + 2] = [symbols[best] + symbols[best + 1]]
+    return symbols
+
+
+def reference_pieces(tokenizer_json: dict, data: bytes) -> list[int]:
+    """Base pieces of raw bytes, computed without ruadapt and without the tokenizers library's BPE."""
+    model = tokenizer_json["model"]
+    vocab = model["vocab"]
+    ranks = {tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m): i for i, m in enumerate(model["merges"])}
+    if model.get("byte_fallback"):  # SentencePiece-style: chars, ▁ for space, <0xNN> for unknown chars
+        text = data.decode("utf-8").replace(" ", "\u2581")
+        out = []
+        for piece in naive_bpe(list(text), ranks):
+            if piece in vocab:
+                out.append(vocab[piece])
+            else:
+                out.extend(vocab[f"<0x{b:02X}>"] for b in piece.encode("utf-8"))
+        return out
+    table = bytes_to_unicode()
+    return [vocab[p] for p in naive_bpe([table[b] for b in data], ranks)]
+
+
+@pytest.mark.parametrize("name", BASES)
+def test_segment_matches_naive_bpe(codecs, name):
+    spec = json.loads((SHARED_TOKENIZERS / name / "tokenizer.json").read_text())
+    codec = codecs[name]
+    words = [" программирование", "Достопримечательности", " нейросетевой", "ёжик", " 12345", " co-operation"]
+    for w in words:
+        assert codec.segment(w.encode()) == reference_pieces(spec, w.encode()), (name, w)
+
+
+def test_partial_utf8_token_gets_its_byte_pieces(codecs):
+    """A byte-level token made of two Cyrillic lead bytes must map to those two byte tokens, not to '�'."""
+    codec = codecs["qwen2.5"]
+    lead = bytes_to_unicode()[0xD0]  # 'Ð'
+    assert codec.token_bytes(codec.vocab[lead]) == b"\xd0"
+    assert codec.segment(b"\xd0\xd0") == [codec.vocab[lead]] * 2
+    replacement = codec.tokenizer.encode("\ufffd\ufffd", add_special_tokens=False).ids
+    assert replacement != [codec.vocab[lead]] * 2  # what decoding to str and re-encoding would give instead
+
+    # a new vocabulary holding the byte alphabet plus that partial token and a whole word
+    table = bytes_to_unicode()
+    vocab = {table[b]: b for b in range(256)}
+    vocab[lead + lead] = 256
+    word = "".join(table[b] for b in " мир".encode())  # a single Qwen2.5 token
+    vocab[word] = 257
+    new = byte_level(vocab)
+    vmap = build_vocab_map(codec, new)
+    assert vmap.kinds[vocab[lead]] == ROW_COPY and vmap.sources[vocab[lead]] == (codec.vocab[lead],)
+    assert vmap.kinds[256] == ROW_MEAN and vmap.sources[256] == (codec.vocab[lead], codec.vocab[lead])
+    assert vmap.kinds[257] == ROW_COPY and vmap.sources[257] == (codec.vocab[word],)
+
+
+def test_gemma_byte_fallback_and_space_mark(codecs):
+    codec = codecs["gemma-3"]
+    assert codec.token_bytes(codec.vocab["<0xD0>"]) == b"\xd0"
+    assert codec.token_bytes(codec.vocab["\u2581\u043c\u0438\u0440"]) == " мир".encode()
+    assert codec.id_of_bytes(" мир".encode()) == codec.vocab["\u2581\u043c\u0438\u0440"]
+
+
+def test_build_matrix_copies_bit_identically_and_means_new_rows(codecs):
+    codec = codecs["qwen2.5"]
+    table = bytes_to_unicode()
+    vocab = {table[b]: b for b in range(256)}
+    pieces_word = "".join(table[b] for b in " нейросетевой".encode())
+    vocab[pieces_word] = 256
+    new = byte_level(vocab)
+    vmap = build_vocab_map(codec, new).with_rows(260)
+    old = torch.randn(codec.size + 7, 8, dtype=torch.bfloat16)
+    for init in ("mean", "weighted"):
+        m = build_matrix(vmap, old, init=init)
+        for b in range(256):
+            assert torch.equal(m[b], old[codec.vocab[table[b]]])
+        src = list(vmap.sources[256])
+        assert len(src) > 1
+        w = torch.tensor(piece_weights(len(src), init), dtype=torch.float32)
+        expect = (old[src].float() * w[:, None]).sum(0).to(torch.bfloat16)
+        assert torch.allclose(m[256].float(), expect.float(), atol=1e-2, rtol=0)
+        pad = old[: codec.size].double().mean(0).to(torch.bfloat16)
+        assert all(torch.equal(m[r], pad) for r in range(257, 260))
