@@ -46,15 +46,19 @@ def unicode_to_bytes() -> dict[str, int]:
 
 
 def detect_family(tokenizer: Tokenizer) -> str:
-    """``byte_level`` (GPT-2 byte alphabet) or ``sentencepiece`` (``▁`` for space, ``<0xNN>`` byte fallback)."""
-    spec = json.loads(tokenizer.to_str())
-    model = spec.get("model", {})
-    if model.get("type") != "BPE":
-        return SENTENCEPIECE if model.get("type") == "Unigram" else BYTE_LEVEL
-    text = json.dumps([spec.get("pre_tokenizer"), spec.get("decoder")])
-    if '"ByteLevel"' in text:
-        return BYTE_LEVEL
-    return SENTENCEPIECE
+    """``byte_level`` (GPT-2 byte alphabet) or ``sentencepiece`` (``▁`` for space, ``<0xNN>`` byte fallback).
+
+    Looks only at the pre-tokenizer and decoder (serialising a whole 33 MB tokenizer.json would be slow).
+    """
+    kind = type(tokenizer.model).__name__
+    if kind == "Unigram":
+        return SENTENCEPIECE
+    parts = []
+    for component in (tokenizer.pre_tokenizer, tokenizer.decoder):
+        if component is not None:
+            state = component.__getstate__()
+            parts.append(state.decode() if isinstance(state, bytes) else str(state))
+    return BYTE_LEVEL if '"ByteLevel"' in "".join(parts) else SENTENCEPIECE
 
 
 def bytes_to_piece(data: bytes, family: str) -> str | None:
