@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from .arch import Arch, arch_for_config
 from .checkpoint import CheckpointReader, parse_size, read_json, write_with_replacements
 from .errors import RuadaptError
-from .outdir import atomic_output_dir
+from .outdir import atomic_output_dir, check_output_dir
 from .record import StageRecord, sha256_file
 from .tokdir import (
     copy_tokenizer_files,
@@ -94,7 +94,8 @@ def swap_model(
     model_dir, tokenizer_dir, out = Path(model_dir), Path(tokenizer_dir), Path(out)
     record = StageRecord("swap", {"init": init, "pad_to_multiple_of": pad_to_multiple_of, "max_shard_size": max_shard_size})
 
-    # ---- everything is validated before any output exists
+    # ---- everything is validated before any work and before any output exists
+    check_output_dir(out, [model_dir, tokenizer_dir])
     reader = CheckpointReader(model_dir)
     arch = arch_for_config(reader.config, reader.path / "config.json")
     base_tok = load_tokenizer(model_dir, "--model")

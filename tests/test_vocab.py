@@ -15,6 +15,7 @@ from ruadapt.vocab import (
     bytes_to_unicode,
     piece_weights,
 )
+from reference import reference_pieces
 from tiny import SHARED_TOKENIZERS
 
 BASES = ["qwen2.5", "llama-3", "mistral-nemo", "gemma-3"]
@@ -30,35 +31,6 @@ def byte_level(vocab: dict[str, int]) -> Tokenizer:
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     return tok
-
-
-def naive_bpe(symbols: list[str], ranks: dict[tuple[str, str], int]) -> list[str]:
-    """Textbook BPE: repeatedly merge the adjacent pair with the lowest merge rank."""
-    symbols = list(symbols)
-    while len(symbols) > 1:
-        best = min(range(len(symbols) - 1), key=lambda i: ranks.get((symbols[i], symbols[i + 1]), 1 << 60))
-        if (symbols[best], symbols[best + 1]) not in ranks:
-            break
-        symbols[best : best + 2] = [symbols[best] + symbols[best + 1]]
-    return symbols
-
-
-def reference_pieces(tokenizer_json: dict, data: bytes) -> list[int]:
-    """Base pieces of raw bytes, computed without ruadapt and without the tokenizers library's BPE."""
-    model = tokenizer_json["model"]
-    vocab = model["vocab"]
-    ranks = {tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m): i for i, m in enumerate(model["merges"])}
-    if model.get("byte_fallback"):  # SentencePiece-style: chars, ▁ for space, <0xNN> for unknown chars
-        text = data.decode("utf-8").replace(" ", "\u2581")
-        out = []
-        for piece in naive_bpe(list(text), ranks):
-            if piece in vocab:
-                out.append(vocab[piece])
-            else:
-                out.extend(vocab[f"<0x{b:02X}>"] for b in piece.encode("utf-8"))
-        return out
-    table = bytes_to_unicode()
-    return [vocab[p] for p in naive_bpe([table[b] for b in data], ranks)]
 
 
 @pytest.mark.parametrize("name", BASES)
