@@ -1,0 +1,61 @@
+"""``ruadapt tokenizer train`` and ``ruadapt tokenizer report``"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+from . import add_parser, path_arg
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = add_parser(
+        sub,
+        "tokenizer",
+        help="train a Russian tokenizer (extend / replace) and report chars per token",
+        description="Stage 1: a tokenizer for the new vocabulary, and its characters-per-token report.",
+        examples="ruadapt tokenizer train --base ./Qwen2.5-7B --corpus ru_train.txt --mode extend --new-tokens 48000 --out tok-ru48k\n"
+        "ruadapt tokenizer report --tokenizer base=./Qwen2.5-7B --tokenizer ru48k=tok-ru48k --text ru=ru_eval.txt --out report",
+    )
+    tsub = p.add_subparsers(dest="tokenizer_command", metavar="SUBCOMMAND", required=True)
+
+    t = add_parser(
+        tsub,
+        "train",
+        help="extend a base BPE with new merges, or train a replacement BPE",
+        description="extend: continue the base BPE on the corpus (same normalizer, pre-tokenizer, decoder, special "
+        "tokens and chat template; every base id kept; new ids from len(base) upward). replace: a new BPE of "
+        "--vocab-size tokens with the base's pre-tokenizer family and the base's special tokens appended "
+        "(old->new ids in token_id_map.json). Writes OUT/ruadapt_tokenizer.json.",
+        examples="ruadapt tokenizer train --base ./Qwen2.5-7B --corpus ru_train.txt --mode extend --new-tokens 48000 --out tok-ru48k\n"
+        "ruadapt tokenizer train --base ./Llama-3-8B --corpus ru.txt en.txt --new-tokens 32000 --min-frequency 5 --out tok\n"
+        "ruadapt tokenizer train --base ./Qwen2.5-7B --corpus ru_train.txt --mode replace --vocab-size 64000 --out tok-ru64k",
+    )
+    t.add_argument("--base", type=path_arg, required=True, help="base tokenizer dir (tokenizer.json) or a model dir holding one")
+    t.add_argument("--corpus", type=path_arg, nargs="+", required=True, metavar="FILE", help="UTF-8 training text, one document or sentence per line")
+    t.add_argument("--mode", choices=("extend", "replace"), default="extend", help="continue the base BPE, or train a new one")
+    t.add_argument("--new-tokens", type=int, default=None, metavar="N", help="extend: number of tokens to add")
+    t.add_argument("--vocab-size", type=int, default=None, metavar="N", help="replace: len(new tokenizer), the base's added tokens included")
+    t.add_argument("--min-frequency", type=int, default=2, metavar="K", help="a pair must occur at least K times to be merged")
+    t.add_argument("--out", type=path_arg, required=True, help="new (or empty) output directory")
+    t.set_defaults(func=run_train)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from ..tokenizer.train import train_tokenizer
+
+    record = train_tokenizer(
+        args.base,
+        args.corpus,
+        args.out,
+        mode=args.mode,
+        new_tokens=args.new_tokens,
+        vocab_size=args.vocab_size,
+        min_frequency=args.min_frequency,
+        progress=not os.environ.get("TQDM_DISABLE"),
+    )
+    r = record["result"]
+    print(f"{args.out}: {r['tokens']} tokens ({args.mode}); record in {args.out}/ruadapt_tokenizer.json")
+    print(json.dumps({k: r[k] for k in r if k in ("new_tokens", "new_merges", "training_tokens_before", "training_tokens_after")}))
+    return 0

@@ -1,0 +1,246 @@
+"""``ruadapt tokenizer train``: a Russian-focused tokenizer from a base one (DESIGN.md §2).
+
+* **extend** — continue the base BPE: the corpus is normalized and pre-tokenized exactly as the base does, each
+  word segmented by the base model, then the most frequent adjacent pair merged until N new tokens exist
+  (:mod:`ruadapt.tokenizer.bpe`). New merges rank after all base merges, new ids start at ``len(base)``,
+  everything else (normalizer, pre-tokenizer, decoder, post-processor, ``ignore_merges``, byte fallback,
+  special tokens, chat template) is the base's, byte for byte.
+* **replace** — a new BPE trained by ``tokenizers`` on the same training words, with the base's
+  normalizer/pre-tokenizer/decoder; the base's added (special, chat) tokens appended with the same strings and
+  the old → new id of each written to ``token_id_map.json`` for the later stages.
+
+Ids are checked after reloading what was written, with both ``tokenizers`` and transformers ``AutoTokenizer``:
+``tokenizers`` gives an added token the id ``model vocab size + k`` unless its content is in the model vocab,
+so every added token is also put into the model vocab under its own id.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from tokenizers import Tokenizer
+
+from ..errors import RuadaptError, require
+from ..outdir import atomic_output_dir, check_output_dir
+from ..record import StageRecord, sha256_file
+from ..tokdir import copy_tokenizer_files, load_tokenizer, tokenizer_json_path, tokenizer_size, write_json
+from ..vocab import SENTENCEPIECE, detect_family
+from .bpe import learn_merges
+from .words import CorpusInfo, check_corpus, count_words, read_lines
+
+log = logging.getLogger(__name__)
+
+MODES = ("extend", "replace")
+TOKEN_ID_MAP = "token_id_map.json"
+VERIFY_LINES = 2000  # training lines re-encoded by both libraries after writing
+
+
+def train_tokenizer(
+    base: Path,
+    corpora: list[Path],
+    out: Path,
+    *,
+    mode: str = "extend",
+    new_tokens: int | None = None,
+    vocab_size: int | None = None,
+    min_frequency: int = 2,
+    progress: bool = True,
+) -> dict:
+    """Train a tokenizer from ``base`` on ``corpora`` into ``out`` (atomic); returns the ``ruadapt_tokenizer.json`` record."""
+    base = Path(base).expanduser()
+    corpora = [Path(c).expanduser() for c in corpora]
+    require(mode in MODES, f"--mode {mode!r}: choose one of {', '.join(MODES)}")
+    if mode == "extend":
+        require(new_tokens is not None, "--mode extend needs --new-tokens N (how many tokens to add)")
+        require(new_tokens > 0, f"--new-tokens {new_tokens}: must be a positive number of tokens to add")
+        require(vocab_size is None, "--vocab-size is for --mode replace; --mode extend takes --new-tokens")
+    else:
+        require(vocab_size is not None, "--mode replace needs --vocab-size N (size of the new vocabulary)")
+        require(vocab_size > 0, f"--vocab-size {vocab_size}: must be positive")
+        require(new_tokens is None, "--new-tokens is for --mode extend; --mode replace takes --vocab-size")
+    require(min_frequency >= 1, f"--min-frequency {min_frequency}: must be at least 1")
+    require(len(corpora) > 0, "--corpus: give at least one UTF-8 text file")
+    base_json = tokenizer_json_path(base, "--base")
+    for c in corpora:
+        check_corpus(c)
+    check_output_dir(out, [base, *corpora])
+    base_tok = load_tokenizer(base, "--base")
+    family = detect_family(base_tok)
+
+    record = StageRecord(
+        "tokenizer",
+        {"mode": mode, "new_tokens": new_tokens, "vocab_size": vocab_size, "min_frequency": min_frequency},
+    )
+    record.input("base", base, tokenizer_json_sha256=sha256_file(base_json), tokens=tokenizer_size(base_tok), family=family)
+
+    with record.timed("count_words"):
+        counts, infos = count_words(base_tok, family, corpora, progress=progress)
+    record.set("corpora", [i.as_dict() for i in infos])
+    record.set("words", {"total": sum(counts.values()), "distinct": len(counts)})
+
+    spec = json.loads(base_json.read_text(encoding="utf-8"))
+    if mode == "extend":
+        spec, facts, check_words = extend_spec(spec, base_tok, family, counts, new_tokens, min_frequency, record, progress)
+    else:
+        raise RuadaptError("--mode replace: not implemented yet")  # replaced below once written
+    record.set("result", facts)
+
+    with atomic_output_dir(out, [base, *corpora]) as tmp:
+        with record.timed("write"):
+            copy_tokenizer_files(base, tmp)
+            new_tok = Tokenizer.from_str(json.dumps(spec, ensure_ascii=False))
+            new_tok.save(str(tmp / "tokenizer.json"), pretty=False)
+        with record.timed("verify"):
+            record.set("verify", verify_extension(tmp, base_tok, facts, infos, check_words))
+        record.write(tmp)
+    log.info("wrote %s: %d tokens (%s)", out, facts["tokens"], mode)
+    return record.data
+
+
+def _merge_format(spec: dict) -> str:
+    merges = spec["model"].get("merges") or []
+    return "list" if merges and isinstance(merges[0], list) else "string"
+
+
+def extend_spec(
+    spec: dict,
+    base_tok: Tokenizer,
+    family: str,
+    counts: dict[str, int],
+    n_new: int,
+    min_frequency: int,
+    record: StageRecord,
+    progress: bool,
+) -> tuple[dict, dict[str, Any], list[tuple[str, list[int]]]]:
+    """The base ``tokenizer.json`` dict with ``n_new`` continued-BPE tokens and their merges appended, the facts
+    for the record, and (word, segmentation) pairs of the most frequent words that the result must reproduce."""
+    model = spec["model"]
+    require(model.get("type") == "BPE", f"--base: a {model.get('type')} tokenizer cannot be extended with BPE merges (only BPE tokenizers)")
+    vocab: dict[str, int] = model["vocab"]
+    n_base = tokenizer_size(base_tok)
+    added = {t.content: i for i, t in base_tok.get_added_tokens_decoder().items()}
+    for content, i in added.items():
+        if content in vocab and vocab[content] != i:
+            raise RuadaptError(f"--base: added token {content!r} has id {i} but model vocab id {vocab[content]}; fix the base tokenizer.json")
+
+    word_list = list(counts)
+    word_counts = [counts[w] for w in word_list]
+    with record.timed("segment_words"):
+        bpe = base_tok.model
+        seqs = [[t.id for t in bpe.tokenize(w)] for w in word_list]
+    tokens_before = sum(len(s) * c for s, c in zip(seqs, word_counts))
+
+    pieces = {i: p for p, i in vocab.items()}
+    blocked: set[int] = set(added.values())
+    if family == SENTENCEPIECE:  # byte-fallback pieces spell bytes, not text: "<0xD0>"+"<0x90>" is no token
+        blocked |= {i for p, i in vocab.items() if len(p) == 6 and p.startswith("<0x") and p.endswith(">")}
+    if model.get("unk_token") in vocab:
+        blocked.add(vocab[model["unk_token"]])
+    ignore_merges = bool(model.get("ignore_merges"))
+    all_strings = dict(vocab)
+    all_strings.update(added)
+
+    t0 = time.perf_counter()
+    with record.timed("learn_merges"):
+        res = learn_merges(
+            seqs,
+            word_counts,
+            pieces,
+            first_id=n_base,
+            n_new=n_new,
+            min_frequency=min_frequency,
+            base_vocab=all_strings,
+            blocked=blocked,
+            word_strings=word_list if ignore_merges else None,
+            progress=progress,
+        )
+    log.info("learned %d merges (%d new tokens) in %.1f s", len(res.merges), len(res.new_tokens), time.perf_counter() - t0)
+    if len(res.new_tokens) < n_new:
+        log.warning("only %d of %d new tokens: %s (use a larger corpus or a lower --min-frequency)", len(res.new_tokens), n_new, res.stopped)
+    tokens_after = sum(len(s) * c for s, c in zip(res.words, word_counts))
+
+    # keep every added token's id: tokenizers numbers added tokens absent from the model vocab from its size
+    for content, i in added.items():
+        vocab.setdefault(content, i)
+    for s, i in res.new_tokens.items():
+        vocab[s] = i
+    fmt = _merge_format(spec)
+    for a, b in res.merges:
+        if fmt == "string":
+            if " " in a or " " in b:
+                raise RuadaptError(f"--base: merge pieces {a!r} {b!r} contain a space and cannot be written as 'a b' merges")
+            model["merges"].append(f"{a} {b}")
+        else:
+            model["merges"].append([a, b])
+
+    facts = {
+        "mode": "extend",
+        "family": family,
+        "base_tokens": n_base,
+        "new_tokens": len(res.new_tokens),
+        "new_merges": len(res.merges),
+        "tokens": n_base + len(res.new_tokens),
+        "new_id_range": [n_base, n_base + len(res.new_tokens)],
+        "ignore_merges": ignore_merges,
+        "merges_skipped_base_result": res.skipped_base_results,
+        "stopped_early": res.stopped or None,
+        "training_tokens_before": tokens_before,
+        "training_tokens_after": tokens_after,
+    }
+    top = sorted(range(len(word_list)), key=lambda k: -word_counts[k])[:5000]
+    return spec, facts, [(word_list[k], res.words[k]) for k in top]
+
+
+def verify_extension(
+    out_dir: Path, base_tok: Tokenizer, facts: dict, infos: list[CorpusInfo], check_words: list[tuple[str, list[int]]]
+) -> dict:
+    """Reload what was written (``tokenizers`` and transformers) and check ids; a mismatch is an error."""
+    path = out_dir / "tokenizer.json"
+    new_tok = Tokenizer.from_file(str(path))
+    base_vocab = base_tok.get_vocab(with_added_tokens=True)
+    new_vocab = new_tok.get_vocab(with_added_tokens=True)
+    moved = [(s, i, new_vocab.get(s)) for s, i in base_vocab.items() if new_vocab.get(s) != i]
+    if moved:
+        raise RuadaptError(f"{path}: {len(moved)} base tokens changed id after reload (first: {moved[0]}); nothing written")
+    base_added = {i: t.content for i, t in base_tok.get_added_tokens_decoder().items()}
+    new_added = {i: t.content for i, t in new_tok.get_added_tokens_decoder().items()}
+    if base_added != new_added:
+        raise RuadaptError(f"{path}: added tokens differ from the base's after reload; nothing written")
+    n = tokenizer_size(new_tok)
+    if n != facts["tokens"]:
+        raise RuadaptError(f"{path}: {n} tokens after reload, expected {facts['tokens']}")
+
+    bad = [w for w, s in check_words if [t.id for t in new_tok.model.tokenize(w)] != s]
+    if bad:
+        raise RuadaptError(f"{path}: {len(bad)} training words segment differently after reload (first {bad[0]!r}); nothing written")
+
+    lines = read_lines(infos[0].path)[:VERIFY_LINES]
+    ids = [e.ids for e in new_tok.encode_batch(lines, add_special_tokens=False)]
+    not_round = sum(new_tok.decode(x, skip_special_tokens=False) != line for x, line in zip(ids, lines))
+    if not_round:
+        raise RuadaptError(f"{path}: {not_round} of {len(lines)} training lines do not decode back to themselves")
+
+    from transformers import AutoTokenizer
+
+    hf = AutoTokenizer.from_pretrained(str(out_dir))
+    if len(hf) != n:
+        raise RuadaptError(f"{out_dir}: transformers AutoTokenizer has {len(hf)} tokens, tokenizers {n}")
+    hf_vocab = hf.get_vocab()
+    diff = sum(hf_vocab.get(s) != i for s, i in new_vocab.items())
+    if diff:
+        raise RuadaptError(f"{out_dir}: transformers AutoTokenizer gives {diff} tokens another id than tokenizers")
+    hf_ids = [hf.encode(line, add_special_tokens=False) for line in lines]
+    if hf_ids != ids:
+        k = sum(a != b for a, b in zip(hf_ids, ids))
+        raise RuadaptError(f"{out_dir}: transformers AutoTokenizer encodes {k} of {len(lines)} lines differently from tokenizers")
+    return {
+        "base_ids_kept": len(base_vocab),
+        "words_resegmented_identically": len(check_words),
+        "lines_round_trip": len(lines),
+        "lines_same_ids_transformers": len(lines),
+        "transformers_class": type(hf).__name__,
+    }

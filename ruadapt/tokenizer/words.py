@@ -1,0 +1,123 @@
+"""Training words of a corpus, exactly as the base tokenizer's BPE model will see them.
+
+BPE merges act inside pre-tokens ("words"), so the words a new merge is learned from must be the base
+tokenizer's own: its normalizer, then its pre-tokenizer (for byte-level BPE that also maps bytes to the GPT-2
+alphabet, so a word string is directly a sequence of vocabulary characters).
+
+SentencePiece-style BPE (Gemma) is the exception: its normalizer turns spaces into ``▁`` and its pre-tokenizer
+splits on a space that no longer exists, so each *line* is one word. Learning merges on whole lines would let
+merges span words and makes training minutes long; SentencePiece itself starts a new word at every ``▁`` that
+follows a non-``▁`` character, and so do we (:func:`split_sentencepiece_words`). No merge learned this way can
+match across such a boundary at inference, so the continued BPE applies unchanged to whole lines.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator
+
+from tokenizers import Tokenizer
+from tqdm import tqdm
+
+from ..errors import RuadaptError
+from ..record import sha256_file
+from ..vocab import SENTENCEPIECE, SPACE_MARK
+
+log = logging.getLogger(__name__)
+
+# a run of ▁ (possibly empty) and the non-▁ characters after it; a trailing run of ▁ is a word of its own
+_SP_WORD = re.compile(f"{SPACE_MARK}*[^{SPACE_MARK}]+|{SPACE_MARK}+")
+
+
+@dataclass
+class CorpusInfo:
+    """Size and fingerprint of one training file (for ``ruadapt_tokenizer.json``)."""
+
+    path: Path
+    bytes: int
+    lines: int
+    chars: int
+    sha256: str
+
+    def as_dict(self) -> dict:
+        return {"path": str(self.path.resolve()), "bytes": self.bytes, "lines": self.lines, "chars": self.chars, "sha256": self.sha256}
+
+
+def check_corpus(path: Path, option: str = "--corpus") -> Path:
+    """Refuse a corpus that is missing, not a file or empty (before any output is started)."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise RuadaptError(f"{path}: {option} file not found")
+    if not path.is_file():
+        raise RuadaptError(f"{path}: {option} is not a file (give a UTF-8 text file, one document or sentence per line)")
+    if path.stat().st_size == 0:
+        raise RuadaptError(f"{path}: {option} file is empty")
+    return path
+
+
+def read_lines(path: Path, option: str = "--corpus") -> list[str]:
+    """The non-empty lines of a UTF-8 text file; a one-line error for anything that is not UTF-8 text."""
+    path = check_corpus(path, option)
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise RuadaptError(f"{path}: {option} is not UTF-8 text (invalid byte 0x{data[e.start]:02x} on line {line}); convert it with iconv -t UTF-8") from None
+    if text.startswith("\ufeff"):
+        text = text[1:]
+    lines = [line for line in text.splitlines() if line.strip()]
+    if not lines:
+        raise RuadaptError(f"{path}: {option} holds no text (only empty lines)")
+    return lines
+
+
+def split_sentencepiece_words(text: str) -> list[str]:
+    """SentencePiece word boundaries in ``▁``-normalized text: ``"a▁b▁▁c▁"`` → ``["a", "▁b", "▁▁c", "▁"]``."""
+    return _SP_WORD.findall(text)
+
+
+class WordSplitter:
+    """Normalizer + pre-tokenizer of a base tokenizer as one callable: line → training words."""
+
+    def __init__(self, tokenizer: Tokenizer, family: str):
+        self.normalizer = tokenizer.normalizer
+        self.pre_tokenizer = tokenizer.pre_tokenizer
+        self.sentencepiece = family == SENTENCEPIECE
+
+    def __call__(self, line: str) -> list[str]:
+        text = self.normalizer.normalize_str(line) if self.normalizer is not None else line
+        if self.pre_tokenizer is not None:
+            words = [w for w, _ in self.pre_tokenizer.pre_tokenize_str(text)]
+        else:
+            words = [text]
+        if self.sentencepiece:
+            words = [piece for w in words for piece in split_sentencepiece_words(w)]
+        return words
+
+
+def count_words(
+    tokenizer: Tokenizer, family: str, corpora: Iterable[Path], *, progress: bool = True
+) -> tuple[Counter[str], list[CorpusInfo]]:
+    """Word → count over all corpora (in first-seen order, so everything downstream is deterministic)."""
+    split = WordSplitter(tokenizer, family)
+    counts: Counter[str] = Counter()
+    infos: list[CorpusInfo] = []
+    for path in corpora:
+        lines = read_lines(path)
+        for line in tqdm(lines, desc=f"words {Path(path).name}", unit=" lines", disable=not progress, mininterval=1.0):
+            counts.update(split(line))
+        infos.append(
+            CorpusInfo(Path(path), Path(path).stat().st_size, len(lines), sum(len(x) for x in lines), sha256_file(Path(path)))
+        )
+        log.info("%s: %d lines, %d distinct words so far", path, len(lines), len(counts))
+    return counts, infos
+
+
+def iter_lines(paths: Iterable[Path]) -> Iterator[str]:
+    for p in paths:
+        yield from read_lines(p)
