@@ -1,0 +1,368 @@
+"""``ruadapt trim``: shrink a model's vocabulary to the tokens a corpus uses (the mT5 → Russian-T5 recipe).
+
+Steps: count the tokens of the corpus with the model's own tokenizer; keep specials, the alphabet, the selected
+tokens and their BPE closure (:mod:`ruadapt.trim.tokenizer`); renumber the kept tokens compactly in their old
+order; copy their rows of every vocabulary matrix (input embedding and its tied copies, the lm_head of untied
+models) bit-identically, pad like ``swap`` pads, and remap every special id in the configs. Only vocabulary
+matrices are in memory; every other tensor streams through (shards without one are copied as files).
+
+:func:`trim_tokenizer` does the tokenizer half alone, for a tokenizer directory without weights (e.g. the demo
+trims Qwen2.5's vocabulary before training a tiny base model from scratch).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from tokenizers import Tokenizer
+
+from ..arch import arch_for_config
+from ..checkpoint import CheckpointReader, parse_size, read_json, write_with_replacements
+from ..errors import RuadaptError
+from ..outdir import atomic_output_dir, check_output_dir
+from ..record import StageRecord, sha256_file
+from ..swap import check_vocab_tensors, padded_rows, padding_multiple
+from ..tokdir import (
+    TOKEN_ID_KEYS,
+    copy_tokenizer_files,
+    load_tokenizer,
+    remap_token_ids,
+    sync_added_tokens_decoder,
+    tokenizer_json_path,
+    tokenizer_size,
+    write_json,
+)
+from ..vocab import mean_row
+from .corpus import TokenCounts, compare_segmentation, count_tokens, read_lines
+from .tokenizer import Selection, VocabSurgeon
+
+log = logging.getLogger(__name__)
+
+ID_MAP_FILE = "id_map.json"
+
+
+@dataclass
+class TrimPlan:
+    """Everything decided before any output is written."""
+
+    old_tok: Tokenizer
+    new_tok: Tokenizer
+    old_to_new: dict[int, int]
+    selection: Selection
+    counts: TokenCounts
+    n_old: int
+    n_new: int
+
+
+def read_keep_tokens(path: Path, surgeon: VocabSurgeon) -> list[int]:
+    """Ids of the tokens listed in ``path``: one per line, spelled as in tokenizer.json (``Ġпривет``, ``▁мир``,
+    ``<|im_start|>``)."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise RuadaptError(f"{path}: --keep-tokens file not found")
+    by_content = {c: i for i, c in surgeon.added.items()}
+    ids = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").split("\n"), start=1):
+        token = line.rstrip("\r")
+        if not token:
+            continue
+        i = surgeon.id_of.get(token, by_content.get(token))
+        if i is None:
+            raise RuadaptError(f"{path}:{n}: {token!r} is not a token of the tokenizer (write tokens as tokenizer.json spells them)")
+        ids.append(i)
+    return ids
+
+
+def plan_trim(
+    tokenizer_dir: Path,
+    corpora: Sequence[Path],
+    *,
+    keep_top: int | None = None,
+    min_count: int | None = None,
+    keep_tokens: Path | None = None,
+    option: str = "--model",
+    progress: bool = True,
+) -> TrimPlan:
+    """Count, select and rebuild the tokenizer of ``tokenizer_dir`` (no output written)."""
+    if keep_top is not None and min_count is not None:
+        raise RuadaptError("--keep-top and --min-count exclude each other; give one")
+    if keep_top is not None and keep_top < 1:
+        raise RuadaptError(f"--keep-top must be positive, got {keep_top}")
+    if min_count is not None and min_count < 1:
+        raise RuadaptError(f"--min-count must be ≥ 1, got {min_count}")
+    if not corpora:
+        raise RuadaptError("--corpus: give at least one text file")
+    for f in corpora:  # fail on a missing file before minutes of counting the others
+        if not Path(f).is_file():
+            raise RuadaptError(f"{f}: --corpus file not found")
+    old_tok = load_tokenizer(tokenizer_dir, option)
+    surgeon = VocabSurgeon(old_tok, str(tokenizer_json_path(tokenizer_dir, option)))
+    keep_ids = read_keep_tokens(keep_tokens, surgeon) if keep_tokens is not None else []
+    n_old = tokenizer_size(old_tok)
+    counts = count_tokens(old_tok, corpora, n_old, progress=progress)
+    selection = surgeon.select(counts.counts, keep_top=keep_top, min_count=min_count, keep_tokens=keep_ids)
+    new_tok, old_to_new = surgeon.rebuild(selection.kept)
+    return TrimPlan(old_tok, new_tok, old_to_new, selection, counts, n_old, tokenizer_size(new_tok))
+
+
+def _measure(plan: TrimPlan, corpora: Sequence[Path], eval_texts: Sequence[Path], progress: bool) -> dict:
+    """Segmentation before/after on the corpus (all files together) and on each eval text."""
+    corpus_lines = [line for f in corpora for line in read_lines(f)]
+    out = {
+        "corpus": compare_segmentation(plan.old_tok, plan.new_tok, plan.old_to_new, corpus_lines, desc="corpus after trim", progress=progress),
+        "eval": {},
+    }
+    out["corpus"]["coverage_of_token_occurrences"] = round(plan.counts.coverage(plan.selection.kept), 6)
+    out["corpus"]["distinct_tokens_used"] = int((plan.counts.counts > 0).sum())
+    for f in eval_texts:
+        lines = read_lines(f, "--eval-text")
+        out["eval"][str(f)] = compare_segmentation(plan.old_tok, plan.new_tok, plan.old_to_new, lines, desc=Path(f).name, progress=progress)
+    return out
+
+
+def _write_tokenizer(src: Path, dst: Path, plan: TrimPlan) -> list[str]:
+    copied = copy_tokenizer_files(src, dst)
+    plan.new_tok.save(str(dst / "tokenizer.json"))
+    sync_added_tokens_decoder(dst, plan.new_tok)
+    reloaded = Tokenizer.from_file(str(dst / "tokenizer.json"))
+    if reloaded.get_vocab(with_added_tokens=True) != plan.new_tok.get_vocab(with_added_tokens=True):
+        raise RuadaptError(f"{dst / 'tokenizer.json'}: token ids changed on reload; nothing written")
+    write_json(
+        dst / ID_MAP_FILE,
+        {
+            "about": "old token id -> new token id for every kept token; new_to_old[j] is the old id of new id j",
+            "old_tokens": plan.n_old,
+            "new_tokens": plan.n_new,
+            "old_to_new": {str(o): n for o, n in sorted(plan.old_to_new.items())},
+            "new_to_old": plan.selection.kept,
+        },
+    )
+    return copied
+
+
+def _record_common(record: StageRecord, plan: TrimPlan, corpora: Sequence[Path], measured: dict) -> None:
+    for k, f in enumerate(corpora):
+        record.input(f"corpus_{k}", f, sha256=sha256_file(Path(f)))
+    record.set(
+        "tokens",
+        {
+            "before": plan.n_old,
+            "after": plan.n_new,
+            "kept_by_reason": plan.selection.summary(),
+            "corpus_lines": plan.counts.lines,
+            "corpus_chars": plan.counts.chars,
+            "corpus_tokens": plan.counts.tokens,
+        },
+    )
+    record.set("segmentation", measured)
+
+
+def trim_tokenizer(
+    tokenizer_dir: Path,
+    corpora: Sequence[Path],
+    out: Path,
+    *,
+    keep_top: int | None = None,
+    min_count: int | None = None,
+    keep_tokens: Path | None = None,
+    eval_texts: Sequence[Path] = (),
+    progress: bool = True,
+) -> dict:
+    """Write a trimmed copy of the tokenizer in ``tokenizer_dir`` (+ ``id_map.json``, ``ruadapt_trim.json``)."""
+    tokenizer_dir, out = Path(tokenizer_dir), Path(out)
+    corpora, eval_texts = [Path(c) for c in corpora], [Path(e) for e in eval_texts]
+    check_output_dir(out, [tokenizer_dir])
+    for f in eval_texts:
+        if not f.is_file():
+            raise RuadaptError(f"{f}: --eval-text file not found")
+    record = StageRecord("trim", {"keep_top": keep_top, "min_count": min_count, "keep_tokens": keep_tokens, "tokenizer_only": True})
+    with record.timed("select"):
+        plan = plan_trim(tokenizer_dir, corpora, keep_top=keep_top, min_count=min_count, keep_tokens=keep_tokens, option="--tokenizer", progress=progress)
+    with record.timed("measure"):
+        measured = _measure(plan, corpora, eval_texts, progress)
+    record.input("tokenizer", tokenizer_json_path(tokenizer_dir, "--tokenizer"), sha256=sha256_file(tokenizer_json_path(tokenizer_dir, "--tokenizer")))
+    with atomic_output_dir(out, [tokenizer_dir, *corpora, *eval_texts]) as tmp:
+        record.set("tokenizer_files", _write_tokenizer(tokenizer_dir, tmp, plan))
+        _record_common(record, plan, corpora, measured)
+        record.write(tmp)
+    log.info("wrote %s: %d -> %d tokens", out, plan.n_old, plan.n_new)
+    return record.data
+
+
+def _shard_bytes(directory: Path) -> int:
+    return sum(p.stat().st_size for p in Path(directory).glob("*.safetensors"))
+
+
+def _set_vocab_size(config: dict, rows: int) -> None:
+    config["vocab_size"] = rows
+    text = config.get("text_config")
+    if isinstance(text, dict) and "vocab_size" in text:
+        text["vocab_size"] = rows
+
+
+def _check_ids(config: dict, rows: int, where: str) -> None:
+    for key in TOKEN_ID_KEYS:
+        value = config.get(key)
+        for v in value if isinstance(value, list) else [value]:
+            if v is not None and int(v) >= rows:
+                raise RuadaptError(f"{where}: {key} {v} lies past the {rows} rows of the trimmed model and is no token")
+
+
+def trim_model(
+    model_dir: Path,
+    corpora: Sequence[Path],
+    out: Path,
+    *,
+    keep_top: int | None = None,
+    min_count: int | None = None,
+    keep_tokens: Path | None = None,
+    eval_texts: Sequence[Path] = (),
+    pad_to_multiple_of: int | None = None,
+    max_shard_size: str | int | None = None,
+    progress: bool = True,
+) -> dict:
+    """Write ``out``: ``model_dir`` with its vocabulary trimmed to what ``corpora`` use. Returns the stage record."""
+    model_dir, out = Path(model_dir), Path(out)
+    corpora, eval_texts = [Path(c) for c in corpora], [Path(e) for e in eval_texts]
+    if pad_to_multiple_of is not None and pad_to_multiple_of < 1:
+        raise RuadaptError(f"--pad-to-multiple-of must be ≥ 1, got {pad_to_multiple_of}")
+    record = StageRecord(
+        "trim",
+        {"keep_top": keep_top, "min_count": min_count, "keep_tokens": keep_tokens, "pad_to_multiple_of": pad_to_multiple_of, "max_shard_size": max_shard_size},
+    )
+    # ---- everything is validated before any output exists
+    reader = CheckpointReader(model_dir)
+    arch = arch_for_config(reader.config, reader.path / "config.json")
+    check_output_dir(out, [model_dir])
+    tokenizer_json_path(model_dir, "--model")
+    for f in eval_texts:
+        if not f.is_file():
+            raise RuadaptError(f"{f}: --eval-text file not found")
+    max_shard_bytes = parse_size(max_shard_size) if max_shard_size is not None else None
+    with record.timed("select"):
+        plan = plan_trim(model_dir, corpora, keep_top=keep_top, min_count=min_count, keep_tokens=keep_tokens, progress=progress)
+    check_vocab_tensors(reader, arch, plan.n_old)
+    names = [n for n in (*arch.input_names, arch.output_name) if n in reader]
+    old_rows, hidden = reader.info(arch.input_name).shape
+    for n in names:
+        if reader.info(n).shape[0] < plan.n_old:
+            raise RuadaptError(f"{reader.path}: {n} has {reader.info(n).shape[0]} rows but the tokenizer has {plan.n_old} tokens")
+    multiple = pad_to_multiple_of or padding_multiple(old_rows, plan.n_old)
+    new_rows = padded_rows(plan.n_new, multiple)
+
+    config = dict(reader.config)
+    gen_path = reader.path / "generation_config.json"
+    gen_config = read_json(gen_path) if gen_path.is_file() else None
+    id_changes = {"config.json": remap_token_ids(config, plan.old_tok, plan.new_tok, where=str(reader.path / "config.json"))}
+    _check_ids(config, new_rows, str(reader.path / "config.json"))
+    if gen_config is not None:
+        id_changes["generation_config.json"] = remap_token_ids(gen_config, plan.old_tok, plan.new_tok, where=str(gen_path))
+        _check_ids(gen_config, new_rows, str(gen_path))
+    _set_vocab_size(config, new_rows)
+
+    with record.timed("measure"):
+        measured = _measure(plan, corpora, eval_texts, progress)
+    record.input("model", reader.path, fingerprint=reader.fingerprint(), model_type=arch.model_type, tied=arch.tied)
+
+    index = torch.tensor(plan.selection.kept, dtype=torch.long)
+
+    def trimmed(name: str) -> torch.Tensor:
+        """Kept rows copied bit-identically, then padding rows (mean of the old token rows)."""
+        old = reader.get(name)
+        new = torch.empty(new_rows, old.shape[1], dtype=old.dtype)
+        new[: plan.n_new] = old.index_select(0, index)
+        if new_rows > plan.n_new:
+            new[plan.n_new :] = mean_row(old, plan.n_old)
+        return new
+
+    params_before = sum(_numel(i.shape) for i in reader.infos.values())
+    vocab_params_before = sum(_numel(reader.info(n).shape) for n in names)
+    bytes_before = _shard_bytes(reader.path)
+    replacements = {}
+    with record.timed("trim_rows"):
+        for n in names:
+            replacements[n] = trimmed(n)
+    reader.close()
+    with atomic_output_dir(out, [model_dir, *corpora, *eval_texts]) as tmp:
+        with record.timed("write"):
+            write_with_replacements(reader, tmp, replacements, max_shard_bytes=max_shard_bytes, progress=progress)
+        replacements.clear()
+        write_json(tmp / "config.json", config)
+        if gen_config is not None:
+            write_json(tmp / "generation_config.json", gen_config)
+        record.set("tokenizer_files", _write_tokenizer(model_dir, tmp, plan))
+        out_reader = CheckpointReader(tmp)
+        params_after = sum(_numel(i.shape) for i in out_reader.infos.values())
+        vocab_params_after = sum(_numel(out_reader.info(n).shape) for n in names)
+        _record_common(record, plan, corpora, measured)
+        record.set(
+            "model",
+            {
+                "model_type": arch.model_type,
+                "tied": arch.tied,
+                "hidden_size": hidden,
+                "vocab_tensors": names,
+                "rows_before": old_rows,
+                "rows_after": new_rows,
+                "padding_multiple": multiple,
+                "parameters_before": params_before,
+                "parameters_after": params_after,
+                "vocab_parameters_before": vocab_params_before,
+                "vocab_parameters_after": vocab_params_after,
+                "bytes_on_disk_before": bytes_before,
+                "bytes_on_disk_after": _shard_bytes(tmp),
+                "token_id_changes": id_changes,
+            },
+        )
+        record.write(tmp)
+    log.info("wrote %s: %d -> %d tokens, %d -> %d rows", out, plan.n_old, plan.n_new, old_rows, new_rows)
+    return record.data
+
+
+def _numel(shape: Sequence[int]) -> int:
+    n = 1
+    for s in shape:
+        n *= s
+    return n
+
+
+def format_report(data: dict) -> str:
+    """The short human-readable report of a ``ruadapt_trim.json`` record."""
+    tokens = data["tokens"]
+    reasons = ", ".join(f"{k} {v:,}" for k, v in tokens["kept_by_reason"].items() if v)
+    seg = data["segmentation"]
+    corpus = seg["corpus"]
+    lines = [
+        f"tokens          {tokens['before']:,} -> {tokens['after']:,} ({reasons})",
+        f"corpus          {tokens['corpus_lines']:,} lines, {tokens['corpus_chars']:,} chars, "
+        f"{corpus['distinct_tokens_used']:,} distinct tokens used; coverage of token occurrences "
+        f"{100 * corpus['coverage_of_token_occurrences']:.2f} %",
+    ]
+
+    def seg_line(name: str, s: dict) -> str:
+        return (
+            f"  {name:<28} chars/token {s['chars_per_token_before']:.3f} -> {s['chars_per_token_after']:.3f}; "
+            f"{s['lines_segmentation_changed']:,} of {s['lines']:,} lines segmented differently; "
+            f"{s['lines_not_round_trip']:,} do not round-trip"
+        )
+
+    lines.append("segmentation")
+    lines.append(seg_line("corpus", corpus))
+    for name, s in seg["eval"].items():
+        lines.append(seg_line(Path(name).name, s))
+    model = data.get("model")
+    if model:
+        lines += [
+            f"rows            {model['rows_before']:,} -> {model['rows_after']:,} (padding multiple {model['padding_multiple']})",
+            f"parameters      {model['parameters_before']:,} -> {model['parameters_after']:,} "
+            f"(vocabulary matrices {model['vocab_parameters_before']:,} -> {model['vocab_parameters_after']:,})",
+            f"bytes on disk   {model['bytes_on_disk_before']:,} -> {model['bytes_on_disk_after']:,}",
+        ]
+        changes = {k: v for f in model["token_id_changes"].values() for k, v in f.items()}
+        if changes:
+            lines.append("ids remapped    " + ", ".join(f"{k} {a}->{b}" for k, (a, b) in changes.items()))
+    return "\n".join(lines)
