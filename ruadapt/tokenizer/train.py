@@ -27,8 +27,15 @@ from tokenizers import Tokenizer
 from ..errors import RuadaptError, require
 from ..outdir import atomic_output_dir, check_output_dir
 from ..record import StageRecord, sha256_file
-from ..tokdir import copy_tokenizer_files, load_tokenizer, tokenizer_json_path, tokenizer_size, write_json
-from ..vocab import SENTENCEPIECE, detect_family
+from ..tokdir import (
+    copy_tokenizer_files,
+    load_tokenizer,
+    sync_added_tokens_decoder,
+    tokenizer_json_path,
+    tokenizer_size,
+    write_json,
+)
+from ..vocab import BYTE_LEVEL, SENTENCEPIECE, detect_family
 from .bpe import learn_merges
 from .words import CorpusInfo, check_corpus, count_words, read_lines
 
@@ -83,10 +90,12 @@ def train_tokenizer(
     record.set("words", {"total": sum(counts.values()), "distinct": len(counts)})
 
     spec = json.loads(base_json.read_text(encoding="utf-8"))
+    id_map: dict[str, list[int]] = {}
     if mode == "extend":
         spec, facts, check_words = extend_spec(spec, base_tok, family, counts, new_tokens, min_frequency, record, progress)
     else:
-        raise RuadaptError("--mode replace: not implemented yet")  # replaced below once written
+        spec, facts, id_map = replace_spec(spec, base_tok, family, counts, vocab_size, min_frequency, record, progress)
+        check_words = []
     record.set("result", facts)
 
     with atomic_output_dir(out, [base, *corpora]) as tmp:
@@ -94,8 +103,11 @@ def train_tokenizer(
             copy_tokenizer_files(base, tmp)
             new_tok = Tokenizer.from_str(json.dumps(spec, ensure_ascii=False))
             new_tok.save(str(tmp / "tokenizer.json"), pretty=False)
+            if mode == "replace":
+                sync_added_tokens_decoder(tmp, new_tok)
+                write_json(tmp / TOKEN_ID_MAP, {"base": str(base.resolve()), "added_tokens": id_map})
         with record.timed("verify"):
-            record.set("verify", verify_extension(tmp, base_tok, facts, infos, check_words))
+            record.set("verify", verify_tokenizer(tmp, base_tok, facts, infos, check_words, id_map))
         record.write(tmp)
     log.info("wrote %s: %d tokens (%s)", out, facts["tokens"], mode)
     return record.data
@@ -195,21 +207,145 @@ def extend_spec(
     return spec, facts, [(word_list[k], res.words[k]) for k in top]
 
 
-def verify_extension(
-    out_dir: Path, base_tok: Tokenizer, facts: dict, infos: list[CorpusInfo], check_words: list[tuple[str, list[int]]]
+def _byte_piece(p: str) -> bool:
+    return len(p) == 6 and p.startswith("<0x") and p.endswith(">")
+
+
+def replace_spec(
+    spec: dict,
+    base_tok: Tokenizer,
+    family: str,
+    counts: dict[str, int],
+    vocab_size: int,
+    min_frequency: int,
+    record: StageRecord,
+    progress: bool,
+) -> tuple[dict, dict[str, Any], dict[str, list[int]]]:
+    """The base ``tokenizer.json`` dict with a new BPE model trained by ``tokenizers`` on the training words.
+
+    The words are already normalized and pre-tokenized (SentencePiece-style ones split at ``▁``), so the trainer
+    sees each as one pre-token; the base's normalizer, pre-tokenizer, decoder and model flags are kept. Layout:
+    the trained vocabulary from 0, then ``<0x00>``..``<0xFF>`` for byte-fallback models, then the base's added
+    tokens in their base order (also in the model vocab, so their ids cannot move).
+    """
+    from tokenizers import models, pre_tokenizers, trainers
+
+    model = spec["model"]
+    require(model.get("type") == "BPE", f"--base: a {model.get('type')} tokenizer; --mode replace trains BPE and needs a BPE base")
+    added = sorted(base_tok.get_added_tokens_decoder().items())
+    byte_fallback = bool(model.get("byte_fallback"))
+    n_bytes = 256 if byte_fallback else 0
+    n_model = vocab_size - len(added) - n_bytes
+    alphabet = pre_tokenizers.ByteLevel.alphabet() if family == BYTE_LEVEL else []
+    minimum = len(added) + n_bytes + max(len(alphabet), 1) + 1
+    require(
+        n_model > len(alphabet),
+        f"--vocab-size {vocab_size}: too small; the base's {len(added)} added tokens"
+        + (", 256 byte-fallback pieces" if n_bytes else "")
+        + (", 256 byte symbols" if alphabet else "")
+        + f" and some merges need at least {minimum}",
+    )
+    trainer = trainers.BpeTrainer(
+        vocab_size=n_model, min_frequency=min_frequency, show_progress=progress, initial_alphabet=alphabet, special_tokens=[]
+    )
+    learner = Tokenizer(models.BPE())
+    total = sum(counts.values())
+
+    def words():
+        for w, c in counts.items():
+            for _ in range(c):
+                yield w
+
+    with record.timed("learn_merges"):
+        learner.train_from_iterator(words(), trainer=trainer, length=total)
+    trained = json.loads(learner.to_str())["model"]
+    if len(trained["vocab"]) < n_model:
+        log.warning("only %d of %d BPE tokens learned: no more pairs occur %d times or more", len(trained["vocab"]), n_model, min_frequency)
+    vocab: dict[str, int] = dict(sorted(trained["vocab"].items(), key=lambda kv: kv[1]))
+    merges = [m.split(" ") if isinstance(m, str) else list(m) for m in trained["merges"]]
+    next_id = len(vocab)
+    for b in range(n_bytes):
+        piece = f"<0x{b:02X}>"
+        if piece not in vocab:
+            vocab[piece] = next_id
+            next_id += 1
+    id_map: dict[str, list[int]] = {}
+    new_added = []
+    base_added_spec = {t["content"]: t for t in spec.get("added_tokens", [])}
+    for old_id, tok in added:
+        if tok.content in vocab:
+            raise RuadaptError(f"--base: added token {tok.content!r} was also learned as a normal token; this should not happen")
+        vocab[tok.content] = next_id
+        id_map[tok.content] = [old_id, next_id]
+        entry = dict(base_added_spec.get(tok.content, {}))
+        entry.update({"id": next_id, "content": tok.content})
+        new_added.append(entry)
+        next_id += 1
+
+    new_model = dict(model)
+    new_model["vocab"] = vocab
+    new_model["merges"] = [f"{a} {b}" for a, b in merges] if _merge_format(spec) == "string" else merges
+    spec["model"] = new_model
+    spec["added_tokens"] = new_added
+    _remap_post_processor(spec.get("post_processor"), {c: n for c, (_, n) in id_map.items()})
+    facts = {
+        "mode": "replace",
+        "family": family,
+        "base_tokens": tokenizer_size(base_tok),
+        "tokens": next_id,
+        "trained_tokens": len(trained["vocab"]),
+        "merges": len(merges),
+        "byte_fallback_pieces": n_bytes,
+        "added_tokens": len(added),
+        "added_id_range": [next_id - len(added), next_id],
+    }
+    return spec, facts, id_map
+
+
+def _remap_post_processor(node: Any, new_ids: dict[str, int]) -> None:
+    """Point the special tokens of a (TemplateProcessing) post-processor at their new ids, in place."""
+    if isinstance(node, dict):
+        specials = node.get("special_tokens")
+        if isinstance(specials, dict):
+            for entry in specials.values():
+                if isinstance(entry, dict) and "tokens" in entry:
+                    entry["ids"] = [new_ids[t] for t in entry["tokens"]]
+        for v in node.values():
+            _remap_post_processor(v, new_ids)
+    elif isinstance(node, list):
+        for v in node:
+            _remap_post_processor(v, new_ids)
+
+
+def verify_tokenizer(
+    out_dir: Path,
+    base_tok: Tokenizer,
+    facts: dict,
+    infos: list[CorpusInfo],
+    check_words: list[tuple[str, list[int]]],
+    id_map: dict[str, list[int]],
 ) -> dict:
-    """Reload what was written (``tokenizers`` and transformers) and check ids; a mismatch is an error."""
+    """Reload what was written (``tokenizers`` and transformers) and check ids; a mismatch is an error, so a
+    tokenizer that moved an id is never left behind."""
     path = out_dir / "tokenizer.json"
     new_tok = Tokenizer.from_file(str(path))
-    base_vocab = base_tok.get_vocab(with_added_tokens=True)
     new_vocab = new_tok.get_vocab(with_added_tokens=True)
-    moved = [(s, i, new_vocab.get(s)) for s, i in base_vocab.items() if new_vocab.get(s) != i]
-    if moved:
-        raise RuadaptError(f"{path}: {len(moved)} base tokens changed id after reload (first: {moved[0]}); nothing written")
-    base_added = {i: t.content for i, t in base_tok.get_added_tokens_decoder().items()}
     new_added = {i: t.content for i, t in new_tok.get_added_tokens_decoder().items()}
-    if base_added != new_added:
-        raise RuadaptError(f"{path}: added tokens differ from the base's after reload; nothing written")
+    checked: dict[str, Any] = {}
+    if facts["mode"] == "extend":
+        base_vocab = base_tok.get_vocab(with_added_tokens=True)
+        moved = [(s, i, new_vocab.get(s)) for s, i in base_vocab.items() if new_vocab.get(s) != i]
+        if moved:
+            raise RuadaptError(f"{path}: {len(moved)} base tokens changed id after reload (first: {moved[0]}); nothing written")
+        base_added = {i: t.content for i, t in base_tok.get_added_tokens_decoder().items()}
+        if base_added != new_added:
+            raise RuadaptError(f"{path}: added tokens differ from the base's after reload; nothing written")
+        checked["base_ids_kept"] = len(base_vocab)
+    else:
+        wrong = [c for c, (_, n) in id_map.items() if new_added.get(n) != c or new_vocab.get(c) != n]
+        if wrong:
+            raise RuadaptError(f"{path}: {len(wrong)} added tokens are not at their mapped ids after reload (first {wrong[0]!r})")
+        checked["added_tokens_remapped"] = len(id_map)
     n = tokenizer_size(new_tok)
     if n != facts["tokens"]:
         raise RuadaptError(f"{path}: {n} tokens after reload, expected {facts['tokens']}")
@@ -217,12 +353,14 @@ def verify_extension(
     bad = [w for w, s in check_words if [t.id for t in new_tok.model.tokenize(w)] != s]
     if bad:
         raise RuadaptError(f"{path}: {len(bad)} training words segment differently after reload (first {bad[0]!r}); nothing written")
+    checked["words_resegmented_identically"] = len(check_words)
 
     lines = read_lines(infos[0].path)[:VERIFY_LINES]
     ids = [e.ids for e in new_tok.encode_batch(lines, add_special_tokens=False)]
     not_round = sum(new_tok.decode(x, skip_special_tokens=False) != line for x, line in zip(ids, lines))
     if not_round:
         raise RuadaptError(f"{path}: {not_round} of {len(lines)} training lines do not decode back to themselves")
+    checked["lines_round_trip"] = len(lines)
 
     from transformers import AutoTokenizer
 
@@ -237,10 +375,6 @@ def verify_extension(
     if hf_ids != ids:
         k = sum(a != b for a, b in zip(hf_ids, ids))
         raise RuadaptError(f"{out_dir}: transformers AutoTokenizer encodes {k} of {len(lines)} lines differently from tokenizers")
-    return {
-        "base_ids_kept": len(base_vocab),
-        "words_resegmented_identically": len(check_words),
-        "lines_round_trip": len(lines),
-        "lines_same_ids_transformers": len(lines),
-        "transformers_class": type(hf).__name__,
-    }
+    checked["lines_same_ids_transformers"] = len(lines)
+    checked["transformers_class"] = type(hf).__name__
+    return checked
