@@ -1,0 +1,79 @@
+"""``ruadapt eval --model NAME=DIR ... --text LANG=FILE ... --out DIR``"""
+
+from __future__ import annotations
+
+import argparse
+
+from . import add_parser, path_arg
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = add_parser(
+        sub,
+        "eval",
+        help="bits per byte, generation speed and lm-eval tasks for one or more models, side by side",
+        description="Compare models (e.g. a base and its Russian adaptation) on the same bytes: bits per byte on "
+        "plain text (every token scored, first after BOS/EOS) and on the assistant turns of chat JSONL (prompt as "
+        "context), chars/token and bytes/token, greedy generation speed in chars/s and tokens/s (models alternating, "
+        "warm-up excluded), and ruadapt's offline lm-eval tasks (bpb_<LANG>, copy_ru). Writes report.json, "
+        "report.md, bpb.png, speed.png and ruadapt_eval.json into --out.",
+        examples="""\
+ruadapt eval --model base=./Qwen2.5-7B --model ru=./Qwen2.5-7B-ru \\
+    --text ru=data/ru_eval.txt --text en=data/en_eval.txt --device cuda --out runs/eval
+ruadapt eval --model inst=./inst --model lep=./lep --chat ru_chat=heldout.jsonl --out runs/eval-chat
+ruadapt eval --model base=./base --model ru=./ru --text ru=data/ru_eval.txt \\
+    --tasks bpb_ru,copy_ru --task-limit 50 --out runs/eval-tasks""",
+    )
+    p.add_argument("--model", action="append", required=True, metavar="NAME=DIR",
+                   help="a model directory (repeat; the first is the baseline of speed ratios)")
+    p.add_argument("--text", action="append", metavar="LANG=FILE", help="plain text, one document per line (repeat)")
+    p.add_argument("--chat", action="append", metavar="LANG=FILE",
+                   help='chat JSONL {"messages": [...]}: bpb of assistant turns, conversation before them as context')
+    p.add_argument("--prompts", type=path_arg, metavar="FILE",
+                   help="speed prompts, one per line (default: the --text ru file)")
+    p.add_argument("--tasks", default="", metavar="T1,T2",
+                   help="lm-eval tasks: bpb_<LANG> for each --text LANG, copy_ru (needs --text ru or --copy-file)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--dtype", default="auto", help="auto (float32 on cpu, bfloat16 on cuda), float32, bfloat16, float16")
+    p.add_argument("--window", type=int, default=1024,
+                   help="tokens per forward pass for bpb and lm-eval (capped by every model's max positions)")
+    p.add_argument("--stride", type=int, default=None,
+                   help="window step for long texts (default = window: lm-eval's loglikelihood_rolling policy)")
+    p.add_argument("--batch-tokens", type=int, default=2048, help="padded tokens per bpb forward batch")
+    p.add_argument("--max-lines", type=int, default=None, help="use only the first N lines of each --text/--chat file")
+    p.add_argument("--speed-prompts", type=int, default=8, help="prompts for the speed test (0 = skip it)")
+    p.add_argument("--new-tokens", type=int, default=64, help="tokens generated per prompt in the speed test")
+    p.add_argument("--speed-mode", default="greedy", choices=("greedy", "reference"),
+                   help="greedy: the model's own continuation; reference: forced to the rest of the prompt line "
+                   "(real Russian text even from an untrained body)")
+    p.add_argument("--copy-file", type=path_arg, metavar="FILE", help="paragraphs for copy_ru (default: --text ru)")
+    p.add_argument("--task-limit", type=int, default=None, help="documents per lm-eval task (default: all)")
+    p.add_argument("--out", type=path_arg, required=True, help="new output directory")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..eval.data import parse_named
+    from ..eval.run import run_eval
+
+    report = run_eval(
+        parse_named(args.model, "--model"),
+        args.out,
+        texts=parse_named(args.text, "--text"),
+        chats=parse_named(args.chat, "--chat"),
+        prompts=args.prompts,
+        tasks=[t.strip() for t in args.tasks.split(",") if t.strip()],
+        device=args.device,
+        dtype=args.dtype,
+        window=args.window,
+        stride=args.stride,
+        batch_tokens=args.batch_tokens,
+        max_lines=args.max_lines,
+        speed_prompts=args.speed_prompts,
+        new_tokens=args.new_tokens,
+        speed_mode=args.speed_mode,
+        copy_file=args.copy_file,
+        task_limit=args.task_limit,
+    )
+    print((args.out / "report.md").read_text(encoding="utf-8"))
+    return 0 if report else 1

@@ -1,0 +1,74 @@
+"""Evaluation inputs: plain-text files (one document per line) and chat JSONL (``{"messages": [...]}``).
+
+Both the bits-per-byte scorer and the shipped lm-eval tasks read text through :func:`read_lines`, so the two
+always see exactly the same lines (same newline handling, same empty-line skipping) and their numbers can be
+compared to the last digit.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..errors import RuadaptError
+
+ROLES = ("system", "user", "assistant", "tool")
+
+
+def parse_named(items: list[str] | None, option: str) -> dict[str, Path]:
+    """``["ru=a.txt", "en=b.txt"]`` -> ``{"ru": Path("a.txt"), ...}``; names must be unique and non-empty."""
+    out: dict[str, Path] = {}
+    for item in items or []:
+        name, sep, path = item.partition("=")
+        name = name.strip()
+        if not sep or not name or not path:
+            raise RuadaptError(f"{option} {item!r}: expected NAME=PATH, e.g. {option} ru=./ru_eval.txt")
+        if name in out:
+            raise RuadaptError(f"{option} {name}: given twice")
+        out[name] = Path(path).expanduser()
+    return out
+
+
+def read_lines(path: Path | str, *, max_lines: int | None = None, what: str = "text file") -> list[str]:
+    """Non-empty lines of a UTF-8 file without their line ends, at most ``max_lines`` of them.
+
+    Raises a one-line error for a missing, unreadable, non-UTF-8 or empty file."""
+    path = Path(path)
+    if not path.is_file():
+        raise RuadaptError(f"{path}: {what} not found")
+    lines: list[str] = []
+    try:
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                line = line.rstrip("\r\n")
+                if line.strip():
+                    lines.append(line)
+                    if max_lines is not None and len(lines) >= max_lines:
+                        break
+    except UnicodeDecodeError as e:
+        raise RuadaptError(f"{path}: {what} is not UTF-8 ({e.reason} at byte {e.start})") from None
+    if not lines:
+        raise RuadaptError(f"{path}: {what} is empty (no non-blank line)")
+    return lines
+
+
+def read_chats(path: Path | str, *, max_lines: int | None = None) -> list[list[dict[str, str]]]:
+    """Conversations of a chat JSONL file: one ``{"messages": [{"role": ..., "content": ...}, ...]}`` per line,
+    each with at least one assistant turn (the turns that get scored)."""
+    path = Path(path)
+    chats: list[list[dict[str, str]]] = []
+    for n, line in enumerate(read_lines(path, max_lines=max_lines, what="chat JSONL file"), 1):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise RuadaptError(f"{path}: line {n} is not JSON ({e.msg})") from None
+        messages = record.get("messages") if isinstance(record, dict) else None
+        if not isinstance(messages, list) or not messages:
+            raise RuadaptError(f"{path}: line {n} has no \"messages\" list; expected {{\"messages\": [{{\"role\": ..., \"content\": ...}}]}}")
+        for m in messages:
+            if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
+                raise RuadaptError(f"{path}: line {n}: every message needs a role ({'/'.join(ROLES)}) and a string content")
+        if not any(m["role"] == "assistant" and m["content"] for m in messages):
+            raise RuadaptError(f"{path}: line {n} has no non-empty assistant message to score")
+        chats.append([{"role": m["role"], "content": m["content"]} for m in messages])
+    return chats

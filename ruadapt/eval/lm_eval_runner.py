@@ -1,0 +1,109 @@
+"""Run ruadapt's shipped lm-eval tasks offline, through lm-eval's Python API, on an already-loaded model.
+
+The task YAMLs in ``ruadapt/eval/tasks`` carry no data paths; this module loads a YAML with lm-eval's own
+loader (which resolves ``!function``), fills in the data path and limits, and hands lm-eval the config dict.
+The model is wrapped by ``HFLM`` as an instance, so lm-eval scores exactly the weights, dtype and device that
+ruadapt's own measures used, with ``max_length`` = the run's window and the same BOS/EOS prefix token.
+
+Task names:
+- ``bpb_<LANG>`` for every ``--text LANG=FILE``: bits per byte via ``loglikelihood_rolling``;
+- ``copy_ru``: the Russian copy task (paragraphs from ``--copy-file``, default the ``--text ru`` file).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from ..errors import RuadaptError
+from .load import EvalModel
+
+log = logging.getLogger(__name__)
+
+TASK_DIR = Path(__file__).resolve().parent / "tasks"
+
+
+def available_tasks(text_files: dict[str, Path], copy_file: Path | None) -> dict[str, dict[str, Any]]:
+    """Every task this run can offer: name -> {"yaml": ..., "path": data file}."""
+    tasks = {f"bpb_{label}": {"yaml": TASK_DIR / "bpb.yaml", "path": path} for label, path in text_files.items()}
+    if copy_file is not None:
+        tasks["copy_ru"] = {"yaml": TASK_DIR / "copy_ru.yaml", "path": copy_file}
+    return tasks
+
+
+def select_tasks(requested: list[str], offered: dict[str, dict[str, Any]]) -> list[str]:
+    """Check ``--tasks`` names against what this run offers; one-line error for an unknown one."""
+    for name in requested:
+        if name not in offered:
+            hint = ", ".join(sorted(offered)) or "none (give --text LANG=FILE for bpb_LANG, --text ru=FILE for copy_ru)"
+            raise RuadaptError(f"--tasks {name}: unknown task; this run offers: {hint}")
+    return list(dict.fromkeys(requested))
+
+
+def task_config(name: str, spec: dict[str, Any], *, max_lines: int | None = None, max_gen_toks: int | None = None) -> dict:
+    """The task YAML as lm-eval would load it, with this run's name, data path and limits filled in."""
+    from lm_eval.tasks._yaml_loader import load_yaml  # lm-eval's loader: resolves !function relative to the YAML
+
+    cfg = load_yaml(spec["yaml"], resolve_func=True)
+    cfg["task"] = name
+    kwargs = dict(cfg.get("dataset_kwargs") or {})
+    kwargs["path"] = str(Path(spec["path"]).resolve())
+    if "max_lines" in kwargs:
+        kwargs["max_lines"] = max_lines
+    cfg["dataset_kwargs"] = kwargs
+    if max_gen_toks is not None and "generation_kwargs" in cfg:
+        cfg["generation_kwargs"] = {**cfg["generation_kwargs"], "max_gen_toks": max_gen_toks}
+    return cfg
+
+
+def copy_max_gen_toks(em: EvalModel, cfg: dict, window: int) -> int:
+    """Room to repeat the longest paragraph in this model's tokens (1.5× + 16), within half the window."""
+    from .tasks.utils import copy_paragraphs
+
+    kw = cfg["dataset_kwargs"]
+    paragraphs = copy_paragraphs(kw["path"], kw.get("max_docs", 100), kw.get("min_chars", 40), kw.get("max_chars", 300))
+    if not paragraphs:
+        raise RuadaptError(f"{kw['path']}: no line with {kw.get('min_chars')}..{kw.get('max_chars')} characters for copy_ru")
+    longest = max(len(em.tokenizer(p, add_special_tokens=False)["input_ids"]) for p in paragraphs)
+    return max(1, min(window // 2, int(1.5 * longest) + 16))
+
+
+def run_task(em: EvalModel, name: str, spec: dict[str, Any], *, window: int, batch_size: int = 1,
+             max_lines: int | None = None, limit: int | None = None) -> dict[str, Any]:
+    """Run one shipped task on ``em`` and return ``{"metrics": {...}, "samples": [...], ...}``."""
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    from lm_eval import simple_evaluate
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager
+
+    cfg = task_config(name, spec, max_lines=max_lines)
+    chat = False
+    if cfg.get("output_type") == "generate_until":
+        cfg = task_config(name, spec, max_lines=max_lines, max_gen_toks=copy_max_gen_toks(em, cfg, window))
+        chat = em.has_chat_template
+        if not chat:
+            log.warning("%s: model %s has no chat template; %s prompts are given as plain text", name, em.name, name)
+    lm = HFLM(pretrained=em.model, tokenizer=em.tokenizer, backend="causal", max_length=window,
+              batch_size=batch_size, prefix_token_id=em.prefix_id, add_bos_token=False)
+    out = simple_evaluate(
+        model=lm,
+        tasks=[cfg],
+        task_manager=TaskManager(include_defaults=False),
+        limit=limit,
+        apply_chat_template=chat,
+        bootstrap_iters=0,
+        log_samples=True,
+        random_seed=0, numpy_random_seed=0, torch_random_seed=0, fewshot_random_seed=0,
+    )
+    results = out["results"][name]
+    metrics = {k.split(",")[0]: v for k, v in results.items()
+               if "," in k and not k.split(",")[0].endswith("_stderr") and isinstance(v, (int, float))}
+    samples = [
+        {"doc": s["doc"], "response": s["resps"][0][0] if s.get("resps") else None,
+         "filtered": s.get("filtered_resps"), "target": s.get("target")}
+        for s in out.get("samples", {}).get(name, [])
+    ]
+    return {"task": name, "data": cfg["dataset_kwargs"]["path"], "chat_template": chat,
+            "max_length": window, "metrics": metrics, "docs": len(samples), "samples": samples}

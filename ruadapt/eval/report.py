@@ -1,0 +1,115 @@
+"""The comparison report of ``ruadapt eval``: ``report.json`` (everything), ``report.md`` (one row per model)
+and PNG plots (bits per byte by model and text, generation speed)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+
+def _fmt(x: Any, digits: int = 4) -> str:
+    if isinstance(x, float):
+        return f"{x:.{digits}f}"
+    if isinstance(x, int):
+        return f"{x:,}"
+    return "–" if x is None else str(x)
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" if i == 0 else "---:" for i in range(len(header))) + "|"]
+    out += ["| " + " | ".join(_fmt(c) for c in row) + " |" for row in rows]
+    return out
+
+
+def markdown(report: dict) -> str:
+    """``report.md``: tables with one row per model."""
+    models = list(report["models"])
+    lines = ["# ruadapt eval", ""]
+    lines += _table(["model", "path", "parameters", "len(tokenizer)", "rows", "dtype"],
+                    [[m, report["models"][m]["path"], report["models"][m]["parameters"], report["models"][m]["tokenizer_size"],
+                      report["models"][m]["embedding_rows"], report["models"][m]["dtype"]] for m in models])
+    bpb = report.get("bpb") or {}
+    labels = list(dict.fromkeys(label for m in bpb.values() for label in m))
+    if labels:
+        pol = report["window_policy"]
+        lines += ["", f"## Bits per byte (lower is better; window {pol['window']} tokens, stride {pol['stride']})", ""]
+        header = ["model"] + [f"{label} bpb" for label in labels] + [f"{label} chars/token" for label in labels]
+        rows = [[m] + [bpb[m][label]["bpb"] for label in labels] + [bpb[m][label]["chars_per_token"] for label in labels]
+                for m in models]
+        lines += _table(header, rows)
+        lines += ["", "Same bytes for every model: " + ", ".join(
+            f"{label} {bpb[models[0]][label]['bytes']:,} bytes in {bpb[models[0]][label]['docs']:,} "
+            f"{'assistant turns' if bpb[models[0]][label].get('kind') == 'chat' else 'lines'}" for label in labels) + "."]
+    speed = report.get("speed")
+    if speed:
+        lines += ["", f"## Generation speed ({speed['mode']}, {speed['new_tokens']} new tokens × {speed['prompts']} prompts, "
+                  f"batch 1, alternating order, warm-up excluded)", ""]
+        rows = [[m, s["chars_per_s"], s["tokens_per_s"], s["chars_per_token"], s["chars_per_s_ratio"]]
+                for m, s in speed["models"].items()]
+        lines += _table(["model", "chars/s", "tokens/s", "chars/token", f"chars/s ÷ {speed['baseline']}"], rows)
+    lm = report.get("lm_eval") or {}
+    tasks = list(dict.fromkeys(t for m in lm.values() for t in m))
+    if tasks:
+        lines += ["", "## lm-eval tasks (offline, ruadapt/eval/tasks)", ""]
+        cols = [(t, k) for t in tasks for k in next(lm[m][t]["metrics"] for m in lm if t in lm[m])]
+        rows = [[m] + [lm.get(m, {}).get(t, {}).get("metrics", {}).get(k) for t, k in cols] for m in models]
+        lines += _table(["model"] + [f"{t} {k}" for t, k in cols], rows)
+        agree = report.get("bpb_agreement") or {}
+        if agree:
+            worst = max(abs(v["abs_diff"]) for m in agree.values() for v in m.values())
+            lines += ["", f"lm-eval bits_per_byte vs ruadapt bpb on the same lines and window: largest difference {worst:.2e}."]
+    lines.append("")
+    return "\n".join(lines)
+
+
+def plots(report: dict, out: Path) -> list[str]:
+    """``bpb.png`` (grouped bars: model × text) and ``speed.png`` (chars/s per model); returns file names."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    models = list(report["models"])
+    bpb = report.get("bpb") or {}
+    labels = list(dict.fromkeys(label for m in bpb.values() for label in m))
+    if labels:
+        fig, ax = plt.subplots(figsize=(1.5 + 1.2 * len(labels) * len(models) ** 0.5 + 2, 3.6))
+        width = 0.8 / len(models)
+        for i, m in enumerate(models):
+            xs = [j + i * width for j in range(len(labels))]
+            ys = [bpb[m][label]["bpb"] for label in labels]
+            bars = ax.bar(xs, ys, width, label=m)
+            ax.bar_label(bars, fmt="%.3f", fontsize=7)
+        ax.set_xticks([j + width * (len(models) - 1) / 2 for j in range(len(labels))], labels)
+        ax.set_ylabel("bits per byte (lower is better)")
+        ax.set_title("Bits per byte by model and text")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(out / "bpb.png", dpi=120)
+        plt.close(fig)
+        written.append("bpb.png")
+    speed = report.get("speed")
+    if speed:
+        names = list(speed["models"])
+        fig, axes = plt.subplots(1, 2, figsize=(2 + 1.6 * len(names), 3.4))
+        for ax, key, title in ((axes[0], "chars_per_s", "characters / s"), (axes[1], "tokens_per_s", "tokens / s")):
+            bars = ax.bar(names, [speed["models"][n][key] for n in names], color=["C0", "C1", "C2", "C3", "C4"][: len(names)])
+            ax.bar_label(bars, fmt="%.1f", fontsize=8)
+            ax.set_title(title)
+            ax.tick_params(axis="x", labelrotation=20, labelsize=8)
+        fig.suptitle(f"Generation speed ({speed['mode']}, {speed['new_tokens']} new tokens)")
+        fig.tight_layout()
+        fig.savefig(out / "speed.png", dpi=120)
+        plt.close(fig)
+        written.append("speed.png")
+    return written
+
+
+def write_report(report: dict, out: Path) -> list[str]:
+    """Write report.json, report.md and the plots into ``out``; returns the file names written."""
+    out = Path(out)
+    (out / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    (out / "report.md").write_text(markdown(report), encoding="utf-8")
+    return ["report.json", "report.md", *plots(report, out)]

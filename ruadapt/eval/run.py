@@ -1,0 +1,160 @@
+"""The ``ruadapt eval`` stage: check every input, load the models once, measure, write the report atomically.
+
+Everything that can be wrong with the input (model dir without tokenizer, empty text, unknown task or device)
+is checked before any model is loaded, so a bad run fails in a second with a one-line error.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from ..errors import RuadaptError, require
+from ..outdir import atomic_output_dir, check_output_dir
+from ..record import StageRecord, sha256_file
+from .bpb import chat_bpb, common_window, text_bpb
+from .data import read_chats, read_lines
+from .lm_eval_runner import available_tasks, run_task, select_tasks
+from .load import check_device, check_model_dir, load_model, resolve_dtype
+from .report import write_report
+from .speed import MODES, measure_speed, select_prompts
+
+log = logging.getLogger(__name__)
+
+
+def run_eval(
+    models: dict[str, Path],
+    out: Path,
+    *,
+    texts: dict[str, Path] | None = None,
+    chats: dict[str, Path] | None = None,
+    prompts: Path | None = None,
+    tasks: list[str] | None = None,
+    device: str = "cpu",
+    dtype: str = "auto",
+    window: int = 1024,
+    stride: int | None = None,
+    batch_tokens: int = 2048,
+    max_lines: int | None = None,
+    speed_prompts: int = 8,
+    new_tokens: int = 64,
+    speed_mode: str = "greedy",
+    copy_file: Path | None = None,
+    task_limit: int | None = None,
+) -> dict[str, Any]:
+    """Evaluate ``models`` (name -> dir) and write report.json/report.md/plots + ruadapt_eval.json into ``out``."""
+    texts, chats, tasks = dict(texts or {}), dict(chats or {}), list(tasks or [])
+    options = {k: v for k, v in locals().items() if k not in ("models", "out")}
+    # ---- check everything before loading anything
+    require(models, "--model: give at least one NAME=DIR")
+    device = check_device(device)
+    torch_dtype = resolve_dtype(dtype, device)
+    require(speed_mode in MODES, f"--speed-mode {speed_mode}: unknown; use {' or '.join(MODES)}")
+    for label in chats:
+        require(label not in texts, f"--chat {label}: the name is also used by --text; names must differ")
+    readers = {name: check_model_dir(name, path) for name, path in models.items()}
+    text_lines = {label: read_lines(path, max_lines=max_lines, what=f"--text {label} file") for label, path in texts.items()}
+    chat_data = {label: read_chats(path, max_lines=max_lines) for label, path in chats.items()}
+    if copy_file is None and "ru" in texts:
+        copy_file = texts["ru"]
+    offered = available_tasks(texts, copy_file)
+    tasks = select_tasks(tasks, offered)
+    if "copy_ru" in tasks:
+        read_lines(copy_file, what="--copy-file")
+    prompt_lines: list[str] = []
+    if speed_prompts > 0 and new_tokens > 0:
+        if prompts is not None:
+            prompt_lines = read_lines(prompts, what="--prompts file")
+        elif "ru" in text_lines:
+            prompt_lines = text_lines["ru"]
+        else:
+            log.warning("no --prompts and no --text ru: generation speed is not measured")
+    require(text_lines or chat_data or prompt_lines or tasks,
+            "nothing to measure: give --text LANG=FILE, --chat LANG=FILE.jsonl, --prompts FILE or --tasks")
+    inputs = [r.path for r in readers.values()] + list(texts.values()) + list(chats.values())
+    inputs += [p for p in (prompts, copy_file) if p is not None]
+    check_output_dir(out, inputs)
+
+    record = StageRecord("eval", options)
+    for name, reader in readers.items():
+        record.input(f"model:{name}", reader.path, fingerprint=reader.fingerprint())
+    for label, path in {**texts, **chats}.items():
+        record.input(f"data:{label}", path, sha256=sha256_file(path))
+
+    # ---- load
+    with record.timed("load"):
+        loaded = [load_model(name, path, device=device, dtype=torch_dtype) for name, path in models.items()]
+    window = common_window(loaded, window)
+    stride = stride or window
+    require(1 <= stride <= window, f"--stride {stride}: must be between 1 and the window ({window})")
+    report: dict[str, Any] = {
+        "models": {em.name: em.facts for em in loaded},
+        "window_policy": {
+            "window": window, "stride": stride,
+            "first_token_context": "BOS, or EOS when the tokenizer has no BOS",
+            "same_as_lm_eval_loglikelihood_rolling": stride == window,
+        },
+        "bpb": {em.name: {} for em in loaded},
+    }
+
+    # ---- bits per byte
+    with record.timed("bpb"):
+        for em in loaded:
+            for label, lines in text_lines.items():
+                r = text_bpb(em, lines, window=window, stride=stride, batch_tokens=batch_tokens, desc=f"bpb {label}")
+                report["bpb"][em.name][label] = {"kind": "text", "file": str(texts[label]), **r.summary()}
+                log.info("%s %s: %.4f bits/byte, %.3f chars/token", em.name, label, r.bpb, r.chars / r.tokens)
+            for label, convs in chat_data.items():
+                r = chat_bpb(em, convs, window=window, stride=stride, batch_tokens=batch_tokens,
+                             source=f"--chat {label}", desc=f"bpb {label}")
+                report["bpb"][em.name][label] = {"kind": "chat", "file": str(chats[label]), **r.summary()}
+                log.info("%s %s (assistant turns): %.4f bits/byte", em.name, label, r.bpb)
+
+    # ---- speed
+    if prompt_lines:
+        with record.timed("speed"):
+            chosen = select_prompts(prompt_lines, loaded, speed_prompts, new_tokens=new_tokens, mode=speed_mode)
+            report["speed"] = measure_speed(loaded, chosen, new_tokens=new_tokens, mode=speed_mode)
+            report["speed"]["prompt_source"] = str(prompts or texts.get("ru"))
+
+    # ---- lm-eval
+    samples: dict[str, dict[str, list]] = {}
+    if tasks:
+        report["lm_eval"] = {em.name: {} for em in loaded}
+        with record.timed("lm_eval"):
+            for em in loaded:
+                for task in tasks:
+                    res = run_task(em, task, offered[task], window=window, max_lines=max_lines, limit=task_limit)
+                    samples.setdefault(em.name, {})[task] = res.pop("samples")
+                    report["lm_eval"][em.name][task] = res
+        report["bpb_agreement"] = _agreement(report, task_limit)
+
+    with atomic_output_dir(out, inputs) as tmp:
+        report["files"] = write_report(report, tmp)
+        for name, per_task in samples.items():
+            for task, rows in per_task.items():
+                path = tmp / "lm_eval_samples" / name / f"{task}.jsonl"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+        record.set("report", {k: v for k, v in report.items() if k != "files"})
+        record.write(tmp)
+    log.info("wrote %s", Path(out))
+    return report
+
+
+def _agreement(report: dict, task_limit: int | None) -> dict:
+    """lm-eval's bits_per_byte vs ours for every bpb_<LANG> task, when both scored the same lines and windows."""
+    if task_limit is not None or not report["window_policy"]["same_as_lm_eval_loglikelihood_rolling"]:
+        return {}
+    out: dict[str, dict] = {}
+    for name, per_task in report.get("lm_eval", {}).items():
+        for task, res in per_task.items():
+            label = task[len("bpb_"):] if task.startswith("bpb_") else None
+            ours = report["bpb"].get(name, {}).get(label)
+            if label is None or ours is None or "bits_per_byte" not in res["metrics"]:
+                continue
+            theirs = res["metrics"]["bits_per_byte"]
+            out.setdefault(name, {})[label] = {"ruadapt": ours["bpb"], "lm_eval": theirs, "abs_diff": abs(ours["bpb"] - theirs)}
+    return out
