@@ -17,8 +17,12 @@ from .errors import EXIT_USAGE, RuadaptError
 # subcommand name -> module with ``register(subparsers)``; order = order in ``ruadapt --help``
 COMMANDS: tuple[str, ...] = (
     "ruadapt.commands.inspect",
+    "ruadapt.commands.train",
     "ruadapt.commands.tokenizer",
+    "ruadapt.commands.trim",
     "ruadapt.commands.swap",
+    "ruadapt.commands.lep",
+    "ruadapt.commands.eval",
 )
 
 

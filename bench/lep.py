@@ -1,0 +1,184 @@
+"""Bench for `ruadapt lep` (issue 4): synthetic checkpoints with Qwen2.5-72B vocabulary shapes.
+
+Base, instruct and adapted checkpoints each hold untied 152,064 × 8,192 bf16 embed_tokens and lm_head (one
+2.5 GB shard each) plus a few small body tensors and the real Qwen2.5 tokenizer; instruct rows = base rows
+· (I + a rank-32 map) + noise, adapted rows = base rows + noise. In the same run it measures
+
+* (b) the raw read time of the six embedding tensors, chunk by chunk through CheckpointReader.get_rows;
+* (a) the float64 GEMMs a direct implementation needs: XᵀX and XᵀY for embed and lm_head plus the two
+  applications A·W = six products of (V×d)·(d×d); timed on a slice of rows and scaled to V rows (GEMM time
+  is linear in the row count at fixed d; timing the full products would double the bench);
+* wall time and peak RSS of `ruadapt lep --method M` for each method, in a fresh process each.
+
+    nice python bench/lep.py [--methods conversion,overlap,swap] [--workdir runs/bench-lep] [--keep]
+
+~15 GB of inputs plus one ~5 GB output at a time; everything is deleted at the end unless --keep.
+Prints a markdown table and writes bench/results/lep.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import ROOT, SHARED, run_measured, table  # noqa: E402
+
+from ruadapt.checkpoint import CheckpointReader, CheckpointWriter  # noqa: E402
+from ruadapt.tokdir import write_json  # noqa: E402
+
+ROWS, D = 152064, 8192
+RANK = 32
+GEN_CHUNK = 8192
+EMBED, HEAD = "model.embed_tokens.weight", "lm_head.weight"
+
+
+def _chunks(rows: int, size: int):
+    for s in range(0, rows, size):
+        yield s, min(s + size, rows)
+
+
+def make_models(work: Path, rows: int, d: int) -> dict[str, Path]:
+    """Write base/, instruct/, adapted/ under ``work`` (reused when present)."""
+    dirs = {k: work / k for k in ("base", "instruct", "adapted")}
+    if all((p / "config.json").is_file() for p in dirs.values()):
+        return dirs
+    g = torch.Generator().manual_seed(0)
+    base = {}
+    for name in (EMBED, HEAD):
+        m = torch.empty(rows, d, dtype=torch.bfloat16)
+        for s, e in _chunks(rows, GEN_CHUNK):
+            m[s:e] = (torch.randn(e - s, d, generator=g) * 0.02).to(torch.bfloat16)
+        base[name] = m
+    maps = {n: (torch.randn(d, RANK, generator=g) / d**0.5, torch.randn(RANK, d, generator=g) / RANK**0.5) for n in (EMBED, HEAD)}
+
+    def derived(kind: str, name: str) -> torch.Tensor:
+        src = base[name]
+        out = torch.empty_like(src)
+        u, v = maps[name]
+        for s, e in _chunks(rows, GEN_CHUNK):
+            x = src[s:e].float()
+            y = x + (x @ u) @ v + 1e-3 * torch.randn(x.shape, generator=g) if kind == "instruct" else x + 2e-3 * torch.randn(x.shape, generator=g)
+            out[s:e] = y.to(torch.bfloat16)
+        return out
+
+    body = {
+        "model.norm.weight": torch.ones(d, dtype=torch.bfloat16),
+        "model.layers.0.input_layernorm.weight": torch.ones(d, dtype=torch.bfloat16),
+        "model.layers.0.self_attn.k_proj.weight": (torch.randn(1024, d, generator=g) * 0.02).to(torch.bfloat16),
+    }
+    config = {
+        "architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "hidden_size": d, "intermediate_size": 29568,
+        "num_hidden_layers": 80, "num_attention_heads": 64, "num_key_value_heads": 8, "vocab_size": rows,
+        "tie_word_embeddings": False, "torch_dtype": "bfloat16", "bos_token_id": 151643, "eos_token_id": 151643,
+    }
+    for kind, path in dirs.items():
+        tmp = path.with_suffix(".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        w = CheckpointWriter(tmp, max_shard_bytes=3 * 10**9)
+        for name in (EMBED, HEAD):
+            t = base[name] if kind == "base" else derived(kind, name)
+            w.add(name, t)
+            if name == EMBED:
+                for bn, bt in body.items():
+                    w.add(bn, bt if kind != "instruct" else bt + 0.01)
+            del t
+        w.finish()
+        write_json(tmp / "config.json", config)
+        for f in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+            shutil.copyfile(SHARED / "tokenizers" / "qwen2.5" / f, tmp / f)
+        os.replace(tmp, path)
+    return dirs
+
+
+def raw_read_s(dirs: dict[str, Path], chunk_rows: int) -> float:
+    """Seconds to read the six vocabulary matrices chunk by chunk, as lep does."""
+    t0 = time.perf_counter()
+    for path in dirs.values():
+        r = CheckpointReader(path)
+        for name in (EMBED, HEAD):
+            rows = r.info(name).shape[0]
+            for s, e in _chunks(rows, chunk_rows):
+                r.get_rows(name, s, e)
+                r.close()
+    return time.perf_counter() - t0
+
+
+def gemm_s(rows: int, d: int, slice_rows: int) -> dict:
+    """float64 GEMM seconds for V×d products, timed on ``slice_rows`` rows and scaled to ``rows``."""
+    x = torch.randn(slice_rows, d, dtype=torch.float64)
+    y = torch.randn(slice_rows, d, dtype=torch.float64)
+    w = torch.randn(d, d, dtype=torch.float64)
+    t0 = time.perf_counter()
+    x.T @ y
+    t_xty = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    x @ w
+    t_xw = time.perf_counter() - t0
+    scale = rows / slice_rows
+    one = (t_xty + t_xw) / 2 * scale
+    return {"slice_rows": slice_rows, "xty_slice_s": round(t_xty, 2), "xw_slice_s": round(t_xw, 2),
+            "one_product_s": round(one, 1), "six_products_s": round(6 * one, 1),
+            "gflops": round(2 * slice_rows * d * d / ((t_xty + t_xw) / 2) / 1e9, 1)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--methods", default="conversion,overlap,swap")
+    ap.add_argument("--workdir", type=Path, default=ROOT / "runs" / "bench-lep")
+    ap.add_argument("--rows", type=int, default=ROWS)
+    ap.add_argument("--hidden", type=int, default=D)
+    ap.add_argument("--gemm-slice", type=int, default=4096)
+    ap.add_argument("--keep", action="store_true", help="keep the synthetic checkpoints")
+    args = ap.parse_args()
+    work = args.workdir.resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    results: dict = {"rows": args.rows, "hidden": args.hidden, "dtype": "bfloat16", "tied": False,
+                     "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads()}
+    try:
+        t0 = time.perf_counter()
+        dirs = make_models(work, args.rows, args.hidden)
+        results["make_inputs_s"] = round(time.perf_counter() - t0, 1)
+        chunk = max(1, 512 * 1024**2 // (args.hidden * 8))
+        results["raw_read_s"] = round(raw_read_s(dirs, chunk), 1)
+        print("raw read of 6 matrices:", results["raw_read_s"], "s", flush=True)
+        results["gemm"] = gemm_s(args.rows, args.hidden, args.gemm_slice)
+        print("float64 GEMMs:", results["gemm"], flush=True)
+        a, b = results["gemm"]["six_products_s"], results["raw_read_s"]
+        rows = []
+        for method in args.methods.split(","):
+            out = work / f"out-{method}"
+            shutil.rmtree(out, ignore_errors=True)
+            cmd = [sys.executable, "-m", "ruadapt", "-q", "lep", "--base", str(dirs["base"]), "--instruct",
+                   str(dirs["instruct"]), "--adapted", str(dirs["adapted"]), "--out", str(out), "--method", method]
+            m = run_measured(cmd)
+            rec = json.loads((out / "ruadapt_lep.json").read_text())
+            budget = b if method == "swap" else a + b
+            row = {"method": method, **m, "reference_s": round(budget, 1), "wall/reference": round(m["wall_s"] / max(budget, 1e-9), 2),
+                   "timings_s": rec["timings_s"],
+                   "fits": {k: {x: v[x] for x in ("rows", "relative_residual", "condition_number_xtx")} for k, v in rec["result"]["fits"].items()}}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+            shutil.rmtree(out, ignore_errors=True)
+        results["methods"] = rows
+    finally:
+        if not args.keep:
+            for k in ("base", "instruct", "adapted"):
+                shutil.rmtree(work / k, ignore_errors=True)
+    out_json = ROOT / "bench" / "results" / "lep.json"
+    out_json.parent.mkdir(parents=True, exist_ok=True)
+    out_json.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"\n{args.rows:,} × {args.hidden:,} bf16, untied; (a) six float64 GEMMs = {a:.0f} s, (b) raw read = {b:.0f} s\n")
+    print(table(rows, ["method", "wall_s", "peak_rss_gb", "reference_s", "wall/reference"]))
+
+
+if __name__ == "__main__":
+    main()

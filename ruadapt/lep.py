@@ -1,0 +1,567 @@
+"""``ruadapt lep``: Learned Embedding Propagation (DESIGN.md §4, arXiv 2412.21140 eq. 8-14).
+
+The adapted base A has new embeddings that the instruct model I never saw. LEP fits a d×d map W from the base
+B's rows to I's rows (what instruction tuning did to the vocabulary matrices) and applies it to A's rows:
+``E_out = E_a·W_in`` and, for untied models, ``O_out = O_a·W_out``. The transformer body, norms and chat tokens
+stay I's. Methods differ only in which rows fit W:
+
+* ``conversion`` (default): X = T·E_b, Y = T·E_i over the new vocabulary, T the averaging map of swap
+  (:func:`ruadapt.vocab.build_vocab_map` / :func:`ruadapt.vocab.averaged_rows`);
+* ``overlap``: rows of tokens present in both vocabularies (same bytes);
+* ``swap``: W = I (A's rows go into I's body unchanged).
+
+Special/added tokens never enter a fit; every added token of I takes I's own row, unprojected.
+
+Streaming: the fit accumulates XᵀX and XᵀY in float64 over row chunks (:mod:`ruadapt.lstsq`), reading only the
+rows a chunk needs; the output matrices are built one at a time, just when their shard is written, and every
+other tensor of I is copied through (whole shards as files). A 72B model (V = 152,064, d = 8,192, untied) needs
+two d×d float64 matrices, one chunk and one output matrix in memory: about 4 GB (README, bench/lep.py).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from safetensors import safe_open
+from tokenizers import Tokenizer
+from tqdm.auto import tqdm
+
+from .arch import Arch, arch_for_config
+from .checkpoint import CheckpointReader, parse_size, read_json, write_with_replacements
+from .errors import RuadaptError
+from .lstsq import Fit, NormalEquations
+from .outdir import atomic_output_dir
+from .record import StageRecord, sha256_file
+from .tokdir import (
+    chat_template,
+    copy_tokenizer_files,
+    load_tokenizer,
+    remap_token_ids,
+    set_chat_template,
+    sync_added_tokens_decoder,
+    tokenizer_json_path,
+    tokenizer_size,
+    write_json,
+)
+from .vocab import ROW_COPY, ROW_MEAN, VocabMap, averaged_rows, build_vocab_map
+
+log = logging.getLogger(__name__)
+
+METHODS = ("conversion", "overlap", "swap")
+# float64 working set of one chunk (X and Y of every fitted matrix side by side); rows per chunk follow from d
+CHUNK_BYTES = 512 * 1024**2
+# rows read through when two needed rows are this close (one read instead of two), and the longest single read
+_GAP_ROWS = 16
+_MAX_READ_ROWS = 4096
+# tokenizer_config.json keys that name I's special tokens (taken from I with its chat template)
+_SPECIAL_KEYS = ("bos_token", "eos_token", "pad_token", "unk_token", "additional_special_tokens", "extra_special_tokens")
+
+
+@dataclass
+class Model:
+    """One input checkpoint: reader, vocabulary layout, tokenizer."""
+
+    option: str
+    reader: CheckpointReader
+    arch: Arch
+    tok: Tokenizer
+
+    @property
+    def path(self) -> Path:
+        return self.reader.path
+
+    @property
+    def config_path(self) -> Path:
+        return self.reader.path / "config.json"
+
+    @property
+    def rows(self) -> int:
+        return self.reader.info(self.arch.input_name).shape[0]
+
+    @property
+    def hidden(self) -> int:
+        return self.reader.info(self.arch.input_name).shape[1]
+
+    def matrix_names(self) -> dict[str, str]:
+        """``{"input": name}`` plus ``{"output": name}`` for untied models: the matrices LEP fits and rewrites."""
+        names = {"input": self.arch.input_name}
+        if not self.arch.tied:
+            names["output"] = self.arch.output_name
+        return names
+
+
+def open_model(path: Path, option: str) -> Model:
+    """Open a model dir and check its vocabulary matrices exist and agree (one-line errors naming the file)."""
+    reader = CheckpointReader(Path(path))
+    arch = arch_for_config(reader.config, reader.path / "config.json")
+    if arch.encoder_decoder:
+        raise RuadaptError(f"{reader.path / 'config.json'}: {option} is an encoder-decoder ({arch.model_type}); LEP supports decoder-only models")
+    tok = load_tokenizer(reader.path, option)
+    if arch.input_name not in reader:
+        raise RuadaptError(f"{reader.path}: {option} has no input embedding {arch.input_name}")
+    info = reader.info(arch.input_name)
+    if len(info.shape) != 2:
+        raise RuadaptError(f"{reader.path}: {option} {arch.input_name} has shape {info.shape}, expected rows × hidden")
+    if not arch.tied:
+        if arch.output_name not in reader:
+            raise RuadaptError(
+                f"{reader.path}: {option} is untied (tie_word_embeddings false in config.json) but has no "
+                f"{arch.output_name}; fix config.json or the checkpoint"
+            )
+        if reader.info(arch.output_name).shape != info.shape:
+            raise RuadaptError(
+                f"{reader.path}: {option} {arch.output_name} shape {reader.info(arch.output_name).shape} differs from "
+                f"{arch.input_name} {info.shape}"
+            )
+    n = tokenizer_size(tok)
+    if n > info.shape[0]:
+        raise RuadaptError(f"{reader.path}: {option} tokenizer has {n} tokens but {arch.input_name} only {info.shape[0]} rows")
+    return Model(option, reader, arch, tok)
+
+
+def validate(base: Model, instruct: Model, adapted: Model) -> None:
+    """B and I: same architecture, hidden size, tie, vocabulary; A: same hidden size and tie as I."""
+    b, i, a = base, instruct, adapted
+    pair = f"{b.option} {b.path} vs {i.option} {i.path}"
+    if b.arch.model_type != i.arch.model_type:
+        raise RuadaptError(f"{pair}: model_type {b.arch.model_type} vs {i.arch.model_type}; the instruct model must be the base's")
+    if b.hidden != i.hidden:
+        raise RuadaptError(f"{pair}: hidden size {b.hidden} vs {i.hidden}")
+    if b.arch.tied != i.arch.tied:
+        raise RuadaptError(f"{pair}: tie_word_embeddings {b.arch.tied} vs {i.arch.tied}")
+    same_vocab = b.tok.get_vocab(with_added_tokens=False) == i.tok.get_vocab(with_added_tokens=False)
+    if b.rows != i.rows or not same_vocab:
+        raise RuadaptError(
+            f"{pair}: different vocabularies ({b.rows} vs {i.rows} rows, tokenizer.json model vocab "
+            f"{'equal' if same_vocab else 'differs'}); "
+            "LEP needs the instruct model of this exact base"
+        )
+    pair = f"{a.option} {a.path} vs {i.option} {i.path}"
+    if a.hidden != i.hidden:
+        raise RuadaptError(f"{pair}: hidden size {a.hidden} vs {i.hidden}; --adapted must be the swapped base of the same size")
+    if a.arch.tied != i.arch.tied:
+        raise RuadaptError(f"{pair}: tie_word_embeddings {a.arch.tied} vs {i.arch.tied}")
+    if a.arch.input_name != i.arch.input_name or a.arch.output_name != i.arch.output_name:
+        raise RuadaptError(f"{pair}: model_type {a.arch.model_type} vs {i.arch.model_type} name their embeddings differently")
+
+
+# ---------------------------------------------------------------------------------------------- reading rows
+def _check_finite(t: torch.Tensor, model: Model, name: str, ids: Sequence[int] | None, start: int = 0) -> None:
+    bad = ~torch.isfinite(t).all(dim=1)
+    if bool(bad.any()):
+        k = int(bad.nonzero()[0, 0])
+        row = ids[k] if ids is not None else start + k
+        raise RuadaptError(f"{model.path}: {model.option} {name} row {row} has NaN or infinite values; the checkpoint is broken")
+
+
+def gather_rows(model: Model, name: str, ids: Sequence[int]) -> torch.Tensor:
+    """Rows ``ids`` (sorted, unique) of a matrix, read as few contiguous slices as possible, never the whole matrix."""
+    reader = model.reader
+    parts: list[torch.Tensor] = []
+    k = 0
+    while k < len(ids):
+        start = ids[k]
+        j = k + 1
+        while j < len(ids) and ids[j] - ids[j - 1] <= _GAP_ROWS and ids[j] - start < _MAX_READ_ROWS:
+            j += 1
+        stop = ids[j - 1] + 1
+        block = reader.get_rows(name, start, stop)
+        want = ids[k:j]
+        parts.append(block if len(want) == stop - start else block[torch.tensor(want) - start])
+        k = j
+    out = torch.cat(parts) if parts else torch.empty(0, model.hidden)
+    _check_finite(out, model, name, ids)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- the fit
+def fit_rows(vmap: VocabMap, method: str, exclude_sources: set[int]) -> list[int]:
+    """New-vocabulary rows whose (X, Y) pairs enter the fit: copies (``overlap``) or copies and means
+    (``conversion``), never special/added tokens or padding, never a row built from a base added token."""
+    kinds = (ROW_COPY,) if method == "overlap" else (ROW_COPY, ROW_MEAN)
+    return [
+        r
+        for r, (k, s) in enumerate(zip(vmap.kinds, vmap.sources))
+        if k in kinds and s and not any(x in exclude_sources for x in s)
+    ]
+
+
+def accumulate(
+    base: Model, instruct: Model, names: Sequence[str], vmap: VocabMap, rows: Sequence[int], *, chunk_rows: int | None,
+    progress: bool,
+) -> dict[str, NormalEquations]:
+    """XᵀX and XᵀY for X = T[rows]·B[name], Y = T[rows]·I[name], for every matrix in ``names`` in one pass.
+
+    Each chunk reads only the base/instruct rows its tokens are built from (input and output matrices side by
+    side), remaps the chunk's sources to positions in that block and averages them all with one call of
+    :func:`ruadapt.vocab.averaged_rows` in float64, so memory is one chunk however large V is.
+    """
+    d = base.hidden
+    k_mats = len(names)
+    if chunk_rows is None:
+        chunk_rows = max(1, CHUNK_BYTES // (2 * k_mats * d * 8))
+    eqs = {n: NormalEquations(d) for n in names}
+    bar = tqdm(total=len(rows), desc="fit " + " + ".join(names), unit="row", disable=not progress)
+    for k in range(0, len(rows), chunk_rows):
+        chunk = rows[k : k + chunk_rows]
+        needed = sorted({s for r in chunk for s in vmap.sources[r]})
+        pos = {s: j for j, s in enumerate(needed)}
+        local = VocabMap(
+            [vmap.kinds[r] for r in chunk],
+            [tuple(pos[s] for s in vmap.sources[r]) for r in chunk],
+            len(chunk),
+            len(needed),
+        )
+        blocks = [gather_rows(base, n, needed) for n in names] + [gather_rows(instruct, n, needed) for n in names]
+        xy = averaged_rows(local, torch.cat(blocks, dim=1), range(len(chunk)), dtype=torch.float64)
+        del blocks
+        for j, n in enumerate(names):
+            eqs[n].add(xy[:, j * d : (j + 1) * d], xy[:, (k_mats + j) * d : (k_mats + j + 1) * d])
+        del xy
+        bar.update(len(chunk))
+    bar.close()
+    base.reader.close()
+    instruct.reader.close()
+    return eqs
+
+
+# ---------------------------------------------------------------------------------------------- applying W
+@dataclass
+class NormStats:
+    """Streaming row-norm statistics (count, mean, std, min, max)."""
+
+    n: int = 0
+    s: float = 0.0
+    s2: float = 0.0
+    lo: float = math.inf
+    hi: float = -math.inf
+
+    def add(self, rows: torch.Tensor) -> None:
+        if rows.shape[0] == 0:
+            return
+        norms = rows.to(torch.float64).norm(dim=1)
+        self.n += norms.numel()
+        self.s += float(norms.sum())
+        self.s2 += float((norms * norms).sum())
+        self.lo = min(self.lo, float(norms.min()))
+        self.hi = max(self.hi, float(norms.max()))
+
+    def summary(self) -> dict:
+        mean = self.s / max(self.n, 1)
+        var = max(self.s2 / max(self.n, 1) - mean * mean, 0.0)
+        return {"rows": self.n, "mean": mean, "std": math.sqrt(var), "min": self.lo, "max": self.hi}
+
+
+def check_adapted_finite(adapted: Model, names: Sequence[str], *, chunk_rows: int | None, progress: bool) -> None:
+    """A pass over A's vocabulary rows before any fit: a NaN row fails in seconds, not after the GEMMs."""
+    chunk_rows = chunk_rows or max(1, CHUNK_BYTES // (adapted.hidden * 8))
+    for name in names:
+        rows = adapted.rows
+        for s in tqdm(range(0, rows, chunk_rows), desc=f"check {name}", unit="chunk", disable=not progress):
+            _check_finite(adapted.reader.get_rows(name, s, min(s + chunk_rows, rows)), adapted, name, None, s)
+            adapted.reader.close()  # unmap: touched pages of a memory-mapped shard count as resident memory
+
+
+def project_matrix(
+    adapted: Model,
+    instruct: Model,
+    name: str,
+    w: torch.Tensor | None,
+    specials: Sequence[tuple[int, int]],
+    n_token_rows: int,
+    stats: dict,
+    *,
+    chunk_rows: int | None,
+    progress: bool,
+) -> torch.Tensor:
+    """``A[name]·W`` in I's dtype (``W = None``: A's rows cast, unchanged), then I's own rows for ``specials``
+    (pairs of A id, I id). Computed chunk by chunk in float32: the result is stored in bf16/fp16/fp32 anyway."""
+    dtype = instruct.reader.info(name).dtype
+    rows, d = adapted.rows, adapted.hidden
+    chunk_rows = chunk_rows or max(1, CHUNK_BYTES // (d * 4 * 2))
+    out = torch.empty(rows, d, dtype=dtype)
+    w32 = None if w is None else w.to(torch.float32)
+    before, after = NormStats(), NormStats()
+    for s in tqdm(range(0, rows, chunk_rows), desc=f"apply {name}", unit="chunk", disable=not progress):
+        e = min(s + chunk_rows, rows)
+        a = adapted.reader.get_rows(name, s, e)  # finiteness was checked before the fit
+        adapted.reader.close()  # unmap: touched pages of a memory-mapped shard count as resident memory
+        new = a.to(dtype) if w32 is None else (a.to(torch.float32) @ w32).to(dtype)
+        out[s:e] = new
+        t = min(e, n_token_rows)
+        if t > s:
+            before.add(a[: t - s])
+    adapted.reader.close()
+    if specials:
+        for a_id, i_id in specials:
+            out[a_id] = instruct.reader.get_rows(name, i_id, i_id + 1)[0]
+        instruct.reader.close()
+    for s in range(0, n_token_rows, chunk_rows):
+        after.add(out[s : min(s + chunk_rows, n_token_rows)])
+    stats[name] = {"adapted": before.summary(), "output": after.summary()}
+    return out
+
+
+def special_pairs(adapted: Model, instruct: Model) -> list[tuple[int, int]]:
+    """(A id, I id) for every added/special token of I; A's tokenizer must have each of them."""
+    pairs = []
+    for i_id, t in sorted(instruct.tok.get_added_tokens_decoder().items()):
+        a_id = adapted.tok.token_to_id(t.content)
+        if a_id is None:
+            raise RuadaptError(
+                f"{tokenizer_json_path(adapted.path)}: lacks the instruct model's token {t.content!r} "
+                f"(id {i_id} in {instruct.path}); build the new tokenizer from this model family's tokenizer"
+            )
+        if a_id >= adapted.rows:
+            raise RuadaptError(f"{adapted.path}: token {t.content!r} has id {a_id} past the {adapted.rows} embedding rows")
+        pairs.append((a_id, i_id))
+    return pairs
+
+
+# ---------------------------------------------------------------------------------------------- LoRA deltas
+def lora_replacements(adapter_dir: Path, instruct: Model, alpha_scale: float, skip: set[str]) -> tuple[dict, dict]:
+    """Replacements ``{I tensor name: callable}`` adding ``(B·A)·(lora_alpha/r)/alpha_scale`` of a peft adapter
+    (trained on the base's body) to I's body weights; built lazily, one tensor at a time, when written."""
+    adapter_dir = Path(adapter_dir).expanduser()
+    cfg_path = adapter_dir / "adapter_config.json"
+    weights = adapter_dir / "adapter_model.safetensors"
+    if not cfg_path.is_file():
+        raise RuadaptError(f"{cfg_path}: not found; --lora-deltas needs a peft adapter directory")
+    if not weights.is_file():
+        raise RuadaptError(f"{weights}: not found; --lora-deltas reads peft adapters saved as safetensors only")
+    cfg = read_json(cfg_path)
+    if cfg.get("peft_type", "LORA") != "LORA":
+        raise RuadaptError(f"{cfg_path}: peft_type {cfg.get('peft_type')!r}; --lora-deltas supports LORA adapters")
+    if cfg.get("use_dora"):
+        raise RuadaptError(f"{cfg_path}: DoRA adapters are not supported by --lora-deltas")
+    if cfg.get("fan_in_fan_out"):
+        raise RuadaptError(f"{cfg_path}: fan_in_fan_out adapters (Conv1D models) are not supported by --lora-deltas")
+    if not alpha_scale > 0:
+        raise RuadaptError(f"--alpha-scale must be positive, got {alpha_scale}")
+    r0, alpha0 = int(cfg.get("r", 8)), float(cfg.get("lora_alpha", 8))
+    rank_pattern, alpha_pattern = cfg.get("rank_pattern") or {}, cfg.get("alpha_pattern") or {}
+    try:
+        with safe_open(weights, framework="pt") as f:
+            keys = list(f.keys())
+    except Exception as e:
+        raise RuadaptError(f"{weights}: not a readable safetensors file ({e})") from None
+    modules: dict[str, dict[str, str]] = {}
+    for key in keys:
+        for part in ("lora_A", "lora_B"):
+            marker = f".{part}."
+            if marker in key:
+                module = key.split(marker)[0]
+                modules.setdefault(module, {})[part] = key
+    if not modules:
+        raise RuadaptError(f"{weights}: no lora_A/lora_B tensors found")
+    plan: dict[str, tuple[str, str, float]] = {}
+    skipped = []
+    for module, parts in sorted(modules.items()):
+        if set(parts) != {"lora_A", "lora_B"}:
+            raise RuadaptError(f"{weights}: {module} has only {', '.join(parts)}")
+        target = module.removeprefix("base_model.model.") + ".weight"
+        if target in skip:
+            skipped.append(target)
+            continue
+        if target not in instruct.reader:
+            raise RuadaptError(f"{weights}: adapter module {module} has no weight {target} in {instruct.path}")
+        short = module.split(".")[-1]
+        r = int(next((v for k, v in rank_pattern.items() if module.endswith(k) or short == k), r0))
+        alpha = float(next((v for k, v in alpha_pattern.items() if module.endswith(k) or short == k), alpha0))
+        scaling = alpha / (math.sqrt(r) if cfg.get("use_rslora") else r)
+        with safe_open(weights, framework="pt") as f:
+            a_shape = tuple(f.get_slice(parts["lora_A"]).get_shape())
+            b_shape = tuple(f.get_slice(parts["lora_B"]).get_shape())
+        want = instruct.reader.info(target).shape
+        if len(a_shape) != 2 or len(b_shape) != 2 or (b_shape[0], a_shape[1]) != tuple(want) or a_shape[0] != b_shape[1]:
+            raise RuadaptError(f"{weights}: {module} lora_B {b_shape} · lora_A {a_shape} does not fit {target} {tuple(want)} of {instruct.path}")
+        plan[target] = (parts["lora_A"], parts["lora_B"], scaling / alpha_scale)
+
+    def delta_for(target: str):
+        def build() -> torch.Tensor:
+            key_a, key_b, scale = plan[target]
+            with safe_open(weights, framework="pt") as f:
+                a = f.get_tensor(key_a).to(torch.float32)
+                b = f.get_tensor(key_b).to(torch.float32)
+            w = instruct.reader.get(target)
+            return (w.to(torch.float32) + (b @ a) * scale).to(w.dtype)
+
+        return build
+
+    summary = {"adapter": str(adapter_dir), "modules": len(plan), "skipped_vocabulary_modules": skipped,
+               "alpha_scale": alpha_scale, "sha256": sha256_file(weights)}
+    return {t: delta_for(t) for t in plan}, summary
+
+
+# ---------------------------------------------------------------------------------------------- the stage
+def lep_model(
+    base: Path,
+    instruct: Path,
+    adapted: Path,
+    out: Path,
+    *,
+    method: str = "conversion",
+    lora_deltas: Path | None = None,
+    alpha_scale: float = 1.0,
+    chunk_rows: int | None = None,
+    max_shard_size: str | int | None = None,
+    progress: bool = True,
+) -> dict:
+    """Write ``out``: I's body with A's vocabulary rows mapped through the fitted W. Returns the stage record."""
+    if method not in METHODS:
+        raise RuadaptError(f"--method {method!r} is not one of {', '.join(METHODS)}")
+    if chunk_rows is not None and chunk_rows < 1:
+        raise RuadaptError(f"--chunk-rows must be ≥ 1, got {chunk_rows}")
+    if lora_deltas is None and alpha_scale != 1.0:
+        raise RuadaptError("--alpha-scale only applies with --lora-deltas")
+    record = StageRecord(
+        "lep",
+        {"method": method, "lora_deltas": lora_deltas, "alpha_scale": alpha_scale, "chunk_rows": chunk_rows,
+         "max_shard_size": max_shard_size},
+    )
+    # ---- everything is validated before any work or output
+    b = open_model(base, "--base")
+    i = open_model(instruct, "--instruct")
+    a = open_model(adapted, "--adapted")
+    validate(b, i, a)
+    max_shard_bytes = parse_size(max_shard_size) if max_shard_size is not None else None
+    names = i.matrix_names()
+    specials = special_pairs(a, i)
+    n_a_tokens = tokenizer_size(a.tok)
+    config = dict(i.reader.config)
+    gen_path = i.path / "generation_config.json"
+    gen_config = read_json(gen_path) if gen_path.is_file() else None
+    id_changes = {"config.json": remap_token_ids(config, i.tok, a.tok, where=str(i.config_path))}
+    if gen_config is not None:
+        id_changes["generation_config.json"] = remap_token_ids(gen_config, i.tok, a.tok, where=str(gen_path))
+    config["vocab_size"] = a.rows
+    if "text_config" in config and isinstance(config["text_config"], dict):
+        config["text_config"] = {**config["text_config"], "vocab_size": a.rows}
+    lora, lora_summary = ({}, None)
+    if lora_deltas is not None:
+        lora, lora_summary = lora_replacements(Path(lora_deltas), i, alpha_scale, set(i.arch.vocab_tensor_names()))
+    for m in (b, i, a):
+        record.input(m.option.lstrip("-"), m.path, fingerprint=m.reader.fingerprint(), model_type=m.arch.model_type,
+                     tied=m.arch.tied, rows=m.rows, hidden=m.hidden,
+                     tokenizer_sha256=sha256_file(tokenizer_json_path(m.path)))
+    with record.timed("check_adapted"):
+        check_adapted_finite(a, list(names.values()), chunk_rows=chunk_rows, progress=progress)
+
+    # ---- fits (before the output dir exists: a failure leaves nothing behind)
+    with record.timed("vocab_map"):
+        vmap = build_vocab_map(b.tok, a.tok)
+    fits: dict[str, Fit] = {}
+    fit_summary: dict = {}
+    if method != "swap":
+        exclude = set(b.tok.get_added_tokens_decoder())
+        rows = fit_rows(vmap, method, exclude)
+        if not rows:
+            raise RuadaptError(f"{a.path}: no token of --adapted's tokenizer maps to --base's vocabulary; method {method} has no rows to fit")
+        if len(rows) < b.hidden:
+            log.warning("only %d rows for a %d×%d fit: W is underdetermined (minimum-norm solution)", len(rows), b.hidden, b.hidden)
+        with record.timed("fit"):
+            eqs = accumulate(b, i, list(names.values()), vmap, rows, chunk_rows=chunk_rows, progress=progress)
+        for role, name in names.items():
+            with record.timed(f"solve_{role}"):
+                fit = eqs.pop(name).solve()
+            fits[name] = fit
+            fit_summary[role] = {"tensor": name, **fit.summary()}
+            log.info("%s: %d rows, relative residual %.4g, cond(XᵀX) %.3g (%s)", name, fit.rows,
+                     fit.relative_residual, fit.condition_number, fit.solver)
+            if fit.condition_number > 1e12:
+                log.warning("%s: XᵀX is ill-conditioned (cond %.3g); W is a least-norm fit", name, fit.condition_number)
+
+    # ---- output: I's checkpoint with the new vocabulary matrices (built just in time) and optional LoRA deltas
+    norm_stats: dict = {}
+    replacements: dict = dict(lora)
+
+    def builder(name: str):
+        def build() -> torch.Tensor:
+            with record.timed(f"apply {name}"):
+                fit = fits.get(name)
+                return project_matrix(a, i, name, None if fit is None else fit.w, specials, n_a_tokens, norm_stats,
+                                      chunk_rows=chunk_rows, progress=progress)
+        return build
+
+    cache: dict[str, torch.Tensor] = {}
+
+    def input_matrix() -> torch.Tensor:
+        if "m" not in cache:
+            cache["m"] = builder(i.arch.input_name)()
+        return cache["m"]
+
+    for n in i.arch.input_names:
+        if n in i.reader:
+            replacements[n] = input_matrix
+    if not i.arch.tied:
+        replacements[i.arch.output_name] = builder(i.arch.output_name)
+    elif i.arch.output_name in i.reader:  # a tied checkpoint that stored lm_head anyway: keep it tied
+        replacements[i.arch.output_name] = input_matrix
+
+    with atomic_output_dir(out, [Path(base), Path(instruct), Path(adapted)] + ([Path(lora_deltas)] if lora_deltas else [])) as tmp:
+        with record.timed("write"):
+            write_with_replacements(i.reader, tmp, replacements, max_shard_bytes=max_shard_bytes, progress=progress)
+        cache.clear()
+        write_json(tmp / "config.json", config)
+        if gen_config is not None:
+            write_json(tmp / "generation_config.json", gen_config)
+        tok_files = write_tokenizer(a, i, tmp)
+        i.reader.close()
+        record.set("tokenizer_files", tok_files)
+        record.set(
+            "result",
+            {
+                "method": method,
+                "model_type": i.arch.model_type,
+                "tied": i.arch.tied,
+                "hidden_size": i.hidden,
+                "dtype": str(i.reader.info(i.arch.input_name).dtype).replace("torch.", ""),
+                "rows": a.rows,
+                "adapted_tokens": n_a_tokens,
+                "vocab_map_rows_by_kind": vmap.summary(),
+                "fits": fit_summary,
+                "instruct_rows_kept": [[a_id, i_id] for a_id, i_id in specials],
+                "row_norms": norm_stats,
+                "token_id_changes": id_changes,
+                "lora_deltas": lora_summary,
+            },
+        )
+        record.write(tmp)
+    log.info("wrote %s", out)
+    return record.data
+
+
+def write_tokenizer(adapted: Model, instruct: Model, out: Path) -> list[str]:
+    """A's tokenizer with I's chat template, special tokens map and special-token settings; ids checked on reload."""
+    copied = copy_tokenizer_files(adapted.path, out)
+    template = chat_template(instruct.path)
+    if template is not None:
+        set_chat_template(out, template)
+        copied.append("chat_template (from --instruct)")
+    if (instruct.path / "special_tokens_map.json").is_file():
+        (out / "special_tokens_map.json").write_bytes((instruct.path / "special_tokens_map.json").read_bytes())
+        copied.append("special_tokens_map.json (from --instruct)")
+    i_cfg_path = instruct.path / "tokenizer_config.json"
+    o_cfg_path = out / "tokenizer_config.json"
+    if i_cfg_path.is_file() and o_cfg_path.is_file():
+        i_cfg, o_cfg = read_json(i_cfg_path), read_json(o_cfg_path)
+        for key in _SPECIAL_KEYS:
+            if key in i_cfg:
+                o_cfg[key] = i_cfg[key]
+        write_json(o_cfg_path, o_cfg)
+    sync_added_tokens_decoder(out, adapted.tok)
+    reloaded = Tokenizer.from_file(str(out / "tokenizer.json"))
+    if reloaded.get_vocab(with_added_tokens=True) != adapted.tok.get_vocab(with_added_tokens=True):
+        raise RuadaptError(f"{out / 'tokenizer.json'}: token ids changed on reload; output not written")
+    return copied
+
+
+def load_record(out: Path) -> dict:
+    """The ``ruadapt_lep.json`` of an output directory."""
+    return json.loads((Path(out) / "ruadapt_lep.json").read_text(encoding="utf-8"))
