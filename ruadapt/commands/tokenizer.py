@@ -41,6 +41,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--out", type=path_arg, required=True, help="new (or empty) output directory")
     t.set_defaults(func=run_train)
 
+    r = add_parser(
+        tsub,
+        "report",
+        help="characters per token of tokenizers on texts: report.json, report.md, a PNG",
+        description="chars/token = sum len(line) / sum len(encode(line, add_special_tokens=False)) over the lines of "
+        "each text; also bytes/token, tokens/word, and how many of the tokens new relative to the FIRST "
+        "tokenizer each text uses. Writes OUT/report.json {NAME: {LANG: {...}}}, usage.json, report.md, "
+        "chars_per_token.png.",
+        examples="ruadapt tokenizer report --tokenizer base=./Qwen2.5-7B --tokenizer ru48k=tok-ru48k "
+        "--text ru=ru_eval.txt --text en=en_eval.txt --out report",
+    )
+    r.add_argument("--tokenizer", action="append", required=True, metavar="NAME=DIR", help="tokenizer dir (repeat; the first is the reference)")
+    r.add_argument("--text", action="append", required=True, metavar="LANG=FILE", help="UTF-8 text, one document per line (repeat)")
+    r.add_argument("--top-unused", type=int, default=20, metavar="K", help="list the first K unused new tokens per text")
+    r.add_argument("--out", type=path_arg, required=True, help="new (or empty) output directory")
+    r.set_defaults(func=run_report)
+
 
 def run_train(args: argparse.Namespace) -> int:
     from ..tokenizer.train import train_tokenizer
@@ -58,4 +75,12 @@ def run_train(args: argparse.Namespace) -> int:
     r = record["result"]
     print(f"{args.out}: {r['tokens']} tokens ({args.mode}); record in {args.out}/ruadapt_tokenizer.json")
     print(json.dumps({k: r[k] for k in r if k in ("new_tokens", "new_merges", "training_tokens_before", "training_tokens_after")}))
+    return 0
+
+
+def run_report(args: argparse.Namespace) -> int:
+    from ..tokenizer.report import tokenizer_report
+
+    tokenizer_report(args.tokenizer, args.text, args.out, top_unused=args.top_unused)
+    print((args.out / "report.md").read_text(encoding="utf-8"), end="")
     return 0
