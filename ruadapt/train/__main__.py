@@ -1,0 +1,49 @@
+"""Entry point of each DeepSpeed rank: ``deepspeed --num_gpus N -m ruadapt.train --config X.yaml [--resume]``.
+
+Use ``ruadapt train`` on the command line: it validates the config first and then execs this through the
+launcher.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..errors import EXIT_USAGE, RuadaptError
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m ruadapt.train", description=__doc__)
+    p.add_argument("--config", required=True, action="append",
+                   help="run YAML (see recipes/*/); repeat to run several configs one after another in the same "
+                   "processes (one launcher start-up for, e.g., CPT stage 1 and stage 2)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a YAML value")
+    p.add_argument("--resume", action="store_true", help="require a complete checkpoint to resume from")
+    p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    from .config import load_configs, validate
+    from .runner import run
+
+    try:
+        configs = load_configs(args.config, args.set)
+        resume = args.resume
+        for cfg in configs:
+            if cfg.done:
+                print(f"ruadapt train: {cfg.out} is already finished (ruadapt_train.json); skipping", file=sys.stderr)
+                continue
+            validate(cfg, check_files=True)  # an earlier run may just have produced its model
+            run(cfg, resume=resume)
+            resume = False  # --resume concerns the run that was interrupted, not the ones after it
+    except RuadaptError as e:
+        print(f"ruadapt train: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    finally:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
