@@ -96,47 +96,47 @@ def score_windows(em: EvalModel, windows: list[Window], *, batch_tokens: int = 4
 
 @dataclass
 class BpbResult:
-    """Totals over a text (or the assistant turns of a chat file) for one model."""
+    """Totals over a text (or the assistant turns of a chat file) for one model. ``counts`` holds the
+    chars/bytes/words/tokens measures of ``ruadapt.tokenizer.report.measure`` (the project's one definition of
+    chars/token) over exactly the tokens that were scored."""
 
     docs: int
-    chars: int
-    bytes: int
-    tokens: int
     nll_nats: float
     windows: int
+    counts: dict
     doc_nll: list[float] = field(default_factory=list, repr=False)
+
+    @property
+    def chars(self) -> int:
+        return self.counts["chars"]
+
+    @property
+    def bytes(self) -> int:
+        return self.counts["bytes"]
+
+    @property
+    def tokens(self) -> int:
+        return self.counts["tokens"]
 
     @property
     def bpb(self) -> float:
         return self.nll_nats / (math.log(2) * self.bytes)
 
     def summary(self) -> dict:
-        return {
-            "bpb": self.bpb,
-            "nll_nats": self.nll_nats,
-            "docs": self.docs,
-            "chars": self.chars,
-            "bytes": self.bytes,
-            "tokens": self.tokens,
-            "chars_per_token": self.chars / self.tokens,
-            "bytes_per_token": self.bytes / self.tokens,
-            "windows": self.windows,
-        }
+        return {"bpb": self.bpb, "nll_nats": self.nll_nats, "docs": self.docs, "windows": self.windows,
+                **{k: v for k, v in self.counts.items() if k != "lines"}}
 
 
-def _result(texts: Sequence[str], targets: Sequence[Sequence[int]], windows: list[Window], nll: list[float]) -> BpbResult:
+def _result(em: EvalModel, texts: Sequence[str], targets: Sequence[Sequence[int]], windows: list[Window],
+            nll: list[float]) -> BpbResult:
+    from ..tokenizer.report import measure
+
     doc_nll = [0.0] * len(texts)
     for w, x in zip(windows, nll):
         doc_nll[w.doc] += x
-    return BpbResult(
-        docs=len(texts),
-        chars=sum(len(t) for t in texts),
-        bytes=sum(len(t.encode("utf-8")) for t in texts),
-        tokens=sum(len(t) for t in targets),
-        nll_nats=math.fsum(doc_nll),
-        windows=len(windows),
-        doc_nll=doc_nll,
-    )
+    return BpbResult(docs=len(texts), nll_nats=math.fsum(doc_nll), windows=len(windows),
+                     counts=measure(em.tokenizer.backend_tokenizer, list(texts), [list(t) for t in targets]),
+                     doc_nll=doc_nll)
 
 
 def encode(em: EvalModel, text: str) -> list[int]:
@@ -150,7 +150,7 @@ def text_bpb(em: EvalModel, lines: Sequence[str], *, window: int, stride: int | 
     stride = stride or window
     targets = [encode(em, line) for line in lines]
     windows = [w for d, t in enumerate(targets) for w in plan_windows([em.prefix_id], t, window, stride, d)]
-    return _result(lines, targets, windows, score_windows(em, windows, batch_tokens=batch_tokens, desc=desc))
+    return _result(em, lines, targets, windows, score_windows(em, windows, batch_tokens=batch_tokens, desc=desc))
 
 
 def chat_prompt_ids(em: EvalModel, messages: list[dict[str, str]]) -> list[int]:
@@ -180,7 +180,7 @@ def chat_bpb(em: EvalModel, chats: Sequence[list[dict[str, str]]], *, window: in
             windows += plan_windows(context or [em.prefix_id], target, window, stride, len(texts))
             texts.append(m["content"])
             targets.append(target)
-    return _result(texts, targets, windows, score_windows(em, windows, batch_tokens=batch_tokens, desc=desc))
+    return _result(em, texts, targets, windows, score_windows(em, windows, batch_tokens=batch_tokens, desc=desc))
 
 
 def common_window(models: Iterable[EvalModel], requested: int) -> int:

@@ -29,27 +29,15 @@ def parse_named(items: list[str] | None, option: str) -> dict[str, Path]:
     return out
 
 
-def read_lines(path: Path | str, *, max_lines: int | None = None, what: str = "text file") -> list[str]:
-    """Non-empty lines of a UTF-8 file without their line ends, at most ``max_lines`` of them.
+def read_lines(path: Path | str, *, max_lines: int | None = None, what: str = "--text") -> list[str]:
+    """Non-empty lines of a UTF-8 file (the project's one line reader, ``ruadapt.tokenizer.words.read_lines``,
+    so chars/token here equals ``ruadapt tokenizer report``'s), at most ``max_lines`` of them.
 
-    Raises a one-line error for a missing, unreadable, non-UTF-8 or empty file."""
-    path = Path(path)
-    if not path.is_file():
-        raise RuadaptError(f"{path}: {what} not found")
-    lines: list[str] = []
-    try:
-        with open(path, encoding="utf-8") as f:
-            for line in f:
-                line = line.rstrip("\r\n")
-                if line.strip():
-                    lines.append(line)
-                    if max_lines is not None and len(lines) >= max_lines:
-                        break
-    except UnicodeDecodeError as e:
-        raise RuadaptError(f"{path}: {what} is not UTF-8 ({e.reason} at byte {e.start})") from None
-    if not lines:
-        raise RuadaptError(f"{path}: {what} is empty (no non-blank line)")
-    return lines
+    Raises a one-line error for a missing, non-UTF-8 or empty file."""
+    from ..tokenizer.words import read_lines as read_text_lines
+
+    lines = read_text_lines(Path(path), what)
+    return lines[:max_lines] if max_lines is not None else lines
 
 
 def read_chats(path: Path | str, *, max_lines: int | None = None) -> list[list[dict[str, str]]]:
@@ -57,7 +45,7 @@ def read_chats(path: Path | str, *, max_lines: int | None = None) -> list[list[d
     each with at least one assistant turn (the turns that get scored)."""
     path = Path(path)
     chats: list[list[dict[str, str]]] = []
-    for n, line in enumerate(read_lines(path, max_lines=max_lines, what="chat JSONL file"), 1):
+    for n, line in enumerate(read_lines(path, max_lines=max_lines, what="--chat"), 1):
         try:
             record = json.loads(line)
         except json.JSONDecodeError as e:

@@ -101,7 +101,8 @@ def run_task(em: EvalModel, name: str, spec: dict[str, Any], *, window: int, bat
     metrics = {k.split(",")[0]: v for k, v in results.items()
                if "," in k and not k.split(",")[0].endswith("_stderr") and isinstance(v, (int, float))}
     samples = [
-        {"doc": s["doc"], "response": s["resps"][0][0] if s.get("resps") else None,
+        {"doc": s["doc"], "prompt": s["arguments"][0][0] if s.get("arguments") else None,
+         "response": s["resps"][0][0] if s.get("resps") else None,
          "filtered": s.get("filtered_resps"), "target": s.get("target")}
         for s in out.get("samples", {}).get(name, [])
     ]

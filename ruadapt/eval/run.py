@@ -55,7 +55,7 @@ def run_eval(
     for label in chats:
         require(label not in texts, f"--chat {label}: the name is also used by --text; names must differ")
     readers = {name: check_model_dir(name, path) for name, path in models.items()}
-    text_lines = {label: read_lines(path, max_lines=max_lines, what=f"--text {label} file") for label, path in texts.items()}
+    text_lines = {label: read_lines(path, max_lines=max_lines, what=f"--text {label}") for label, path in texts.items()}
     chat_data = {label: read_chats(path, max_lines=max_lines) for label, path in chats.items()}
     if copy_file is None and "ru" in texts:
         copy_file = texts["ru"]
@@ -66,7 +66,7 @@ def run_eval(
     prompt_lines: list[str] = []
     if speed_prompts > 0 and new_tokens > 0:
         if prompts is not None:
-            prompt_lines = read_lines(prompts, what="--prompts file")
+            prompt_lines = read_lines(prompts, what="--prompts")
         elif "ru" in text_lines:
             prompt_lines = text_lines["ru"]
         else:
