@@ -454,11 +454,12 @@ def lep_model(
         check_adapted_finite(a, list(names.values()), chunk_rows=chunk_rows, progress=progress)
 
     # ---- fits (before the output dir exists: a failure leaves nothing behind)
-    with record.timed("vocab_map"):
-        vmap = build_vocab_map(b.tok, a.tok)
     fits: dict[str, Fit] = {}
     fit_summary: dict = {}
+    vmap = None
     if method != "swap":
+        with record.timed("vocab_map"):
+            vmap = build_vocab_map(b.tok, a.tok)
         exclude = set(b.tok.get_added_tokens_decoder())
         rows = fit_rows(vmap, method, exclude)
         if not rows:
@@ -524,7 +525,7 @@ def lep_model(
                 "dtype": str(i.reader.info(i.arch.input_name).dtype).replace("torch.", ""),
                 "rows": a.rows,
                 "adapted_tokens": n_a_tokens,
-                "vocab_map_rows_by_kind": vmap.summary(),
+                "vocab_map_rows_by_kind": None if vmap is None else vmap.summary(),
                 "fits": fit_summary,
                 "instruct_rows_kept": [[a_id, i_id] for a_id, i_id in specials],
                 "row_norms": norm_stats,

@@ -1,0 +1,366 @@
+"""``ruadapt lep`` (issue 4): LEP fits recover a known map, streaming never holds V×d float64, the output is
+the instruct body with propagated rows, bad inputs fail in one line with nothing written."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+
+from tiny import SHARED_DATA, SHARED_TOKENIZERS, dir_hash, make_tiny_model, tensor_hashes
+
+from ruadapt.cli import main
+from ruadapt.lep import accumulate, fit_rows, lep_model, open_model
+from ruadapt.lstsq import NormalEquations
+from ruadapt.swap import swap_model
+from ruadapt.tokdir import set_chat_template
+from ruadapt.vocab import averaged_rows, build_vocab_map
+
+EMBED, HEAD = "model.embed_tokens.weight", "lm_head.weight"
+D = 16
+TEMPLATE = (
+    "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}assistant:{% endif %}{# instruct template #}"
+)
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+def tensors(model_dir: Path) -> dict[str, torch.Tensor]:
+    out = {}
+    for f in sorted(Path(model_dir).glob("*.safetensors")):
+        out.update(load_file(f))
+    return out
+
+
+def rewrite(model_dir: Path, fn) -> None:
+    """Apply ``fn(name, tensor) -> tensor | None`` to every tensor of a model dir in place (None drops it)."""
+    for f in sorted(Path(model_dir).glob("*.safetensors")):
+        sd = load_file(f)
+        new = {}
+        for k, v in sd.items():
+            t = fn(k, v)
+            if t is not None:
+                new[k] = t.contiguous()
+        save_file(new, f, metadata={"format": "pt"})
+    index = Path(model_dir) / "model.safetensors.index.json"
+    if index.is_file():
+        data = json.loads(index.read_text())
+        names = set()
+        for f in Path(model_dir).glob("*.safetensors"):
+            with safe_open(f, "pt") as h:
+                names.update(h.keys())
+        data["weight_map"] = {k: v for k, v in data["weight_map"].items() if k in names}
+        index.write_text(json.dumps(data))
+
+
+def random_map(seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.eye(D) + torch.randn(D, D, generator=g) / 4
+
+
+def make_instruct(base: Path, out: Path, w_in: torch.Tensor, w_out: torch.Tensor, seed: int = 7) -> Path:
+    """instruct = base rows @ W (+ 1e-4 noise), another W for lm_head, every body tensor perturbed."""
+    shutil.copytree(base, out)
+    g = torch.Generator().manual_seed(seed)
+
+    def fn(name, t):
+        if name == EMBED:
+            return t @ w_in + 1e-4 * torch.randn(t.shape, generator=g)
+        if name == HEAD:
+            return t @ w_out + 1e-4 * torch.randn(t.shape, generator=g)
+        return t + 0.05 * torch.randn(t.shape, generator=g)
+
+    rewrite(out, fn)
+    set_chat_template(out, TEMPLATE)
+    return out
+
+
+def perturb_rows(model_dir: Path, seed: int = 3) -> None:
+    """Stand-in for CPT: move every vocabulary row (so 'output = A·W' is not trivially I's rows)."""
+    g = torch.Generator().manual_seed(seed)
+    rewrite(model_dir, lambda n, t: t + 0.3 * torch.randn(t.shape, generator=g) if n in (EMBED, HEAD) else t)
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.double() - b.double()).norm() / b.double().norm())
+
+
+def added_pairs(a_dir: Path, i_dir: Path) -> list[tuple[int, int]]:
+    from tokenizers import Tokenizer
+
+    a_tok = Tokenizer.from_file(str(a_dir / "tokenizer.json"))
+    i_tok = Tokenizer.from_file(str(i_dir / "tokenizer.json"))
+    return [(a_tok.token_to_id(t.content), i) for i, t in i_tok.get_added_tokens_decoder().items()]
+
+
+def check_output(out: Path, a_dir: Path, i_dir: Path, w: dict[str, torch.Tensor | None], tied: bool, tol: float = 1e-3) -> dict:
+    """Vocabulary rows = A·W (specials: I's rows), body bit-identical to I, chat template and tokenizer as promised."""
+    o, a, i = tensors(out), tensors(a_dir), tensors(i_dir)
+    pairs = added_pairs(a_dir, i_dir)
+    special_a = {p[0] for p in pairs}
+    for name in ([EMBED] if tied else [EMBED, HEAD]):
+        keep = torch.tensor([r for r in range(a[name].shape[0]) if r not in special_a])
+        want = a[name] if w[name] is None else a[name].double() @ w[name].double()
+        if w[name] is None:
+            assert torch.equal(o[name][keep], a[name][keep]), f"{name}: swap must keep A's rows"
+        else:
+            assert rel_err(o[name][keep], want[keep]) < tol, name
+        for a_id, i_id in pairs:
+            assert torch.equal(o[name][a_id], i[name][i_id]), f"{name} row {a_id} is not I's row {i_id}"
+    assert (HEAD in o) == (not tied)
+    body = {k for k in i if k not in (EMBED, HEAD)}
+    oh, ih = tensor_hashes(out), tensor_hashes(i_dir)
+    assert body and all(oh[k] == ih[k] for k in body), "body must be I's, bit-identical"
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["vocab_size"] == a[EMBED].shape[0]
+    tok_cfg = json.loads((out / "tokenizer_config.json").read_text())
+    assert tok_cfg["chat_template"] == TEMPLATE
+    assert (out / "tokenizer.json").read_bytes() == (a_dir / "tokenizer.json").read_bytes()
+    return json.loads((out / "ruadapt_lep.json").read_text())
+
+
+def loads_and_generates(out: Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(out)
+    model = AutoModelForCausalLM.from_pretrained(out)
+    text = tok.apply_chat_template([{"role": "user", "content": "Привет, как дела?"}], tokenize=False, add_generation_prompt=True)
+    assert text.endswith("assistant:")
+    ids = tok(text, return_tensors="pt")
+    gen = model.generate(**ids, max_new_tokens=3, do_sample=False)
+    assert gen.shape[1] == ids["input_ids"].shape[1] + 3
+
+
+# ------------------------------------------------------------------------------------------------ fixtures
+@pytest.fixture(scope="module")
+def ext_tokenizer(tmp_path_factory) -> Path:
+    """Qwen2.5 extended with 150 Russian merges by the project's own trainer."""
+    from ruadapt.tokenizer.train import train_tokenizer
+
+    root = tmp_path_factory.mktemp("tok")
+    corpus = root / "ru.txt"
+    corpus.write_text((SHARED_DATA / "ru_train.txt").read_text(encoding="utf-8")[:60000], encoding="utf-8")
+    train_tokenizer(SHARED_TOKENIZERS / "qwen2.5", [corpus], root / "ext", new_tokens=150, progress=False)
+    return root / "ext"
+
+
+@pytest.fixture(scope="module")
+def qwen(tmp_path_factory, ext_tokenizer) -> dict:
+    """Untied sharded qwen2: B, I = B·W (+noise), A = swap(B, extended tokenizer) moved by 'CPT'."""
+    root = tmp_path_factory.mktemp("qwen")
+    b = make_tiny_model(root / "b", "qwen2", tied=False, hidden=D)
+    w_in, w_out = random_map(1), random_map(2)
+    i = make_instruct(b, root / "i", w_in, w_out)
+    swap_model(b, ext_tokenizer, root / "a", progress=False)
+    perturb_rows(root / "a")
+    return {"root": root, "b": b, "i": i, "a": root / "a", "w": {EMBED: w_in, HEAD: w_out}}
+
+
+# ------------------------------------------------------------------------------------------------ the math
+def test_normal_equations_match_lstsq_chunked():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(5000, 24, generator=g, dtype=torch.float64) * torch.linspace(0.1, 3, 24, dtype=torch.float64)
+    w_true = torch.randn(24, 24, generator=g, dtype=torch.float64)
+    y = x @ w_true + 0.01 * torch.randn(5000, 24, generator=g, dtype=torch.float64)
+    eq = NormalEquations(24)
+    for k in range(0, 5000, 333):  # uneven chunks
+        eq.add(x[k : k + 333].float() if k == 0 else x[k : k + 333], y[k : k + 333])
+    eq2 = NormalEquations(24)
+    eq2.add(x[:333], y[:333])
+    for k in range(333, 5000, 333):
+        eq2.add(x[k : k + 333], y[k : k + 333])
+    fit = eq2.solve()
+    ref = torch.linalg.lstsq(x, y, driver="gelsd").solution
+    assert fit.solver == "cholesky" and fit.rows == 5000 and fit.rank == 24
+    assert float((fit.w - ref).abs().max()) < 1e-8
+    direct = float((x @ ref - y).norm() / y.norm())
+    assert abs(fit.relative_residual - direct) < 1e-8
+    sv = torch.linalg.svdvals(x)
+    assert fit.condition_number == pytest.approx(float(sv[0] / sv[-1]) ** 2, rel=1e-6)
+    assert torch.allclose(eq2.xtx, x.T @ x, rtol=1e-12, atol=1e-9)
+
+
+def test_rank_deficient_fit_is_the_minimum_norm_lstsq():
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(400, 12, generator=g, dtype=torch.float64)
+    x[:, 5] = x[:, 3] * 2.0  # rank 11
+    y = torch.randn(400, 12, generator=g, dtype=torch.float64)
+    eq = NormalEquations(12)
+    for k in range(0, 400, 64):
+        eq.add(x[k : k + 64], y[k : k + 64])
+    fit = eq.solve()
+    ref = torch.linalg.pinv(x) @ y
+    assert fit.solver == "eigh-pinv" and fit.rank == 11
+    assert float((fit.w - ref).abs().max()) < 1e-8
+
+
+class Float64Spy(TorchDispatchMode):
+    """Records the largest float64 tensor any torch op produces."""
+
+    def __init__(self):
+        super().__init__()
+        self.max_numel = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_leaves(out):
+            if isinstance(t, torch.Tensor) and t.dtype == torch.float64:
+                self.max_numel = max(self.max_numel, t.numel())
+        return out
+
+
+def test_streamed_fit_equals_lstsq_and_never_holds_vxd_float64(qwen):
+    b, i, a = open_model(qwen["b"], "--base"), open_model(qwen["i"], "--instruct"), open_model(qwen["a"], "--adapted")
+    vmap = build_vocab_map(b.tok, a.tok)
+    rows = fit_rows(vmap, "conversion", set(b.tok.get_added_tokens_decoder()))
+    assert len(rows) > 151_000 and vmap.summary()["mean"] >= 100  # the new tokens enter the fit as means
+    chunk = 3000
+    spy = Float64Spy()
+    with spy:
+        eqs = accumulate(b, i, [EMBED, HEAD], vmap, rows, chunk_rows=chunk, progress=False)
+    v, d = a.rows, a.hidden
+    # the largest float64 tensor: one chunk's X|Y for both matrices (a handful of pieces per row at most)
+    assert spy.max_numel <= chunk * 4 * 4 * d < v * d
+    for name in (EMBED, HEAD):
+        fit = eqs[name].solve()
+        eb, ei = tensors(qwen["b"])[name], tensors(qwen["i"])[name]
+        x = averaged_rows(vmap, eb, rows, dtype=torch.float64)
+        y = averaged_rows(vmap, ei, rows, dtype=torch.float64)
+        ref = torch.linalg.lstsq(x, y, driver="gelsd").solution
+        assert float((fit.w - ref).abs().max()) < 1e-8
+        assert float((fit.w - qwen["w"][name].double()).abs().max()) < 1e-3  # the known map is recovered
+
+
+# ------------------------------------------------------------------------------------------------ the stage
+@pytest.mark.parametrize("method", ["conversion", "overlap", "swap"])
+def test_methods_on_untied_sharded_qwen(qwen, method, capsys):
+    out = qwen["root"] / f"out-{method}"
+    before = {k: dir_hash(qwen[k]) for k in ("b", "i", "a")}
+    rc = main(["-q", "lep", "--base", str(qwen["b"]), "--instruct", str(qwen["i"]), "--adapted", str(qwen["a"]),
+               "--out", str(out), "--method", method, "--chunk-rows", "50000", "--max-shard-size", "300KB"])
+    assert rc == 0
+    assert {k: dir_hash(qwen[k]) for k in ("b", "i", "a")} == before, "inputs must not change"
+    w = {EMBED: None, HEAD: None} if method == "swap" else qwen["w"]
+    rec = check_output(out, qwen["a"], qwen["i"], w, tied=False)
+    assert len(list(out.glob("model-*.safetensors"))) > 1
+    r = rec["result"]
+    assert r["method"] == method
+    if method == "swap":
+        assert r["fits"] == {}
+    else:
+        kinds = r["vocab_map_rows_by_kind"]
+        specials_in_vocab = 0  # Qwen's added tokens are not in its model vocab, so copy rows are all normal tokens
+        expect_rows = kinds["copy"] - specials_in_vocab + (0 if method == "overlap" else kinds["mean"])
+        for role in ("input", "output"):
+            f = r["fits"][role]
+            assert f["rows"] == expect_rows
+            assert f["relative_residual"] < 1e-3 and f["condition_number_xtx"] < 100
+        assert r["row_norms"][EMBED]["output"]["rows"] == r["adapted_tokens"]
+    assert r["instruct_rows_kept"] and rec["inputs"]["adapted"]["fingerprint"]
+    if method == "conversion":
+        loads_and_generates(out)
+
+
+ARCH_CASES = [  # (model_type, tied, single-file)
+    ("qwen3", True, True),
+    ("llama", False, True),
+    ("mistral", True, False),
+    ("gemma2", True, True),
+    ("gemma3_text", False, False),
+]
+
+
+@pytest.mark.parametrize("model_type,tied,single", ARCH_CASES, ids=[c[0] for c in ARCH_CASES])
+def test_architectures(tmp_path, model_type, tied, single):
+    shard = "100MB" if single else "300KB"
+    b = make_tiny_model(tmp_path / "b", model_type, tied=tied, hidden=D, max_shard_size=shard)
+    w = {EMBED: random_map(11), HEAD: random_map(12)}
+    i = make_instruct(b, tmp_path / "i", w[EMBED], w[HEAD])
+    a = tmp_path / "a"
+    shutil.copytree(b, a)  # same vocabulary: an adapted base whose CPT moved every row
+    perturb_rows(a)
+    assert (b / "model.safetensors").is_file() == single
+    rec = lep_model(b, i, a, tmp_path / "out", progress=False)
+    check_output(tmp_path / "out", a, i, w, tied=tied)
+    assert rec["result"]["tied"] is tied and set(rec["result"]["fits"]) == ({"input"} if tied else {"input", "output"})
+    loads_and_generates(tmp_path / "out")
+
+
+# ------------------------------------------------------------------------------------------------ bad inputs
+def _run_bad(capsys, b, i, a, out) -> str:
+    rc = main(["-q", "lep", "--base", str(b), "--instruct", str(i), "--adapted", str(a), "--out", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert not out.exists() and not list(out.parent.glob(f".{out.name}*"))
+    return err
+
+
+def test_bad_inputs(qwen, tmp_path, capsys):
+    b, i, a = qwen["b"], qwen["i"], qwen["a"]
+    hashes = {k: dir_hash(qwen[k]) for k in ("b", "i", "a")}
+    # hidden-size mismatch
+    wide = make_tiny_model(tmp_path / "wide", "qwen2", tied=False, hidden=32)
+    err = _run_bad(capsys, b, i, wide, tmp_path / "o1")
+    assert "hidden size 32 vs 16" in err and str(wide) in err and str(i) in err
+    # B and I with different vocabularies (same architecture, Llama-3 tokenizer)
+    other = make_tiny_model(tmp_path / "other", "qwen2", tied=False, hidden=D, tokenizer="llama-3", rows=128256)
+    err = _run_bad(capsys, b, other, a, tmp_path / "o2")
+    assert "different vocabularies" in err and str(b) in err and str(other) in err
+    # untied model without lm_head
+    nohead = tmp_path / "nohead"
+    shutil.copytree(i, nohead)
+    rewrite(nohead, lambda n, t: None if n == HEAD else t)
+    err = _run_bad(capsys, b, nohead, a, tmp_path / "o3")
+    assert "lm_head.weight" in err and str(nohead) in err
+    # NaN rows in A
+    nan = tmp_path / "nan"
+    shutil.copytree(a, nan)
+
+    def poison(n, t):
+        if n == EMBED:
+            t = t.clone()
+            t[151700, 3] = float("nan")
+        return t
+
+    rewrite(nan, poison)
+    err = _run_bad(capsys, b, i, nan, tmp_path / "o4")
+    assert "row 151700" in err and "NaN" in err and str(nan) in err
+    assert {k: dir_hash(qwen[k]) for k in ("b", "i", "a")} == hashes
+
+
+# ------------------------------------------------------------------------------------------------ LoRA deltas
+def test_lora_deltas_match_peft_merge(qwen, tmp_path):
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(qwen["b"])
+    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "down_proj"]))
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for n, p in peft_model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.5)
+    peft_model.save_pretrained(tmp_path / "adapter")
+    assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
+    rec = lep_model(qwen["b"], qwen["i"], qwen["a"], tmp_path / "out", method="swap",
+                    lora_deltas=tmp_path / "adapter", alpha_scale=2.0, progress=False)
+    assert rec["result"]["lora_deltas"]["modules"] == 4
+    # reference: peft's own merge of the adapter into I, delta halved (alpha scale 2)
+    inst = AutoModelForCausalLM.from_pretrained(qwen["i"])
+    merged = PeftModel.from_pretrained(inst, tmp_path / "adapter").merge_and_unload().state_dict()
+    o, i = tensors(tmp_path / "out"), tensors(qwen["i"])
+    changed = [k for k in o if k in i and not torch.equal(o[k], i[k])]
+    expected = {f"model.layers.{n}.{m}.weight" for n in range(2) for m in ("self_attn.q_proj", "mlp.down_proj")}
+    assert set(changed) - {EMBED, HEAD} == expected
+    for k in changed:
+        if k in (EMBED, HEAD):
+            continue
+        assert torch.allclose(o[k] - i[k], (merged[k] - i[k]) / 2, atol=1e-5)
