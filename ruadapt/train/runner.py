@@ -33,7 +33,17 @@ COMPLETE = "complete"
 STATE = "ruadapt_state.json"
 # settings that may differ between the interrupted and the resumed run (bookkeeping only)
 _RESUME_FREE = ("save_steps", "eval_steps", "log_steps", "keep_checkpoints")
-KILL_ENV = "RUADAPT_TRAIN_KILL_AT_STEP"  # fault injection for the resume test: SIGKILL rank 0 after this step
+# fault injection for the resume test: "[OUT_NAME:]STEP" SIGKILLs rank 0 right after that optimizer step
+# (of the run whose out dir has that name, when given)
+KILL_ENV = "RUADAPT_TRAIN_KILL_AT_STEP"
+
+
+def _kill_step(cfg: RunConfig) -> int:
+    value = os.environ.get(KILL_ENV, "")
+    if not value:
+        return 0
+    name, _, step = value.rpartition(":")
+    return int(step) if not name or name == cfg.out_path.name else 0
 
 
 def _comparable(cfg: RunConfig) -> dict:
@@ -177,7 +187,7 @@ def run(cfg: RunConfig, *, resume: bool = False) -> Path | None:
                 shutil.rmtree(p, ignore_errors=True)
         barrier()
 
-    kill_at = int(os.environ.get(KILL_ENV, "0") or 0)
+    kill_at = _kill_step(cfg)
     if eval_ds is not None and start == 0:
         ev = evaluate(engine, eval_ds, rank=rank, world=world, micro=t.micro_batch_size, device=device)
         evals.append({"step": 0, "loss": round(ev, 6)})
