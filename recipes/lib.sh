@@ -1,0 +1,100 @@
+# recipes/lib.sh — the one pipeline every recipe runs; a recipe = variables + `source lib.sh` + `ruadapt_pipeline`.
+#
+#   tokenizer train → swap → CPT stage 1 (embeddings) [→ CPT stage 2 (LoRA)] → LEP → SFT/calibration → eval
+#
+# Required variables (set them in the recipe, or in the environment before running it):
+#   BASE       base model dir (HF, safetensors)          INSTRUCT   its instruct model dir
+#   CORPUS     Russian training text (one doc per line)  RUN        run directory (everything goes below it)
+#   RECIPE     dir of the run YAMLs (cpt-embeddings.yaml, cpt-lora.yaml, sft.yaml)
+# Optional (defaults below):
+#   MODE=extend NEW_TOKENS=48000 VOCAB_SIZE=          tokenizer (replace mode uses VOCAB_SIZE)
+#   NUM_GPUS=8 HOSTFILE= MASTER_PORT=                 DeepSpeed launch (HOSTFILE = multi-node)
+#   CPT_STEPS=2000 CPT2_STEPS=1000 SFT_STEPS=300      optimizer steps (read by the YAMLs as ${CPT_STEPS} ...)
+#   STAGE2=1                                          0 = skip CPT stage 2 (LoRA); LEP then uses stage 1
+#   SFT_DATA=                                         chat JSONL; empty = skip SFT/calibration
+#   EVAL_RU= EVAL_EN= EVAL_CHAT= EVAL_ARGS=           eval inputs (empty = that part skipped)
+#   STEPS="tokenizer swap cpt lep sft eval"           run only some steps (their inputs must exist)
+#   DRY_RUN=0                                         1 = print every command, run nothing
+#   RUADAPT=ruadapt                                   the command to call (e.g. ".venv/bin/ruadapt")
+# Relaunching a recipe resumes: finished steps are skipped (their output exists), CPT/SFT continue from
+# their last complete checkpoint.
+
+ruadapt_need() {  # ruadapt_need VAR... : fail early, in one line, when a required variable is empty
+    local v
+    for v in "$@"; do
+        if [ -z "${!v:-}" ]; then
+            echo "recipe: set $v (see the header of recipes/lib.sh)" >&2
+            exit 2
+        fi
+    done
+}
+
+ruadapt_run() {  # print the command; run it unless DRY_RUN=1
+    printf '+'
+    printf ' %q' "$@"
+    printf '\n'
+    if [ "${DRY_RUN:-0}" != 1 ]; then
+        "$@"
+    fi
+}
+
+ruadapt_step() {  # ruadapt_step NAME OUTPUT : true when step NAME is selected and OUTPUT is not there yet
+    case " ${STEPS} " in *" $1 "*) ;; *) return 1 ;; esac
+    if [ "${DRY_RUN:-0}" != 1 ] && [ -e "$2" ] && [ -n "$(ls -A "$2" 2>/dev/null)" ]; then
+        echo "# $1: $2 exists, skipping" >&2
+        return 1
+    fi
+    return 0
+}
+
+ruadapt_pipeline() {
+    ruadapt_need BASE INSTRUCT CORPUS RUN RECIPE
+    : "${MODE:=extend}" "${NEW_TOKENS:=48000}" "${NUM_GPUS:=8}" "${STAGE2:=1}" "${DRY_RUN:=0}"
+    : "${CPT_STEPS:=2000}" "${CPT2_STEPS:=1000}" "${SFT_STEPS:=300}" "${RUADAPT:=ruadapt}"
+    : "${STEPS:=tokenizer swap cpt lep sft eval}"
+    RECIPES_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+    # the YAMLs read these as ${VAR}
+    export BASE INSTRUCT CORPUS RUN SFT_DATA="${SFT_DATA:-}" CPT_STEPS CPT2_STEPS SFT_STEPS
+    export DS_CONFIGS="$RECIPES_DIR/deepspeed"
+    local launch=()
+    [ -n "${NUM_GPUS:-}" ] && [ -z "${HOSTFILE:-}" ] && launch+=(--num-gpus "$NUM_GPUS")
+    [ -n "${HOSTFILE:-}" ] && launch+=(--hostfile "$HOSTFILE")
+    [ -n "${MASTER_PORT:-}" ] && launch+=(--master-port "$MASTER_PORT")
+    [ "$DRY_RUN" = 1 ] || mkdir -p "$RUN"
+
+    local tok_args=(--mode "$MODE")
+    if [ "$MODE" = replace ]; then tok_args+=(--vocab-size "${VOCAB_SIZE:?set VOCAB_SIZE for MODE=replace}"); else tok_args+=(--new-tokens "$NEW_TOKENS"); fi
+    if ruadapt_step tokenizer "$RUN/tokenizer"; then
+        ruadapt_run $RUADAPT tokenizer train --base "$BASE" --corpus "$CORPUS" "${tok_args[@]}" --out "$RUN/tokenizer"
+    fi
+    if ruadapt_step swap "$RUN/swapped"; then
+        ruadapt_run $RUADAPT swap --model "$BASE" --tokenizer "$RUN/tokenizer" --out "$RUN/swapped"
+    fi
+    local adapted="$RUN/cpt1" cpt=(--config "$RECIPE/cpt-embeddings.yaml")
+    if [ "$STAGE2" = 1 ]; then
+        adapted="$RUN/cpt2"
+        cpt+=(--config "$RECIPE/cpt-lora.yaml")
+    fi
+    if ruadapt_step cpt "$adapted"; then  # both CPT stages in one launch; a finished stage 1 is skipped on relaunch
+        ruadapt_run $RUADAPT train "${cpt[@]}" "${launch[@]}"
+    fi
+    if ruadapt_step lep "$RUN/lep"; then
+        ruadapt_run $RUADAPT lep --base "$BASE" --instruct "$INSTRUCT" --adapted "$adapted" --out "$RUN/lep"
+    fi
+    local final="$RUN/lep"
+    if [ -n "${SFT_DATA:-}" ]; then
+        final="$RUN/final"
+        if ruadapt_step sft "$RUN/final"; then
+            ruadapt_run $RUADAPT train --config "$RECIPE/sft.yaml" "${launch[@]}"
+        fi
+    fi
+    if ruadapt_step eval "$RUN/eval"; then
+        local ev=(--model "instruct=$INSTRUCT" --model "ruadapt=$final")
+        [ -n "${EVAL_RU:-}" ] && ev+=(--text "ru=$EVAL_RU")
+        [ -n "${EVAL_EN:-}" ] && ev+=(--text "en=$EVAL_EN")
+        [ -n "${EVAL_CHAT:-}" ] && ev+=(--chat "ru_chat=$EVAL_CHAT")
+        # shellcheck disable=SC2086  # EVAL_ARGS is a list of extra options
+        ruadapt_run $RUADAPT eval "${ev[@]}" ${EVAL_ARGS:-} --out "$RUN/eval"
+    fi
+    echo "# done: $final" >&2
+}
