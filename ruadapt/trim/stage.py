@@ -33,7 +33,6 @@ from ..tokdir import (
     remap_token_ids,
     sync_added_tokens_decoder,
     tokenizer_json_path,
-    tokenizer_size,
     write_json,
 )
 from ..vocab import mean_row
@@ -100,13 +99,14 @@ def plan_trim(
         if not Path(f).is_file():
             raise RuadaptError(f"{f}: --corpus file not found")
     old_tok = load_tokenizer(tokenizer_dir, option)
-    surgeon = VocabSurgeon(old_tok, str(tokenizer_json_path(tokenizer_dir, option)))
+    path = tokenizer_json_path(tokenizer_dir, option)
+    surgeon = VocabSurgeon(old_tok, str(path), spec=read_json(path))
     keep_ids = read_keep_tokens(keep_tokens, surgeon) if keep_tokens is not None else []
-    n_old = tokenizer_size(old_tok)
+    n_old = surgeon.size
     counts = count_tokens(old_tok, corpora, n_old, progress=progress)
     selection = surgeon.select(counts.counts, keep_top=keep_top, min_count=min_count, keep_tokens=keep_ids)
     new_tok, old_to_new = surgeon.rebuild(selection.kept)
-    return TrimPlan(old_tok, new_tok, old_to_new, selection, counts, n_old, tokenizer_size(new_tok))
+    return TrimPlan(old_tok, new_tok, old_to_new, selection, counts, n_old, len(old_to_new))
 
 
 def _measure(plan: TrimPlan, corpora: Sequence[Path], eval_texts: Sequence[Path], progress: bool) -> dict:

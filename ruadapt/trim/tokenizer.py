@@ -34,15 +34,11 @@ from ..vocab import BYTE_LEVEL, bytes_to_unicode, detect_family
 REASONS = ("special", "alphabet", "keep_tokens", "used", "closure")
 
 
-def _spec(tok: Tokenizer) -> dict:
-    return json.loads(tok.to_str())
-
-
 def _split_merge(merge: str | Sequence[str]) -> tuple[str, str]:
     if isinstance(merge, str):
         a, _, b = merge.partition(" ")
         return a, b
-    return merge[0], merge[1]
+    return tuple(merge)  # type: ignore[return-value]
 
 
 class BpeDerivation:
@@ -53,9 +49,11 @@ class BpeDerivation:
             raise RuadaptError(
                 "tokenizer.json: BPE with continuing_subword_prefix/end_of_word_suffix is not supported by trim"
             )
-        self.ranks: dict[tuple[str, str], int] = {}
-        for rank, merge in enumerate(model.get("merges", [])):
-            self.ranks.setdefault(_split_merge(merge), rank)
+        merges = model.get("merges", [])
+        # the first occurrence of a pair wins, as in tokenizers: build from the end so earlier ranks overwrite
+        self.ranks: dict[tuple[str, str], int] = {
+            _split_merge(m): r for r, m in zip(range(len(merges) - 1, -1, -1), reversed(merges))
+        }
 
     def symbols(self, piece: str) -> list[str]:
         """Every symbol that appears while BPE turns ``piece``'s characters into tokens (start, middle, end)."""
@@ -97,18 +95,24 @@ class Selection:
 class VocabSurgeon:
     """Knows a tokenizer's model type, its must-keep tokens and how to rebuild it on a subset of ids."""
 
-    def __init__(self, tok: Tokenizer, source: str = "tokenizer.json"):
+    def __init__(self, tok: Tokenizer, source: str = "tokenizer.json", spec: dict | None = None):
+        """``spec`` is the parsed tokenizer.json of ``tok`` when the caller has it (saves re-serialising a
+        33 MB Gemma tokenizer)."""
         self.tok = tok
         self.source = source
-        self.spec = _spec(tok)
+        self.spec = spec if spec is not None else json.loads(tok.to_str())
         self.model = self.spec.get("model", {})
         self.type = self.model.get("type")
         if self.type not in ("BPE", "Unigram"):
             raise RuadaptError(f"{source}: model type {self.type!r} cannot be trimmed (BPE and Unigram can)")
         self.family = detect_family(tok)
-        self.piece_of: dict[int, str] = {i: p for p, i in tok.get_vocab(with_added_tokens=False).items()}
-        self.id_of: dict[str, int] = {p: i for i, p in self.piece_of.items()}
+        if self.type == "BPE":
+            self.id_of: dict[str, int] = dict(self.model["vocab"])
+        else:
+            self.id_of = {p[0]: i for i, p in enumerate(self.model["vocab"])}
+        self.piece_of: dict[int, str] = {i: p for p, i in self.id_of.items()}
         self.added: dict[int, str] = {i: t.content for i, t in tok.get_added_tokens_decoder().items()}
+        self.size = max([*self.piece_of, *self.added], default=-1) + 1  # = len(tokenizer)
         self._derivation: BpeDerivation | None = None
 
     # ------------------------------------------------------------------ what must stay
