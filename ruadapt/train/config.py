@@ -294,13 +294,27 @@ def validate(cfg: RunConfig, *, check_files: bool = True, skip_model: bool = Fal
     if positions:
         need(cfg.block_size <= positions,
              f"block_size {cfg.block_size} is above the model's max_position_embeddings {positions} ({model}/config.json)")
-    if cfg.stage == "embeddings" or cfg.lora.train_embeddings:
-        embedding_names(model)  # raises if the arch table does not know where they are
+    if cfg.stage == "embeddings" or (cfg.stage == "lora" and cfg.lora.train_embeddings):
+        _check_embeddings(cfg, model)
     rows = mcfg.get("vocab_size")
     if cfg.embeddings.new_rows_only and rows:
         need(cfg.embeddings.new_rows_from < rows,
              f"embeddings.new_rows_from {cfg.embeddings.new_rows_from} is not below the model's {rows} rows")
     _check_out(cfg, model)
+
+
+def _check_embeddings(cfg: RunConfig, model: Path) -> None:
+    """The vocabulary matrices must be known to the arch table and present in the checkpoint (headers only)."""
+    from ..checkpoint import CheckpointReader
+
+    what = "stage embeddings" if cfg.stage == "embeddings" else "lora.train_embeddings"
+    try:
+        names, _ = embedding_names(model)
+        reader = CheckpointReader(model)
+    except RuadaptError as e:
+        raise RuadaptError(f"{cfg.source}: {what} cannot find the embeddings: {e}") from None
+    if names[0] not in reader:
+        raise RuadaptError(f"{cfg.source}: {what}: the checkpoint {model} has no tensor {names[0]} (embeddings not found)")
 
 
 def _check_out(cfg: RunConfig, model: Path) -> None:
