@@ -217,6 +217,7 @@ def build_vocab_map(base: Tokenizer | TokenCodec, new: Tokenizer | TokenCodec) -
     base = base if isinstance(base, TokenCodec) else TokenCodec(base)
     new = new if isinstance(new, TokenCodec) else TokenCodec(new)
     base_added = {content: i for i, content in base.added.items()}
+    same_family = base.family == new.family
     kinds: list[str] = []
     sources: list[tuple[int, ...]] = []
     for i in range(new.size):
@@ -235,6 +236,11 @@ def build_vocab_map(base: Tokenizer | TokenCodec, new: Tokenizer | TokenCodec) -
         if i not in new.id_to_piece:  # a hole in the id space
             kinds.append(ROW_PAD)
             sources.append(())
+            continue
+        piece = new.id_to_piece[i]
+        if same_family and piece in base.vocab:  # the same token string: prefer it over a byte-equal twin
+            kinds.append(ROW_COPY)  # (Gemma has both "<0x41>" and "A" for the byte 0x41)
+            sources.append((base.vocab[piece],))
             continue
         data = new.token_bytes(i)
         old = base.id_of_bytes(data)

@@ -1,5 +1,6 @@
 """`ruadapt swap` on tiny models of every supported architecture with the real tokenizers (issue 7)."""
 
+import functools
 import json
 import os
 import subprocess
@@ -16,6 +17,11 @@ from reference import piece_bytes, reference_pieces
 from tiny import ARCHS, ROOT, SHARED_DATA, SHARED_TOKENIZERS, dir_hash, make_tiny_model, tensor_hashes
 
 EMBED, HEAD = "model.embed_tokens.weight", "lm_head.weight"
+
+
+@functools.cache
+def tokenizer_spec(path: Path) -> dict:
+    return json.loads(Path(path).read_text())
 
 
 def load_tensor(model_dir: Path, name: str) -> torch.Tensor:
@@ -70,8 +76,8 @@ def test_swap_extension(tmp_path, extensions, model_type, tied):
     assert main(["-q", "swap", "--model", str(base), "--tokenizer", str(ext), "--out", str(out)]) == 0
     assert dir_hash(base) == before
 
-    spec = json.loads((SHARED_TOKENIZERS / tok_name / "tokenizer.json").read_text())
-    new_spec = json.loads((ext / "tokenizer.json").read_text())
+    spec = tokenizer_spec(SHARED_TOKENIZERS / tok_name / "tokenizer.json")
+    new_spec = tokenizer_spec(ext / "tokenizer.json")
     n_base = len(spec["model"]["vocab"]) + sum(a["content"] not in spec["model"]["vocab"] for a in spec["added_tokens"])
     n_new = n_base + 300
     cfg = json.loads((out / "config.json").read_text())
