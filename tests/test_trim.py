@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from ruadapt.cli import main
+from ruadapt.tokenizer.report import chars_per_token
 from ruadapt.trim import trim_tokenizer
 from tiny import SHARED_DATA, SHARED_TOKENIZERS, copy_tokenizer, dir_hash, make_tiny_model, tensor_hashes
 
@@ -110,6 +111,8 @@ def test_qwen_eval_round_trip_and_changed_lines_count(qwen_trimmed):
         reported = record["segmentation"]["eval"][str(path)]
         assert changed > 0 and reported["lines_segmentation_changed"] == changed
         assert reported["lines_not_round_trip"] == 0
+        assert reported["chars_per_token_before"] == round(chars_per_token(src, path)["chars_per_token"], 4)
+        assert reported["chars_per_token_after"] == round(chars_per_token(out, path)["chars_per_token"], 4)
         assert reported["tokens_before"] == sum(map(len, old_ids)) and reported["tokens_after"] == sum(map(len, new_ids))
     assert record["segmentation"]["corpus"]["lines_segmentation_changed"] == 0
     assert record["tokens"]["kept_by_reason"]["alphabet"] + record["tokens"]["kept_by_reason"]["special"] == 256 + 22
@@ -289,7 +292,7 @@ def test_bad_inputs_are_one_line_errors_and_write_nothing(work, small_corpus, ca
     empty = work / "empty.txt"
     empty.write_text("\n\n", encoding="utf-8")
     out = work / "err_out"
-    _fails(capsys, ["-q", "trim", "--model", str(src), "--corpus", str(empty), "--out", str(out)], str(empty), "empty")
+    _fails(capsys, ["-q", "trim", "--model", str(src), "--corpus", str(empty), "--out", str(out)], str(empty), "no text")
     assert not out.exists()
 
     no_tok = work / "no_tok"

@@ -36,7 +36,8 @@ from ..tokdir import (
     write_json,
 )
 from ..vocab import mean_row
-from .corpus import TokenCounts, compare_segmentation, count_tokens, read_lines
+from ..tokenizer.words import check_corpus, read_lines
+from .corpus import TokenCounts, compare_segmentation, count_tokens
 from .tokenizer import Selection, VocabSurgeon
 
 log = logging.getLogger(__name__)
@@ -95,9 +96,8 @@ def plan_trim(
         raise RuadaptError(f"--min-count must be ≥ 1, got {min_count}")
     if not corpora:
         raise RuadaptError("--corpus: give at least one text file")
-    for f in corpora:  # fail on a missing file before minutes of counting the others
-        if not Path(f).is_file():
-            raise RuadaptError(f"{f}: --corpus file not found")
+    for f in corpora:  # fail on a missing or empty file before minutes of counting the others
+        check_corpus(Path(f))
     old_tok = load_tokenizer(tokenizer_dir, option)
     path = tokenizer_json_path(tokenizer_dir, option)
     surgeon = VocabSurgeon(old_tok, str(path), spec=read_json(path))
@@ -119,7 +119,7 @@ def _measure(plan: TrimPlan, corpora: Sequence[Path], eval_texts: Sequence[Path]
     out["corpus"]["coverage_of_token_occurrences"] = round(plan.counts.coverage(plan.selection.kept), 6)
     out["corpus"]["distinct_tokens_used"] = int((plan.counts.counts > 0).sum())
     for f in eval_texts:
-        lines = read_lines(f, "--eval-text")
+        lines = read_lines(Path(f), "--eval-text")
         out["eval"][str(f)] = compare_segmentation(plan.old_tok, plan.new_tok, plan.old_to_new, lines, desc=Path(f).name, progress=progress)
     return out
 
@@ -177,8 +177,7 @@ def trim_tokenizer(
     corpora, eval_texts = [Path(c) for c in corpora], [Path(e) for e in eval_texts]
     check_output_dir(out, [tokenizer_dir])
     for f in eval_texts:
-        if not f.is_file():
-            raise RuadaptError(f"{f}: --eval-text file not found")
+        check_corpus(f, "--eval-text")
     record = StageRecord("trim", {"keep_top": keep_top, "min_count": min_count, "keep_tokens": keep_tokens, "tokenizer_only": True})
     with record.timed("select"):
         plan = plan_trim(tokenizer_dir, corpora, keep_top=keep_top, min_count=min_count, keep_tokens=keep_tokens, option="--tokenizer", progress=progress)
@@ -240,8 +239,7 @@ def trim_model(
     check_output_dir(out, [model_dir])
     tokenizer_json_path(model_dir, "--model")
     for f in eval_texts:
-        if not f.is_file():
-            raise RuadaptError(f"{f}: --eval-text file not found")
+        check_corpus(f, "--eval-text")
     max_shard_bytes = parse_size(max_shard_size) if max_shard_size is not None else None
     with record.timed("select"):
         plan = plan_trim(model_dir, corpora, keep_top=keep_top, min_count=min_count, keep_tokens=keep_tokens, progress=progress)
