@@ -13,7 +13,7 @@ Base, instruct and adapted checkpoints each hold untied 152,064 × 8,192 bf16 em
     nice python bench/lep.py [--methods conversion,overlap,swap] [--workdir runs/bench-lep] [--keep]
 
 ~15 GB of inputs plus one ~5 GB output at a time; everything is deleted at the end unless --keep.
-Prints a markdown table and writes bench/results/lep.json.
+Prints a markdown table and writes bench/results/lep-ROWSxHIDDEN.json.
 """
 
 from __future__ import annotations
@@ -107,7 +107,7 @@ def raw_read_s(dirs: dict[str, Path], chunk_rows: int) -> float:
         for name in (EMBED, HEAD):
             rows = r.info(name).shape[0]
             for s, e in _chunks(rows, chunk_rows):
-                r.get_rows(name, s, e)
+                r.get_rows(name, s, e).clone()  # clone: slices may be views of the mapped file, read on touch
                 r.close()
     return time.perf_counter() - t0
 
@@ -173,7 +173,7 @@ def main() -> None:
         if not args.keep:
             for k in ("base", "instruct", "adapted"):
                 shutil.rmtree(work / k, ignore_errors=True)
-    out_json = ROOT / "bench" / "results" / "lep.json"
+    out_json = ROOT / "bench" / "results" / f"lep-{args.rows}x{args.hidden}.json"
     out_json.parent.mkdir(parents=True, exist_ok=True)
     out_json.write_text(json.dumps(results, indent=2) + "\n")
     print(f"\n{args.rows:,} × {args.hidden:,} bf16, untied; (a) six float64 GEMMs = {a:.0f} s, (b) raw read = {b:.0f} s\n")

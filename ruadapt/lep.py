@@ -71,6 +71,7 @@ class Model:
     reader: CheckpointReader
     arch: Arch
     tok: Tokenizer
+    n_tokens: int  # len(tokenizer)
 
     @property
     def path(self) -> Path:
@@ -96,13 +97,19 @@ class Model:
         return names
 
 
-def open_model(path: Path, option: str) -> Model:
-    """Open a model dir and check its vocabulary matrices exist and agree (one-line errors naming the file)."""
+def open_model(path: Path, option: str, same_tokenizer_as: Model | None = None) -> Model:
+    """Open a model dir and check its vocabulary matrices exist and agree (one-line errors naming the file).
+    ``same_tokenizer_as``: reuse that model's parsed tokenizer when the tokenizer.json files are byte-identical
+    (B and I usually are; parsing a 262k vocabulary takes seconds)."""
     reader = CheckpointReader(Path(path))
     arch = arch_for_config(reader.config, reader.path / "config.json")
     if arch.encoder_decoder:
         raise RuadaptError(f"{reader.path / 'config.json'}: {option} is an encoder-decoder ({arch.model_type}); LEP supports decoder-only models")
-    tok = load_tokenizer(reader.path, option)
+    if same_tokenizer_as is not None and _same_file(tokenizer_json_path(reader.path, option), tokenizer_json_path(same_tokenizer_as.path)):
+        tok, n = same_tokenizer_as.tok, same_tokenizer_as.n_tokens
+    else:
+        tok = load_tokenizer(reader.path, option)
+        n = tokenizer_size(tok)
     if arch.input_name not in reader:
         raise RuadaptError(f"{reader.path}: {option} has no input embedding {arch.input_name}")
     info = reader.info(arch.input_name)
@@ -119,10 +126,13 @@ def open_model(path: Path, option: str) -> Model:
                 f"{reader.path}: {option} {arch.output_name} shape {reader.info(arch.output_name).shape} differs from "
                 f"{arch.input_name} {info.shape}"
             )
-    n = tokenizer_size(tok)
     if n > info.shape[0]:
         raise RuadaptError(f"{reader.path}: {option} tokenizer has {n} tokens but {arch.input_name} only {info.shape[0]} rows")
-    return Model(option, reader, arch, tok)
+    return Model(option, reader, arch, tok, n)
+
+
+def _same_file(p: Path, q: Path) -> bool:
+    return p.stat().st_size == q.stat().st_size and p.read_bytes() == q.read_bytes()
 
 
 def validate(base: Model, instruct: Model, adapted: Model) -> None:
@@ -135,7 +145,7 @@ def validate(base: Model, instruct: Model, adapted: Model) -> None:
         raise RuadaptError(f"{pair}: hidden size {b.hidden} vs {i.hidden}")
     if b.arch.tied != i.arch.tied:
         raise RuadaptError(f"{pair}: tie_word_embeddings {b.arch.tied} vs {i.arch.tied}")
-    same_vocab = b.tok.get_vocab(with_added_tokens=False) == i.tok.get_vocab(with_added_tokens=False)
+    same_vocab = b.tok is i.tok or b.tok.get_vocab(with_added_tokens=False) == i.tok.get_vocab(with_added_tokens=False)
     if b.rows != i.rows or not same_vocab:
         raise RuadaptError(
             f"{pair}: different vocabularies ({b.rows} vs {i.rows} rows, tokenizer.json model vocab "
@@ -427,13 +437,13 @@ def lep_model(
     )
     # ---- everything is validated before any work or output
     b = open_model(base, "--base")
-    i = open_model(instruct, "--instruct")
-    a = open_model(adapted, "--adapted")
+    i = open_model(instruct, "--instruct", same_tokenizer_as=b)
+    a = open_model(adapted, "--adapted", same_tokenizer_as=b)
     validate(b, i, a)
     max_shard_bytes = parse_size(max_shard_size) if max_shard_size is not None else None
     names = i.matrix_names()
     specials = special_pairs(a, i)
-    n_a_tokens = tokenizer_size(a.tok)
+    n_a_tokens = a.n_tokens
     config = dict(i.reader.config)
     gen_path = i.path / "generation_config.json"
     gen_config = read_json(gen_path) if gen_path.is_file() else None
@@ -557,9 +567,9 @@ def write_tokenizer(adapted: Model, instruct: Model, out: Path) -> list[str]:
                 o_cfg[key] = i_cfg[key]
         write_json(o_cfg_path, o_cfg)
     sync_added_tokens_decoder(out, adapted.tok)
-    reloaded = Tokenizer.from_file(str(out / "tokenizer.json"))
-    if reloaded.get_vocab(with_added_tokens=True) != adapted.tok.get_vocab(with_added_tokens=True):
-        raise RuadaptError(f"{out / 'tokenizer.json'}: token ids changed on reload; output not written")
+    # tokenizer.json is A's, byte for byte, so every id is A's; added_tokens_decoder was synced to it above
+    if not _same_file(out / "tokenizer.json", tokenizer_json_path(adapted.path)):
+        raise RuadaptError(f"{out / 'tokenizer.json'}: differs from {adapted.path}'s after copying; output not written")
     return copied
 
 
