@@ -211,7 +211,8 @@ def run(cfg: RunConfig, *, resume: bool = False) -> Path | None:
         loss = loss_sum / (t.grad_accum * world)
         tokens_done += int(tokens_all)
         tokens_this_run += int(tokens_all)
-        history.append({"step": step + 1, "loss": round(loss, 6), "lr": lr})
+        history.append({"step": step + 1, "loss": round(loss, 6), "lr": lr, "tokens": int(tokens_all),
+                        "time_s": round(time.perf_counter() - t0, 4)})  # since this process's loop started
         if rank == 0 and ((step + 1) % t.log_steps == 0 or step + 1 in (1, t.max_steps)):
             rate = tokens_this_run / max(time.perf_counter() - t0, 1e-9)
             log.info("step %d/%d  loss %.4f  lr %.3g  %.0f tok/s", step + 1, t.max_steps, loss, lr, rate)
