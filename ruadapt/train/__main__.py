@@ -7,6 +7,8 @@ launcher.
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 import sys
 
 from ..errors import EXIT_USAGE, RuadaptError
@@ -46,4 +48,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    # Everything is written, renamed and flushed by now; the interpreter's own teardown of torch/DeepSpeed
+    # (thread pools, extension modules) takes 10+ s per rank on a busy CPU and does nothing we need.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    logging.shutdown()
+    os._exit(code)
