@@ -22,7 +22,7 @@ from ruadapt.cli import main
 from ruadapt.tokdir import chat_template
 from ruadapt.tokenizer.bpe import learn_merges, merge_word
 from ruadapt.tokenizer.report import encode_lines
-from ruadapt.tokenizer.words import split_sentencepiece_words
+from ruadapt.tokenizer.words import WordSplitter, split_sentencepiece_words
 
 FAMILIES = ["qwen2.5", "llama-3", "mistral-nemo", "gemma-3"]
 N_NEW = 2000
@@ -205,6 +205,17 @@ def test_heap_learner_equals_naive_bpe():
     got = learn_merges([list(s) for s in segs], counts, pieces, first_id=n0, n_new=80, progress=False)
     assert got.merges == want_merges
     assert got.words == want_words
+
+
+def test_added_tokens_are_cut_out_of_training_words():
+    """Added tokens in a corpus are split off before pre-tokenization, as the tokenizer does at inference."""
+    base = base_tok("qwen2.5")
+    split = WordSplitter(base, "byte_level")
+    line = "<|im_start|>user Привет<|im_end|>!"
+    words = split(line)
+    assert "".join(words) == "".join(w for p in ("user Привет", "!") for w, _ in base.pre_tokenizer.pre_tokenize_str(p))
+    ids = base.encode(line, add_special_tokens=False).ids
+    assert [t.id for w in words for t in base.model.tokenize(w)] == [i for i in ids if i < 151643]
 
 
 def test_sentencepiece_word_split():

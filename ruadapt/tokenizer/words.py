@@ -88,8 +88,19 @@ class WordSplitter:
         self.normalizer = tokenizer.normalizer
         self.pre_tokenizer = tokenizer.pre_tokenizer
         self.sentencepiece = family == SENTENCEPIECE
+        # added tokens are cut out of the raw text before normalization, as the tokenizer does at inference
+        contents = sorted({t.content for t in tokenizer.get_added_tokens_decoder().values() if t.content}, key=len, reverse=True)
+        self._first_chars = frozenset(c[0] for c in contents)
+        self._added = re.compile("|".join(re.escape(c) for c in contents)) if contents else None
 
     def __call__(self, line: str) -> list[str]:
+        if self._added is not None and not self._first_chars.isdisjoint(line):
+            parts = [p for p in self._added.split(line) if p]
+            if len(parts) != 1 or parts[0] != line:
+                return [w for p in parts for w in self._words(p)]
+        return self._words(line)
+
+    def _words(self, line: str) -> list[str]:
         text = self.normalizer.normalize_str(line) if self.normalizer is not None else line
         if self.pre_tokenizer is not None:
             words = [w for w, _ in self.pre_tokenizer.pre_tokenize_str(text)]
