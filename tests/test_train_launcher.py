@@ -3,7 +3,8 @@
 Two launches keep the test inside its time budget (the per-launch start-up dominates on 2 cores):
   launch 1: ZeRO-2 `embeddings` (untied, only new rows) · `lora` on a tied model · `full` · SFT (LoRA) ·
             then the ZeRO-2 run again, SIGKILLed (rank 0) right after step 3, i.e. after the step-2 checkpoint;
-  launch 2: the killed run relaunched (resumes from step 2) · ZeRO-3 `embeddings` on a tied model.
+  launch 2: the killed run relaunched (resumes from step 2) · ZeRO-3 `embeddings` on a tied model ·
+            the same `lora` run under ZeRO-3 (must match ZeRO-2: partitioned parameters keep their settings).
 """
 
 from __future__ import annotations
@@ -77,6 +78,8 @@ def runs(tmp_path_factory):
         "killed": write_yaml(tmp / "killed.yaml", out=str(tmp / "out_killed"), **emb_z2),
         "lora": write_yaml(tmp / "lora.yaml", out=str(tmp / "out_lora"), model=str(tied), deepspeed=str(zero / "zero2.json"),
                            stage="lora", lora={"r": 4, "alpha": 8, "train_embeddings": True}, **common),
+        "lora3": write_yaml(tmp / "lora3.yaml", out=str(tmp / "out_lora3"), model=str(tied), deepspeed=str(zero / "zero3.json"),
+                            stage="lora", lora={"r": 4, "alpha": 8, "train_embeddings": True}, **common),
         "full": write_yaml(tmp / "full.yaml", out=str(tmp / "out_full"), model=str(tied), deepspeed=str(zero / "zero1.json"),
                            stage="full", **{**common, "train": {**train, "lr": 0.01}}),
         "sft": write_yaml(tmp / "sft.yaml", out=str(tmp / "out_sft"), model=str(tied), deepspeed=str(zero / "zero2.json"),
@@ -95,7 +98,7 @@ def runs(tmp_path_factory):
     }
     # the kill hook only fires in the killed run; launch 1 ran the others to completion before it
     assert (tmp / "out_sft" / "ruadapt_train.json").is_file(), first.stdout[-3000:] + first.stderr[-3000:]
-    second = launch([cfg["killed"], cfg["z3"]], 29632)
+    second = launch([cfg["killed"], cfg["z3"], cfg["lora3"]], 29632)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     return {"tmp": tmp, "untied": untied, "tied": tied, "hashes": hashes, "killed": killed_state, "log2": second.stdout + second.stderr}
 
@@ -181,6 +184,15 @@ def test_lora_on_tied_model_merges_keeping_tie_and_trained_embedding(runs):
     assert loaded.lm_head.weight.data_ptr() == loaded.model.embed_tokens.weight.data_ptr()
     assert torch.equal(loaded.lm_head.weight, trained_embed)
     generates(out)
+
+
+def test_lora_under_zero3_matches_zero2(runs):
+    a, b = tensors(runs["tmp"] / "out_lora"), tensors(runs["tmp"] / "out_lora3")
+    base = tensors(runs["tied"])
+    assert set(a) == set(b)
+    for n in a:  # same data, seed and LoRA init: only the reduction order differs
+        assert torch.allclose(a[n], b[n], atol=1e-4, rtol=0), (n, (a[n] - b[n]).abs().max())
+    assert max((a[n] - base[n]).abs().max().item() for n in a) > 1e-2  # and training did move the weights
 
 
 def test_full_stage_changes_body_and_loads(runs):

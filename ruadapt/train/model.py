@@ -94,6 +94,7 @@ def prepare_stage(model, cfg: RunConfig, zero_stage: int):
             r=lc.r, lora_alpha=lc.alpha, lora_dropout=lc.dropout, target_modules=list(lc.targets),
             layers_to_transform=layers, bias="none", task_type="CAUSAL_LM",
         )
+        torch.manual_seed(cfg.train.seed)  # LoRA A init independent of how loading used the RNG (ZeRO-3 does)
         try:
             model = get_peft_model(model, peft_cfg)
         except ValueError as e:
@@ -115,7 +116,8 @@ def param_groups(trainable: dict[str, torch.nn.Parameter], cfg: RunConfig) -> li
     decay, no_decay = [], []
     for name, p in trainable.items():
         masked = cfg.embeddings.new_rows_only and name in vocab
-        (decay if p.ndim >= 2 and not masked else no_decay).append(p)
+        ndim = len(getattr(p, "ds_shape", p.shape))  # a ZeRO-3 partition is stored flat: ask for the real shape
+        (decay if ndim >= 2 and not masked else no_decay).append(p)
     groups = [{"params": decay, "weight_decay": cfg.train.weight_decay}]
     if no_decay:
         groups.append({"params": no_decay, "weight_decay": 0.0})
