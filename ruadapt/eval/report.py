@@ -10,13 +10,14 @@ from typing import Any
 
 def _fmt(x: Any, digits: int = 4) -> str:
     if isinstance(x, float):
-        return f"{x:.{digits}f}"
+        return f"{x:.3e}" if abs(x) >= 1e6 else f"{x:.{digits}f}"
     if isinstance(x, int):
         return f"{x:,}"
     return "–" if x is None else str(x)
 
 
-def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
+def markdown_table(header: list[str], rows: list[list[Any]]) -> list[str]:
+    """Lines of a GitHub table: first column left-aligned, the others right-aligned and formatted by ``_fmt``."""
     out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" if i == 0 else "---:" for i in range(len(header))) + "|"]
     out += ["| " + " | ".join(_fmt(c) for c in row) + " |" for row in rows]
     return out
@@ -26,7 +27,7 @@ def markdown(report: dict) -> str:
     """``report.md``: tables with one row per model."""
     models = list(report["models"])
     lines = ["# ruadapt eval", ""]
-    lines += _table(["model", "path", "parameters", "len(tokenizer)", "rows", "dtype"],
+    lines += markdown_table(["model", "path", "parameters", "len(tokenizer)", "rows", "dtype"],
                     [[m, report["models"][m]["path"], report["models"][m]["parameters"], report["models"][m]["tokenizer_size"],
                       report["models"][m]["embedding_rows"], report["models"][m]["dtype"]] for m in models])
     bpb = report.get("bpb") or {}
@@ -37,7 +38,7 @@ def markdown(report: dict) -> str:
         header = ["model"] + [f"{label} bpb" for label in labels] + [f"{label} chars/token" for label in labels]
         rows = [[m] + [bpb[m][label]["bpb"] for label in labels] + [bpb[m][label]["chars_per_token"] for label in labels]
                 for m in models]
-        lines += _table(header, rows)
+        lines += markdown_table(header, rows)
         lines += ["", "Same bytes for every model: " + ", ".join(
             f"{label} {bpb[models[0]][label]['bytes']:,} bytes in {bpb[models[0]][label]['docs']:,} "
             f"{'assistant turns' if bpb[models[0]][label].get('kind') == 'chat' else 'lines'}" for label in labels) + "."]
@@ -47,14 +48,14 @@ def markdown(report: dict) -> str:
                   f"batch 1, alternating order, warm-up excluded)", ""]
         rows = [[m, s["chars_per_s"], s["tokens_per_s"], s["chars_per_token"], s["chars_per_s_ratio"]]
                 for m, s in speed["models"].items()]
-        lines += _table(["model", "chars/s", "tokens/s", "chars/token", f"chars/s ÷ {speed['baseline']}"], rows)
+        lines += markdown_table(["model", "chars/s", "tokens/s", "chars/token", f"chars/s ÷ {speed['baseline']}"], rows)
     lm = report.get("lm_eval") or {}
     tasks = list(dict.fromkeys(t for m in lm.values() for t in m))
     if tasks:
         lines += ["", "## lm-eval tasks (offline, ruadapt/eval/tasks)", ""]
         cols = [(t, k) for t in tasks for k in next(lm[m][t]["metrics"] for m in lm if t in lm[m])]
         rows = [[m] + [lm.get(m, {}).get(t, {}).get("metrics", {}).get(k) for t, k in cols] for m in models]
-        lines += _table(["model"] + [f"{t} {k}" for t, k in cols], rows)
+        lines += markdown_table(["model"] + [f"{t} {k}" for t, k in cols], rows)
         agree = report.get("bpb_agreement") or {}
         if agree:
             worst = max(abs(v["abs_diff"]) for m in agree.values() for v in m.values())

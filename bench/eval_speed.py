@@ -1,0 +1,172 @@
+"""Bench for `ruadapt eval` speed (issue 6): Russian generation chars/s, base Qwen2.5 tokenizer vs the +48k
+Russian extension, on one body.
+
+The body is a Qwen2.5-0.5B-shaped Qwen2 model (hidden 896, 24 layers, FFN 4864, 14 heads / 2 KV heads, tied
+embeddings) with random weights: its per-token cost is dominated by the transformer layers (≈358M MACs per
+token in the layers vs 136M in the 151,936-row lm_head). The same body gets the extended tokenizer through
+`ruadapt swap` (new rows = mean of their base pieces; every layer byte-identical). Both models then produce
+real held-out Russian (shared/data/ru_eval.txt) by greedy decoding forced to each model's own tokenization
+of the reference continuation (`ruadapt eval --speed-mode reference`): each step is a full forward pass and
+full-vocabulary argmax, exactly like free generation, but a random body still yields Russian text. Prompts
+are the first 200 characters of a line; every generation makes exactly --new-tokens tokens, models
+alternate order, one warm-up generation each is excluded (ruadapt.eval.speed.measure_speed).
+
+    nice .venv/bin/python bench/eval_speed.py [--tokenizer tokenizers/qwen2.5-ru48k] [--new-tokens 64]
+        [--prompts 8] [--workdir runs/bench-eval-speed] [--keep]
+
+Without --tokenizer it uses tokenizers/qwen2.5-ru48k when present, else trains the +48k extension on
+shared/data/ru_train.txt with ruadapt.tokenizer.train.train_tokenizer into the workdir (cached there).
+Prints a markdown table and writes bench/results/eval_speed.json and bench/results/eval_speed.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import shutil
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+
+BODY = dict(hidden_size=896, num_hidden_layers=24, intermediate_size=4864, num_attention_heads=14,
+            num_key_value_heads=2, max_position_embeddings=4096, tie_word_embeddings=True)
+
+
+def build_base(out: Path, body: dict, seed: int = 0) -> Path:
+    """A random Qwen2 body with the real Qwen2.5 tokenizer and the released 151,936-row embedding."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    if (out / "config.json").is_file():
+        return out
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for f in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        shutil.copyfile(SHARED / "tokenizers" / "qwen2.5" / f, tmp / f)
+    config = AutoConfig.for_model("qwen2", vocab_size=151936, bos_token_id=None, eos_token_id=151645,
+                                  pad_token_id=151643, **body)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() >= 2:
+                p.normal_(0, 0.02)
+    model.save_pretrained(tmp, max_shard_size="1GB")
+    tmp.rename(out)
+    return out
+
+
+def extension(args: argparse.Namespace) -> Path:
+    if args.tokenizer:
+        return Path(args.tokenizer)
+    committed = ROOT / "tokenizers" / "qwen2.5-ru48k"
+    if (committed / "tokenizer.json").is_file():
+        return committed
+    from ruadapt.tokenizer.train import train_tokenizer
+
+    out = args.workdir / "qwen2.5-ru48k"
+    if not (out / "tokenizer.json").is_file():
+        logging.info("training the +48k extension on ru_train.txt into %s", out)
+        train_tokenizer(SHARED / "tokenizers" / "qwen2.5", [SHARED / "data" / "ru_train.txt"], out,
+                        mode="extend", new_tokens=48000)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--tokenizer", help="extended tokenizer dir (default: tokenizers/qwen2.5-ru48k or train it)")
+    ap.add_argument("--workdir", type=Path, default=ROOT / "runs" / "bench-eval-speed")
+    ap.add_argument("--prompts", type=int, default=8)
+    ap.add_argument("--new-tokens", type=int, default=64)
+    ap.add_argument("--layers", type=int, default=BODY["num_hidden_layers"], help="shrink the body for a quick try")
+    ap.add_argument("--results", type=Path, default=ROOT / "bench" / "results")
+    ap.add_argument("--keep", action="store_true", help="keep the model dirs in --workdir")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    import torch
+
+    from ruadapt.eval.load import load_model
+    from ruadapt.eval.report import markdown_table
+    from ruadapt.eval.speed import measure_speed, select_prompts
+    from ruadapt.swap import swap_model
+    from ruadapt.tokenizer.report import chars_per_token
+    from ruadapt.tokenizer.words import read_lines
+
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    body = {**BODY, "num_hidden_layers": args.layers}
+    t0 = time.perf_counter()
+    base_dir = build_base(args.workdir / f"base-L{args.layers}", body)
+    tok_dir = extension(args)
+    ru_dir = args.workdir / f"ru48k-L{args.layers}"
+    if not (ru_dir / "config.json").is_file():
+        swap_model(base_dir, tok_dir, ru_dir, progress=False)
+    prep_s = time.perf_counter() - t0
+
+    models = [load_model("qwen2.5", base_dir), load_model("qwen2.5-ru48k", ru_dir)]
+    eval_file = SHARED / "data" / "ru_eval.txt"
+    prompts = select_prompts(read_lines(eval_file), models, args.prompts, new_tokens=args.new_tokens, mode="reference")
+    speed = measure_speed(models, prompts, new_tokens=args.new_tokens, mode="reference")
+
+    layer_macs = sum(p.numel() for n, p in models[0].model.named_parameters() if ".layers." in n)
+    rows, results = [], {}
+    for em in models:
+        s = speed["models"][em.name]
+        cpt = chars_per_token(em.path, eval_file)["chars_per_token"]
+        head_macs = em.rows * body["hidden_size"]
+        results[em.name] = {**{k: v for k, v in s.items() if k != "sample"}, "embedding_rows": em.rows,
+                            "ru_eval_chars_per_token": cpt, "layer_share_of_matmul_macs": layer_macs / (layer_macs + head_macs)}
+        rows.append({"model": em.name, "rows": f"{em.rows:,}", "layers' share of MACs": f"{layer_macs / (layer_macs + head_macs):.2f}",
+                     "ru_eval chars/token": f"{cpt:.3f}", "generated chars/token": f"{s['chars_per_token']:.3f}",
+                     "tokens/s": f"{s['tokens_per_s']:.2f}", "chars/s": f"{s['chars_per_s']:.2f}",
+                     "chars/s ratio": f"{s['chars_per_s_ratio']:.3f}"})
+    print("\n".join(markdown_table(list(rows[0]), [list(r.values()) for r in rows])))
+    ratio = speed["models"]["qwen2.5-ru48k"]["chars_per_s_ratio"]
+    print(f"\nRussian generation speed, +48k extension vs base: {ratio:.3f}x chars/s (target >= 1.4x)")
+
+    args.results.mkdir(parents=True, exist_ok=True)
+    out = {
+        "claim": "Russian generation chars/s, Qwen2.5 + 48k Russian extension vs base tokenizer, same body",
+        "body": {"model_type": "qwen2", **body, "parameters": models[0].facts["parameters"], "weights": "random N(0, 0.02)",
+                 "dtype": "float32", "device": "cpu", "threads": torch.get_num_threads()},
+        "tokenizer": str(tok_dir), "prompts_from": str(eval_file), "speed": {k: v for k, v in speed.items() if k != "models"},
+        "models": results, "chars_per_s_ratio": ratio, "prep_s": round(prep_s, 1),
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "loadavg_at_end": os.getloadavg()},
+        "samples": {name: s["sample"] for name, s in speed["models"].items()},
+    }
+    (args.results / "eval_speed.json").write_text(json.dumps(out, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    plot(results, args.results / "eval_speed.png", args.new_tokens, args.layers)
+    print(f"wrote {args.results / 'eval_speed.json'} and eval_speed.png")
+    if not args.keep:
+        for d in (base_dir, ru_dir):
+            shutil.rmtree(d, ignore_errors=True)
+
+
+def plot(results: dict, path: Path, new_tokens: int, layers: int) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(results)
+    fig, axes = plt.subplots(1, 3, figsize=(9, 3.2))
+    for ax, key, title in ((axes[0], "chars_per_s", "Russian chars / s"), (axes[1], "tokens_per_s", "tokens / s"),
+                           (axes[2], "chars_per_token", "chars / generated token")):
+        bars = ax.bar(names, [results[n][key] for n in names], color=["C0", "C1"])
+        ax.bar_label(bars, fmt="%.2f", fontsize=8)
+        ax.set_title(title, fontsize=10)
+        ax.tick_params(axis="x", labelsize=8)
+    fig.suptitle(f"Qwen2 body (hidden 896, {layers} layers), greedy decoding of held-out Russian, {new_tokens} tokens/prompt, CPU",
+                 fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()
