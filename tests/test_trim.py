@@ -224,12 +224,13 @@ def test_tiny_causal_lm_logits_permuted_exactly(work, small_corpus, model_type, 
     assert record["model"]["parameters_after"] < record["model"]["parameters_before"]
 
 
-def _unigram_t5(work: Path) -> Path:
-    """A tiny mT5-shaped model (untied lm_head, tied copies saved, extra_ids on top) with a Unigram tokenizer."""
+@pytest.fixture(scope="module")
+def unigram_dir(work) -> Path:
+    """A Unigram tokenizer trained here with ``tokenizers`` (mT5-style: </s> appended, extra_ids on top)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import AutoModelForSeq2SeqLM, MT5Config, PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast
 
-    d = work / "mt5"
+    d = work / "unigram"
     tok = Tokenizer(models.Unigram())
     tok.pre_tokenizer = pre_tokenizers.Metaspace()
     tok.decoder = decoders.Metaspace()
@@ -240,27 +241,40 @@ def _unigram_t5(work: Path) -> Path:
     tok.train_from_iterator(_head(SHARED_DATA / "ru_train.txt", 900) + _head(SHARED_DATA / "en_train.txt", 200), trainer)
     tok.add_special_tokens([f"<extra_id_{i}>" for i in range(9, -1, -1)])
     tok.post_processor = processors.TemplateProcessing(single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", 1)])
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="</s>", unk_token="<unk>", pad_token="<pad>")
-    fast.save_pretrained(d)
-    cfg = MT5Config(vocab_size=896, d_model=16, d_kv=8, d_ff=32, num_layers=2, num_heads=2, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
-    cfg.tie_word_embeddings = False  # as mt5-small's config says: lm_head is its own matrix
+    PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="</s>", unk_token="<unk>", pad_token="<pad>").save_pretrained(d)
+    return d
+
+
+def _t5(work: Path, tok_dir: Path, model_type: str) -> Path:
+    """A tiny T5-family model. ``mt5``: untied lm_head as mt5-small's config says (transformers 5.24 then also saves
+    the tied encoder/decoder copies); ``t5``: tied, and only ``shared.weight`` is saved."""
+    from transformers import AutoConfig, AutoModelForSeq2SeqLM
+
+    d = work / model_type
+    shutil.copytree(tok_dir, d)
+    cfg = AutoConfig.for_model(model_type, vocab_size=896, d_model=16, d_kv=8, d_ff=32, num_layers=2, num_heads=2,
+                               feed_forward_proj="gated-gelu", pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
+    if model_type == "mt5":
+        cfg.tie_word_embeddings = False  # the config forces True in __post_init__; set it after, as a loaded mT5 has it
     torch.manual_seed(0)
     model = AutoModelForSeq2SeqLM.from_config(cfg)
     with torch.no_grad():
         for p in model.parameters():
             p.normal_(0, 0.5)
-        model.lm_head.weight.normal_(0, 0.5)
     model.save_pretrained(d)
     return d
 
 
-def test_tiny_mt5_unigram_logits_permuted_exactly(work):
+@pytest.mark.parametrize("model_type", ["mt5", "t5"])
+def test_tiny_t5_unigram_logits_permuted_exactly(work, unigram_dir, model_type):
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
-    src = _unigram_t5(work)
+    src = _t5(work, unigram_dir, model_type)
+    saved = set(tensor_hashes(src)) & VOCAB_NAMES
+    assert saved == ({"shared.weight", "encoder.embed_tokens.weight", "decoder.embed_tokens.weight", "lm_head.weight"} if model_type == "mt5" else {"shared.weight"})
     corpus = work / "t5_corpus.txt"
     corpus.write_text("\n".join(_head(SHARED_DATA / "ru_train.txt", 60, skip=900)) + "\n", encoding="utf-8")
-    out = work / "mt5-trim"
+    out = work / f"{model_type}-trim"
     assert main(["-q", "trim", "--model", str(src), "--corpus", str(corpus), "--out", str(out), "--eval-text", str(corpus)]) == 0
     old_to_new, kept = _id_map(out)
     old_tok, new_tok = AutoTokenizer.from_pretrained(src), AutoTokenizer.from_pretrained(out)
@@ -273,7 +287,8 @@ def test_tiny_mt5_unigram_logits_permuted_exactly(work):
 
     old_m = AutoModelForSeq2SeqLM.from_pretrained(src).eval()
     new_m = AutoModelForSeq2SeqLM.from_pretrained(out).eval()
-    assert new_m.lm_head.weight.data_ptr() != new_m.shared.weight.data_ptr()  # still untied
+    tied = new_m.lm_head.weight.data_ptr() == new_m.shared.weight.data_ptr()
+    assert tied == (model_type == "t5")
     enc_old = old_tok(lines[0][:120])["input_ids"]
     dec_old = [0] + old_tok(lines[1][:60], add_special_tokens=False)["input_ids"]
     enc_new, dec_new = [old_to_new[i] for i in enc_old], [old_to_new[i] for i in dec_old]
