@@ -93,6 +93,10 @@ def test_extend_keeps_base_and_compresses_russian(family, extended, eval_lines):
     # every base token string keeps its id; new ids are exactly len(base) .. len(base)+N-1
     assert all(new_vocab[s] == i for s, i in base_vocab.items())
     assert sorted(i for s, i in new_vocab.items() if s not in base_vocab) == list(range(n_base, n_base + N_NEW))
+    if family == "gemma-3":  # Gemma's SentencePiece rules hold for new pieces too: digits one by one, no "л," or "-то"
+        new_strings = [s for s in new_vocab if s not in base_vocab]
+        assert not [s for s in new_strings if any("0" <= c <= "9" for c in s)]
+        assert not [s for s in new_strings if any(c in ",.-;:!?" for c in s) and any(c.isalpha() for c in s)]
     assert {i: t.content for i, t in new.get_added_tokens_decoder().items()} == {
         i: t.content for i, t in base.get_added_tokens_decoder().items()
     }
@@ -119,7 +123,7 @@ def test_extend_keeps_base_and_compresses_russian(family, extended, eval_lines):
                 assert n == b
         chars = sum(len(x) for x in lines)
         cpt[lang] = (chars / sum(map(len, old_ids)), chars / sum(map(len, new_ids)))
-    assert cpt["ru"][1] > cpt["ru"][0] * 1.05
+    assert cpt["ru"][1] > cpt["ru"][0] * 1.02
     assert cpt["en"][1] >= 0.995 * cpt["en"][0]
 
     # transformers gives the same ids as tokenizers, and the chat template's special ids are unchanged

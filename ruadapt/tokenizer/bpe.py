@@ -16,6 +16,7 @@ from __future__ import annotations
 import heapq
 from collections import defaultdict
 from dataclasses import dataclass, field
+from typing import Callable
 
 from tqdm import tqdm
 
@@ -28,6 +29,7 @@ class MergeResult:
     new_tokens: dict[str, int] = field(default_factory=dict)
     words: list[list[int]] = field(default_factory=list)
     skipped_base_results: int = 0
+    skipped_not_allowed: int = 0
     stopped: str = ""
 
 
@@ -60,6 +62,7 @@ def learn_merges(
     base_vocab: dict[str, int] | None = None,
     blocked: set[int] | frozenset[int] = frozenset(),
     word_strings: list[str] | None = None,
+    allowed: Callable[[str], bool] | None = None,
     progress: bool = True,
 ) -> MergeResult:
     """Merge the most frequent adjacent pair until ``n_new`` new tokens exist (ids ``first_id`` upward).
@@ -67,7 +70,8 @@ def learn_merges(
     ``words`` are base segmentations (lists of ids) with ``counts``; ``pieces`` maps every id that occurs to
     its vocabulary string; ``base_vocab`` (string → id) lists strings a merge must not produce; ``blocked``
     ids never take part in a merge (byte-fallback pieces, whose strings do not concatenate into text);
-    ``word_strings`` enables the ``ignore_merges`` rule (a word equal to a new token becomes that token).
+    ``word_strings`` enables the ``ignore_merges`` rule (a word equal to a new token becomes that token);
+    ``allowed(piece)`` can veto a merge result (the base's own piece rules, e.g. SentencePiece's digits and scripts).
     ``words`` is modified in place and returned in the result.
     """
     base_vocab = base_vocab or {}
@@ -121,6 +125,9 @@ def learn_merges(
         s = pieces[a] + pieces[b]
         if s in base_vocab:
             result.skipped_base_results += 1
+            continue
+        if allowed is not None and s not in result.new_tokens and not allowed(s):
+            result.skipped_not_allowed += 1
             continue
         tid = result.new_tokens.get(s)
         if tid is None:

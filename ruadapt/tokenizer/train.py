@@ -37,7 +37,7 @@ from ..tokdir import (
 )
 from ..vocab import BYTE_LEVEL, SENTENCEPIECE, detect_family
 from .bpe import learn_merges
-from .words import CorpusInfo, check_corpus, count_words, read_lines
+from .words import CorpusInfo, check_corpus, count_words, follows_sentencepiece_rules, read_lines, sentencepiece_piece_ok
 
 log = logging.getLogger(__name__)
 
@@ -154,6 +154,9 @@ def extend_spec(
     if model.get("unk_token") in vocab:
         blocked.add(vocab[model["unk_token"]])
     ignore_merges = bool(model.get("ignore_merges"))
+    # a SentencePiece-trained base never mixes scripts or joins digits (Gemma: "2020" is 4 tokens, no "'s"):
+    # new merges keep that, so text the corpus did not target tokenizes as before
+    sp_rules = family == SENTENCEPIECE and follows_sentencepiece_rules(vocab)
     all_strings = dict(vocab)
     all_strings.update(added)
 
@@ -169,6 +172,7 @@ def extend_spec(
             base_vocab=all_strings,
             blocked=blocked,
             word_strings=word_list if ignore_merges else None,
+            allowed=sentencepiece_piece_ok if sp_rules else None,
             progress=progress,
         )
     log.info("learned %d merges (%d new tokens) in %.1f s", len(res.merges), len(res.new_tokens), time.perf_counter() - t0)
@@ -200,6 +204,8 @@ def extend_spec(
         "new_id_range": [n_base, n_base + len(res.new_tokens)],
         "ignore_merges": ignore_merges,
         "merges_skipped_base_result": res.skipped_base_results,
+        "sentencepiece_piece_rules": sp_rules,
+        "merges_skipped_piece_rules": res.skipped_not_allowed,
         "stopped_early": res.stopped or None,
         "training_tokens_before": tokens_before,
         "training_tokens_after": tokens_after,

@@ -13,8 +13,10 @@ match across such a boundary at inference, so the continued BPE applies unchange
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
+import unicodedata
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -132,3 +134,45 @@ def count_words(
 def iter_lines(paths: Iterable[Path]) -> Iterator[str]:
     for p in paths:
         yield from read_lines(p)
+
+
+_SAME_SCRIPT = {"HIRAGANA": "HAN", "KATAKANA": "HAN", "KATAKANA-HIRAGANA": "HAN", "CJK": "HAN"}  # as SentencePiece
+
+
+@functools.cache
+def _char_class(c: str) -> str:
+    """SentencePiece's piece classes, approximated from Unicode names: the script of a letter (first word of its
+    name: LATIN, CYRILLIC, ...; Han/Hiragana/Katakana as one), DIGIT for 0-9, MARK (combining marks, ZWJ/ZWNJ:
+    take any script), SPACE for ``▁``, COMMON for ASCII/Latin-1/general punctuation and symbols; other
+    punctuation belongs to the script its name starts with (ARABIC FULL STOP, TIBETAN MARK ...)."""
+    if c == SPACE_MARK:
+        return "SPACE"
+    if "0" <= c <= "9":
+        return "DIGIT"
+    cat = unicodedata.category(c)
+    if cat[0] == "M" or cat == "Cf":
+        return "MARK"
+    o = ord(c)
+    if cat[0] != "L" and (o < 0x250 or 0x2000 <= o < 0x2C00):
+        return "COMMON"
+    word = unicodedata.name(c, "UNKNOWN").split(" ")[0]
+    return _SAME_SCRIPT.get(word, word)
+
+
+def sentencepiece_piece_ok(piece: str) -> bool:
+    """Would SentencePiece (split_by_unicode_script, split_digits) accept ``piece``? One script (or only
+    COMMON characters) after the leading ``▁`` run, and a digit only as a piece of its own."""
+    body = piece.lstrip(SPACE_MARK)
+    classes = {_char_class(c) for c in body} - {"MARK"}
+    if "DIGIT" in classes:
+        return piece == body and len(body) == 1
+    return len(classes) <= 1 and SPACE_MARK not in body
+
+
+def follows_sentencepiece_rules(vocab: dict[str, int], tolerance: float = 0.002) -> bool:
+    """True when (almost) every normal piece of a base vocabulary obeys :func:`sentencepiece_piece_ok`, i.e. the
+    base was trained with those rules and new merges must keep them (Gemma: digits one by one, no ``'s``,
+    ``.com`` or ``COVID-19`` pieces). Decided from the data, not from the model's name."""
+    pieces = [p for p in vocab if not (p.startswith("<") and p.endswith(">"))]
+    bad = sum(not sentencepiece_piece_ok(p) for p in pieces)
+    return bool(pieces) and bad <= tolerance * len(pieces)
