@@ -16,6 +16,7 @@ so every added token is also put into the model vocab under its own id.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import time
@@ -37,7 +38,7 @@ from ..tokdir import (
 )
 from ..vocab import BYTE_LEVEL, SENTENCEPIECE, detect_family
 from .bpe import learn_merges
-from .words import CorpusInfo, check_corpus, count_words, follows_sentencepiece_rules, read_lines, sentencepiece_piece_ok
+from .words import CorpusInfo, check_corpus, count_words, follows_sentencepiece_rules, sentencepiece_piece_ok, stream_lines
 
 log = logging.getLogger(__name__)
 
@@ -362,7 +363,7 @@ def verify_tokenizer(
         raise RuadaptError(f"{path}: {len(bad)} training words segment differently after reload (first {bad[0]!r}); nothing written")
     checked["words_resegmented_identically"] = len(check_words)
 
-    lines = read_lines(infos[0].path)[:VERIFY_LINES]
+    lines = list(itertools.islice(stream_lines(infos[0].path), VERIFY_LINES))
     ids = [e.ids for e in new_tok.encode_batch(lines, add_special_tokens=False)]
     not_round = sum(new_tok.decode(x, skip_special_tokens=False) != line for x, line in zip(ids, lines))
     if not_round:

@@ -78,6 +78,26 @@ def read_lines(path: Path, option: str = "--corpus") -> list[str]:
     return lines
 
 
+def stream_lines(path: Path, option: str = "--corpus") -> Iterator[str]:
+    """The non-empty lines of a UTF-8 file, read line by line (corpora of any size), with the same one-line
+    errors as :func:`read_lines` (the line number of the first invalid byte; a file with no text)."""
+    path = check_corpus(path, option)
+    any_text = False
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8").rstrip("\r\n")
+            except UnicodeDecodeError as e:
+                raise RuadaptError(f"{path}: {option} is not UTF-8 text (invalid byte 0x{raw[e.start]:02x} on line {n}); convert it with iconv -t UTF-8") from None
+            if n == 1 and line.startswith("\ufeff"):
+                line = line[1:]
+            if line.strip():
+                any_text = True
+                yield line
+    if not any_text:
+        raise RuadaptError(f"{path}: {option} holds no text (only empty lines)")
+
+
 def split_sentencepiece_words(text: str) -> list[str]:
     """SentencePiece word boundaries in ``▁``-normalized text: ``"a▁b▁▁c▁"`` → ``["a", "▁b", "▁▁c", "▁"]``."""
     return _SP_WORD.findall(text)
@@ -121,19 +141,20 @@ def count_words(
     counts: Counter[str] = Counter()
     infos: list[CorpusInfo] = []
     for path in corpora:
-        lines = read_lines(path)
-        for line in tqdm(lines, desc=f"words {Path(path).name}", unit=" lines", disable=not progress, mininterval=1.0):
-            counts.update(split(line))
-        infos.append(
-            CorpusInfo(Path(path), Path(path).stat().st_size, len(lines), sum(len(x) for x in lines), sha256_file(Path(path)))
-        )
-        log.info("%s: %d lines, %d distinct words so far", path, len(lines), len(counts))
+        path = Path(path)
+        size = path.stat().st_size
+        n_lines = n_chars = 0
+        with tqdm(desc=f"words {path.name}", unit=" lines", disable=not progress, mininterval=1.0) as bar:
+            for line in stream_lines(path):
+                counts.update(split(line))
+                n_lines += 1
+                n_chars += len(line)
+                bar.update(1)
+        infos.append(CorpusInfo(path, size, n_lines, n_chars, sha256_file(path)))
+        log.info("%s: %d lines, %d distinct words so far", path, n_lines, len(counts))
     return counts, infos
 
 
-def iter_lines(paths: Iterable[Path]) -> Iterator[str]:
-    for p in paths:
-        yield from read_lines(p)
 
 
 _SAME_SCRIPT = {"HIRAGANA": "HAN", "KATAKANA": "HAN", "KATAKANA-HIRAGANA": "HAN", "CJK": "HAN"}  # as SentencePiece
