@@ -11,6 +11,7 @@
 #   NUM_GPUS=8 HOSTFILE= MASTER_PORT=                 DeepSpeed launch (HOSTFILE = multi-node)
 #   CPT_STEPS=2000 CPT2_STEPS=1000 SFT_STEPS=300      optimizer steps (read by the YAMLs as ${CPT_STEPS} ...)
 #   STAGE2=1                                          0 = skip CPT stage 2 (LoRA); LEP then uses stage 1
+#   LEP_LORA_DELTAS=0                                 1 = LEP also adds the stage-2 LoRA deltas to the instruct body
 #   SFT_DATA=                                         chat JSONL; empty = skip SFT/calibration
 #   EVAL_RU= EVAL_EN= EVAL_CHAT= EVAL_ARGS=           eval inputs (empty = that part skipped)
 #   STEPS="tokenizer swap cpt lep sft eval"           run only some steps (their inputs must exist)
@@ -79,7 +80,9 @@ ruadapt_pipeline() {
         ruadapt_run $RUADAPT train "${cpt[@]}" "${launch[@]}"
     fi
     if ruadapt_step lep "$RUN/lep"; then
-        ruadapt_run $RUADAPT lep --base "$BASE" --instruct "$INSTRUCT" --adapted "$adapted" --out "$RUN/lep"
+        local lep_args=()
+        [ "${LEP_LORA_DELTAS:-0}" = 1 ] && [ "$STAGE2" = 1 ] && lep_args+=(--lora-deltas "$RUN/cpt2/adapter")
+        ruadapt_run $RUADAPT lep --base "$BASE" --instruct "$INSTRUCT" --adapted "$adapted" "${lep_args[@]}" --out "$RUN/lep"
     fi
     local final="$RUN/lep"
     if [ -n "${SFT_DATA:-}" ]; then

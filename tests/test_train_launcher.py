@@ -68,14 +68,16 @@ def runs(tmp_path_factory):
                     {"role": "user", "content": en[:150]}, {"role": "assistant", "content": ru[:150]}]
             out.write(json.dumps({"messages": msgs}, ensure_ascii=False) + "\n")
     zero = ROOT / "recipes" / "deepspeed"
-    train = dict(micro_batch_size=2, grad_accum=1, max_steps=STEPS, lr=0.05, warmup_steps=0, save_steps=2,
+    # only the killed run checkpoints mid-way (save_steps 2); the others save once, at the end
+    train = dict(micro_batch_size=2, grad_accum=1, max_steps=STEPS, lr=0.05, warmup_steps=0, save_steps=STEPS,
                  log_steps=1, seed=7)
     common = dict(task="cpt", block_size=64, data={"train": [str(text)], "eval_blocks": 4}, train=train)
     emb_z2 = dict(model=str(untied), deepspeed=str(zero / "zero2.json"), stage="embeddings",
                   embeddings={"new_rows_only": True, "new_rows_from": NEW_ROWS_FROM}, **common)
     cfg = {
         "z2": write_yaml(tmp / "z2.yaml", out=str(tmp / "out_z2"), **emb_z2),
-        "killed": write_yaml(tmp / "killed.yaml", out=str(tmp / "out_killed"), **emb_z2),
+        "killed": write_yaml(tmp / "killed.yaml", out=str(tmp / "out_killed"),
+                             **{**emb_z2, "train": {**train, "save_steps": 2}}),
         "lora": write_yaml(tmp / "lora.yaml", out=str(tmp / "out_lora"), model=str(tied), deepspeed=str(zero / "zero2.json"),
                            stage="lora", lora={"r": 4, "alpha": 8, "train_embeddings": True}, **common),
         "lora3": write_yaml(tmp / "lora3.yaml", out=str(tmp / "out_lora3"), model=str(tied), deepspeed=str(zero / "zero3.json"),
@@ -191,7 +193,9 @@ def test_lora_under_zero3_matches_zero2(runs):
     base = tensors(runs["tied"])
     assert set(a) == set(b)
     for n in a:  # same data, seed and LoRA init: only the reduction order differs
-        assert torch.allclose(a[n], b[n], atol=1e-4, rtol=0), (n, (a[n] - b[n]).abs().max())
+        # Adam divides tiny gradients by their own RMS, so reduction-order noise reaches ~2e-4 here; the weight
+        # decay lost on flat ZeRO-3 partitions (the bug this guards) gives lr·wd·|w|·steps ≈ 3e-2
+        assert torch.allclose(a[n], b[n], atol=2e-3, rtol=0), (n, (a[n] - b[n]).abs().max())
     assert max((a[n] - base[n]).abs().max().item() for n in a) > 1e-2  # and training did move the weights
 
 
