@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 from .arch import Arch, arch_for_config
 from .checkpoint import CheckpointReader, parse_size, read_json, write_with_replacements
 from .errors import RuadaptError
-from .lstsq import Fit, NormalEquations
+from .lstsq import NormalEquations
 from .outdir import atomic_output_dir
 from .record import StageRecord, sha256_file
 from .tokdir import (
@@ -296,7 +296,7 @@ def project_matrix(
     rows, d = adapted.rows, adapted.hidden
     chunk_rows = chunk_rows or max(1, CHUNK_BYTES // (d * 4 * 2))
     out = torch.empty(rows, d, dtype=dtype)
-    w32 = None if w is None else w.to(torch.float32)
+    w32 = None if w is None else w.to(torch.float32)  # no copy when already float32
     before, after = NormStats(), NormStats()
     for s in tqdm(range(0, rows, chunk_rows), desc=f"apply {name}", unit="chunk", disable=not progress):
         e = min(s + chunk_rows, rows)
@@ -464,7 +464,7 @@ def lep_model(
         check_adapted_finite(a, list(names.values()), chunk_rows=chunk_rows, progress=progress)
 
     # ---- fits (before the output dir exists: a failure leaves nothing behind)
-    fits: dict[str, Fit] = {}
+    maps: dict[str, torch.Tensor] = {}
     fit_summary: dict = {}
     vmap = None
     if method != "swap":
@@ -481,12 +481,13 @@ def lep_model(
         for role, name in names.items():
             with record.timed(f"solve_{role}"):
                 fit = eqs.pop(name).solve()
-            fits[name] = fit
+            maps[name] = fit.w.to(torch.float32)  # applied in float32; drop the float64 copy (0.5 GB at d=8192)
             fit_summary[role] = {"tensor": name, **fit.summary()}
             log.info("%s: %d rows, relative residual %.4g, cond(XᵀX) %.3g (%s)", name, fit.rows,
                      fit.relative_residual, fit.condition_number, fit.solver)
             if fit.condition_number > 1e12:
                 log.warning("%s: XᵀX is ill-conditioned (cond %.3g); W is a least-norm fit", name, fit.condition_number)
+            del fit
 
     # ---- output: I's checkpoint with the new vocabulary matrices (built just in time) and optional LoRA deltas
     norm_stats: dict = {}
@@ -495,8 +496,7 @@ def lep_model(
     def builder(name: str):
         def build() -> torch.Tensor:
             with record.timed(f"apply {name}"):
-                fit = fits.get(name)
-                return project_matrix(a, i, name, None if fit is None else fit.w, specials, n_a_tokens, norm_stats,
+                return project_matrix(a, i, name, maps.get(name), specials, n_a_tokens, norm_stats,
                                       chunk_rows=chunk_rows, progress=progress)
         return build
 
