@@ -5,7 +5,8 @@
 
 Every N is a separate, timed ``train_tokenizer`` run (the same code as ``ruadapt tokenizer train``), so the
 times include reading and counting the corpus, learning the merges, writing and the id checks; the table also
-shows the merge-learning step alone (the ≤ 30 s acceptance for 48k). chars/token is ``chars_per_token``
+shows the merge-learning step alone (the ≤ 30 s acceptance for 48k), the process CPU time and the load average
+(other jobs on a shared machine inflate wall times; CPU time much less). chars/token is ``chars_per_token``
 (DESIGN.md §5) on ru_eval and en_eval, which no training step ever reads.
 Prints a Markdown table and writes ``tokenizer.json`` / ``tokenizer.md`` / ``tokenizer.png`` to ``--out``.
 """
@@ -43,13 +44,16 @@ def main() -> None:
     try:
         for n in args.sizes:
             out = work / f"ru{n}"
-            t = time.perf_counter()
+            load = os.getloadavg()[0]
+            t, cpu = time.perf_counter(), time.process_time()
             record = train_tokenizer(args.base, [args.corpus], out, mode="extend", new_tokens=n, progress=False)
-            wall = time.perf_counter() - t
+            wall, cpu = time.perf_counter() - t, time.process_time() - cpu
             tim = record["timings_s"]
             rows.append({
                 "new_tokens": n,
                 "train_s": round(wall, 2),
+                "train_cpu_s": round(cpu, 2),
+                "load_avg_1min": round(load, 1),
                 "count_words_s": tim["count_words"],
                 "learn_merges_s": tim["learn_merges"],
                 "write_verify_s": round(tim["write"] + tim["verify"], 2),
@@ -66,15 +70,15 @@ def main() -> None:
         f"Qwen2.5 + N new tokens, continued BPE on `{args.corpus.name}`; chars/token on ru_eval / en_eval "
         f"(ratio to the base). Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs.",
         "",
-        "| N new | train total s | count words s | learn merges s | write+verify s | ru_eval chars/token | en_eval chars/token |",
-        "|---:|---:|---:|---:|---:|---:|---:|",
+        "| N new | train wall s | train CPU s | load avg | count words s | learn merges s | write+verify s | ru_eval chars/token | en_eval chars/token |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         if r["new_tokens"] == 0:
-            lines.append(f"| 0 (base) | – | – | – | – | {r['ru_eval']:.3f} | {r['en_eval']:.3f} |")
+            lines.append(f"| 0 (base) | – | – | – | – | – | – | {r['ru_eval']:.3f} | {r['en_eval']:.3f} |")
             continue
         lines.append(
-            f"| {r['new_tokens']:,} | {r['train_s']:.1f} | {r['count_words_s']:.1f} | {r['learn_merges_s']:.1f} | "
+            f"| {r['new_tokens']:,} | {r['train_s']:.1f} | {r['train_cpu_s']:.1f} | {r['load_avg_1min']:.1f} | {r['count_words_s']:.1f} | {r['learn_merges_s']:.1f} | "
             f"{r['write_verify_s']:.1f} | {r['ru_eval']:.3f} ({r['ru_eval'] / base_ru:.2f}×) | "
             f"{r['en_eval']:.3f} ({r['en_eval'] / base_en:.3f}×) |"
         )
@@ -102,11 +106,12 @@ def plot(rows: list[dict], path: Path) -> None:
     a.grid(alpha=0.3)
     a.legend()
     trained = [r for r in rows if r["new_tokens"]]
-    b.plot([r["new_tokens"] / 1000 for r in trained], [r["train_s"] for r in trained], "o-", label="whole run")
-    b.plot([r["new_tokens"] / 1000 for r in trained], [r["learn_merges_s"] for r in trained], "s-", label="learn merges")
+    b.plot([r["new_tokens"] / 1000 for r in trained], [r["train_s"] for r in trained], "o-", label="whole run, wall")
+    b.plot([r["new_tokens"] / 1000 for r in trained], [r["train_cpu_s"] for r in trained], "^-", label="whole run, CPU")
+    b.plot([r["new_tokens"] / 1000 for r in trained], [r["learn_merges_s"] for r in trained], "s-", label="learn merges, wall")
     b.set_xlabel("new tokens (thousands)")
     b.set_ylabel("seconds")
-    b.set_title("training time")
+    b.set_title(f"training time (shared 2-core machine, load ≈ {rows[-1].get('load_avg_1min', 0):.0f})")
     b.grid(alpha=0.3)
     b.legend()
     fig.tight_layout()
