@@ -1,4 +1,5 @@
-"""Entry point of each DeepSpeed rank: ``deepspeed --num_gpus N -m ruadapt.train --config X.yaml [--resume]``.
+"""Entry point of each DeepSpeed rank: ``deepspeed --num_gpus N --module ruadapt.train --config X.yaml [--resume]``
+(the launcher spells it ``--module``; it has no ``-m``).
 
 Use ``ruadapt train`` on the command line: it validates the config first and then execs this through the
 launcher.
