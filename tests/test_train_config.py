@@ -161,3 +161,11 @@ def test_env_variables_and_overrides(good, monkeypatch):
     monkeypatch.delenv("TINY_OUT")
     with pytest.raises(RuadaptError, match=r"environment variable TINY_OUT is not set"):
         load_config(path)
+
+
+def test_resume_without_checkpoint_fails_before_launch(good, capsys):
+    tmp, base = good
+    path = write(tmp, "resume.yaml", {**base, "out": str(tmp / "out-resume")})
+    assert main(["train", "--config", str(path), "--resume", "--dry-run"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no complete checkpoint" in err[0]

@@ -78,6 +78,13 @@ def run(args: argparse.Namespace) -> int:
         # world_size 1: with no process group DeepSpeed checks train_batch_size against a world of one
         ds = fill_deepspeed_config(load_deepspeed_json(Path(cfg.deepspeed)), cfg, world_size=1, bf16=False)
         validate_deepspeed_config(ds, cfg.deepspeed)
+    pending = [c for c in configs if not c.done]
+    if args.resume and pending:
+        from ..train.runner import last_complete
+
+        ckpt = pending[0].work_dir / "checkpoints"
+        if last_complete(ckpt) is None:
+            raise RuadaptError(f"{ckpt}: --resume given but there is no complete checkpoint; run without --resume")
     cmd = launch_command(args)
     if args.dry_run:
         print(shlex.join(cmd))
