@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -12,16 +13,22 @@ SHARED = ROOT.parent / "shared"
 
 
 def run_measured(cmd: list[str], *, env: dict | None = None, cwd: Path | None = None) -> dict:
-    """Run ``cmd``; return wall seconds and the peak RSS (GB) of that process tree's largest process."""
+    """Run ``cmd`` under ``/usr/bin/time``; return wall seconds and the command's peak RSS (GB).
+
+    ``/usr/bin/time`` measures its exec'd child, whose RSS high-water mark starts at ``time``'s own few MB; a
+    child forked straight from this Python process would inherit this process's (possibly GB-sized) mark.
+    """
+    fd, stats = tempfile.mkstemp(suffix=".time")
+    os.close(fd)
     t0 = time.perf_counter()
-    p = subprocess.Popen(cmd, env={**os.environ, **(env or {})}, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    out = p.stdout.read()
-    _, status, usage = os.wait4(p.pid, 0)
-    p.returncode = os.waitstatus_to_exitcode(status)
+    p = subprocess.run(["/usr/bin/time", "-o", stats, "-f", "%M", *map(str, cmd)], env={**os.environ, **(env or {})},
+                       cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     wall = time.perf_counter() - t0
+    max_kb = int(Path(stats).read_text().split()[-1])
+    os.unlink(stats)
     if p.returncode != 0:
-        raise RuntimeError(f"{' '.join(map(str, cmd))} failed ({p.returncode}):\n{out.decode(errors='replace')[-3000:]}")
-    return {"wall_s": round(wall, 2), "peak_rss_gb": round(usage.ru_maxrss / 1024**2, 2)}
+        raise RuntimeError(f"{' '.join(map(str, cmd))} failed ({p.returncode}):\n{p.stdout.decode(errors='replace')[-3000:]}")
+    return {"wall_s": round(wall, 2), "peak_rss_gb": round(max_kb / 1024**2, 2)}
 
 
 def table(rows: list[dict], columns: list[str]) -> str:
