@@ -22,18 +22,18 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from common import ROOT, SHARED, run_measured, table  # noqa: E402
 
 from ruadapt.checkpoint import CheckpointWriter  # noqa: E402
+from ruadapt.trim import format_report  # noqa: E402
 
 D, FF, ROWS, HEADS, KV, HEAD_DIM = 896, 4864, 151936, 14, 2, 64
 DATA = SHARED / "data"
@@ -84,17 +84,6 @@ def make_checkpoint(out: Path, layers: int) -> None:
     os.rename(tmp, out)
 
 
-def run_measured(cmd: list[str]) -> dict:
-    """Wall seconds and peak RSS (GiB) of one command (its own process, via wait4)."""
-    t0 = time.perf_counter()
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, "TQDM_DISABLE": "1"})
-    out = p.stdout.read()
-    _, status, usage = os.wait4(p.pid, 0)
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed:\n{out.decode(errors='replace')[-3000:]}")
-    return {"wall_s": round(time.perf_counter() - t0, 1), "peak_rss_gib": round(usage.ru_maxrss / 1024**2, 2), "stdout": out.decode(errors="replace")}
-
-
 def trim_run(ckpt: Path, out: Path, keep_top: int | None, reuse: bool = False) -> dict:
     cached = out.with_name(out.name + ".result.json")
     if reuse and cached.is_file() and out.is_dir():
@@ -105,7 +94,7 @@ def trim_run(ckpt: Path, out: Path, keep_top: int | None, reuse: bool = False) -
            str(DATA / "en_eval.txt"), "--out", str(out)]
     if keep_top:
         cmd += ["--keep-top", str(keep_top)]
-    m = run_measured(cmd)
+    m = run_measured(cmd, env={"TQDM_DISABLE": "1"})
     rec = json.loads((out / "ruadapt_trim.json").read_text())
     model, seg, tokens = rec["model"], rec["segmentation"], rec["tokens"]
     ev = {Path(k).name: v for k, v in seg["eval"].items()}
@@ -122,11 +111,11 @@ def trim_run(ckpt: Path, out: Path, keep_top: int | None, reuse: bool = False) -
         "en_eval c/t": f"{ev['en_eval.txt']['chars_per_token_before']:.3f} → {ev['en_eval.txt']['chars_per_token_after']:.3f}",
         "eval lines changed": f"{ev['ru_eval.txt']['lines_segmentation_changed']:,} / {ev['en_eval.txt']['lines_segmentation_changed']:,}",
         "wall": f"{m['wall_s']} s",
-        "peak RSS": f"{m['peak_rss_gib']} GiB",
+        "peak RSS": f"{m['peak_rss_gb']} GiB",
         "record": {"model": model, "tokens": tokens, "segmentation": seg, "timings_s": rec["timings_s"]},
-        "report": m["stdout"],
+        "report": format_report(rec),
         "wall_s": m["wall_s"],
-        "peak_rss_gib": m["peak_rss_gib"],
+        "peak_rss_gib": m["peak_rss_gb"],
     }
     cached.write_text(json.dumps(result, ensure_ascii=False))
     return result
@@ -188,9 +177,8 @@ def main() -> None:
         runs.append(trim_run(ckpt, args.workdir / f"trimmed-{n}", n, args.reuse))
     steps = step_times(ckpt, args.workdir / "trimmed", args.steps, args.threads)
     cols = ["run", "tokens", "rows", "params", "disk", "coverage", "corpus c/t", "ru_eval c/t", "en_eval c/t", "eval lines changed", "wall", "peak RSS"]
-    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
-    lines += ["| " + " | ".join(str(r[c]) for c in cols) + " |" for r in runs]
-    print("\n".join(lines))
+    md = table(runs, cols)
+    print(md)
     print(
         f"\ntrain step (hidden 128, 4 layers, 2,048 tokens, fp32, {args.threads} threads): "
         f"full {steps['full']['rows']:,} rows {steps['full']['median_step_s']} s, "
@@ -198,7 +186,7 @@ def main() -> None:
     )
     results = ROOT / "bench" / "results"
     results.mkdir(parents=True, exist_ok=True)
-    (results / "trim.json").write_text(json.dumps({"layers": args.layers, "runs": [{k: v for k, v in r.items()} for r in runs], "train_step": steps, "table": "\n".join(lines)}, indent=2, ensure_ascii=False) + "\n")
+    (results / "trim.json").write_text(json.dumps({"layers": args.layers, "runs": [{k: v for k, v in r.items()} for r in runs], "train_step": steps, "table": md}, indent=2, ensure_ascii=False) + "\n")
     print(f"wrote {results / 'trim.json'}")
 
 
