@@ -266,7 +266,7 @@ def run_cli(argv: list[str], capsys) -> tuple[int, str]:
 
 @pytest.mark.parametrize(
     "case",
-    ["missing corpus", "empty corpus", "non-utf8 corpus", "no tokenizer.json", "zero new tokens", "non-empty out"],
+    ["missing corpus", "empty corpus", "non-utf8 corpus", "no tokenizer.json", "zero new tokens", "non-empty out", "vocab below alphabet"],
 )
 def test_bad_input_one_line_error_nothing_written(case, tmp_path, capsys):
     corpus = tmp_path / "c.txt"
@@ -288,8 +288,11 @@ def test_bad_input_one_line_error_nothing_written(case, tmp_path, capsys):
     elif case == "non-empty out":
         out.mkdir()
         (out / "keep.txt").write_text("x")
+    size = ["--new-tokens", n]
+    if case == "vocab below alphabet":  # 22 added tokens + 256 byte symbols > 270
+        size = ["--mode", "replace", "--vocab-size", "270"]
     before = sorted(p.name for p in tmp_path.iterdir())
-    rc, err = run_cli(["-q", "tokenizer", "train", "--base", str(base), "--corpus", str(corpus), "--new-tokens", n, "--out", str(out)], capsys)
+    rc, err = run_cli(["-q", "tokenizer", "train", "--base", str(base), "--corpus", str(corpus), *size, "--out", str(out)], capsys)
     assert rc == 2
     assert err.count("\n") == 1 and err.startswith("ruadapt tokenizer: error: ")
     assert "Traceback" not in err

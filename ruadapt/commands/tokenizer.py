@@ -74,7 +74,7 @@ def run_train(args: argparse.Namespace) -> int:
     )
     r = record["result"]
     print(f"{args.out}: {r['tokens']} tokens ({args.mode}); record in {args.out}/ruadapt_tokenizer.json")
-    print(json.dumps({k: r[k] for k in r if k in ("new_tokens", "new_merges", "training_tokens_before", "training_tokens_after")}))
+    print(json.dumps({k: r[k] for k in r if k in ("new_tokens", "new_merges", "trained_tokens", "merges", "added_tokens", "training_tokens_before", "training_tokens_after")}))
     return 0
 
 

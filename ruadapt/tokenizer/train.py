@@ -267,6 +267,12 @@ def replace_spec(
     with record.timed("learn_merges"):
         learner.train_from_iterator(words(), trainer=trainer, length=total)
     trained = json.loads(learner.to_str())["model"]
+    if len(trained["vocab"]) > n_model:
+        raise RuadaptError(
+            f"--vocab-size {vocab_size}: too small; the corpus has {len(trained['vocab'])} distinct symbols, plus "
+            f"the base's {len(added)} added tokens{' and 256 byte-fallback pieces' if n_bytes else ''}: "
+            f"use more than {len(trained['vocab']) + len(added) + n_bytes}"
+        )
     if len(trained["vocab"]) < n_model:
         log.warning("only %d of %d BPE tokens learned: no more pairs occur %d times or more", len(trained["vocab"]), n_model, min_frequency)
     vocab: dict[str, int] = dict(sorted(trained["vocab"].items(), key=lambda kv: kv[1]))
