@@ -49,7 +49,7 @@ from .tokdir import (
     tokenizer_size,
     write_json,
 )
-from .vocab import ROW_COPY, ROW_MEAN, VocabMap, averaged_rows, build_vocab_map
+from .vocab import ROW_COPY, ROW_MEAN, TokenCodec, VocabMap, averaged_rows, build_vocab_map
 
 log = logging.getLogger(__name__)
 
@@ -469,7 +469,8 @@ def lep_model(
     vmap = None
     if method != "swap":
         with record.timed("vocab_map"):
-            vmap = build_vocab_map(b.tok, a.tok)
+            codec = TokenCodec(b.tok)  # one codec when A kept the base tokenizer (a 262k vocabulary takes seconds)
+            vmap = build_vocab_map(codec, codec if a.tok is b.tok else TokenCodec(a.tok))
         exclude = set(b.tok.get_added_tokens_decoder())
         rows = fit_rows(vmap, method, exclude)
         if not rows:

@@ -96,7 +96,8 @@ def added_pairs(a_dir: Path, i_dir: Path) -> list[tuple[int, int]]:
     from tokenizers import Tokenizer
 
     a_tok = Tokenizer.from_file(str(a_dir / "tokenizer.json"))
-    i_tok = Tokenizer.from_file(str(i_dir / "tokenizer.json"))
+    same = (a_dir / "tokenizer.json").read_bytes() == (i_dir / "tokenizer.json").read_bytes()
+    i_tok = a_tok if same else Tokenizer.from_file(str(i_dir / "tokenizer.json"))
     return [(a_tok.token_to_id(t.content), i) for i, t in i_tok.get_added_tokens_decoder().items()]
 
 
@@ -141,13 +142,13 @@ def loads_and_generates(out: Path) -> None:
 # ------------------------------------------------------------------------------------------------ fixtures
 @pytest.fixture(scope="module")
 def ext_tokenizer(tmp_path_factory) -> Path:
-    """Qwen2.5 extended with 150 Russian merges by the project's own trainer."""
+    """Qwen2.5 extended with 120 Russian merges by the project's own trainer."""
     from ruadapt.tokenizer.train import train_tokenizer
 
     root = tmp_path_factory.mktemp("tok")
     corpus = root / "ru.txt"
-    corpus.write_text((SHARED_DATA / "ru_train.txt").read_text(encoding="utf-8")[:60000], encoding="utf-8")
-    train_tokenizer(SHARED_TOKENIZERS / "qwen2.5", [corpus], root / "ext", new_tokens=150, progress=False)
+    corpus.write_text((SHARED_DATA / "ru_train.txt").read_text(encoding="utf-8")[:30000], encoding="utf-8")
+    train_tokenizer(SHARED_TOKENIZERS / "qwen2.5", [corpus], root / "ext", new_tokens=120, progress=False)
     return root / "ext"
 
 
@@ -275,17 +276,19 @@ def test_methods_on_untied_sharded_qwen(qwen, method, capsys):
         loads_and_generates(out)
 
 
-ARCH_CASES = [  # (model_type, tied, single-file)
-    ("qwen3", True, True),
-    ("llama", False, True),
-    ("mistral", True, False),
-    ("gemma2", True, True),
-    ("gemma3_text", False, False),
+# (model_type, tied, single-file, method, load and generate): each tokenizer family loads and generates once and
+# fits once; gemma2 uses `swap` (no 262k vocabulary map) to keep the suite within its time budget
+ARCH_CASES = [
+    ("qwen3", True, True, "conversion", True),
+    ("llama", False, True, "conversion", True),
+    ("mistral", True, False, "conversion", False),
+    ("gemma2", True, True, "swap", False),
+    ("gemma3_text", False, False, "conversion", True),
 ]
 
 
-@pytest.mark.parametrize("model_type,tied,single", ARCH_CASES, ids=[c[0] for c in ARCH_CASES])
-def test_architectures(tmp_path, model_type, tied, single):
+@pytest.mark.parametrize("model_type,tied,single,method,generate", ARCH_CASES, ids=[c[0] for c in ARCH_CASES])
+def test_architectures(tmp_path, model_type, tied, single, method, generate):
     shard = "100MB" if single else "300KB"
     b = make_tiny_model(tmp_path / "b", model_type, tied=tied, hidden=D, max_shard_size=shard)
     w = {EMBED: random_map(11), HEAD: random_map(12)}
@@ -294,10 +297,12 @@ def test_architectures(tmp_path, model_type, tied, single):
     shutil.copytree(b, a)  # same vocabulary: an adapted base whose CPT moved every row
     perturb_rows(a)
     assert (b / "model.safetensors").is_file() == single
-    rec = lep_model(b, i, a, tmp_path / "out", progress=False)
-    check_output(tmp_path / "out", a, i, w, tied=tied)
-    assert rec["result"]["tied"] is tied and set(rec["result"]["fits"]) == ({"input"} if tied else {"input", "output"})
-    loads_and_generates(tmp_path / "out")
+    rec = lep_model(b, i, a, tmp_path / "out", method=method, progress=False)
+    check_output(tmp_path / "out", a, i, {EMBED: None, HEAD: None} if method == "swap" else w, tied=tied)
+    fitted = set() if method == "swap" else {"input"} if tied else {"input", "output"}
+    assert rec["result"]["tied"] is tied and set(rec["result"]["fits"]) == fitted
+    if generate:
+        loads_and_generates(tmp_path / "out")
 
 
 # ------------------------------------------------------------------------------------------------ bad inputs
