@@ -30,7 +30,7 @@ from .tokdir import (
     tokenizer_size,
     write_json,
 )
-from .vocab import VocabMap, build_matrix, build_vocab_map, mean_row
+from .vocab import build_matrix, build_vocab_map, mean_row, rows_are_finite
 
 log = logging.getLogger(__name__)
 
@@ -129,9 +129,10 @@ def swap_model(
     def new_matrix(name: str) -> torch.Tensor:
         with record.timed(f"build {name}"):
             old = reader.get(name)
-            if not torch.isfinite(old[:n_base]).all():
+            pad_row = mean_row(old, n_base)
+            if not rows_are_finite(pad_row):
                 raise RuadaptError(f"{reader.path}: {name} has NaN or infinite values in its token rows")
-            new = build_matrix(vmap, old, init=init, pad_row=mean_row(old, n_base), progress=progress, desc=name)
+            new = build_matrix(vmap, old, init=init, pad_row=pad_row, progress=progress, desc=name)
             del old
             return new
 

@@ -166,6 +166,16 @@ class VocabMap:
                 src.append(s[0])
         return dst, src
 
+    def copy_runs(self) -> list[tuple[int, int, int]]:
+        """Copied rows as runs ``(first_new, first_old, length)`` of consecutive ids on both sides."""
+        runs: list[list[int]] = []
+        for i, j in zip(*self.copy_pairs()):
+            if runs and runs[-1][0] + runs[-1][2] == i and runs[-1][1] + runs[-1][2] == j:
+                runs[-1][2] += 1
+            else:
+                runs.append([i, j, 1])
+        return [tuple(r) for r in runs]
+
     def mean_rows(self) -> list[int]:
         return [i for i, (k, s) in enumerate(zip(self.kinds, self.sources)) if s and not (k in (ROW_COPY, ROW_SPECIAL) and len(s) == 1)]
 
@@ -297,9 +307,8 @@ def build_matrix(
     """
     d = old.shape[1]
     out = torch.empty(vmap.n_rows, d, dtype=old.dtype)
-    dst, src = vmap.copy_pairs()
-    if dst:
-        out[torch.tensor(dst)] = old[torch.tensor(src)]
+    for first_new, first_old, n in vmap.copy_runs():  # slices, not a gathered copy of the whole matrix
+        out[first_new : first_new + n] = old[first_old : first_old + n]
     mean_ids = vmap.mean_rows()
     with tqdm(total=len(mean_ids), desc=f"new rows of {desc}", unit="row", disable=not progress or not mean_ids) as bar:
         for chunk in iter_chunks(mean_ids, chunk_rows):
@@ -314,9 +323,19 @@ def build_matrix(
 
 
 def mean_row(matrix: torch.Tensor, n_rows: int, chunk_rows: int = 16384) -> torch.Tensor:
-    """Mean of the first ``n_rows`` rows (the real token rows), accumulated in float64 by chunks."""
+    """Mean of the first ``n_rows`` rows (the real token rows), accumulated in float64 by chunks.
+
+    A NaN or infinite value anywhere in those rows makes the float64 sum non-finite (a bf16/fp16/fp32 row
+    cannot overflow it), so the result doubles as a finiteness check of the whole matrix: see
+    :func:`rows_are_finite`.
+    """
     acc = torch.zeros(matrix.shape[1], dtype=torch.float64)
     n_rows = min(n_rows, matrix.shape[0])
     for k in range(0, n_rows, chunk_rows):
-        acc += matrix[k : min(k + chunk_rows, n_rows)].to(torch.float64).sum(0)
+        acc += matrix[k : min(k + chunk_rows, n_rows)].sum(0, dtype=torch.float64)
     return (acc / max(n_rows, 1)).to(matrix.dtype)
+
+
+def rows_are_finite(mean: torch.Tensor) -> bool:
+    """Whether the rows a :func:`mean_row` result was computed from were all finite."""
+    return bool(torch.isfinite(mean.to(torch.float64)).all())

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors import safe_open
+from safetensors.torch import save_file
 
 from ruadapt.cli import main
 from ruadapt.tokdir import tokenizer_size
@@ -211,6 +212,17 @@ def test_bad_inputs(tmp_path, tiny):
     _expect_error(tmp_path, tiny, tiny, out, "not empty")
     assert (out / "keep.txt").read_text() == "x"
     _expect_error(tmp_path, tiny, tiny, tiny, "must not be an input")
+    # NaN in a token row of the input embedding
+    nan = tmp_path / "nan"
+    nan.mkdir()
+    for f in tiny.iterdir():
+        (nan / f.name).write_bytes(f.read_bytes())
+    shard = next(f for f in sorted(nan.glob("model-*.safetensors")) if EMBED in safe_open(f, "pt").keys())
+    with safe_open(shard, "pt") as h:
+        tensors = {k: h.get_tensor(k) for k in h.keys()}
+    tensors[EMBED][5, 3] = float("nan")
+    save_file(tensors, str(shard), metadata={"format": "pt"})
+    _expect_error(tmp_path, nan, tiny, out, "NaN")
     # truncated shard, then an index naming a missing shard
     shard = sorted(tiny.glob("model-*.safetensors"))[-1]
     shard.write_bytes(shard.read_bytes()[:-100])
