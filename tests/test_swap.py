@@ -222,7 +222,7 @@ def test_bad_inputs(tmp_path, tiny):
         tensors = {k: h.get_tensor(k) for k in h.keys()}
     tensors[EMBED][5, 3] = float("nan")
     save_file(tensors, str(shard), metadata={"format": "pt"})
-    _expect_error(tmp_path, nan, tiny, out, "NaN")
+    _expect_error(tmp_path, nan, tiny, tmp_path / "o_nan", "NaN")
     # truncated shard, then an index naming a missing shard
     shard = sorted(tiny.glob("model-*.safetensors"))[-1]
     shard.write_bytes(shard.read_bytes()[:-100])
