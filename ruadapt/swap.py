@@ -30,7 +30,7 @@ from .tokdir import (
     tokenizer_size,
     write_json,
 )
-from .vocab import build_matrix, build_vocab_map, mean_row, rows_are_finite
+from .vocab import build_matrix, build_vocab_map, mean_of_rows, rows_are_finite
 
 log = logging.getLogger(__name__)
 
@@ -126,13 +126,21 @@ def swap_model(
     record.input("base_tokenizer", tokenizer_json_path(model_dir), sha256=sha256_file(tokenizer_json_path(model_dir)))
     record.input("tokenizer", tokenizer_json_path(tokenizer_dir), sha256=sha256_file(tokenizer_json_path(tokenizer_dir)))
 
+    # one streamed pass per matrix before any output exists: the padding row, and a NaN/inf check for free
+    rebuilt = [arch.input_name] + ([] if arch.tied else [arch.output_name])
+    pad_rows: dict[str, torch.Tensor] = {}
+    with record.timed("scan rows"):
+        for name in rebuilt:
+            mean = mean_of_rows(lambda a, b: reader.get_rows(name, a, b), n_base)
+            if not rows_are_finite(mean):
+                raise RuadaptError(f"{reader.path}: {name} has NaN or infinite values in its token rows")
+            pad_rows[name] = mean.to(reader.info(name).dtype)
+        reader.close()
+
     def new_matrix(name: str) -> torch.Tensor:
         with record.timed(f"build {name}"):
             old = reader.get(name)
-            pad_row = mean_row(old, n_base)
-            if not rows_are_finite(pad_row):
-                raise RuadaptError(f"{reader.path}: {name} has NaN or infinite values in its token rows")
-            new = build_matrix(vmap, old, init=init, pad_row=pad_row, progress=progress, desc=name)
+            new = build_matrix(vmap, old, init=init, pad_row=pad_rows[name], progress=progress, desc=name)
             del old
             return new
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import functools
 import json
 from dataclasses import dataclass, field
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 from tokenizers import Tokenizer
@@ -323,17 +323,22 @@ def build_matrix(
 
 
 def mean_row(matrix: torch.Tensor, n_rows: int, chunk_rows: int = 16384) -> torch.Tensor:
-    """Mean of the first ``n_rows`` rows (the real token rows), accumulated in float64 by chunks.
+    """Mean of the first ``n_rows`` rows (the real token rows) of an in-memory matrix; see :func:`mean_of_rows`."""
+    return mean_of_rows(lambda a, b: matrix[a:b], min(n_rows, matrix.shape[0]), chunk_rows).to(matrix.dtype)
 
-    A NaN or infinite value anywhere in those rows makes the float64 sum non-finite (a bf16/fp16/fp32 row
-    cannot overflow it), so the result doubles as a finiteness check of the whole matrix: see
-    :func:`rows_are_finite`.
+
+def mean_of_rows(get_rows: Callable[[int, int], torch.Tensor], n_rows: int, chunk_rows: int = 16384) -> torch.Tensor:
+    """float64 mean of rows ``0:n_rows`` served chunk by chunk by ``get_rows(start, stop)`` (an in-memory slice or
+    :meth:`CheckpointReader.get_rows`, so a 72B matrix is never loaded for it).
+
+    A NaN or infinite value anywhere in those rows makes the float64 sum non-finite (a bf16/fp16/fp32 row cannot
+    overflow it), so the result doubles as a finiteness check of the whole matrix: see :func:`rows_are_finite`.
     """
-    acc = torch.zeros(matrix.shape[1], dtype=torch.float64)
-    n_rows = min(n_rows, matrix.shape[0])
+    acc = None
     for k in range(0, n_rows, chunk_rows):
-        acc += matrix[k : min(k + chunk_rows, n_rows)].sum(0, dtype=torch.float64)
-    return (acc / max(n_rows, 1)).to(matrix.dtype)
+        part = get_rows(k, min(k + chunk_rows, n_rows)).sum(0, dtype=torch.float64)
+        acc = part if acc is None else acc + part
+    return acc / max(n_rows, 1)
 
 
 def rows_are_finite(mean: torch.Tensor) -> bool:
