@@ -243,7 +243,7 @@ class CheckpointWriter:
             raise ValueError(f"tensor {name} written twice")
         nbytes = tensor.numel() * tensor.element_size()
         if self._buffer and self._buffer_bytes + nbytes > self.max_shard_bytes:
-            self._flush()
+            self.flush()
         tensor = tensor.detach().to("cpu").contiguous()
         ptrs = {t.untyped_storage().data_ptr() for t in self._buffer.values()}
         if tensor.untyped_storage().data_ptr() in ptrs:  # save_file refuses shared storage (tied views)
@@ -255,7 +255,7 @@ class CheckpointWriter:
 
     def add_shard_file(self, src: Path, infos: Iterable[TensorInfo]) -> None:
         """Copy an unchanged input shard as one output shard, byte for byte."""
-        self._flush()
+        self.flush()
         infos = list(infos)
         part = self.dir / f".part-{len(self._parts):05d}.safetensors"
         shutil.copyfile(src, part)
@@ -267,7 +267,8 @@ class CheckpointWriter:
                 n *= s
             self.total_params += n
 
-    def _flush(self) -> None:
+    def flush(self) -> None:
+        """Write the buffered tensors as one shard now."""
         if not self._buffer:
             return
         part = self.dir / f".part-{len(self._parts):05d}.safetensors"
@@ -278,7 +279,7 @@ class CheckpointWriter:
 
     def finish(self) -> list[Path]:
         """Write the last shard, give every shard its final name and write the index; returns the shard paths."""
-        self._flush()
+        self.flush()
         n = len(self._parts)
         if n == 0:
             raise ValueError("no tensors were written")
@@ -334,8 +335,11 @@ def write_with_replacements(
         for name in names:
             if name in pending:
                 new = pending.pop(name)
+                if callable(new):
+                    writer.flush()  # write what is buffered before the new matrix is built: one big tensor at a time
+                    new = new()
                 if new is not None:
-                    writer.add(name, new() if callable(new) else new)
+                    writer.add(name, new)
             else:
                 writer.add(name, reader.get(name))
         reader.close()
