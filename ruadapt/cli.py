@@ -52,16 +52,21 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     if args.quiet:
         os.environ["TQDM_DISABLE"] = "1"
+    command = " ".join(filter(None, (args.command, getattr(args, "tokenizer_command", None))))
     try:
         return int(args.func(args) or 0)
     except RuadaptError as e:
-        print(f"ruadapt {args.command}: error: {e}", file=sys.stderr)
+        print(f"ruadapt {command}: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as e:  # disk full, permission denied, ...: name the file, no traceback
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"ruadapt {command}: error: {where}{e.strerror or e}", file=sys.stderr)
         return EXIT_USAGE
     except BrokenPipeError:  # `ruadapt inspect ... | head`
         sys.stderr.close()
         return 0
     except KeyboardInterrupt:
-        print(f"ruadapt {args.command}: interrupted; no output was written", file=sys.stderr)
+        print(f"ruadapt {command}: interrupted; no output was written", file=sys.stderr)
         return 130
 
 

@@ -59,6 +59,10 @@ def _numel(shape: tuple[int, ...]) -> int:
     return n
 
 
+def _n(value: int | None) -> str:
+    return "not set" if value is None else f"{value:,}"
+
+
 def format_report(info: dict, max_specials: int = 12) -> str:
     """The human-readable view of :func:`inspect_model`."""
     gib = info["total_bytes"] / 1024**3
@@ -67,7 +71,7 @@ def format_report(info: dict, max_specials: int = 12) -> str:
         f"  model_type      {info['model_type']}   dtype {info['dtype']}   hidden {info['hidden_size']}",
         f"  parameters      {info['parameters']:,} ({info['embedding_parameters']:,} in vocabulary matrices)",
         f"  tied            {info['tied']} (lm_head tensor in checkpoint: {info['lm_head_in_checkpoint']})",
-        f"  vocab           config.vocab_size {info['config_vocab_size']:,}  matrix rows {info['embedding_rows']:,}"
+        f"  vocab           config.vocab_size {_n(info['config_vocab_size'])}  matrix rows {info['embedding_rows']:,}"
         + (f"  tokenizer {info['tokenizer_tokens']:,}  padded rows {info['padded_rows']:,}" if info.get("tokenizer_tokens") else "  (no tokenizer.json)"),
         f"  shards          {info['shards']} files, {info['tensors']} tensors, {gib:.2f} GiB",
         f"  config ids      {info['config_token_ids']}",

@@ -339,6 +339,8 @@ def lora_replacements(adapter_dir: Path, instruct: Model, alpha_scale: float, sk
     """Replacements ``{I tensor name: callable}`` adding ``(B·A)·(lora_alpha/r)/alpha_scale`` of a peft adapter
     (trained on the base's body) to I's body weights; built lazily, one tensor at a time, when written."""
     adapter_dir = Path(adapter_dir).expanduser()
+    if not (adapter_dir / "adapter_config.json").is_file() and (adapter_dir / "adapter" / "adapter_config.json").is_file():
+        adapter_dir = adapter_dir / "adapter"  # a `ruadapt train` LoRA output keeps its adapter there
     cfg_path = adapter_dir / "adapter_config.json"
     weights = adapter_dir / "adapter_model.safetensors"
     if not cfg_path.is_file():

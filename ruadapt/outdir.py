@@ -51,6 +51,11 @@ def check_output_dir(out: Path, inputs: Sequence[Path] = (), *, option: str = "-
             )
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise RuadaptError(f"{out}: {option} exists and is not empty; remove it or choose a new directory")
+    parent = out.parent
+    while not parent.exists():  # the nearest existing ancestor must let us create the output beside it
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise RuadaptError(f"{out}: {option} cannot be created ({parent} is not a writable directory)")
     return out
 
 
@@ -74,12 +79,15 @@ def clean_stale_tmp(out: Path) -> None:
 def atomic_output_dir(out: Path, inputs: Sequence[Path] = (), *, option: str = "--out") -> Iterator[Path]:
     """Yield a fresh temporary folder beside ``out``; on success rename it to ``out``, on error remove it."""
     out = check_output_dir(out, inputs, option=option)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    clean_stale_tmp(out)
     tmp = out.parent / f".{out.name}{_TMP_MARK}{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        clean_stale_tmp(out)
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+    except OSError as e:
+        raise RuadaptError(f"{out}: {option} cannot be created ({e.strerror})") from None
     try:
         yield tmp
         # re-check: something may have appeared at the target while we worked

@@ -119,3 +119,12 @@ def test_sigkill_leaves_no_output_and_next_run_cleans_up(tmp_path):
     with atomic_output_dir(tmp_path / "out") as t:
         (t / "ok").write_text("y")
     assert sorted(x.name for x in tmp_path.iterdir()) == ["out"]
+
+
+def test_output_that_cannot_be_created_is_a_user_error(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    with pytest.raises(RuadaptError, match="cannot be created"):
+        with atomic_output_dir(blocker / "out"):
+            pass
+    assert blocker.read_text() == "x"
