@@ -14,9 +14,8 @@ from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer
-from tqdm.auto import tqdm
 
-from .arch import Arch, arch_for_config
+from .arch import arch_for_config, check_vocab_tensors, padded_rows, padding_multiple
 from .checkpoint import CheckpointReader, parse_size, read_json, write_with_replacements
 from .errors import RuadaptError
 from .outdir import atomic_output_dir, check_output_dir
@@ -35,45 +34,6 @@ from .vocab import build_matrix, build_vocab_map, mean_of_rows, rows_are_finite
 log = logging.getLogger(__name__)
 
 INITS = ("mean", "weighted")
-
-
-def padding_multiple(rows: int, n_tokens: int, cap: int = 1024) -> int:
-    """The multiple a checkpoint padded its vocabulary rows to: 1 when unpadded, else the largest power of two
-    dividing ``rows`` (Qwen2.5 151,936 → 128, 152,064 → 512; Gemma-3 262,208 → 64)."""
-    if rows <= n_tokens:
-        return 1
-    m = 1
-    while rows % (m * 2) == 0 and m * 2 <= cap:
-        m *= 2
-    return m
-
-
-def padded_rows(n_rows_wanted: int, multiple: int) -> int:
-    """``n_rows_wanted`` rounded up to ``multiple``."""
-    return -(-n_rows_wanted // multiple) * multiple
-
-
-def check_vocab_tensors(reader: CheckpointReader, arch: Arch, n_tokens: int) -> None:
-    """The vocabulary matrices exist, agree in shape and cover every token id of the checkpoint's tokenizer."""
-    cfg_path = reader.path / "config.json"
-    if arch.input_name not in reader:
-        raise RuadaptError(f"{reader.path}: input embedding {arch.input_name} not in the checkpoint ({arch.model_type})")
-    rows, d = reader.info(arch.input_name).shape
-    if not arch.tied:
-        if arch.output_name not in reader:
-            raise RuadaptError(
-                f"{cfg_path}: tie_word_embeddings is false but {arch.output_name} is missing from {reader.path}"
-            )
-        if reader.info(arch.output_name).shape != (rows, d):
-            raise RuadaptError(
-                f"{reader.path}: {arch.output_name} shape {reader.info(arch.output_name).shape} differs from "
-                f"{arch.input_name} {(rows, d)}"
-            )
-    if rows < n_tokens:
-        raise RuadaptError(
-            f"{reader.path}: embedding has {rows} rows but its tokenizer has {n_tokens} tokens; ids past the rows "
-            "have no embedding"
-        )
 
 
 def swap_model(

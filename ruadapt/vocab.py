@@ -13,7 +13,6 @@ row (same bytes, or the same special-token content), or the mean of the old rows
 from __future__ import annotations
 
 import functools
-import json
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Sequence
 

@@ -7,7 +7,6 @@ import sys
 
 import pytest
 import torch
-from safetensors.torch import save_file
 
 from ruadapt.checkpoint import CheckpointReader, CheckpointWriter, parse_size, write_with_replacements
 from ruadapt.errors import RuadaptError

@@ -2,7 +2,6 @@
 
 import functools
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +12,6 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from ruadapt.cli import main
-from ruadapt.tokdir import tokenizer_size
 from reference import piece_bytes, reference_pieces
 from tiny import ARCHS, ROOT, SHARED_DATA, SHARED_TOKENIZERS, dir_hash, make_tiny_model, tensor_hashes
 

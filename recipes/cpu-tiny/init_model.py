@@ -14,7 +14,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from ruadapt.outdir import atomic_output_dir
-from ruadapt.swap import padded_rows
+from ruadapt.arch import padded_rows
 from ruadapt.tokdir import TOKENIZER_FILES
 
 

@@ -11,7 +11,6 @@ import argparse
 import json
 from pathlib import Path
 
-import torch
 
 from ruadapt.arch import arch_for_config
 from ruadapt.checkpoint import CheckpointReader

@@ -20,12 +20,11 @@ from typing import Sequence
 import torch
 from tokenizers import Tokenizer
 
-from ..arch import arch_for_config
+from ..arch import arch_for_config, check_vocab_tensors, padded_rows, padding_multiple
 from ..checkpoint import CheckpointReader, parse_size, read_json, write_with_replacements
 from ..errors import RuadaptError
 from ..outdir import atomic_output_dir, check_output_dir
 from ..record import StageRecord, sha256_file
-from ..swap import check_vocab_tensors, padded_rows, padding_multiple
 from ..tokdir import (
     TOKEN_ID_KEYS,
     copy_tokenizer_files,
