@@ -16,6 +16,8 @@ import hashlib
 import json
 from pathlib import Path
 
+from ruadapt.outdir import atomic_output_dir
+
 SYSTEM = "Ты полезный ассистент."
 
 
@@ -45,15 +47,15 @@ def main() -> None:
     held, train = rows[: args.heldout], rows[args.heldout :]
     if args.max_train:
         train = train[: args.max_train]
-    args.out.mkdir(parents=True, exist_ok=True)
-    with open(args.out / "sft_train.jsonl", "w", encoding="utf-8") as f:
-        for ru, en in train:
-            for messages in tasks(ru, en):
-                f.write(json.dumps({"messages": messages}, ensure_ascii=False) + "\n")
-    with open(args.out / "heldout_ru.jsonl", "w", encoding="utf-8") as f:
-        for ru, en in held:
-            for messages in tasks(ru, en)[1:]:  # the two tasks whose answer is Russian
-                f.write(json.dumps({"messages": messages}, ensure_ascii=False) + "\n")
+    with atomic_output_dir(args.out, [args.pairs]) as tmp:  # a relaunch skips a complete folder only
+        with open(tmp / "sft_train.jsonl", "w", encoding="utf-8") as f:
+            for ru, en in train:
+                for messages in tasks(ru, en):
+                    f.write(json.dumps({"messages": messages}, ensure_ascii=False) + "\n")
+        with open(tmp / "heldout_ru.jsonl", "w", encoding="utf-8") as f:
+            for ru, en in held:
+                for messages in tasks(ru, en)[1:]:  # the two tasks whose answer is Russian
+                    f.write(json.dumps({"messages": messages}, ensure_ascii=False) + "\n")
     print(f"{args.out}: {len(train)} training pairs x 3 tasks, {len(held)} held-out pairs x 2 Russian-answer tasks")
 
 

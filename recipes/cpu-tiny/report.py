@@ -109,7 +109,9 @@ def main() -> None:
             "character (target ≥ 1.33×)"
         )
     lines += ["", "**Verdict:** " + "; ".join(verdict) + ".", ""]
-    (run / "report.md").write_text("\n".join(lines), encoding="utf-8")
+    tmp = run / ".report.md.tmp"  # renamed into place: a relaunch skips only a complete report
+    tmp.write_text("\n".join(lines), encoding="utf-8")
+    tmp.replace(run / "report.md")
     print("\n".join(lines))
 
 
