@@ -7,12 +7,11 @@ compared to the last digit.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from ..errors import RuadaptError
 
-ROLES = ("system", "user", "assistant", "tool")
+
 
 
 def parse_named(items: list[str] | None, option: str) -> dict[str, Path]:
@@ -38,25 +37,3 @@ def read_lines(path: Path | str, *, max_lines: int | None = None, what: str = "-
 
     lines = read_text_lines(Path(path), what)
     return lines[:max_lines] if max_lines is not None else lines
-
-
-def read_chats(path: Path | str, *, max_lines: int | None = None) -> list[list[dict[str, str]]]:
-    """Conversations of a chat JSONL file: one ``{"messages": [{"role": ..., "content": ...}, ...]}`` per line,
-    each with at least one assistant turn (the turns that get scored)."""
-    path = Path(path)
-    chats: list[list[dict[str, str]]] = []
-    for n, line in enumerate(read_lines(path, max_lines=max_lines, what="--chat"), 1):
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise RuadaptError(f"{path}: line {n} is not JSON ({e.msg})") from None
-        messages = record.get("messages") if isinstance(record, dict) else None
-        if not isinstance(messages, list) or not messages:
-            raise RuadaptError(f"{path}: line {n} has no \"messages\" list; expected {{\"messages\": [{{\"role\": ..., \"content\": ...}}]}}")
-        for m in messages:
-            if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
-                raise RuadaptError(f"{path}: line {n}: every message needs a role ({'/'.join(ROLES)}) and a string content")
-        if not any(m["role"] == "assistant" and m["content"] for m in messages):
-            raise RuadaptError(f"{path}: line {n} has no non-empty assistant message to score")
-        chats.append([{"role": m["role"], "content": m["content"]} for m in messages])
-    return chats

@@ -15,7 +15,8 @@ from ..errors import RuadaptError, require
 from ..outdir import atomic_output_dir, check_output_dir
 from ..record import StageRecord, sha256_file
 from .bpb import chat_bpb, common_window, text_bpb
-from .data import read_chats, read_lines
+from ..chatdata import read_chats
+from .data import read_lines
 from .lm_eval_runner import available_tasks, run_task, select_tasks
 from .load import check_device, check_model_dir, load_model, resolve_dtype
 from .report import write_report

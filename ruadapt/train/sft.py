@@ -17,6 +17,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from ..chatdata import read_chats
 from ..errors import RuadaptError
 from ..record import sha256_file
 from ..tokdir import tokenizer_json_path
@@ -24,27 +25,6 @@ from .config import RunConfig
 from .data import cached_arrays, file_facts, split_eval
 
 IGNORE = -100
-
-
-def read_conversations(path: Path, limit: int = 0) -> list[list[dict]]:
-    out = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise RuadaptError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-            msgs = rec.get("messages") if isinstance(rec, dict) else None
-            if not isinstance(msgs, list) or not all(isinstance(m, dict) and "role" in m and "content" in m for m in msgs):
-                raise RuadaptError(f"{path}:{lineno}: expected {{\"messages\": [{{\"role\": ..., \"content\": ...}}, ...]}}")
-            if not any(m["role"] == "assistant" for m in msgs):
-                raise RuadaptError(f"{path}:{lineno}: conversation has no assistant message to train on")
-            out.append(msgs)
-            if limit and len(out) >= limit:
-                break
-    return out
 
 
 def load_chat_tokenizer(model_dir: Path):
@@ -137,7 +117,7 @@ def build_sft_data(cfg: RunConfig, *, rank: int, barrier: Callable[[], None]) ->
             tok = tok_holder[0]
             ids, labels, offs = [], [], [0]
             for f in files:
-                for msgs in read_conversations(Path(f), cfg.data.max_documents):
+                for msgs in read_chats(f, max_lines=cfg.data.max_documents or None, what="data.train"):
                     i, l = render_example(tok, msgs)
                     i, l = i[: cfg.block_size], l[: cfg.block_size]
                     if all(x == IGNORE for x in l[1:]):
