@@ -42,7 +42,7 @@ from .tokdir import (
     chat_template,
     copy_tokenizer_files,
     load_tokenizer,
-    remap_token_ids,
+    remap_model_configs,
     set_chat_template,
     sync_added_tokens_decoder,
     tokenizer_json_path,
@@ -446,12 +446,7 @@ def lep_model(
     names = i.matrix_names()
     specials = special_pairs(a, i)
     n_a_tokens = a.n_tokens
-    config = dict(i.reader.config)
-    gen_path = i.path / "generation_config.json"
-    gen_config = read_json(gen_path) if gen_path.is_file() else None
-    id_changes = {"config.json": remap_token_ids(config, i.tok, a.tok, where=str(i.config_path))}
-    if gen_config is not None:
-        id_changes["generation_config.json"] = remap_token_ids(gen_config, i.tok, a.tok, where=str(gen_path))
+    config, gen_config, id_changes = remap_model_configs(i.path, i.reader.config, i.tok, a.tok)
     config["vocab_size"] = a.rows
     if "text_config" in config and isinstance(config["text_config"], dict):
         config["text_config"] = {**config["text_config"], "vocab_size": a.rows}

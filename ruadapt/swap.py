@@ -16,14 +16,14 @@ import torch
 from tokenizers import Tokenizer
 
 from .arch import arch_for_config, check_vocab_tensors, padded_rows, padding_multiple
-from .checkpoint import CheckpointReader, parse_size, read_json, write_with_replacements
+from .checkpoint import CheckpointReader, parse_size, write_with_replacements
 from .errors import RuadaptError
 from .outdir import atomic_output_dir, check_output_dir
 from .record import StageRecord, sha256_file
 from .tokdir import (
     copy_tokenizer_files,
     load_tokenizer,
-    remap_token_ids,
+    remap_model_configs,
     sync_added_tokens_decoder,
     tokenizer_json_path,
     tokenizer_size,
@@ -64,12 +64,7 @@ def swap_model(
     check_vocab_tensors(reader, arch, n_base)
     base_rows, hidden = reader.info(arch.input_name).shape
     max_shard_bytes = parse_size(max_shard_size) if max_shard_size is not None else None
-    config = dict(reader.config)
-    gen_path = reader.path / "generation_config.json"
-    gen_config = read_json(gen_path) if gen_path.is_file() else None
-    id_changes = {"config.json": remap_token_ids(config, base_tok, new_tok, where=str(reader.path / "config.json"))}
-    if gen_config is not None:
-        id_changes["generation_config.json"] = remap_token_ids(gen_config, base_tok, new_tok, where=str(gen_path))
+    config, gen_config, id_changes = remap_model_configs(reader.path, reader.config, base_tok, new_tok)
 
     with record.timed("vocab_map"):
         vmap = build_vocab_map(base_tok, new_tok)

@@ -147,3 +147,17 @@ def remap_token_ids(config: dict, old: Tokenizer, new: Tokenizer, *, where: str 
             changes[key] = [value, new_value]
             config[key] = new_value
     return changes
+
+
+def remap_model_configs(model_dir: Path, config: dict, old: Tokenizer, new: Tokenizer) -> tuple[dict, dict | None, dict]:
+    """Copies of ``config`` (the parsed config.json of ``model_dir``) and of its generation_config.json (``None``
+    when absent) with every token id moved from ``old``'s ids to ``new``'s (:func:`remap_token_ids`), and
+    ``{file: {key: [old, new]}}`` of what changed. The one place swap, LEP and trim keep configs and vocabulary in step."""
+    model_dir = Path(model_dir)
+    config = dict(config)
+    gen_path = model_dir / "generation_config.json"
+    gen_config = read_json(gen_path) if gen_path.is_file() else None
+    changes = {"config.json": remap_token_ids(config, old, new, where=str(model_dir / "config.json"))}
+    if gen_config is not None:
+        changes["generation_config.json"] = remap_token_ids(gen_config, old, new, where=str(gen_path))
+    return config, gen_config, changes

@@ -29,7 +29,7 @@ from ..tokdir import (
     TOKEN_ID_KEYS,
     copy_tokenizer_files,
     load_tokenizer,
-    remap_token_ids,
+    remap_model_configs,
     sync_added_tokens_decoder,
     tokenizer_json_path,
     write_json,
@@ -251,14 +251,10 @@ def trim_model(
     multiple = pad_to_multiple_of or padding_multiple(old_rows, plan.n_old)
     new_rows = padded_rows(plan.n_new, multiple)
 
-    config = dict(reader.config)
-    gen_path = reader.path / "generation_config.json"
-    gen_config = read_json(gen_path) if gen_path.is_file() else None
-    id_changes = {"config.json": remap_token_ids(config, plan.old_tok, plan.new_tok, where=str(reader.path / "config.json"))}
+    config, gen_config, id_changes = remap_model_configs(reader.path, reader.config, plan.old_tok, plan.new_tok)
     _check_ids(config, new_rows, str(reader.path / "config.json"))
     if gen_config is not None:
-        id_changes["generation_config.json"] = remap_token_ids(gen_config, plan.old_tok, plan.new_tok, where=str(gen_path))
-        _check_ids(gen_config, new_rows, str(gen_path))
+        _check_ids(gen_config, new_rows, str(reader.path / "generation_config.json"))
     _set_vocab_size(config, new_rows)
 
     with record.timed("measure"):
