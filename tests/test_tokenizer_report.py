@@ -129,5 +129,5 @@ def test_report_bad_input(case, texts, tmp_path, capsys):
         argv += ["--text", t]
     assert main(argv) == 2
     err = capsys.readouterr().err
-    assert err.startswith("ruadapt tokenizer: error: ") and err.count("\n") == 1
+    assert err.startswith("ruadapt tokenizer report: error: ") and err.count("\n") == 1
     assert not (tmp_path / "out").exists()

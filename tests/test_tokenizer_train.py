@@ -294,7 +294,7 @@ def test_bad_input_one_line_error_nothing_written(case, tmp_path, capsys):
     before = sorted(p.name for p in tmp_path.iterdir())
     rc, err = run_cli(["-q", "tokenizer", "train", "--base", str(base), "--corpus", str(corpus), *size, "--out", str(out)], capsys)
     assert rc == 2
-    assert err.count("\n") == 1 and err.startswith("ruadapt tokenizer: error: ")
+    assert err.count("\n") == 1 and err.startswith("ruadapt tokenizer train: error: ")
     assert "Traceback" not in err
     assert sorted(p.name for p in tmp_path.iterdir()) == before
     if case == "non-empty out":
