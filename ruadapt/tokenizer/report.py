@@ -19,6 +19,7 @@ from ..errors import RuadaptError, require
 from ..outdir import atomic_output_dir, check_output_dir
 from ..record import StageRecord, sha256_file
 from ..tokdir import load_tokenizer, tokenizer_size
+from ..vocab import TokenCodec
 from .words import read_lines
 
 log = logging.getLogger(__name__)
@@ -101,8 +102,17 @@ def token_usage(tok: Tokenizer, ids: list[list[int]], new_ids: list[int], top: i
         "new_tokens": len(new_ids),
         "new_tokens_used": len(used),
         "new_token_occurrences": sum(c for i, c in seen.items() if i in new_set),
-        "first_unused": [[i, tok.decode([i])] for i in unused[:top]],
+        "first_unused": _spelled(tok, unused[:top]),
     }
+
+
+def _spelled(tok: Tokenizer, ids: list[int]) -> list[list]:
+    """``[id, text]`` from each token's raw bytes, not ``decode()``: a partial-UTF-8 byte token would otherwise show
+    as "\ufffd" (DESIGN §3); undecodable bytes are written as ``\\xNN``."""
+    if not ids:
+        return []
+    codec = TokenCodec(tok)
+    return [[i, codec.token_bytes(i).decode("utf-8", "backslashreplace")] for i in ids]
 
 
 def tokenizer_report(
