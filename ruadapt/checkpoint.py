@@ -6,8 +6,9 @@ Both work on plain Hugging Face model directories (``config.json`` + ``model.saf
 * :class:`CheckpointReader` serves tensors by name with one shard open at a time and answers shape/dtype
   questions from the safetensors headers alone, so a 72B checkpoint is inspected in seconds.
 * :class:`CheckpointWriter` fills shards up to a byte budget and names them as transformers does; shards in
-  which nothing changed are copied as files (:func:`write_with_replacements`), so a stage that changes two
-  tensors of a 145 GB checkpoint holds only those two in memory.
+  which nothing changed are copied as files, and unchanged tensors of a rewritten shard are copied as byte
+  ranges of their input file (:func:`write_with_replacements`), so a stage that changes two tensors of a
+  145 GB checkpoint holds only those two in memory and the rest never passes through Python.
 
 Only safetensors are ever read: a directory holding pickle weights only is refused (pickle can execute code).
 """
@@ -21,11 +22,10 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Mapping, Union
+from typing import BinaryIO, Callable, Iterable, Mapping, Union
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from .errors import RuadaptError
@@ -36,6 +36,8 @@ SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 DEFAULT_MAX_SHARD_BYTES = 5 * 1024**3
+
+_COPY_BLOCK = 1 << 30  # bytes per copy_file_range call
 
 _DTYPES: dict[str, torch.dtype] = {
     "F64": torch.float64,
@@ -74,14 +76,18 @@ def parse_size(text: str | int) -> int:
     return value
 
 
+_ST_DTYPES: dict[torch.dtype, str] = {t: n for n, t in _DTYPES.items()}
+
+
 @dataclass(frozen=True)
 class TensorInfo:
-    """What the safetensors header says about one tensor."""
+    """What the safetensors header says about one tensor; ``offset`` = where its bytes start in ``shard``."""
 
     name: str
     shape: tuple[int, ...]
     st_dtype: str
     shard: Path
+    offset: int = -1
 
     @property
     def dtype(self) -> torch.dtype:
@@ -93,6 +99,13 @@ class TensorInfo:
         for s in self.shape:
             n *= s
         return n * torch.empty((), dtype=self.dtype).element_size()
+
+
+def read_header(path: Path) -> tuple[bytes, int]:
+    """The raw JSON header of a safetensors file and the file offset where its tensor data begins."""
+    with open(path, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        return f.read(n), 8 + n
 
 
 def read_json(path: Path) -> dict:
@@ -152,13 +165,16 @@ class CheckpointReader:
     def _load_headers(self) -> None:
         self.shards = self._shard_files()
         for shard in self.shards:
-            try:
+            try:  # safetensors validates the file (truncation, overlapping or missing byte ranges)
                 with safe_open(shard, framework="pt") as f:
-                    for name in f.keys():
-                        sl = f.get_slice(name)
-                        self.infos[name] = TensorInfo(name, tuple(sl.get_shape()), sl.get_dtype(), shard)
+                    names = list(f.keys())
             except Exception as e:  # safetensors raises its own error type for truncated/corrupt files
                 raise RuadaptError(f"{shard}: not a readable safetensors file ({e}); re-download or re-save it") from None
+            header, data_start = read_header(shard)
+            entries = json.loads(header)
+            for name in names:
+                e = entries[name]
+                self.infos[name] = TensorInfo(name, tuple(e["shape"]), e["dtype"], shard, data_start + e["data_offsets"][0])
         if self._weight_map is not None:
             for name, shard in self._weight_map.items():
                 info = self.infos.get(name)
@@ -214,11 +230,25 @@ class CheckpointReader:
             if p.is_file():
                 h.update(p.read_bytes())
         for shard in self.shards:
-            with open(shard, "rb") as f:
-                n = int.from_bytes(f.read(8), "little")
-                h.update(f.read(n))
+            h.update(read_header(shard)[0])
             h.update(str(shard.stat().st_size).encode())
         return h.hexdigest()
+
+
+@dataclass
+class _Pending:
+    """One tensor waiting for its shard: in memory (``tensor``) or a byte range of an input file (``source``)."""
+
+    name: str
+    shape: tuple[int, ...]
+    st_dtype: str
+    nbytes: int
+    tensor: torch.Tensor | None = None
+    source: TensorInfo | None = None
+
+    @property
+    def itemsize(self) -> int:
+        return torch.empty((), dtype=_DTYPES[self.st_dtype]).element_size()
 
 
 class CheckpointWriter:
@@ -227,54 +257,93 @@ class CheckpointWriter:
     Shards are written under temporary names and renamed to ``model-0000k-of-0000n.safetensors`` (or
     ``model.safetensors`` when there is one) by :meth:`finish`, which also writes the index.
     Use it inside :func:`ruadapt.outdir.atomic_output_dir` so a failure leaves nothing behind.
+
+    The safetensors file is laid out here (8-byte header length, JSON header, data; see
+    https://huggingface.co/docs/safetensors) rather than by ``safetensors.torch.save_file`` because that
+    function first copies every tensor into a ``bytes`` object (2.5 GB more for one 72B lm_head) and cannot
+    take an unchanged tensor straight from its input file. Here an in-memory tensor is written from its own
+    buffer, and :meth:`add_from` copies a tensor of an input shard with ``copy_file_range`` (in the kernel, like
+    ``cp``). Every file written is read back through ``safe_open`` by the tests.
     """
 
     def __init__(self, directory: Path, max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES):
         self.dir = Path(directory)
         self.max_shard_bytes = max_shard_bytes
-        self._buffer: dict[str, torch.Tensor] = {}
+        self._buffer: list[_Pending] = []
         self._buffer_bytes = 0
+        self._names: set[str] = set()
         self._parts: list[tuple[Path, list[str]]] = []
         self.total_bytes = 0
         self.total_params = 0
 
     def add(self, name: str, tensor: torch.Tensor) -> None:
-        if name in self._buffer or any(name in names for _, names in self._parts):
-            raise ValueError(f"tensor {name} written twice")
-        nbytes = tensor.numel() * tensor.element_size()
-        if self._buffer and self._buffer_bytes + nbytes > self.max_shard_bytes:
-            self.flush()
+        """Queue an in-memory tensor (kept by reference until its shard is written)."""
         tensor = tensor.detach().to("cpu").contiguous()
-        ptrs = {t.untyped_storage().data_ptr() for t in self._buffer.values()}
-        if tensor.untyped_storage().data_ptr() in ptrs:  # save_file refuses shared storage (tied views)
-            tensor = tensor.clone()
-        self._buffer[name] = tensor
-        self._buffer_bytes += nbytes
+        if tensor.dtype not in _ST_DTYPES:
+            raise ValueError(f"tensor {name}: dtype {tensor.dtype} cannot be stored in safetensors")
+        self._queue(_Pending(name, tuple(tensor.shape), _ST_DTYPES[tensor.dtype], tensor.numel() * tensor.element_size(), tensor=tensor))
+
+    def add_from(self, info: TensorInfo) -> None:
+        """Queue a tensor of an input shard unchanged: its bytes are copied from the file when the shard is written."""
+        if info.offset < 0:
+            raise ValueError(f"tensor {info.name}: no file offset known")
+        self._queue(_Pending(info.name, info.shape, info.st_dtype, info.nbytes, source=info))
+
+    def _queue(self, entry: _Pending) -> None:
+        if entry.name in self._names:
+            raise ValueError(f"tensor {entry.name} written twice")
+        if self._buffer and self._buffer_bytes + entry.nbytes > self.max_shard_bytes:
+            self.flush()
+        self._names.add(entry.name)
+        self._buffer.append(entry)
+        self._buffer_bytes += entry.nbytes
+        self._count(entry.shape, entry.nbytes)
+
+    def _count(self, shape: Iterable[int], nbytes: int) -> None:
+        n = 1
+        for s in shape:
+            n *= s
         self.total_bytes += nbytes
-        self.total_params += tensor.numel()
+        self.total_params += n
 
     def add_shard_file(self, src: Path, infos: Iterable[TensorInfo]) -> None:
         """Copy an unchanged input shard as one output shard, byte for byte."""
         self.flush()
         infos = list(infos)
+        for i in infos:
+            if i.name in self._names:
+                raise ValueError(f"tensor {i.name} written twice")
+            self._names.add(i.name)
+            self._count(i.shape, i.nbytes)
         part = self.dir / f".part-{len(self._parts):05d}.safetensors"
         shutil.copyfile(src, part)
         self._parts.append((part, [i.name for i in infos]))
-        for i in infos:
-            self.total_bytes += i.nbytes
-            n = 1
-            for s in i.shape:
-                n *= s
-            self.total_params += n
 
     def flush(self) -> None:
         """Write the buffered tensors as one shard now."""
         if not self._buffer:
             return
+        # widest dtype first: every tensor then starts at a multiple of its element size (data begins 8-aligned)
+        entries = sorted(self._buffer, key=lambda e: -e.itemsize)
+        header: dict = {"__metadata__": {"format": "pt"}}
+        pos = 0
+        for e in entries:
+            header[e.name] = {"dtype": e.st_dtype, "shape": list(e.shape), "data_offsets": [pos, pos + e.nbytes]}
+            pos += e.nbytes
+        raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
+        raw += b" " * (-len(raw) % 8)
         part = self.dir / f".part-{len(self._parts):05d}.safetensors"
-        save_file(self._buffer, str(part), metadata={"format": "pt"})
-        self._parts.append((part, list(self._buffer)))
-        self._buffer = {}
+        with open(part, "wb") as f:
+            f.write(len(raw).to_bytes(8, "little"))
+            f.write(raw)
+            for e in entries:
+                if e.tensor is not None:
+                    if e.nbytes:
+                        f.write(memoryview(e.tensor.reshape(-1).view(torch.uint8).numpy()))
+                else:
+                    _copy_range(e.source, f)
+        self._parts.append((part, [e.name for e in self._buffer]))
+        self._buffer = []
         self._buffer_bytes = 0
 
     def finish(self) -> list[Path]:
@@ -303,6 +372,31 @@ class CheckpointWriter:
         return finals
 
 
+def _copy_range(info: TensorInfo, dst: BinaryIO) -> None:
+    """Append the bytes of one input tensor to ``dst``: ``copy_file_range`` where the OS has it, else read/write."""
+    dst.flush()
+    with open(info.shard, "rb") as src:
+        left, src_pos = info.nbytes, info.offset
+        if hasattr(os, "copy_file_range"):
+            try:
+                while left:
+                    n = os.copy_file_range(src.fileno(), dst.fileno(), min(left, _COPY_BLOCK), src_pos)
+                    if n == 0:
+                        raise RuadaptError(f"{info.shard}: ends inside tensor {info.name}")
+                    left -= n
+                    src_pos += n
+            except OSError:  # e.g. a file system or kernel without it: plain reads for what is left (same bytes)
+                pass
+            dst.seek(0, os.SEEK_END)  # the descriptor moved under the buffered file object: resynchronise it
+        src.seek(src_pos)
+        while left:
+            block = src.read(min(left, 64 << 20))
+            if not block:
+                raise RuadaptError(f"{info.shard}: ends inside tensor {info.name}")
+            dst.write(block)
+            left -= len(block)
+
+
 Replacement = Union[torch.Tensor, Callable[[], torch.Tensor], None]
 
 
@@ -319,8 +413,8 @@ def write_with_replacements(
     A replacement may be a zero-argument callable: it is called only when its shard is written, so a stage can
     build each new matrix just in time and memory holds one new matrix (plus one shard), not all of them.
 
-    Shards that hold none of the replaced tensors are copied as files; the others are rewritten tensor by
-    tensor in the input's order. Names in ``replacements`` that the input lacks are appended at the end.
+    Shards that hold none of the replaced tensors are copied as files; in the others every unchanged tensor is
+    copied as a byte range of its input file, so only the replacements are ever in memory. Names in ``replacements`` that the input lacks are appended at the end.
     ``max_shard_bytes`` defaults to the input's largest shard (so the layout stays as the user had it).
     """
     if max_shard_bytes is None:
@@ -341,7 +435,7 @@ def write_with_replacements(
                 if new is not None:
                     writer.add(name, new)
             else:
-                writer.add(name, reader.get(name))
+                writer.add_from(reader.info(name))
         reader.close()
     for name, tensor in pending.items():
         if tensor is not None:

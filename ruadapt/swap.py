@@ -29,7 +29,7 @@ from .tokdir import (
     tokenizer_size,
     write_json,
 )
-from .vocab import build_matrix, build_vocab_map, mean_of_rows, rows_are_finite
+from .vocab import build_matrix, build_vocab_map, mean_row, rows_are_finite
 
 log = logging.getLogger(__name__)
 
@@ -81,42 +81,31 @@ def swap_model(
     record.input("base_tokenizer", tokenizer_json_path(model_dir), sha256=sha256_file(tokenizer_json_path(model_dir)))
     record.input("tokenizer", tokenizer_json_path(tokenizer_dir), sha256=sha256_file(tokenizer_json_path(tokenizer_dir)))
 
-    # one streamed pass per matrix before any output exists: the padding row, and a NaN/inf check for free
-    rebuilt = [arch.input_name] + ([] if arch.tied else [arch.output_name])
-    pad_rows: dict[str, torch.Tensor] = {}
-    with record.timed("scan rows"):
-        for name in rebuilt:
-            mean = mean_of_rows(lambda a, b: reader.get_rows(name, a, b), n_base)
-            if not rows_are_finite(mean):
-                raise RuadaptError(f"{reader.path}: {name} has NaN or infinite values in its token rows")
-            pad_rows[name] = mean.to(reader.info(name).dtype)
-        reader.close()
-
-    def new_matrix(name: str) -> torch.Tensor:
+    # the new matrices are built before any output exists, so NaN rows fail fast; each input matrix is read once
+    # (mapped from its shard) and dropped before the next: memory = the new matrices + one old one
+    built: dict[str, torch.Tensor] = {}
+    for name in [arch.input_name] + ([] if arch.tied else [arch.output_name]):
         with record.timed(f"build {name}"):
             old = reader.get(name)
-            new = build_matrix(vmap, old, init=init, pad_row=pad_rows[name], progress=progress, desc=name)
+            mean = mean_row(old, n_base)
+            if not rows_are_finite(mean):
+                raise RuadaptError(f"{reader.path}: {name} has NaN or infinite values in its token rows")
+            built[name] = build_matrix(vmap, old, init=init, pad_row=mean, progress=progress, desc=name)
             del old
-            return new
+            reader.close()
 
-    cache: dict[str, torch.Tensor] = {}
-
-    def input_matrix() -> torch.Tensor:  # tied copies (T5) share one new matrix
-        if "m" not in cache:
-            cache["m"] = new_matrix(arch.input_name)
-        return cache["m"]
-
-    replacements: dict = {n: input_matrix for n in arch.input_names if n in reader}
+    new_input = built[arch.input_name]
+    replacements: dict = {n: new_input for n in arch.input_names if n in reader}  # tied copies (T5) share it
     if not arch.tied:
-        replacements[arch.output_name] = lambda: new_matrix(arch.output_name)
+        replacements[arch.output_name] = built[arch.output_name]
     elif arch.output_name in reader:  # a tied checkpoint that stored lm_head anyway: keep it tied to the new rows
-        replacements[arch.output_name] = input_matrix
+        replacements[arch.output_name] = new_input
 
     config["vocab_size"] = n_rows
     with atomic_output_dir(out, [model_dir, tokenizer_dir]) as tmp:
         with record.timed("write"):
             write_with_replacements(reader, tmp, replacements, max_shard_bytes=max_shard_bytes, progress=progress)
-        cache.clear()
+        del built, new_input, replacements
         write_json(tmp / "config.json", config)
         if gen_config is not None:
             write_json(tmp / "generation_config.json", gen_config)

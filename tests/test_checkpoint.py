@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from ruadapt.checkpoint import CheckpointReader, CheckpointWriter, parse_size, write_with_replacements
+from ruadapt.checkpoint import CheckpointReader, CheckpointWriter, parse_size, read_header, write_with_replacements
 from ruadapt.errors import RuadaptError
 from ruadapt.outdir import atomic_output_dir
 from tiny import make_tiny_model, tensor_hashes
@@ -36,6 +36,56 @@ def test_writer_fills_shards_up_to_budget_and_reader_round_trips(tmp_path):
     for k, v in tensors.items():
         assert torch.equal(r.get(k), v)
     assert torch.equal(r.get_rows("layer.0.weight", 5, 9), tensors["layer.0.weight"][5:9])
+
+
+def test_written_files_are_valid_safetensors_for_every_dtype_and_shape(tmp_path):
+    """The writer lays out safetensors itself: safetensors' own reader must accept the files and return every
+    tensor bit-identically, including mixed dtypes (alignment), 0-d, empty and shared-storage tensors, and
+    tensors copied as byte ranges from an input shard next to in-memory ones."""
+    from safetensors import safe_open
+    from safetensors.torch import load, save_file
+
+    g = torch.Generator().manual_seed(1)
+    base = torch.randn(7, 3, generator=g)
+    tensors = {
+        "odd_bf16": torch.randn(5, 3, generator=g).to(torch.bfloat16),  # 30 bytes: the f64 after it needs alignment
+        "f64": torch.randn(3, 3, generator=g, dtype=torch.float64),
+        "f16": torch.randn(11, generator=g).to(torch.float16),
+        "i64": torch.arange(-5, 6, dtype=torch.int64),
+        "u8": torch.randint(0, 255, (9,), generator=g, dtype=torch.uint8),
+        "flag": torch.tensor([True, False, True]),
+        "scalar": torch.tensor(3.5),
+        "empty": torch.empty(0, 4),
+        "view_a": base[2:5],  # non-contiguous owner, shared storage with view_b
+        "view_b": base.t(),
+    }
+    src = tmp_path / "src.safetensors"
+    save_file({"copied_bf16": torch.randn(13, 5, generator=g).to(torch.bfloat16), "copied_f32": torch.randn(4, generator=g)}, str(src))
+    (tmp_path / "in").mkdir()
+    src.rename(tmp_path / "in" / "model.safetensors")
+    reader = CheckpointReader(tmp_path / "in", need_config=False)
+    w = CheckpointWriter(tmp_path / "out_dir", max_shard_bytes=10**9)
+    (tmp_path / "out_dir").mkdir()
+    for k, v in tensors.items():
+        w.add(k, v)
+    for name in reader.names:
+        w.add_from(reader.info(name))
+    [out] = w.finish()
+    with safe_open(out, framework="pt") as f:
+        assert f.metadata() == {"format": "pt"}
+        assert set(f.keys()) == set(tensors) | {"copied_bf16", "copied_f32"}
+        for k, v in tensors.items():
+            got = f.get_tensor(k)
+            assert got.dtype == v.dtype and got.shape == v.shape and torch.equal(got, v), k
+        for name in reader.names:
+            assert torch.equal(f.get_tensor(name), reader.get(name)), name
+    assert torch.equal(load(out.read_bytes())["odd_bf16"], tensors["odd_bf16"])
+    header, data_start = read_header(out)
+    assert data_start % 8 == 0
+    for name, e in json.loads(header).items():  # every tensor starts at a multiple of its element size
+        if name != "__metadata__":
+            size = {"F64": 8, "I64": 8, "F32": 4, "BF16": 2, "F16": 2}.get(e["dtype"], 1)
+            assert e["data_offsets"][0] % size == 0, name
 
 
 def test_single_shard_is_model_safetensors(tmp_path):
