@@ -17,9 +17,12 @@ def run_measured(cmd: list[str], *, env: dict | None = None, cwd: Path | None = 
 
     ``/usr/bin/time`` measures its exec'd child, whose RSS high-water mark starts at ``time``'s own few MB; a
     child forked straight from this Python process would inherit this process's (possibly GB-sized) mark.
+    Page-cache state is left as it is (warm when the inputs were just written or read); only dirty pages are
+    flushed first.
     """
     fd, stats = tempfile.mkstemp(suffix=".time")
     os.close(fd)
+    os.sync()  # start with no dirty pages: one command's write-back must not throttle the next one's writes
     t0 = time.perf_counter()
     p = subprocess.run(["/usr/bin/time", "-o", stats, "-f", "%M", *map(str, cmd)], env={**os.environ, **(env or {})},
                        cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)

@@ -236,15 +236,54 @@ class CheckpointReader:
 
 
 @dataclass
+class RowBlocks:
+    """A 2-D tensor given as consecutive row blocks: ``(first, n)`` = rows ``first:first+n`` of ``source`` (a
+    tensor of an input shard), or a tensor of rows computed in memory.
+
+    A new vocabulary matrix is mostly old rows; written this way its old rows go from the input file to the
+    output by the kernel and only the computed rows are ever in memory (:meth:`CheckpointWriter.add`)."""
+
+    source: TensorInfo
+    blocks: list[tuple[int, int] | torch.Tensor]
+
+    def __post_init__(self) -> None:
+        if len(self.source.shape) != 2:
+            raise ValueError(f"{self.source.name}: row blocks need a 2-D source, got shape {self.source.shape}")
+        for b in self.blocks:
+            if isinstance(b, torch.Tensor) and (b.dim() != 2 or b.shape[1] != self.width or b.dtype != self.dtype):
+                raise ValueError(f"{self.source.name}: a block of shape {tuple(b.shape)} {b.dtype} does not fit rows of {self.width} {self.dtype}")
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.source.dtype
+
+    @property
+    def width(self) -> int:
+        return self.source.shape[1]
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (sum(b[1] if isinstance(b, tuple) else b.shape[0] for b in self.blocks), self.width)
+
+    def parts(self) -> list[torch.Tensor | tuple[Path, int, int]]:
+        """The blocks as the writer takes them: tensors, or (file, byte offset, byte count) ranges."""
+        row_bytes = self.source.nbytes // max(self.source.shape[0], 1)
+        return [
+            (self.source.shard, self.source.offset + b[0] * row_bytes, b[1] * row_bytes) if isinstance(b, tuple) else b
+            for b in self.blocks
+        ]
+
+
+@dataclass
 class _Pending:
-    """One tensor waiting for its shard: in memory (``tensor``) or a byte range of an input file (``source``)."""
+    """One tensor waiting for its shard, as parts written one after the other: in-memory tensors and byte
+    ranges ``(file, offset, count)`` of input files."""
 
     name: str
     shape: tuple[int, ...]
     st_dtype: str
     nbytes: int
-    tensor: torch.Tensor | None = None
-    source: TensorInfo | None = None
+    parts: list[torch.Tensor | tuple[Path, int, int]]
 
     @property
     def itemsize(self) -> int:
@@ -262,8 +301,9 @@ class CheckpointWriter:
     https://huggingface.co/docs/safetensors) rather than by ``safetensors.torch.save_file`` because that
     function first copies every tensor into a ``bytes`` object (2.5 GB more for one 72B lm_head) and cannot
     take an unchanged tensor straight from its input file. Here an in-memory tensor is written from its own
-    buffer, and :meth:`add_from` copies a tensor of an input shard with ``copy_file_range`` (in the kernel, like
-    ``cp``). Every file written is read back through ``safe_open`` by the tests.
+    buffer, and :meth:`add_from` (a whole input tensor) and :class:`RowBlocks` (its old rows inside a new
+    matrix) copy from the input shard with ``copy_file_range``, in the kernel like ``cp``. Every file written
+    is read back through ``safe_open`` by the tests.
     """
 
     def __init__(self, directory: Path, max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES):
@@ -276,18 +316,23 @@ class CheckpointWriter:
         self.total_bytes = 0
         self.total_params = 0
 
-    def add(self, name: str, tensor: torch.Tensor) -> None:
-        """Queue an in-memory tensor (kept by reference until its shard is written)."""
+    def add(self, name: str, tensor: torch.Tensor | RowBlocks) -> None:
+        """Queue a tensor, in memory (kept by reference until its shard is written) or as :class:`RowBlocks`."""
+        if isinstance(tensor, RowBlocks):
+            rows, width = tensor.shape
+            nbytes = rows * width * torch.empty((), dtype=tensor.dtype).element_size()
+            self._queue(_Pending(name, (rows, width), tensor.source.st_dtype, nbytes, tensor.parts()))
+            return
         tensor = tensor.detach().to("cpu").contiguous()
         if tensor.dtype not in _ST_DTYPES:
             raise ValueError(f"tensor {name}: dtype {tensor.dtype} cannot be stored in safetensors")
-        self._queue(_Pending(name, tuple(tensor.shape), _ST_DTYPES[tensor.dtype], tensor.numel() * tensor.element_size(), tensor=tensor))
+        self._queue(_Pending(name, tuple(tensor.shape), _ST_DTYPES[tensor.dtype], tensor.numel() * tensor.element_size(), [tensor]))
 
     def add_from(self, info: TensorInfo) -> None:
         """Queue a tensor of an input shard unchanged: its bytes are copied from the file when the shard is written."""
         if info.offset < 0:
             raise ValueError(f"tensor {info.name}: no file offset known")
-        self._queue(_Pending(info.name, info.shape, info.st_dtype, info.nbytes, source=info))
+        self._queue(_Pending(info.name, info.shape, info.st_dtype, info.nbytes, [(info.shard, info.offset, info.nbytes)]))
 
     def _queue(self, entry: _Pending) -> None:
         if entry.name in self._names:
@@ -337,11 +382,12 @@ class CheckpointWriter:
             f.write(len(raw).to_bytes(8, "little"))
             f.write(raw)
             for e in entries:
-                if e.tensor is not None:
-                    if e.nbytes:
-                        f.write(memoryview(e.tensor.reshape(-1).view(torch.uint8).numpy()))
-                else:
-                    _copy_range(e.source, f)
+                for piece in e.parts:
+                    if isinstance(piece, torch.Tensor):
+                        if piece.numel():
+                            f.write(memoryview(piece.contiguous().reshape(-1).view(torch.uint8).numpy()))
+                    else:
+                        _copy_range(*piece, f)
         self._parts.append((part, [e.name for e in self._buffer]))
         self._buffer = []
         self._buffer_bytes = 0
@@ -372,32 +418,33 @@ class CheckpointWriter:
         return finals
 
 
-def _copy_range(info: TensorInfo, dst: BinaryIO) -> None:
-    """Append the bytes of one input tensor to ``dst``: ``copy_file_range`` where the OS has it, else read/write."""
+def _copy_range(path: Path, offset: int, count: int, dst: BinaryIO) -> None:
+    """Append ``count`` bytes of ``path`` from ``offset`` to ``dst``: ``copy_file_range`` where the OS has it
+    (the kernel copies page-cache pages, as ``cp`` does), else reads and writes."""
     dst.flush()
-    with open(info.shard, "rb") as src:
-        left, src_pos = info.nbytes, info.offset
+    with open(path, "rb") as src:
+        left, pos = count, offset
         if hasattr(os, "copy_file_range"):
             try:
                 while left:
-                    n = os.copy_file_range(src.fileno(), dst.fileno(), min(left, _COPY_BLOCK), src_pos)
+                    n = os.copy_file_range(src.fileno(), dst.fileno(), min(left, _COPY_BLOCK), pos)
                     if n == 0:
-                        raise RuadaptError(f"{info.shard}: ends inside tensor {info.name}")
+                        raise RuadaptError(f"{path}: ends before byte {offset + count}; the file is truncated")
                     left -= n
-                    src_pos += n
+                    pos += n
             except OSError:  # e.g. a file system or kernel without it: plain reads for what is left (same bytes)
                 pass
             dst.seek(0, os.SEEK_END)  # the descriptor moved under the buffered file object: resynchronise it
-        src.seek(src_pos)
+        src.seek(pos)
         while left:
             block = src.read(min(left, 64 << 20))
             if not block:
-                raise RuadaptError(f"{info.shard}: ends inside tensor {info.name}")
+                raise RuadaptError(f"{path}: ends before byte {offset + count}; the file is truncated")
             dst.write(block)
             left -= len(block)
 
 
-Replacement = Union[torch.Tensor, Callable[[], torch.Tensor], None]
+Replacement = Union[torch.Tensor, RowBlocks, Callable[[], Union[torch.Tensor, RowBlocks]], None]
 
 
 def write_with_replacements(

