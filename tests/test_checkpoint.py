@@ -88,10 +88,18 @@ def test_written_files_are_valid_safetensors_for_every_dtype_and_shape(tmp_path)
             assert e["data_offsets"][0] % size == 0, name
 
 
-def test_row_blocks_are_written_as_the_matrix_they_describe(tmp_path):
+@pytest.mark.parametrize("kernel_copy", [True, False], ids=["copy_file_range", "read-write fallback"])
+def test_row_blocks_are_written_as_the_matrix_they_describe(tmp_path, monkeypatch, kernel_copy):
     """A matrix given as runs of an input tensor's rows (copied from the file) and in-memory rows is written
-    bit-identically to the same matrix assembled in memory, next to an unchanged tensor of the same shard."""
+    bit-identically to the same matrix assembled in memory, next to an unchanged tensor of the same shard;
+    also where ``copy_file_range`` fails (other OS or file system) and the writer falls back to read/write."""
     from safetensors.torch import save_file
+
+    if not kernel_copy:
+        def refuse(*args, **kwargs):
+            raise OSError(18, "Invalid cross-device link")
+
+        monkeypatch.setattr(os, "copy_file_range", refuse, raising=False)
 
     g = torch.Generator().manual_seed(2)
     old = torch.randn(40, 6, generator=g).to(torch.bfloat16)
