@@ -461,7 +461,8 @@ def write_with_replacements(
     build each new matrix just in time and memory holds one new matrix (plus one shard), not all of them.
 
     Shards that hold none of the replaced tensors are copied as files; in the others every unchanged tensor is
-    copied as a byte range of its input file, so only the replacements are ever in memory. Names in ``replacements`` that the input lacks are appended at the end.
+    copied as a byte range of its input file, so only the replacements are ever in memory. Names in
+    ``replacements`` that the input lacks are appended at the end.
     ``max_shard_bytes`` defaults to the input's largest shard (so the layout stays as the user had it).
     """
     if max_shard_bytes is None:
