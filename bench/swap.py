@@ -110,6 +110,30 @@ def count_correct(base: Path, out: Path, tok_dir: Path) -> dict:
     return result
 
 
+def plot(res: dict, path: Path) -> None:
+    """Wall time and peak RSS per tool, from a swap.json."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        rows = res["rows"]
+        fig, ax = plt.subplots(1, 2, figsize=(9, 3.2))
+        names = [r["tool"].split(" -a")[0].replace(" ", "\n").replace("-tokensurgeon", "\ntokensurgeon") for r in rows]
+        ax[0].bar(names, [r["wall_s"] for r in rows])
+        ax[0].set_ylabel("wall s (median)")
+        ax[1].bar(names, [r["peak_rss_gb"] for r in rows])
+        ax[1].axhline(2 * res["vocab_gb"], ls="--", c="r", label="2 × (embed + lm_head)")
+        ax[1].set_ylabel("peak RSS GB")
+        ax[1].legend()
+        fig.suptitle(f"swap of a Qwen2.5-7B-shaped checkpoint (+{res['new_tokens']} tokens)")
+        fig.tight_layout()
+        fig.savefig(path, dpi=100)
+    except Exception as e:  # plotting is a nicety
+        print("plot failed:", e)
+
+
 def _summary(runs: list[dict]) -> dict:
     """Median wall time, largest peak RSS and every wall time of repeated runs."""
     walls = sorted(r["wall_s"] for r in runs)
@@ -122,7 +146,11 @@ def main() -> None:
     ap.add_argument("--workdir", type=Path, default=ROOT / "runs" / "bench-swap")
     ap.add_argument("--repeat", type=int, default=5, help="runs of cp and ruadapt (median wall time reported)")
     ap.add_argument("--keep", action="store_true", help="keep the outputs")
+    ap.add_argument("--plot-only", action="store_true", help="redraw bench/results/swap.png from swap.json")
     args = ap.parse_args()
+    if args.plot_only:
+        plot(json.loads((ROOT / "bench" / "results" / "swap.json").read_text()), ROOT / "bench" / "results" / "swap.png")
+        return
     work = args.workdir.resolve()
     work.mkdir(parents=True, exist_ok=True)
     py = sys.executable
@@ -174,25 +202,7 @@ def main() -> None:
     res_dir = ROOT / "bench" / "results"
     res_dir.mkdir(exist_ok=True)
     (res_dir / "swap.json").write_text(json.dumps({"checkpoint_gb": size_gb, "vocab_gb": vocab_gb, "new_tokens": args.new_tokens, "rows": rows}, indent=2))
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(1, 2, figsize=(9, 3))
-        names = [r["tool"].split(" -a")[0] for r in rows]
-        ax[0].bar(names, [r["wall_s"] for r in rows])
-        ax[0].set_ylabel("wall s")
-        ax[1].bar(names, [r["peak_rss_gb"] for r in rows])
-        ax[1].axhline(2 * vocab_gb, ls="--", c="r", label="2 × (embed + lm_head)")
-        ax[1].set_ylabel("peak RSS GB")
-        ax[1].legend()
-        fig.suptitle(f"swap of a Qwen2.5-7B-shaped checkpoint (+{args.new_tokens} tokens)")
-        fig.tight_layout()
-        fig.savefig(res_dir / "swap.png", dpi=100)
-    except Exception as e:  # plotting is a nicety
-        print("plot failed:", e)
+    plot(json.loads((res_dir / "swap.json").read_text()), res_dir / "swap.png")
     if not args.keep:
         for out in ("cp", "ruadapt", "mergekit"):
             shutil.rmtree(work / out, ignore_errors=True)
