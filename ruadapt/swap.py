@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import torch
 from tokenizers import Tokenizer
 
 from .arch import arch_for_config, check_vocab_tensors, padded_rows, padding_multiple
@@ -27,10 +26,9 @@ from .tokdir import (
     remap_model_configs,
     sync_added_tokens_decoder,
     tokenizer_json_path,
-    tokenizer_size,
     write_json,
 )
-from .vocab import build_vocab_map, matrix_blocks, mean_of_rows, rows_are_finite
+from .vocab import TokenCodec, build_vocab_map, matrix_blocks, mean_of_rows, rows_are_finite
 
 log = logging.getLogger(__name__)
 
@@ -61,14 +59,15 @@ def swap_model(
     arch = arch_for_config(reader.config, reader.path / "config.json")
     base_tok = load_tokenizer(model_dir, "--model")
     new_tok = load_tokenizer(tokenizer_dir, "--tokenizer")
-    n_base, n_new = tokenizer_size(base_tok), tokenizer_size(new_tok)
+    base_codec, new_codec = TokenCodec(base_tok), TokenCodec(new_tok)  # their sizes = len(tokenizer)
+    n_base, n_new = len(base_codec), len(new_codec)
     check_vocab_tensors(reader, arch, n_base)
     base_rows, hidden = reader.info(arch.input_name).shape
     max_shard_bytes = parse_size(max_shard_size) if max_shard_size is not None else None
     config, gen_config, id_changes = remap_model_configs(reader.path, reader.config, base_tok, new_tok)
 
     with record.timed("vocab_map"):
-        vmap = build_vocab_map(base_tok, new_tok)
+        vmap = build_vocab_map(base_codec, new_codec)
     multiple = pad_to_multiple_of or padding_multiple(base_rows, n_base)
     n_rows = padded_rows(max(int(config.get("vocab_size") or base_rows), base_rows, n_new), multiple)
     vmap = vmap.with_rows(n_rows)

@@ -315,15 +315,14 @@ def matrix_blocks(
     """
     d = old.shape[1]
     copied = vmap.copy_runs()
-    computed_ids = sorted(vmap.mean_rows() + vmap.pad_rows())
+    mean_ids, pads = vmap.mean_rows(), vmap.pad_rows()
+    computed_ids = sorted(mean_ids + pads)
     values = torch.empty(len(computed_ids), d, dtype=old.dtype)
     slot = {row: k for k, row in enumerate(computed_ids)}
-    mean_ids = vmap.mean_rows()
     with tqdm(total=len(mean_ids), desc=f"new rows of {desc}", unit="row", disable=not progress or not mean_ids) as bar:
         for chunk in iter_chunks(mean_ids, chunk_rows):
             values[torch.tensor([slot[i] for i in chunk])] = averaged_rows(vmap, old, chunk, init=init).to(old.dtype)
             bar.update(len(chunk))
-    pads = vmap.pad_rows()
     if pads:
         if pad_row is None:
             pad_row = mean_row(old, vmap.n_base_tokens)
