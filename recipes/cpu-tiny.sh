@@ -13,9 +13,13 @@ set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$HERE/.." && pwd)"
-SHARED="${SHARED:-$(cd "$ROOT/../shared" && pwd)}"
+SHARED="${SHARED:-$ROOT/../shared}"
+if [ ! -d "$SHARED/data" ]; then
+    echo "cpu-tiny: $SHARED/data not found (the team's shared/ folder beside the repository); set SHARED=/path/to/shared" >&2
+    exit 2
+fi
 TOY="${TOY:-0}"
-RUN="${RUN:-$ROOT/runs/demo$([ "$TOY" = 1 ] && echo -toy)}"
+if [ "$TOY" = 1 ]; then RUN="${RUN:-$ROOT/runs/demo-toy}"; else RUN="${RUN:-$ROOT/runs/demo}"; fi
 RUADAPT="${RUADAPT:-ruadapt}"
 PYTHON="${PYTHON:-python}"
 NUM_GPUS="${NUM_GPUS:-2}"               # CPU processes under the DeepSpeed launcher (gloo)
@@ -42,6 +46,7 @@ export RUN RU_TRAIN EN_TRAIN PRETRAIN_DOCS BASE_STEPS SFT_DOCS INSTRUCT_STEPS CA
 export DS_CONFIGS="$HERE/deepspeed"
 STEPS="${STEPS:-data basetok models tokenizer swap cpt lep calib eval report}"
 
+# shellcheck source=lib.sh
 source "$HERE/lib.sh"
 launch=(--num-gpus "$NUM_GPUS" --master-port "$MASTER_PORT")
 [ "${DRY_RUN:-0}" = 1 ] || mkdir -p "$RUN"
@@ -56,7 +61,7 @@ fi
 if [ ! -f "$BASE_TOKENIZER/tokenizer.json" ]; then
     BASE_TOKENIZER="$RUN/tokenizer-base"
     if ruadapt_step basetok "$BASE_TOKENIZER"; then
-        ruadapt_run $RUADAPT trim --tokenizer "$SHARED/tokenizers/qwen2.5" \
+        ruadapt_cli trim --tokenizer "$SHARED/tokenizers/qwen2.5" \
             --corpus "$RU_TRAIN" "$EN_TRAIN" "$RUN/data/sft_train.jsonl" --out "$BASE_TOKENIZER"
     fi
 fi
@@ -66,23 +71,23 @@ fi
 if ruadapt_step models "$RUN/instruct"; then
     [ -e "$RUN/init/config.json" ] || ruadapt_run "$PYTHON" "$HERE/cpu-tiny/init_model.py" --tokenizer "$BASE_TOKENIZER" \
         --out "$RUN/init" --hidden "$HIDDEN" --layers "$LAYERS" --heads "$HEADS"
-    ruadapt_run $RUADAPT train --config "$HERE/cpu-tiny/pretrain.yaml" --config "$HERE/cpu-tiny/instruct.yaml" "${launch[@]}"
+    ruadapt_cli train --config "$HERE/cpu-tiny/pretrain.yaml" --config "$HERE/cpu-tiny/instruct.yaml" "${launch[@]}"
 fi
 # 5. the shared pipeline: +NEW_TOKENS Russian merges → swap → CPT stage 1 (embeddings only) → $RUN/cpt1
-BASE="$RUN/base" INSTRUCT="$RUN/instruct" CORPUS="$RU_TRAIN" RECIPE="$HERE/cpu-tiny" STAGE2=0 SFT_DATA= \
+BASE="$RUN/base" INSTRUCT="$RUN/instruct" CORPUS="$RU_TRAIN" RECIPE="$HERE/cpu-tiny" STAGE2=0 SFT_DATA='' \
     NEW_TOKENS="$NEW_TOKENS" CPT_STEPS="$CPT_STEPS" NUM_GPUS="$NUM_GPUS" MASTER_PORT="$MASTER_PORT" \
     STEPS="$(for s in tokenizer swap cpt; do case " $STEPS " in *" $s "*) printf '%s ' "$s";; esac; done)" \
     ruadapt_pipeline
 # 6. LEP with each method: base → instruct maps applied to the CPT'd embeddings
 for method in swap overlap conversion; do
     if ruadapt_step lep "$RUN/lep-$method"; then
-        ruadapt_run $RUADAPT lep --base "$RUN/base" --instruct "$RUN/instruct" --adapted "$RUN/cpt1" \
+        ruadapt_cli lep --base "$RUN/base" --instruct "$RUN/instruct" --adapted "$RUN/cpt1" \
             --method "$method" --out "$RUN/lep-$method"
     fi
 done
 # 7. the paper's calibration: LoRA on the first/last layers + embeddings, small lr, on conversion
 if ruadapt_step calib "$RUN/lep-conversion-calib"; then
-    ruadapt_run $RUADAPT train --config "$HERE/cpu-tiny/sft.yaml" "${launch[@]}" \
+    ruadapt_cli train --config "$HERE/cpu-tiny/sft.yaml" "${launch[@]}" \
         --set "model=$RUN/lep-conversion" --set "out=$RUN/lep-conversion-calib" \
         --set "data.train=[\"$RUN/data/sft_train.jsonl\"]" --set "train.max_steps=$CALIB_STEPS"
 fi
@@ -91,7 +96,7 @@ if ruadapt_step eval "$RUN/eval"; then
     models=(--model "instruct=$RUN/instruct" --model "cpt-no-lep=$RUN/cpt1")
     for m in swap overlap conversion; do models+=(--model "lep-$m=$RUN/lep-$m"); done
     [ -d "$RUN/lep-conversion-calib" ] || [ "${DRY_RUN:-0}" = 1 ] && models+=(--model "lep-conversion+calib=$RUN/lep-conversion-calib")
-    ruadapt_run $RUADAPT eval "${models[@]}" --chat "ru_chat=$RUN/data/heldout_ru.jsonl" --text "ru=$RU_EVAL" \
+    ruadapt_cli eval "${models[@]}" --chat "ru_chat=$RUN/data/heldout_ru.jsonl" --text "ru=$RU_EVAL" \
         --max-lines "$EVAL_LINES" --window 256 --speed-prompts "$SPEED_PROMPTS" --new-tokens "$SPEED_TOKENS" \
         --out "$RUN/eval"
 fi

@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # recipes/lib.sh — the one pipeline every recipe runs; a recipe = variables + `source lib.sh` + `ruadapt_pipeline`.
 #
 #   tokenizer train → swap → CPT stage 1 (embeddings) [→ CPT stage 2 (LoRA)] → LEP → SFT/calibration → eval
@@ -16,7 +17,7 @@
 #   EVAL_RU= EVAL_EN= EVAL_CHAT= EVAL_ARGS=           eval inputs (empty = that part skipped)
 #   STEPS="tokenizer swap cpt lep sft eval"           run only some steps (their inputs must exist)
 #   DRY_RUN=0                                         1 = print every command, run nothing
-#   RUADAPT=ruadapt                                   the command to call (e.g. ".venv/bin/ruadapt")
+#   RUADAPT=ruadapt                                   the command to call (".venv/bin/ruadapt", "python -m ruadapt")
 # Relaunching a recipe resumes: finished steps are skipped (their output exists), CPT/SFT continue from
 # their last complete checkpoint.
 
@@ -37,6 +38,12 @@ ruadapt_run() {  # print the command; run it unless DRY_RUN=1
     if [ "${DRY_RUN:-0}" != 1 ]; then
         "$@"
     fi
+}
+
+ruadapt_cli() {  # ruadapt_cli SUBCOMMAND ARGS... : ruadapt_run with the command in $RUADAPT (may hold words,
+    local -a cmd  #                                   e.g. "python -m ruadapt")
+    read -r -a cmd <<< "${RUADAPT:-ruadapt}"
+    ruadapt_run "${cmd[@]}" "$@"
 }
 
 ruadapt_step() {  # ruadapt_step NAME OUTPUT : true when step NAME is selected and OUTPUT is not there yet
@@ -66,10 +73,10 @@ ruadapt_pipeline() {
     local tok_args=(--mode "$MODE")
     if [ "$MODE" = replace ]; then tok_args+=(--vocab-size "${VOCAB_SIZE:?set VOCAB_SIZE for MODE=replace}"); else tok_args+=(--new-tokens "$NEW_TOKENS"); fi
     if ruadapt_step tokenizer "$RUN/tokenizer"; then
-        ruadapt_run $RUADAPT tokenizer train --base "$BASE" --corpus "$CORPUS" "${tok_args[@]}" --out "$RUN/tokenizer"
+        ruadapt_cli tokenizer train --base "$BASE" --corpus "$CORPUS" "${tok_args[@]}" --out "$RUN/tokenizer"
     fi
     if ruadapt_step swap "$RUN/swapped"; then
-        ruadapt_run $RUADAPT swap --model "$BASE" --tokenizer "$RUN/tokenizer" --out "$RUN/swapped"
+        ruadapt_cli swap --model "$BASE" --tokenizer "$RUN/tokenizer" --out "$RUN/swapped"
     fi
     local adapted="$RUN/cpt1" cpt=(--config "$RECIPE/cpt-embeddings.yaml")
     if [ "$STAGE2" = 1 ]; then
@@ -77,18 +84,18 @@ ruadapt_pipeline() {
         cpt+=(--config "$RECIPE/cpt-lora.yaml")
     fi
     if ruadapt_step cpt "$adapted"; then  # both CPT stages in one launch; a finished stage 1 is skipped on relaunch
-        ruadapt_run $RUADAPT train "${cpt[@]}" "${launch[@]}"
+        ruadapt_cli train "${cpt[@]}" "${launch[@]}"
     fi
     if ruadapt_step lep "$RUN/lep"; then
         local lep_args=()
         [ "${LEP_LORA_DELTAS:-0}" = 1 ] && [ "$STAGE2" = 1 ] && lep_args+=(--lora-deltas "$RUN/cpt2/adapter")
-        ruadapt_run $RUADAPT lep --base "$BASE" --instruct "$INSTRUCT" --adapted "$adapted" "${lep_args[@]}" --out "$RUN/lep"
+        ruadapt_cli lep --base "$BASE" --instruct "$INSTRUCT" --adapted "$adapted" "${lep_args[@]}" --out "$RUN/lep"
     fi
     local final="$RUN/lep"
     if [ -n "${SFT_DATA:-}" ]; then
         final="$RUN/final"
         if ruadapt_step sft "$RUN/final"; then
-            ruadapt_run $RUADAPT train --config "$RECIPE/sft.yaml" "${launch[@]}"
+            ruadapt_cli train --config "$RECIPE/sft.yaml" "${launch[@]}"
         fi
     fi
     if ruadapt_step eval "$RUN/eval"; then
@@ -97,7 +104,7 @@ ruadapt_pipeline() {
         [ -n "${EVAL_EN:-}" ] && ev+=(--text "en=$EVAL_EN")
         [ -n "${EVAL_CHAT:-}" ] && ev+=(--chat "ru_chat=$EVAL_CHAT")
         # shellcheck disable=SC2086  # EVAL_ARGS is a list of extra options
-        ruadapt_run $RUADAPT eval "${ev[@]}" ${EVAL_ARGS:-} --out "$RUN/eval"
+        ruadapt_cli eval "${ev[@]}" ${EVAL_ARGS:-} --out "$RUN/eval"
     fi
     echo "# done: $final" >&2
 }

@@ -25,5 +25,6 @@ STAGE2="${STAGE2:-1}"
 EVAL_ARGS="${EVAL_ARGS:---device cuda --dtype bfloat16}"
 RECIPE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/mistral-nemo-12b"
 
+# shellcheck source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 ruadapt_pipeline
