@@ -6,32 +6,42 @@ and refuse exactly the same files.
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
+from typing import Iterator
 
 from .errors import RuadaptError
-from .tokenizer.words import read_lines
+from .corpus import iter_line_blocks
 
 ROLES = ("system", "user", "assistant", "tool")
 
 
-def read_chats(path: Path | str, *, max_lines: int | None = None, what: str = "--chat") -> list[list[dict[str, str]]]:
-    """Conversations of a chat JSONL file: one ``{"messages": [{"role": ..., "content": ...}, ...]}`` per line,
-    each with at least one assistant turn (the turns that get scored)."""
+def iter_chats(path: Path | str, *, what: str = "--chat") -> Iterator[list[dict[str, str]]]:
+    """Conversations of a chat JSONL file (plain, .gz or .zst), streamed: one ``{"messages": [{"role": ...,
+    "content": ...}, ...]}`` per line, each with at least one assistant turn (the turns that get scored)."""
     path = Path(path)
-    chats: list[list[dict[str, str]]] = []
-    for n, line in enumerate(read_lines(path, what)[:max_lines], 1):
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise RuadaptError(f"{path}: line {n} is not JSON ({e.msg})") from None
-        messages = record.get("messages") if isinstance(record, dict) else None
-        if not isinstance(messages, list) or not messages:
-            raise RuadaptError(f"{path}: line {n} has no \"messages\" list; expected {{\"messages\": [{{\"role\": ..., \"content\": ...}}]}}")
-        for m in messages:
-            if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
-                raise RuadaptError(f"{path}: line {n}: every message needs a role ({'/'.join(ROLES)}) and a string content")
-        if not any(m["role"] == "assistant" and m["content"] for m in messages):
-            raise RuadaptError(f"{path}: line {n} has no non-empty assistant message to score")
-        chats.append([{"role": m["role"], "content": m["content"]} for m in messages])
-    return chats
+    for block in iter_line_blocks(path, what):
+        for n, line in block:
+            yield _conversation(line, path, n)
+
+
+def read_chats(path: Path | str, *, max_lines: int | None = None, what: str = "--chat") -> list[list[dict[str, str]]]:
+    """The first ``max_lines`` conversations (all when None) of a chat JSONL file, as a list."""
+    return list(itertools.islice(iter_chats(path, what=what), max_lines))
+
+
+def _conversation(line: str, path: Path, n: int) -> list[dict[str, str]]:
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise RuadaptError(f"{path}: line {n} is not JSON ({e.msg})") from None
+    messages = record.get("messages") if isinstance(record, dict) else None
+    if not isinstance(messages, list) or not messages:
+        raise RuadaptError(f"{path}: line {n} has no \"messages\" list; expected {{\"messages\": [{{\"role\": ..., \"content\": ...}}]}}")
+    for m in messages:
+        if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
+            raise RuadaptError(f"{path}: line {n}: every message needs a role ({'/'.join(ROLES)}) and a string content")
+    if not any(m["role"] == "assistant" and m["content"] for m in messages):
+        raise RuadaptError(f"{path}: line {n} has no non-empty assistant message to score")
+    return [{"role": m["role"], "content": m["content"]} for m in messages]

@@ -18,6 +18,7 @@ from .errors import EXIT_USAGE, RuadaptError
 COMMANDS: tuple[str, ...] = (
     "ruadapt.commands.inspect",
     "ruadapt.commands.train",
+    "ruadapt.commands.data",
     "ruadapt.commands.tokenizer",
     "ruadapt.commands.trim",
     "ruadapt.commands.swap",
@@ -52,7 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     if args.quiet:
         os.environ["TQDM_DISABLE"] = "1"
-    command = " ".join(filter(None, (args.command, getattr(args, "tokenizer_command", None))))
+    nested = next((v for k, v in sorted(vars(args).items()) if k.endswith("_command") and isinstance(v, str)), None)
+    command = " ".join(filter(None, (args.command, nested)))
     try:
         return int(args.func(args) or 0)
     except RuadaptError as e:

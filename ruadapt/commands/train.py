@@ -89,6 +89,10 @@ def run(args: argparse.Namespace) -> int:
     if args.dry_run:
         print(shlex.join(cmd))
         return 0
+    # tokenize (or reuse) every run's data here, before any rank exists: ranks only map the token files
+    from ..train.prepare import prepare_configs
+
+    prepare_configs(configs)
     sys.stdout.flush()
     sys.stderr.flush()
     os.execv(cmd[0], cmd)

@@ -29,11 +29,10 @@ def parse_named(items: list[str] | None, option: str) -> dict[str, Path]:
 
 
 def read_lines(path: Path | str, *, max_lines: int | None = None, what: str = "--text") -> list[str]:
-    """Non-empty lines of a UTF-8 file (the project's one line reader, ``ruadapt.tokenizer.words.read_lines``,
-    so chars/token here equals ``ruadapt tokenizer report``'s), at most ``max_lines`` of them.
+    """Documents of a corpus file (the project's one reader, :func:`ruadapt.corpus.read_documents`, so chars/token
+    here equals ``ruadapt tokenizer report``'s), at most ``max_lines`` of them.
 
     Raises a one-line error for a missing, non-UTF-8 or empty file."""
-    from ..tokenizer.words import read_lines as read_text_lines
+    from ..corpus import read_documents
 
-    lines = read_text_lines(Path(path), what)
-    return lines[:max_lines] if max_lines is not None else lines
+    return read_documents(Path(path), what, limit=max_lines or 0)

@@ -20,7 +20,7 @@ from ..outdir import atomic_output_dir, check_output_dir
 from ..record import StageRecord, sha256_file
 from ..tokdir import load_tokenizer, tokenizer_size
 from ..vocab import TokenCodec
-from .words import read_lines
+from ..corpus import read_documents
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ def chars_per_token(tokenizer: Tokenizer | Path | str, file: Path | str) -> dict
     Returns ``{"lines", "chars", "bytes", "words", "tokens", "chars_per_token", "bytes_per_token",
     "tokens_per_word"}``; words are whitespace-separated.
     """
-    return measure(as_tokenizer(tokenizer), read_lines(Path(file), "--text"))
+    return measure(as_tokenizer(tokenizer), read_documents(Path(file), "--text"))
 
 
 def _named(pairs: list[str] | list[tuple[str, Path]], option: str) -> list[tuple[str, Path]]:
@@ -128,7 +128,7 @@ def tokenizer_report(
     txts = _named(texts, "--text")
     out = Path(out).expanduser()
     loaded = {name: load_tokenizer(path, "--tokenizer") for name, path in toks}
-    lines = {lang: read_lines(path, "--text") for lang, path in txts}
+    lines = {lang: read_documents(path, "--text") for lang, path in txts}
     inputs = [p for _, p in toks] + [p for _, p in txts]
     check_output_dir(out, inputs)
     record = StageRecord("tokenizer_report", {"top_unused": top_unused})

@@ -38,7 +38,8 @@ from ..tokdir import (
 )
 from ..vocab import BYTE_LEVEL, SENTENCEPIECE, detect_family
 from .bpe import learn_merges
-from .words import CorpusInfo, check_corpus, count_words, follows_sentencepiece_rules, sentencepiece_piece_ok, stream_lines
+from ..corpus import check_corpus, iter_documents
+from .words import CorpusInfo, count_words, follows_sentencepiece_rules, sentencepiece_piece_ok
 
 log = logging.getLogger(__name__)
 
@@ -369,7 +370,7 @@ def verify_tokenizer(
         raise RuadaptError(f"{path}: {len(bad)} training words segment differently after reload (first {bad[0]!r}); nothing written")
     checked["words_resegmented_identically"] = len(check_words)
 
-    lines = list(itertools.islice(stream_lines(infos[0].path), VERIFY_LINES))
+    lines = list(itertools.islice(iter_documents(infos[0].path), VERIFY_LINES))
     ids = [e.ids for e in new_tok.encode_batch(lines, add_special_tokens=False)]
     not_round = sum(new_tok.decode(x, skip_special_tokens=False) != line for x, line in zip(ids, lines))
     if not_round:

@@ -20,12 +20,12 @@ import unicodedata
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable
 
 from tokenizers import Tokenizer
 from tqdm import tqdm
 
-from ..errors import RuadaptError
+from ..corpus import iter_documents
 from ..record import sha256_file
 from ..vocab import SENTENCEPIECE, SPACE_MARK
 
@@ -47,55 +47,6 @@ class CorpusInfo:
 
     def as_dict(self) -> dict:
         return {"path": str(self.path.resolve()), "bytes": self.bytes, "lines": self.lines, "chars": self.chars, "sha256": self.sha256}
-
-
-def check_corpus(path: Path, option: str = "--corpus") -> Path:
-    """Refuse a corpus that is missing, not a file or empty (before any output is started)."""
-    path = Path(path).expanduser()
-    if not path.exists():
-        raise RuadaptError(f"{path}: {option} file not found")
-    if not path.is_file():
-        raise RuadaptError(f"{path}: {option} is not a file (give a UTF-8 text file, one document or sentence per line)")
-    if path.stat().st_size == 0:
-        raise RuadaptError(f"{path}: {option} file is empty")
-    return path
-
-
-def read_lines(path: Path, option: str = "--corpus") -> list[str]:
-    """The non-empty lines of a UTF-8 text file; a one-line error for anything that is not UTF-8 text."""
-    path = check_corpus(path, option)
-    data = path.read_bytes()
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = data.count(b"\n", 0, e.start) + 1
-        raise RuadaptError(f"{path}: {option} is not UTF-8 text (invalid byte 0x{data[e.start]:02x} on line {line}); convert it with iconv -t UTF-8") from None
-    if text.startswith("\ufeff"):
-        text = text[1:]
-    lines = [line for line in text.splitlines() if line.strip()]
-    if not lines:
-        raise RuadaptError(f"{path}: {option} holds no text (only empty lines)")
-    return lines
-
-
-def stream_lines(path: Path, option: str = "--corpus") -> Iterator[str]:
-    """The non-empty lines of a UTF-8 file, read line by line (corpora of any size), with the same one-line
-    errors as :func:`read_lines` (the line number of the first invalid byte; a file with no text)."""
-    path = check_corpus(path, option)
-    any_text = False
-    with open(path, "rb") as f:
-        for n, raw in enumerate(f, 1):
-            try:
-                line = raw.decode("utf-8").rstrip("\r\n")
-            except UnicodeDecodeError as e:
-                raise RuadaptError(f"{path}: {option} is not UTF-8 text (invalid byte 0x{raw[e.start]:02x} on line {n}); convert it with iconv -t UTF-8") from None
-            if n == 1 and line.startswith("\ufeff"):
-                line = line[1:]
-            if line.strip():
-                any_text = True
-                yield line
-    if not any_text:
-        raise RuadaptError(f"{path}: {option} holds no text (only empty lines)")
 
 
 def split_sentencepiece_words(text: str) -> list[str]:
@@ -145,7 +96,7 @@ def count_words(
         size = path.stat().st_size
         n_lines = n_chars = 0
         with tqdm(desc=f"words {path.name}", unit=" lines", disable=not progress, mininterval=1.0) as bar:
-            for line in stream_lines(path):
+            for line in iter_documents(path):
                 counts.update(split(line))
                 n_lines += 1
                 n_chars += len(line)

@@ -27,14 +27,31 @@ SCHEDULERS = ("cosine", "linear", "constant")
 
 
 @dataclass
-class DataConfig:
-    """Where the text comes from and how much of it is held out for the eval loss."""
+class SourceConfig:
+    """One training file and its share of the mix. In YAML a plain string is a source with the defaults:
+    ``train: [ru.txt]`` or ``train: [{path: ru.txt, weight: 0.9}, {path: en.jsonl.zst, weight: 0.1}]``."""
 
-    train: list[str] = field(default_factory=list)
-    eval: list[str] = field(default_factory=list)  # explicit eval files; else a held-out slice of train
+    SHORTHAND = "path"  # the key a plain string stands for
+
+    path: str
+    weight: float = 0.0  # relative share of the sequences trained on; 0 everywhere = each file's natural share (its size)
+    text_field: str = ""  # JSONL key / Parquet column of the text; "" = data.text_field
+
+
+@dataclass
+class DataConfig:
+    """Where the text comes from, how it is mixed, and how much of it is held out for the eval loss."""
+
+    train: list[SourceConfig] = field(default_factory=list)
+    eval: list[SourceConfig] = field(default_factory=list)  # explicit eval files; else the tail of each train source
     eval_blocks: int = 8  # sequences held out of train when ``eval`` is empty (0 = no eval loss)
-    text_field: str = "text"  # key of JSONL records for cpt
-    max_documents: int = 0  # 0 = all; a cap for smoke runs
+    text_field: str = "text"  # key of JSONL records / Parquet column for cpt
+    max_documents: int = 0  # 0 = all; a cap per file for smoke runs
+    cache_dir: str = ""  # token files (see ruadapt/train/tokenfile.py); "" = <dir of out>/.ruadapt-cache/tokens
+
+    @property
+    def cache_path(self) -> Path | None:
+        return Path(self.cache_dir) if self.cache_dir else None
 
 
 @dataclass
@@ -111,6 +128,11 @@ class RunConfig:
         return out.parent / f"{out.name}.work"
 
     @property
+    def token_cache(self) -> Path:
+        """Where this run's token files live (shared by every run with the same cache_dir; keys are content hashes)."""
+        return self.data.cache_path or self.out_path.parent / ".ruadapt-cache" / "tokens"
+
+    @property
     def done(self) -> bool:
         """The run finished earlier (its export holds ruadapt_train.json): a relaunch skips it."""
         return (self.out_path / "ruadapt_train.json").is_file()
@@ -145,6 +167,8 @@ def _coerce(value: Any, typ: Any, where: str) -> Any:
     if dataclasses.is_dataclass(typ):
         if value is None:
             value = {}
+        if isinstance(value, str) and getattr(typ, "SHORTHAND", None):
+            value = {typ.SHORTHAND: value}
         if not isinstance(value, dict):
             raise RuadaptError(f"{where}: expected a mapping, got {value!r}")
         return _build(typ, value, where)
@@ -270,14 +294,23 @@ def validate(cfg: RunConfig, *, check_files: bool = True, skip_model: bool = Fal
     need(len(t.betas) == 2, "train.betas must be two numbers, e.g. [0.9, 0.95]")
     need(cfg.lora.r >= 1, "lora.r must be at least 1")
     need(cfg.data.train, "data.train lists no files")
+    weights = [src.weight for src in cfg.data.train]
+    need(all(w >= 0 for w in weights), "data.train: a weight must not be negative")
+    need(all(w == 0 for w in weights) or all(w > 0 for w in weights),
+         "data.train: give every source a weight, or none (then each file counts by its size)")
     if cfg.embeddings.new_rows_only:
         need(cfg.stage == "embeddings", "embeddings.new_rows_only needs stage: embeddings")
         need(cfg.embeddings.new_rows_from > 0, "embeddings.new_rows_only needs embeddings.new_rows_from (the first new row)")
     if not check_files:
         return
-    for f in cfg.data.train + cfg.data.eval:
-        if not Path(f).is_file():
-            raise RuadaptError(f"{src}: data file {f} not found")
+    from ..corpus import check_corpus
+
+    for section, sources in (("data.train", cfg.data.train), ("data.eval", cfg.data.eval)):
+        for source in sources:
+            try:
+                check_corpus(Path(source.path), section)
+            except RuadaptError as e:
+                raise RuadaptError(f"{src}: {e}") from None
     ds = Path(cfg.deepspeed)
     if not ds.is_file():
         raise RuadaptError(f"{src}: deepspeed config {ds} not found")

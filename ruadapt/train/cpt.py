@@ -1,84 +1,87 @@
-"""Continued pretraining data: plain text / JSONL documents → EOS-separated stream → ``block_size`` blocks.
+"""Continued pretraining data: documents → ids with EOS after each (one token file per source) → ``block_size`` blocks.
 
-Labels are the inputs (the model shifts them); every token of every block is trained.
+Labels are the inputs (the model shifts them); every token of every block is trained. A block is a plain slice of
+the memory-mapped stream, so blocks run across document boundaries (the EOS marks them), as in GPT-style packing.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Callable
+import itertools
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Iterator
 
 import numpy as np
-import torch
+from tokenizers import Tokenizer
+from tqdm.auto import tqdm
 
-from ..record import sha256_file
-from ..tokdir import load_tokenizer, tokenizer_json_path
-from .config import RunConfig
-from .data import cached_arrays, concat_with_eos, eos_token_id, file_facts, pack, read_documents, split_eval
-
-ENCODE_CHUNK = 2048
+from .tokenfile import TokenFile, TokenFileWriter
 
 
-def tokenize_files(model_dir: Path, files: list[str], text_field: str, limit: int) -> list[list[int]]:
-    """Token ids of every document (no BOS/EOS added here: EOS goes between documents in :func:`concat_with_eos`)."""
-    tok = load_tokenizer(model_dir, "model")
-    docs: list[list[int]] = []
-    for f in files:
-        batch: list[str] = []
-        for text in read_documents(Path(f), text_field, limit):
-            batch.append(text)
-            if len(batch) == ENCODE_CHUNK:
-                docs.extend(e.ids for e in tok.encode_batch(batch, add_special_tokens=False))
-                batch = []
-        if batch:
-            docs.extend(e.ids for e in tok.encode_batch(batch, add_special_tokens=False))
-    return docs
+class BlockSource:
+    """``n_tokens // block_size`` consecutive blocks of one token file (the tail shorter than a block is dropped)."""
 
-
-class BlockDataset:
-    """Packed ``[n, block_size]`` token blocks; :meth:`collate` turns item indices into a model batch."""
-
-    def __init__(self, blocks: np.ndarray):
-        self.blocks = blocks
+    def __init__(self, tf: TokenFile, block_size: int):
+        self.tf, self.block_size = tf, block_size
+        self.n = tf.n_tokens // block_size
 
     def __len__(self) -> int:
-        return len(self.blocks)
+        return self.n
 
-    def collate(self, idx: np.ndarray) -> dict[str, torch.Tensor]:
-        ids = torch.from_numpy(self.blocks[np.asarray(idx)].astype(np.int64))
-        return {"input_ids": ids, "labels": ids.clone()}
-
-    def tokens(self, idx: np.ndarray) -> int:
-        return int(len(idx) * self.blocks.shape[1])
+    def item(self, i: int) -> tuple[np.ndarray, None]:
+        b = self.block_size
+        return np.asarray(self.tf.tokens[i * b:(i + 1) * b]), None
 
 
-def build_cpt_data(cfg: RunConfig, *, rank: int, barrier: Callable[[], None]) -> tuple[BlockDataset, BlockDataset | None]:
-    """(train, eval) block datasets, tokenized once into the work dir."""
-    model = Path(cfg.model)
-    eos = eos_token_id(model)
-    d = cfg.data
-    key = {
-        "kind": "cpt",
-        "tokenizer": sha256_file(tokenizer_json_path(model, "model")),
-        "eos": eos,
-        "text_field": d.text_field,
-        "max_documents": d.max_documents,
-        "block_size": cfg.block_size,
-    }
+def encode_pipelined(tok: Tokenizer, blocks: Iterator[list[str]]) -> Iterator[tuple[list[str], list]]:
+    """(documents, encodings) block by block, with block k+1 read and encoded while the caller stores block k.
 
-    def build(files: list[str]) -> Callable[[], dict[str, np.ndarray]]:
-        def run() -> dict[str, np.ndarray]:
-            stream = concat_with_eos(tokenize_files(model, files, d.text_field, d.max_documents), eos)
-            return {"blocks": pack(stream, cfg.block_size).astype(np.int32)}
-        return run
+    ``encode_batch_fast`` runs on all cores in Rust and releases the GIL, so the reading, JSON parsing and array
+    conversion of this thread overlap with it; memory holds about three blocks whatever the corpus size.
+    """
+    os.environ["TOKENIZERS_PARALLELISM"] = "true"  # a preparation process exists to use every core
+    encode = getattr(tok, "encode_batch_fast", tok.encode_batch)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = None
+        for docs in blocks:
+            future = pool.submit(encode, docs, add_special_tokens=False)
+            if pending is not None:
+                yield pending[0], pending[1].result()
+            pending = (docs, future)
+        if pending is not None:
+            yield pending[0], pending[1].result()
 
-    train = cached_arrays(cfg.work_dir, "cpt-train", {**key, "files": file_facts(d.train)}, build(d.train),
-                          rank=rank, barrier=barrier)["blocks"]
-    if d.eval:
-        ev = cached_arrays(cfg.work_dir, "cpt-eval", {**key, "files": file_facts(d.eval)}, build(d.eval),
-                           rank=rank, barrier=barrier)["blocks"]
-        return BlockDataset(train), BlockDataset(ev)
-    if d.eval_blocks <= 0:
-        return BlockDataset(train), None
-    tr, ev = split_eval(len(train), d.eval_blocks, cfg.train.seed)
-    return BlockDataset(train[tr]), (BlockDataset(train[ev]) if len(ev) else None)
+
+def write_documents(tok: Tokenizer, blocks: Iterator[list[str]], writer: TokenFileWriter, *, eos_id: int,
+                    limit: int = 0, desc: str = "") -> dict:
+    """Encode every document (or the first ``limit``) and append it, followed by ``eos_id``; returns statistics."""
+    t0 = time.perf_counter()
+    chars = 0
+    if limit:
+        blocks = _first(blocks, limit)
+    with tqdm(desc=desc, unit=" docs", mininterval=2.0, disable=not desc) as bar:
+        for docs, encodings in encode_pipelined(tok, blocks):
+            ids = [e.ids for e in encodings]
+            lengths = np.fromiter((len(x) + 1 for x in ids), dtype=np.int64, count=len(ids))
+            flat = np.empty(int(lengths.sum()), dtype=writer.dtype)
+            ends = np.cumsum(lengths)
+            flat[ends - 1] = eos_id
+            body = np.ones(len(flat), dtype=bool)
+            body[ends - 1] = False
+            flat[body] = np.fromiter(itertools.chain.from_iterable(ids), dtype=writer.dtype, count=int(body.sum()))
+            writer.add_flat(flat, lengths)
+            chars += sum(map(len, docs))
+            bar.update(len(docs))
+            bar.set_postfix(tokens=f"{writer.n_tokens:,}", refresh=False)
+    seconds = time.perf_counter() - t0
+    return {"chars": chars, "seconds": round(seconds, 3), "tokens_per_s": round(writer.n_tokens / max(seconds, 1e-9), 1)}
+
+
+def _first(blocks: Iterator[list[str]], limit: int) -> Iterator[list[str]]:
+    left = limit
+    for docs in blocks:
+        if left <= 0:
+            return
+        yield docs[:left]
+        left -= len(docs)

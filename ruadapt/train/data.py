@@ -1,147 +1,161 @@
-"""Training data: read documents, tokenize once (cached beside the output), pack, hold out, shard by rank.
+"""Training data on the ranks: memory-mapped token files (prepared before launch, :mod:`.prepare`), items of several
+sources in one id space, the weighted mix, and which items each rank takes at each step.
 
-The cache key is a hash of everything the tokens depend on (file contents, tokenizer.json, EOS id, options),
-so a rerun or a resume on the same data skips tokenization, and a changed file or tokenizer never reuses
-stale tokens. Rank 0 builds the cache; the other ranks wait at a barrier and read it.
+Nothing here tokenizes: every rank maps the token files that ``ruadapt train`` / ``ruadapt data prepare`` wrote,
+so per-rank memory does not grow with the corpus and no rank waits at a barrier while another one works.
 
-Which sequences a rank sees at optimizer step ``s`` is a pure function of (seed, s, rank, world size):
-that is what makes a resumed run bit-for-bit the continuation of the interrupted one, and it is also why we
-shard by ``RANK`` ourselves instead of trusting a sampler (the HF Trainer reports world size 1 under the
-DeepSpeed launcher on CPU and would feed every rank the same batch).
+Which sequences a rank sees at optimizer step ``s`` is a pure function of (seed, s, rank, world size): that is
+what makes a resumed run bit-for-bit the continuation of the interrupted one, and it is also why we shard by
+``RANK`` ourselves instead of trusting a sampler (the HF Trainer reports world size 1 under the DeepSpeed
+launcher on CPU and would feed every rank the same batch).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import logging
-import os
+from fractions import Fraction
+from math import floor
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Protocol
 
 import numpy as np
+import torch
 
 from ..errors import RuadaptError
-from ..record import sha256_file
 
-log = logging.getLogger(__name__)
-
-CACHE_VERSION = 1
+IGNORE = -100  # label of a token that is not trained
 
 
-def read_documents(path: Path, text_field: str = "text", limit: int = 0) -> Iterator[str]:
-    """Documents of a plain-text file (one per non-empty line) or of a JSONL file (``{text_field: ...}``)."""
-    path = Path(path)
-    jsonl = path.suffix in (".jsonl", ".json")
-    n = 0
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            line = line.rstrip("\n")
-            if not line.strip():
-                continue
-            if jsonl:
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise RuadaptError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-                if not isinstance(rec, dict) or not isinstance(rec.get(text_field), str):
-                    raise RuadaptError(f"{path}:{lineno}: expected an object with a string {text_field!r}")
-                line = rec[text_field]
-            yield line
-            n += 1
-            if limit and n >= limit:
-                return
+class ItemSource(Protocol):
+    """Items (training sequences) of one prepared file."""
+
+    def __len__(self) -> int: ...
+    def item(self, i: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """(token ids, trained-token mask or None when every token is trained)."""
+        ...
 
 
-def cache_key(parts: dict) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+class Items:
+    """Ranges ``[lo, hi)`` of several sources, addressed by one global id (source after source)."""
+
+    def __init__(self, parts: list[tuple[ItemSource, int, int]], *, pad_id: int, names: list[str]):
+        self.parts, self.pad_id, self.names = parts, pad_id, names
+        self.sizes = np.array([hi - lo for _, lo, hi in parts], dtype=np.int64)
+        self.starts = np.concatenate([[0], np.cumsum(self.sizes)])
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    def part_of(self, idx: np.ndarray) -> np.ndarray:
+        """The source index of each global id."""
+        return np.searchsorted(self.starts, np.asarray(idx), side="right") - 1
+
+    def get(self, i: int) -> tuple[np.ndarray, np.ndarray | None]:
+        p = int(np.searchsorted(self.starts, i, side="right") - 1)
+        src, lo, _ = self.parts[p]
+        return src.item(lo + int(i - self.starts[p]))
+
+    def collate(self, idx) -> dict[str, torch.Tensor]:
+        """A model batch: equal-length items (CPT blocks) are stacked and every token is a label; others are padded
+        on the right with attention mask 0 and label -100, and only masked-in tokens are labels."""
+        rows = [self.get(int(i)) for i in idx]
+        if all(m is None for _, m in rows) and len({len(r) for r, _ in rows}) == 1:
+            ids = torch.from_numpy(np.stack([r for r, _ in rows]).astype(np.int64))
+            return {"input_ids": ids, "labels": ids.clone()}
+        width = max(len(r) for r, _ in rows)
+        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
+        attn = torch.zeros((len(rows), width), dtype=torch.long)
+        for k, (r, m) in enumerate(rows):
+            t = torch.from_numpy(r.astype(np.int64))
+            ids[k, : len(r)] = t
+            labels[k, : len(r)] = t if m is None else torch.where(torch.from_numpy(m.astype(bool)), t, IGNORE)
+            attn[k, : len(r)] = 1
+        return {"input_ids": ids, "labels": labels, "attention_mask": attn}
+
+    def tokens(self, idx) -> int:
+        """Tokens (padding excluded) of these items."""
+        return int(sum(len(self.get(int(i))[0]) for i in idx))
 
 
-def file_facts(files: list[str]) -> list[list[str]]:
-    return [[str(Path(f).name), sha256_file(Path(f))] for f in files]
+def apportion(weights: list[Fraction], total: int) -> list[int]:
+    """How many of the first ``total`` slots of an endless weighted schedule go to each source.
+
+    The schedule interleaves the sources by the Sainte-Laguë rule: source s's j-th slot sits at time
+    (j + ½)/w_s and slots are taken in time order (ties: lower source first). Counts are therefore exact to
+    within one of ``w_s · total`` at every length and never decrease as ``total`` grows, so step k's share of
+    source s is ``apportion(k+1)[s] − apportion(k)[s]``, a pure function of k — no state to carry across a resume.
+    """
+    half = Fraction(1, 2)
+    counts = [floor(w * total + half) if w > 0 else 0 for w in weights]  # every slot at time <= total
+    while sum(counts) > total:  # drop the latest counted slot
+        s = max((s for s in range(len(weights)) if counts[s] > 0), key=lambda s: ((counts[s] - half) / weights[s], s))
+        counts[s] -= 1
+    while sum(counts) < total:  # add the earliest uncounted slot
+        s = min((s for s in range(len(weights)) if weights[s] > 0), key=lambda s: ((counts[s] + half) / weights[s], s))
+        counts[s] += 1
+    return counts
 
 
-def cached_arrays(work_dir: Path, name: str, key_parts: dict, build: Callable[[], dict[str, np.ndarray]],
-                  *, rank: int = 0, barrier: Callable[[], None] = lambda: None) -> dict[str, np.ndarray]:
-    """Build ``name`` once (rank 0) into ``work_dir/name-<hash>.npz``; every rank then loads it."""
-    key_parts = {"version": CACHE_VERSION, **key_parts}
-    path = Path(work_dir) / f"{name}-{cache_key(key_parts)}.npz"
-    if rank == 0 and not path.is_file():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        log.info("tokenizing into %s", path)
-        arrays = build()
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npz")
-        np.savez(tmp, **arrays)
-        os.replace(tmp, path)
-        path.with_suffix(".json").write_text(json.dumps(key_parts, indent=2) + "\n")
-    elif rank == 0:
-        log.info("reusing token cache %s", path)
-    barrier()
-    with np.load(path) as z:
-        return {k: z[k] for k in z.files}
+def normalized_weights(weights: list[float], sizes: list[int]) -> list[Fraction]:
+    """Exact shares: the given weights, or each source's size when every weight is 0 (the natural mix)."""
+    raw = [Fraction(w).limit_denominator(10**6) for w in weights] if any(w > 0 for w in weights) else [Fraction(n) for n in sizes]
+    total = sum(raw)
+    if total <= 0:
+        raise RuadaptError("data.train: the sources hold no training sequence")
+    return [w / total for w in raw]
 
 
-def pack(ids: np.ndarray, block_size: int) -> np.ndarray:
-    """Cut one long token stream into ``[n, block_size]`` (the tail shorter than a block is dropped)."""
-    n = len(ids) // block_size
-    if n == 0:
-        raise RuadaptError(f"the data has {len(ids)} tokens, fewer than one block_size of {block_size}")
-    return ids[: n * block_size].reshape(n, block_size)
+class MixSampler:
+    """Which items each rank processes at each optimizer step.
 
-
-def concat_with_eos(docs: list[list[int]], eos_id: int) -> np.ndarray:
-    """Documents joined into one stream, each followed by EOS so the model sees where one ends."""
-    total = sum(len(d) + 1 for d in docs)
-    out = np.empty(total, dtype=np.int64)
-    i = 0
-    for d in docs:
-        out[i:i + len(d)] = d
-        i += len(d)
-        out[i] = eos_id
-        i += 1
-    return out
-
-
-def split_eval(n: int, eval_count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Indices (train, eval): a fixed, seeded held-out set of ``eval_count`` items."""
-    perm = np.random.default_rng(seed).permutation(n)
-    eval_count = min(eval_count, max(n - 1, 0))
-    return np.sort(perm[eval_count:]), np.sort(perm[:eval_count])
-
-
-class StepSampler:
-    """Which items each rank processes at each optimizer step: a seeded permutation per epoch.
-
-    One optimizer step consumes ``global_batch = micro × accum × world`` items; rank ``r`` takes a contiguous
-    slice of ``micro × accum`` of them. Depends only on (seed, step, rank, world): a resumed run continues
-    exactly where the killed one stopped.
+    One optimizer step consumes ``global_batch = micro × accum × world`` items: source s contributes its
+    :func:`apportion` share, read in a seeded per-epoch permutation of that source (an epoch of a source ends
+    when its items are used up, independently of the others: a small source with a big weight repeats, as
+    upsampling should). The step's items are shuffled (seeded by the step) and rank ``r`` takes a contiguous
+    slice of ``micro × accum`` of them. Everything depends only on (seed, step, rank, world).
     """
 
-    def __init__(self, n_items: int, *, micro: int, accum: int, world: int, rank: int, seed: int):
-        self.n = n_items
+    def __init__(self, items: Items, weights: list[float], *, micro: int, accum: int, world: int, rank: int, seed: int):
+        self.items = items
         self.micro, self.accum, self.world, self.rank, self.seed = micro, accum, world, rank, seed
         self.global_batch = micro * accum * world
-        if n_items < self.global_batch:
+        self.weights = normalized_weights(weights, [int(n) for n in items.sizes])
+        if len(items) < self.global_batch:
             raise RuadaptError(
-                f"the data gives {n_items} training sequences, fewer than one global batch "
+                f"the data gives {len(items)} training sequences, fewer than one global batch "
                 f"({micro} micro × {accum} accum × {world} processes); add data or lower the batch"
             )
-        self.steps_per_epoch = n_items // self.global_batch
-        self._perm_epoch = -1
-        self._perm: np.ndarray | None = None
+        for s, (w, n) in enumerate(zip(self.weights, items.sizes)):
+            if w > 0 and n == 0:
+                raise RuadaptError(f"data.train: {items.names[s]} gives no training sequence (too short for one block?)")
+        self._perms: dict[tuple[int, int], np.ndarray] = {}
 
-    def _perm_for(self, epoch: int) -> np.ndarray:
-        if epoch != self._perm_epoch:
-            self._perm = np.random.default_rng([self.seed, epoch]).permutation(self.n)
-            self._perm_epoch = epoch
-        return self._perm  # type: ignore[return-value]
+    def _perm(self, source: int, epoch: int) -> np.ndarray:
+        key = (source, epoch)
+        if key not in self._perms:
+            self._perms = {k: v for k, v in self._perms.items() if k[0] != source}  # one epoch per source in memory
+            self._perms[key] = np.random.default_rng([self.seed, source, epoch]).permutation(int(self.items.sizes[source]))
+        return self._perms[key]
+
+    def step_items(self, step: int) -> np.ndarray:
+        """Global ids of all ``global_batch`` items of optimizer ``step`` (0-based), in the order ranks split them."""
+        g = self.global_batch
+        before, after = apportion(self.weights, step * g), apportion(self.weights, (step + 1) * g)
+        chosen = []
+        for s, (a, b) in enumerate(zip(before, after)):
+            n = int(self.items.sizes[s])
+            for p in range(a, b):
+                epoch, j = divmod(p, n)
+                chosen.append(int(self.items.starts[s]) + int(self._perm(s, epoch)[j]))
+        out = np.array(chosen, dtype=np.int64)
+        np.random.default_rng([self.seed, 1 << 30, step]).shuffle(out)
+        return out
 
     def micro_batches(self, step: int) -> list[np.ndarray]:
-        """Item indices of this rank's ``accum`` micro-batches at optimizer ``step`` (0-based)."""
-        epoch, k = divmod(step, self.steps_per_epoch)
-        perm = self._perm_for(epoch)
-        start = k * self.global_batch + self.rank * self.micro * self.accum
-        mine = perm[start:start + self.micro * self.accum]
+        """Item ids of this rank's ``accum`` micro-batches at optimizer ``step`` (0-based)."""
+        per_rank = self.micro * self.accum
+        mine = self.step_items(step)[self.rank * per_rank:(self.rank + 1) * per_rank]
         return [mine[i * self.micro:(i + 1) * self.micro] for i in range(self.accum)]
 
 
@@ -173,3 +187,10 @@ def eos_token_id(model_dir: Path) -> int:
             if i is not None:
                 return i
     raise RuadaptError(f"{model_dir}: no eos_token_id in config.json, generation_config.json or tokenizer_config.json")
+
+
+def pad_token_id(model_dir: Path) -> int:
+    """config.json's pad_token_id, else the EOS id (padding is masked out of attention and loss either way)."""
+    cfg = json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8"))
+    pad = cfg.get("pad_token_id")
+    return pad if isinstance(pad, int) else eos_token_id(model_dir)

@@ -20,12 +20,14 @@ import signal
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ..errors import RuadaptError
 from ..record import StageRecord
 from .config import RunConfig, fill_deepspeed_config, load_deepspeed_json, validate_deepspeed_config
-from .data import StepSampler
+from .data import MixSampler
+from .prepare import load_run_data
 
 log = logging.getLogger("ruadapt.train")
 
@@ -130,13 +132,11 @@ def run(cfg: RunConfig, *, resume: bool = False) -> Path | None:
     if resume and tag is None:
         raise RuadaptError(f"{ckpt_dir}: --resume given but there is no complete checkpoint")
 
-    # data (rank 0 tokenizes once into the cache, the others wait)
-    if cfg.task == "cpt":
-        from .cpt import build_cpt_data as build_data
-    else:
-        from .sft import build_sft_data as build_data
-    train_ds, eval_ds = build_data(cfg, rank=rank, barrier=barrier)
-    sampler = StepSampler(len(train_ds), micro=t.micro_batch_size, accum=t.grad_accum, world=world, rank=rank, seed=t.seed)
+    # data: token files prepared before launch, memory-mapped here (no rank tokenizes, none waits for another)
+    train_ds, eval_ds, weights = load_run_data(cfg)
+    sampler = MixSampler(train_ds, weights, micro=t.micro_batch_size, accum=t.grad_accum, world=world, rank=rank, seed=t.seed)
+    n_sources = len(train_ds.parts)
+    source_seen = np.zeros((2, n_sources))  # sequences, tokens per source (all ranks), for the record of the mix
 
     # model
     torch.manual_seed(t.seed)
@@ -170,6 +170,7 @@ def run(cfg: RunConfig, *, resume: bool = False) -> Path | None:
             raise RuadaptError(f"{ckpt_dir / tag}: DeepSpeed could not load this checkpoint")
         st = json.loads((ckpt_dir / tag / STATE).read_text())
         start, history, evals, tokens_done = st["step"], st["history"], st["evals"], st["tokens"]
+        source_seen = np.array(st.get("source_seen", source_seen), dtype=np.float64)
         log.info("resumed from %s (step %d)", ckpt_dir / tag, start)
 
     def save(step: int) -> None:
@@ -177,7 +178,8 @@ def run(cfg: RunConfig, *, resume: bool = False) -> Path | None:
         engine.save_checkpoint(str(ckpt_dir), tag=tag_, save_latest=False)
         barrier()
         if rank == 0:
-            state = {"step": step, "history": history, "evals": evals, "tokens": tokens_done}
+            state = {"step": step, "history": history, "evals": evals, "tokens": tokens_done,
+                     "source_seen": source_seen.tolist()}
             (ckpt_dir / tag_ / STATE).write_text(json.dumps(state) + "\n")
             tmp = ckpt_dir / f".{COMPLETE}.tmp"
             tmp.write_text(tag_ + "\n")
@@ -199,6 +201,7 @@ def run(cfg: RunConfig, *, resume: bool = False) -> Path | None:
     for step in range(start, t.max_steps):
         loss_sum = 0.0
         tokens = 0
+        seen = np.zeros((2, n_sources))
         lr = scheduler.get_last_lr()[0] if scheduler is not None else t.lr  # the lr this step uses
         for idx in sampler.micro_batches(step):
             batch = {k: v.to(device) for k, v in train_ds.collate(idx).items()}
@@ -206,8 +209,14 @@ def run(cfg: RunConfig, *, resume: bool = False) -> Path | None:
             engine.backward(out.loss)
             engine.step()
             loss_sum += out.loss.detach().float().item()
-            tokens += train_ds.tokens(idx)
-        loss_sum, tokens_all = _all_reduce_sum([loss_sum, float(tokens)], device)
+            n_tok = batch["attention_mask"].sum(1) if "attention_mask" in batch else torch.full((len(idx),), batch["input_ids"].shape[1])
+            parts = train_ds.part_of(idx)
+            seen[0] += np.bincount(parts, minlength=n_sources)
+            seen[1] += np.bincount(parts, weights=n_tok.numpy(), minlength=n_sources)
+            tokens += int(n_tok.sum())
+        reduced = _all_reduce_sum([loss_sum, float(tokens), *seen.ravel().tolist()], device)
+        loss_sum, tokens_all = reduced[0], reduced[1]
+        source_seen += np.array(reduced[2:]).reshape(2, n_sources)
         loss = loss_sum / (t.grad_accum * world)
         tokens_done += int(tokens_all)
         tokens_this_run += int(tokens_all)
@@ -242,8 +251,9 @@ def run(cfg: RunConfig, *, resume: bool = False) -> Path | None:
 
         record = StageRecord("train", cfg.to_dict())
         record.input("model", cfg.model)
-        for f in cfg.data.train:
-            record.input(f"data:{f}", f)
+        for src in cfg.data.train:
+            record.input(f"data:{src.path}", src.path)
+        record.set("data", mix_record(train_ds, weights, source_seen))
         peak = acc.max_memory_allocated() if device.type != "cpu" else _peak_rss()
         record.set("result", {
             "world_size": world, "zero_stage": zero_stage, "dtype": str(dtype).replace("torch.", ""),
@@ -265,6 +275,19 @@ def run(cfg: RunConfig, *, resume: bool = False) -> Path | None:
     del engine, optimizer, model, trainable, trained
     gc.collect()
     return out
+
+
+def mix_record(train_ds, weights: list[float], seen: np.ndarray) -> dict:
+    """Target share of each source and the share of sequences / tokens the run actually trained on."""
+    from .data import normalized_weights
+
+    target = normalized_weights(weights, [int(n) for n in train_ds.sizes])
+    seqs, toks = seen[0], seen[1]
+    return {"sources": [
+        {"path": name, "weight": w, "target_share": round(float(share), 6), "sequences": int(seqs[k]),
+         "tokens": int(toks[k]), "sequence_share": round(float(seqs[k] / max(seqs.sum(), 1)), 6),
+         "token_share": round(float(toks[k] / max(toks.sum(), 1)), 6), "available_sequences": int(train_ds.sizes[k])}
+        for k, (name, w, share) in enumerate(zip(train_ds.names, weights, target))]}
 
 
 def _peak_rss() -> int:

@@ -10,21 +10,19 @@ A token is trained when its characters lie entirely inside an assistant span.
 
 from __future__ import annotations
 
-import json
+import itertools
+import time
 from pathlib import Path
-from typing import Callable
+from typing import Iterator
 
 import numpy as np
-import torch
+from tqdm.auto import tqdm
 
-from ..chatdata import read_chats
 from ..errors import RuadaptError
-from ..record import sha256_file
-from ..tokdir import tokenizer_json_path
-from .config import RunConfig
-from .data import cached_arrays, file_facts, split_eval
+from .data import IGNORE
+from .tokenfile import TokenFile, TokenFileWriter
 
-IGNORE = -100
+CHAT_BATCH = 512  # conversations rendered and tokenized together
 
 
 def load_chat_tokenizer(model_dir: Path):
@@ -55,98 +53,57 @@ def assistant_spans(tok, messages: list[dict]) -> tuple[str, list[tuple[int, int
 
 def render_example(tok, messages: list[dict]) -> tuple[list[int], list[int]]:
     """(input ids, labels) of one conversation: labels are the ids on assistant tokens, -100 elsewhere."""
-    text, spans = assistant_spans(tok, messages)
-    enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
-    ids = list(enc["input_ids"])
-    labels = []
-    for tid, (a, b) in zip(ids, enc["offset_mapping"]):
-        inside = any(s <= a and b <= e for s, e in spans) and b > a
-        labels.append(tid if inside else IGNORE)
-    return ids, labels
+    return render_examples(tok, [messages])[0]
 
 
-class ChatDataset:
-    """Variable-length conversations (truncated to block_size), padded per micro-batch."""
+def render_examples(tok, conversations: list[list[dict]]) -> list[tuple[list[int], list[int]]]:
+    """:func:`render_example` for a batch: the templates render one by one, the texts tokenize in one parallel call."""
+    rendered = [assistant_spans(tok, m) for m in conversations]
+    enc = tok([text for text, _ in rendered], add_special_tokens=False, return_offsets_mapping=True)
+    out = []
+    for (_, spans), ids, offsets in zip(rendered, enc["input_ids"], enc["offset_mapping"]):
+        labels = []
+        for tid, (a, b) in zip(ids, offsets):
+            inside = any(s <= a and b <= e for s, e in spans) and b > a
+            labels.append(tid if inside else IGNORE)
+        out.append((list(ids), labels))
+    return out
 
-    def __init__(self, ids: np.ndarray, labels: np.ndarray, offsets: np.ndarray, pad_id: int):
-        self.ids, self.labels, self.offsets, self.pad_id = ids, labels, offsets, pad_id
+
+class ChatSource:
+    """Conversations of one SFT token file (already truncated to block_size at preparation), with their masks."""
+
+    def __init__(self, tf: TokenFile):
+        self.tf = tf
 
     def __len__(self) -> int:
-        return len(self.offsets) - 1
+        return self.tf.n_docs
 
-    def subset(self, idx: np.ndarray) -> "ChatDataset":
-        ids, labels, offs = [], [], [0]
-        for i in idx:
-            a, b = self.offsets[i], self.offsets[i + 1]
-            ids.append(self.ids[a:b])
-            labels.append(self.labels[a:b])
-            offs.append(offs[-1] + b - a)
-        return ChatDataset(np.concatenate(ids), np.concatenate(labels), np.array(offs), self.pad_id)
-
-    def collate(self, idx: np.ndarray) -> dict[str, torch.Tensor]:
-        rows = [(self.ids[self.offsets[i]:self.offsets[i + 1]], self.labels[self.offsets[i]:self.offsets[i + 1]]) for i in idx]
-        width = max(len(r[0]) for r in rows)
-        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
-        labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for k, (a, b) in enumerate(rows):
-            ids[k, : len(a)] = torch.from_numpy(a.astype(np.int64))
-            labels[k, : len(b)] = torch.from_numpy(b.astype(np.int64))
-            mask[k, : len(a)] = 1
-        return {"input_ids": ids, "labels": labels, "attention_mask": mask}
-
-    def tokens(self, idx: np.ndarray) -> int:
-        return int(sum(self.offsets[i + 1] - self.offsets[i] for i in idx))
+    def item(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        a, b = int(self.tf.offsets[i]), int(self.tf.offsets[i + 1])
+        assert self.tf.mask is not None
+        return np.asarray(self.tf.tokens[a:b]), np.asarray(self.tf.mask[a:b])
 
 
-def build_sft_data(cfg: RunConfig, *, rank: int, barrier: Callable[[], None]) -> tuple[ChatDataset, ChatDataset | None]:
-    model = Path(cfg.model)
-    key = {
-        "kind": "sft",
-        "tokenizer": sha256_file(tokenizer_json_path(model, "model")),
-        "tokenizer_config": sha256_file(model / "tokenizer_config.json") if (model / "tokenizer_config.json").is_file() else "",
-        "block_size": cfg.block_size,
-        "max_documents": cfg.data.max_documents,
-    }
-    tok_holder: list = []
-
-    def build(files: list[str]) -> Callable[[], dict[str, np.ndarray]]:
-        def run() -> dict[str, np.ndarray]:
-            if not tok_holder:
-                tok_holder.append(load_chat_tokenizer(model))
-            tok = tok_holder[0]
-            ids, labels, offs = [], [], [0]
-            for f in files:
-                for msgs in read_chats(f, max_lines=cfg.data.max_documents or None, what="data.train"):
-                    i, l = render_example(tok, msgs)
-                    i, l = i[: cfg.block_size], l[: cfg.block_size]
-                    if all(x == IGNORE for x in l[1:]):
-                        continue  # truncation left nothing to learn
-                    ids.extend(i)
-                    labels.extend(l)
-                    offs.append(len(ids))
-            if len(offs) == 1:
-                raise RuadaptError(f"{files[0]}: no conversation with assistant tokens within block_size {cfg.block_size}")
-            return {"ids": np.array(ids, np.int32), "labels": np.array(labels, np.int32), "offsets": np.array(offs, np.int64)}
-        return run
-
-    pad = _pad_id(model)
-    a = cached_arrays(cfg.work_dir, "sft-train", {**key, "files": file_facts(cfg.data.train)}, build(cfg.data.train),
-                      rank=rank, barrier=barrier)
-    train = ChatDataset(a["ids"], a["labels"], a["offsets"], pad)
-    if cfg.data.eval:
-        b = cached_arrays(cfg.work_dir, "sft-eval", {**key, "files": file_facts(cfg.data.eval)}, build(cfg.data.eval),
-                          rank=rank, barrier=barrier)
-        return train, ChatDataset(b["ids"], b["labels"], b["offsets"], pad)
-    if cfg.data.eval_blocks <= 0:
-        return train, None
-    tr, ev = split_eval(len(train), cfg.data.eval_blocks, cfg.train.seed)
-    return train.subset(tr), (train.subset(ev) if len(ev) else None)
-
-
-def _pad_id(model: Path) -> int:
-    from .data import eos_token_id
-
-    cfg = json.loads((model / "config.json").read_text(encoding="utf-8"))
-    pad = cfg.get("pad_token_id")
-    return pad if isinstance(pad, int) else eos_token_id(model)
+def write_chats(tok, chats: Iterator[list[dict]], writer: TokenFileWriter, *, block_size: int, limit: int = 0,
+                desc: str = "") -> dict:
+    """Render, tokenize and store conversations (ids + trained mask), ``CHAT_BATCH`` at a time; conversations that
+    truncation to ``block_size`` leaves with nothing to learn are dropped (counted in the returned statistics)."""
+    t0 = time.perf_counter()
+    dropped = 0
+    if limit:
+        chats = itertools.islice(chats, limit)
+    with tqdm(desc=desc, unit=" chats", mininterval=2.0, disable=not desc) as bar:
+        while batch := list(itertools.islice(chats, CHAT_BATCH)):
+            docs, masks = [], []
+            for ids, labels in render_examples(tok, batch):
+                ids, labels = ids[:block_size], labels[:block_size]
+                if all(x == IGNORE for x in labels[1:]):
+                    dropped += 1  # truncation left nothing to learn
+                    continue
+                docs.append(np.asarray(ids, dtype=np.int64))
+                masks.append(np.asarray([x != IGNORE for x in labels], dtype=np.uint8))
+            writer.add(docs, masks)
+            bar.update(len(batch))
+    seconds = time.perf_counter() - t0
+    return {"dropped_conversations": dropped, "seconds": round(seconds, 3)}

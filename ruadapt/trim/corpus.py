@@ -15,7 +15,7 @@ import numpy as np
 from tokenizers import Tokenizer
 from tqdm.auto import tqdm
 
-from ..tokenizer.words import read_lines  # the one reader of corpus files (UTF-8, non-empty lines)
+from ..corpus import read_documents  # the one reader of corpus files
 
 BATCH_LINES = 4096
 
@@ -59,7 +59,7 @@ def count_tokens(tok: Tokenizer, files: Sequence[Path], n_ids: int, *, progress:
     counts = np.zeros(n_ids, dtype=np.int64)
     n_lines = n_chars = n_tokens = 0
     for f in files:
-        lines = read_lines(Path(f))  # an empty file is a one-line error there
+        lines = read_documents(Path(f))  # an empty file is a one-line error there
         n_lines += len(lines)
         n_chars += sum(len(line) for line in lines)
         for batch in encode_batches(tok, lines, desc=f"counting {Path(f).name}", progress=progress):

@@ -35,7 +35,7 @@ from ..tokdir import (
     write_json,
 )
 from ..vocab import mean_row
-from ..tokenizer.words import check_corpus, read_lines
+from ..corpus import check_corpus, read_documents
 from .corpus import TokenCounts, compare_segmentation, count_tokens
 from .tokenizer import Selection, VocabSurgeon
 
@@ -110,7 +110,7 @@ def plan_trim(
 
 def _measure(plan: TrimPlan, corpora: Sequence[Path], eval_texts: Sequence[Path], progress: bool) -> dict:
     """Segmentation before/after on the corpus (all files together) and on each eval text."""
-    corpus_lines = [line for f in corpora for line in read_lines(f)]
+    corpus_lines = [line for f in corpora for line in read_documents(f)]
     out = {
         "corpus": compare_segmentation(plan.old_tok, plan.new_tok, plan.old_to_new, corpus_lines, desc="corpus after trim", progress=progress),
         "eval": {},
@@ -118,7 +118,7 @@ def _measure(plan: TrimPlan, corpora: Sequence[Path], eval_texts: Sequence[Path]
     out["corpus"]["coverage_of_token_occurrences"] = round(plan.counts.coverage(plan.selection.kept), 6)
     out["corpus"]["distinct_tokens_used"] = int((plan.counts.counts > 0).sum())
     for f in eval_texts:
-        lines = read_lines(Path(f), "--eval-text")
+        lines = read_documents(Path(f), "--eval-text")
         out["eval"][str(f)] = compare_segmentation(plan.old_tok, plan.new_tok, plan.old_to_new, lines, desc=Path(f).name, progress=progress)
     return out
 

@@ -1,0 +1,126 @@
+"""The one corpus reader (issue 14): the same documents from plain text, JSONL, Parquet, gzip and Zstandard files;
+every kind of bad input is a one-line error naming the file and the line (or row); and `ruadapt train` /
+`ruadapt data prepare` refuse bad data with exit 2 before any rank starts."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tiny import ROOT, SHARED_DATA, make_tiny_model
+
+from ruadapt.corpus import iter_document_blocks, iter_documents, read_documents
+from ruadapt.errors import RuadaptError
+
+DOCS = [l.rstrip("\n") for l in (SHARED_DATA / "ru_train.txt").open(encoding="utf-8").readlines()[:200] if l.strip()]
+
+
+def write_all_formats(d: Path) -> dict[str, Path]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import zstandard
+
+    text = "\n".join(DOCS) + "\n"
+    jsonl = "".join(json.dumps({"id": k, "body": t}, ensure_ascii=False) + "\n" for k, t in enumerate(DOCS))
+    files = {"txt": d / "a.txt", "crlf": d / "crlf.txt", "jsonl": d / "a.jsonl", "txt.gz": d / "a.txt.gz",
+             "jsonl.zst": d / "a.jsonl.zst", "parquet": d / "a.parquet"}
+    files["txt"].write_text("\ufeff" + text.replace("\n", "\n\n", 3), encoding="utf-8")  # BOM and empty lines
+    files["crlf"].write_bytes(text.replace("\n", "\r\n").encode())
+    files["jsonl"].write_text(jsonl, encoding="utf-8")
+    files["txt.gz"].write_bytes(gzip.compress(text.encode()))
+    # two frames: a file made by concatenating .zst files must read as one
+    half = len(jsonl) // 2
+    cut = jsonl.index("\n", half) + 1
+    z = zstandard.ZstdCompressor()
+    files["jsonl.zst"].write_bytes(z.compress(jsonl[:cut].encode()) + z.compress(jsonl[cut:].encode()))
+    pq.write_table(pa.table({"body": DOCS}), files["parquet"], row_group_size=50)
+    return files
+
+
+def test_every_format_gives_the_same_documents(tmp_path):
+    files = write_all_formats(tmp_path)
+    for name, path in files.items():
+        field = "body" if name in ("jsonl", "jsonl.zst", "parquet") else "text"
+        assert list(iter_documents(path, text_field=field)) == DOCS, name
+    assert read_documents(files["jsonl"], text_field="body", limit=7) == DOCS[:7]
+
+
+def test_blocks_stream_a_big_file_in_bounded_pieces(tmp_path, monkeypatch):
+    import ruadapt.corpus as corpus
+
+    monkeypatch.setattr(corpus, "BLOCK_BYTES", 4096)  # a line may straddle blocks
+    path = tmp_path / "a.txt.gz"
+    path.write_bytes(gzip.compress(("\n".join(DOCS) + "\n").encode()))
+    blocks = list(iter_document_blocks(path))
+    assert len(blocks) >= sum(len(d.encode()) + 1 for d in DOCS) // 4096 and [d for b in blocks for d in b] == DOCS
+
+
+def bad(path: Path, match: str, **kw) -> None:
+    with pytest.raises(RuadaptError, match=match) as e:
+        list(iter_documents(path, "data.train", **kw))
+    assert "\n" not in str(e.value) and str(path) in str(e.value)
+
+
+def test_bad_input_is_one_line_naming_file_and_line(tmp_path):
+    files = write_all_formats(tmp_path)
+    p = tmp_path / "latin1.txt"
+    p.write_bytes("первая строка\nвторая\n".encode() + "caf\xe9\n".encode("latin-1"))
+    bad(p, r"not UTF-8 text \(invalid byte 0xe9 on line 3\)")
+    p = tmp_path / "broken.jsonl"
+    p.write_text('{"text": "a"}\n\n{"text": "b"\n', encoding="utf-8")
+    bad(p, r"line 3 is not valid JSON")
+    p = tmp_path / "nofield.jsonl"
+    p.write_text('{"text": "a"}\n{"content": "b"}\n', encoding="utf-8")
+    bad(p, r"line 2 has no string 'text' \(no such key\)")
+    for name in ("txt.gz", "jsonl.zst"):
+        data = files[name].read_bytes()
+        cut = tmp_path / f"cut.{name}"
+        cut.write_bytes(data[: len(data) * 2 // 3])
+        bad(cut, r"stream is damaged or truncated after line \d+", text_field="body")
+    p = tmp_path / "notgzip.txt.gz"
+    p.write_text("plain text\n")
+    bad(p, r"gzip stream is damaged")
+    p = tmp_path / "empty.txt"
+    p.write_text("\n\n  \n")
+    bad(p, r"holds no text")
+    p = tmp_path / "zero.txt"
+    p.write_bytes(b"")
+    bad(p, r"file is empty")
+    bad(files["parquet"], r"no column 'text'")
+    cut = tmp_path / "cut.parquet"
+    cut.write_bytes(files["parquet"].read_bytes()[:500])
+    bad(cut, r"not a readable Parquet file", text_field="body")
+
+
+def ruadapt(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = dict(os.environ, DS_ACCELERATOR="cpu")
+    return subprocess.run([sys.executable, "-m", "ruadapt.cli", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_train_refuses_bad_data_before_any_rank_starts(tmp_path):
+    model = make_tiny_model(tmp_path / "m", "qwen2")
+    good = tmp_path / "ru.txt"
+    good.write_text("\n".join(DOCS[:50]) + "\n", encoding="utf-8")
+    broken = tmp_path / "en.jsonl"
+    broken.write_text('{"text": "fine"}\n{"text": "not closed\n', encoding="utf-8")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(json.dumps({"task": "cpt", "model": str(model), "out": str(tmp_path / "out"),
+                               "deepspeed": str(ROOT / "recipes/deepspeed/zero2.json"), "block_size": 32,
+                               "data": {"train": [{"path": str(good), "weight": 0.9}, {"path": str(broken), "weight": 0.1}]}}))
+    for cmd in (["train", "--config", str(cfg), "--num-gpus", "2"], ["data", "prepare", "--config", str(cfg)]):
+        p = ruadapt(*cmd, cwd=tmp_path)
+        assert p.returncode == 2, p.stderr[-2000:]
+        last = p.stderr.strip().splitlines()[-1]
+        assert last.startswith(f"ruadapt {cmd[0]}") and f"{broken}: data.train: line 2 is not valid JSON" in last, p.stderr
+        assert "Traceback" not in p.stderr and "deepspeed" not in p.stderr.lower(), p.stderr  # no launcher, no rank
+    assert not (tmp_path / "out").exists()
+    cache = tmp_path / ".ruadapt-cache" / "tokens"
+    assert [p.name for p in cache.iterdir() if not p.name.startswith(".")][0].startswith("cpt-ru.txt-")  # the good one is kept
+    assert not any(p.name.startswith(".cpt-en.jsonl") and ".tmp-" in p.name for p in cache.iterdir())
