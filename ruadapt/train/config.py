@@ -10,6 +10,7 @@ export them, so one YAML serves every run directory. ``--set section.key=value``
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import os
 import re
@@ -24,6 +25,7 @@ from ..errors import RuadaptError
 TASKS = ("cpt", "sft")
 STAGES = ("embeddings", "lora", "full")
 SCHEDULERS = ("cosine", "linear", "constant")
+REPORTERS = {"tensorboard": "tensorboard", "wandb": "wandb"}  # train.report_to value -> module it needs
 
 
 @dataclass
@@ -78,7 +80,8 @@ class TrainConfig:
     save_steps: int = 500  # checkpoint every N steps (and at the end)
     keep_checkpoints: int = 2
     eval_steps: int = 0  # 0 = eval only at the end
-    log_steps: int = 10
+    log_steps: int = 10  # a progress line (loss, lr, tokens/s, elapsed, ETA) every N steps
+    report_to: list[str] = field(default_factory=list)  # also write the logged scalars to: tensorboard, wandb
     bf16: str = "auto"  # auto = on when the accelerator supports it; "true"/"false"
     gradient_checkpointing: bool = False
 
@@ -270,6 +273,10 @@ def validate(cfg: RunConfig, *, check_files: bool = True, skip_model: bool = Fal
     need(len(t.betas) == 2, "train.betas must be two numbers, e.g. [0.9, 0.95]")
     need(cfg.lora.r >= 1, "lora.r must be at least 1")
     need(cfg.data.train, "data.train lists no files")
+    for r in t.report_to:
+        need(r in REPORTERS, f"train.report_to {r!r} is not one of {', '.join(REPORTERS)}")
+        need(importlib.util.find_spec(REPORTERS[r]) is not None,
+             f"train.report_to lists {r} but it is not installed; pip install {r} (or remove it from train.report_to)")
     if cfg.embeddings.new_rows_only:
         need(cfg.stage == "embeddings", "embeddings.new_rows_only needs stage: embeddings")
         need(cfg.embeddings.new_rows_from > 0, "embeddings.new_rows_only needs embeddings.new_rows_from (the first new row)")
