@@ -233,3 +233,75 @@ def test_report_to_needs_the_package(base, tmp_path, capsys):
     assert main(["train", "--config", str(path), "--dry-run"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and f"pip install {missing[0]}" in err[0] and "train.report_to" in err[0], err
+
+
+# ------------------------------------------------------------------ the supervisor alone (no DeepSpeed)
+def _ignores_sigterm_with_grandchild(marker: Path) -> list[str]:
+    """A 'launcher' whose child and grandchild both ignore SIGTERM (a rank stuck in a collective)."""
+    code = ("import os, signal, subprocess, sys, time\n"
+            "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+            "child = subprocess.Popen([sys.executable, '-c', 'import signal, time; "
+            "signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(120)'])\n"
+            f"open({str(marker)!r}, 'w').write(str(child.pid))\n"
+            "time.sleep(120)\n")
+    return [sys.executable, "-c", code]
+
+
+def test_supervisor_sigkills_what_ignores_sigterm_after_the_grace(tmp_path):
+    import threading
+
+    from ruadapt.train.supervise import supervise
+
+    marker = tmp_path / "pid"
+    timer = threading.Thread(target=lambda: (_wait_for(marker), os.kill(os.getpid(), signal.SIGTERM)))
+    timer.start()
+    t0 = time.monotonic()
+    code, sig = supervise(_ignores_sigterm_with_grandchild(marker), grace_s=1.0)
+    timer.join()
+    assert (code, sig) == (143, signal.SIGTERM) and time.monotonic() - t0 < 20
+    assert not psutil.pid_exists(int(marker.read_text())) or psutil.Process(int(marker.read_text())).status() == psutil.STATUS_ZOMBIE
+
+
+def test_supervisor_cleans_up_what_the_launcher_left_behind(tmp_path):
+    from ruadapt.train.supervise import supervise
+
+    marker = tmp_path / "pid"
+    code = ("import subprocess, sys\n"
+            "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'])\n"
+            f"open({str(marker)!r}, 'w').write(str(child.pid))\n"
+            "sys.exit(3)\n")  # a launcher that crashed and left a rank running
+    assert supervise([sys.executable, "-c", code], grace_s=5.0) == (3, None)
+    pid = int(marker.read_text())
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+
+
+def _wait_for(path: Path, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.is_file() or not path.read_text():
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+
+
+def test_tensorboard_gets_the_logged_scalars(base, tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from ruadapt.train.progress import Progress
+
+    _, cfg = base
+    path = write_yaml(tmp_path / "tb.yaml", {**cfg, "out": str(tmp_path / "out"),
+                                             "train": {**cfg["train"], "log_steps": 2, "report_to": ["tensorboard"]}})
+    run = load_config(path)
+    progress = Progress(run, first_step=0, enabled=True)
+    progress.start()
+    for step in range(1, STEPS + 1):
+        progress.step_done(step, loss=5.0 - step / 10, lr=0.05, tokens=128)
+    progress.eval_done(STEPS, 4.2)
+    progress.close()
+    acc = EventAccumulator(str(run.work_dir / "tensorboard"))
+    acc.Reload()
+    tags = acc.Tags()["scalars"]
+    assert {"train/loss", "train/lr", "train/tokens_per_s", "train/eta_s", "eval/loss"} <= set(tags)
+    assert [e.step for e in acc.Scalars("train/loss")] == [1, 2, 4, 6]  # first step, every log_steps, last step
+    assert acc.Scalars("train/loss")[-1].value == pytest.approx(4.4)
+    assert acc.Scalars("eval/loss")[0].value == pytest.approx(4.2)
