@@ -51,7 +51,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "logs; the token cache stays) and start it over")
     p.add_argument("--stop-grace", type=float, default=30.0, metavar="SECONDS",
                    help="after SIGINT/SIGTERM, how long the ranks may take to finish their step before every process "
-                   "of the run is SIGKILLed (default 30)")
+                   "of the run is SIGKILLed")
     p.add_argument("--dry-run", action="store_true", help="validate and print the launch command; start nothing")
     p.set_defaults(func=run)
 

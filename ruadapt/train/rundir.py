@@ -58,7 +58,7 @@ def config_diff(recorded: dict[str, Any], cfg: RunConfig) -> list[str]:
     """Dotted names of the keys whose values differ between a recorded config and ``cfg`` (sorted)."""
     old, new = _normalised(recorded), comparable(cfg)
     if old is None:
-        return ["(the recorded config is from another ruadapt version)"]
+        return ["(all: the recorded config cannot be read by this ruadapt version)"]
 
     def walk(a: Any, b: Any, prefix: str) -> list[str]:
         if isinstance(a, dict) and isinstance(b, dict):
@@ -73,11 +73,19 @@ def recorded_config(cfg: RunConfig) -> tuple[Path, dict[str, Any]] | None:
     unfinished run's run.json when it left a complete checkpoint (without one nothing would be resumed)."""
     if cfg.done:
         path = cfg.out_path / TRAIN_RECORD
-        return path, json.loads(path.read_text(encoding="utf-8")).get("options", {})
+        return path, _read(path).get("options", {})
     run_json = cfg.work_dir / RUN_JSON
     if run_json.is_file() and last_complete(cfg.work_dir / "checkpoints"):
-        return run_json, json.loads(run_json.read_text(encoding="utf-8"))
+        return run_json, _read(run_json)
     return None
+
+
+def _read(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return {}  # unreadable: counts as another config (see config_diff), so --overwrite can replace it
+    return data if isinstance(data, dict) else {}
 
 
 def check_rerun(cfg: RunConfig) -> None:
