@@ -28,7 +28,7 @@ from tiny import SHARED_DATA, make_tiny_model
 from ruadapt.cli import main
 from ruadapt.train.config import load_config
 from ruadapt.train.rundir import RUN_JSON, check_rerun, comparable, config_diff, discard_run
-from ruadapt.train.supervise import pick_master_port
+from ruadapt.train.supervise import master_port, pick_master_port
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = 6
@@ -122,6 +122,7 @@ def interrupted(base):
     return tmp, sig, ref, state
 
 
+@pytest.mark.slow  # shares the two DeepSpeed launches of the `interrupted` fixture
 def test_sigint_stops_every_process_and_writes_no_output(interrupted):
     _, _, _, s = interrupted
     assert s["rc"] == 130, s["stderr"][-2000:]
@@ -134,6 +135,7 @@ def test_sigint_stops_every_process_and_writes_no_output(interrupted):
     assert f"checkpoints/{s['complete']} is the last complete checkpoint" in last
 
 
+@pytest.mark.slow  # shares the two DeepSpeed launches of the `interrupted` fixture
 def test_relaunch_resumes_to_the_weights_of_an_uninterrupted_run(interrupted):
     tmp, _, _, s = interrupted
     assert "resumed from" in s["log2"]
@@ -158,6 +160,7 @@ def refused(config: Path, *overrides: str) -> tuple[int, list[str]]:
     return rc, err.getvalue().strip().splitlines()
 
 
+@pytest.mark.slow  # shares the two DeepSpeed launches of the `interrupted` fixture
 def test_changed_config_refused_naming_the_keys(interrupted, capsys):
     tmp, sig, _, s = interrupted
     rc, err = s["changed"]  # unfinished run with checkpoints
@@ -170,6 +173,7 @@ def test_changed_config_refused_naming_the_keys(interrupted, capsys):
     assert "already finished with this config; skipping" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # shares the two DeepSpeed launches of the `interrupted` fixture
 def test_progress_lines_have_rate_elapsed_and_eta(interrupted):
     _, _, _, s = interrupted
     lines = [l for l in s["log2"].splitlines() if "ruadapt.train: step " in l and "/6 " in l]
@@ -205,6 +209,37 @@ def test_overwrite_discards_only_a_ruadapt_run(base, tmp_path):
         discard_run(run)
 
 
+def fake_finished(cfg: dict, out: Path, **train_changes) -> Path:
+    """A finished run's output as `ruadapt train` leaves it (record only), recorded with other train values."""
+    out.mkdir(parents=True)
+    recorded = json.loads(json.dumps(cfg))
+    recorded["out"] = str(out)
+    recorded["train"].update(train_changes)
+    (out / "ruadapt_train.json").write_text(json.dumps({"options": recorded}))
+    return out
+
+
+def test_overwrite_also_redoes_a_later_run_that_trains_on_the_discarded_output(base, tmp_path, capsys):
+    from ruadapt.commands.train import check_reruns
+    from ruadapt.train.config import load_configs
+
+    _, cfg = base
+    full = load_config(write_yaml(tmp_path / "tmp.yaml", {**cfg, "out": str(tmp_path / "x")})).to_dict()
+    stage1 = fake_finished(full, tmp_path / "stage1", max_steps=3)  # recorded with another max_steps
+    fake_finished({**full, "model": str(stage1)}, tmp_path / "stage2")  # unchanged itself
+    for f in ("config.json", "tokenizer.json", "tokenizer_config.json"):  # stage2's model must look like a model
+        (stage1 / f).write_bytes((Path(cfg["model"]) / f).read_bytes())
+    c1 = write_yaml(tmp_path / "s1.yaml", {**cfg, "out": str(stage1)})
+    c2 = write_yaml(tmp_path / "s2.yaml", {**cfg, "model": str(stage1), "out": str(tmp_path / "stage2")})
+    configs = load_configs([str(c1), str(c2)])
+    with pytest.raises(Exception, match="stage1 finished with another config .* differs in train.max_steps"):
+        check_reruns(configs, overwrite=False, dry_run=False)
+    pending = check_reruns(configs, overwrite=True, dry_run=False)
+    assert [c.out_path.name for c in pending] == ["stage1", "stage2"]
+    assert not stage1.exists() and not (tmp_path / "stage2").exists()
+    assert capsys.readouterr().err.count("--overwrite: removed") == 2
+
+
 def test_taken_port_is_avoided_by_default_and_refused_when_explicit(base, tmp_path, capsys):
     _, cfg = base
     path = write_yaml(tmp_path / "p.yaml", {**cfg, "out": str(tmp_path / "out")})
@@ -219,6 +254,8 @@ def test_taken_port_is_avoided_by_default_and_refused_when_explicit(base, tmp_pa
         assert main(["train", "--config", str(path), "--num-gpus", "2", "--master-port", str(port), "--dry-run"]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and f"--master-port {port}: the port is in use" in err[0], err
+        # with a hostfile the master is another host: nothing to check here, DeepSpeed's default stays
+        assert master_port(None, tmp_path / "hosts") is None and master_port(port, tmp_path / "hosts") == port
 
 
 def test_report_to_needs_the_package(base, tmp_path, capsys):
@@ -247,18 +284,19 @@ def _ignores_sigterm_with_grandchild(marker: Path) -> list[str]:
     return [sys.executable, "-c", code]
 
 
-def test_supervisor_sigkills_what_ignores_sigterm_after_the_grace(tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+def test_supervisor_sigkills_what_ignores_sigterm_after_the_grace(tmp_path, signum):
     import threading
 
     from ruadapt.train.supervise import supervise
 
     marker = tmp_path / "pid"
-    timer = threading.Thread(target=lambda: (_wait_for(marker), os.kill(os.getpid(), signal.SIGTERM)))
+    timer = threading.Thread(target=lambda: (_wait_for(marker), os.kill(os.getpid(), signum)))
     timer.start()
     t0 = time.monotonic()
     code, sig = supervise(_ignores_sigterm_with_grandchild(marker), grace_s=1.0)
     timer.join()
-    assert (code, sig) == (143, signal.SIGTERM) and time.monotonic() - t0 < 20
+    assert (code, sig) == (128 + signum, signum) and time.monotonic() - t0 < 20
     assert not psutil.pid_exists(int(marker.read_text())) or psutil.Process(int(marker.read_text())).status() == psutil.STATUS_ZOMBIE
 
 

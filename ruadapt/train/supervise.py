@@ -9,7 +9,8 @@ reaches only us), and on SIGINT/SIGTERM we send SIGTERM to that whole group: the
 optimizer step without writing anything (:mod:`ruadapt.train.runner`), DeepSpeed's ``launch.py`` terminates
 its ranks as well, and on a hostfile (pdsh) launch DeepSpeed's runner runs ``pkill`` of the launch command on
 every node over pdsh. Whatever of the group is still alive after the grace period (or at a second signal) is
-SIGKILLed. Exit code: 128 + the signal (130 SIGINT, 143 SIGTERM); otherwise the launcher's own code.
+SIGKILLed. A hangup (SIGHUP) is a stop too, unless it is ignored (nohup). Exit code: 128 + the signal (130
+SIGINT, 143 SIGTERM, 129 SIGHUP); otherwise the launcher's own code.
 """
 
 from __future__ import annotations
@@ -93,8 +94,8 @@ def _killpg(pgid: int, sig: int) -> None:
 def supervise(cmd: list[str], *, grace_s: float, env: dict[str, str] | None = None) -> tuple[int, int | None]:
     """Run ``cmd`` in a new session and wait until every process of its group is gone.
 
-    Returns (exit code, the signal that stopped it or None). SIGINT/SIGTERM sent to us become SIGTERM to the
-    group; after ``grace_s`` seconds, or at a second signal, the group gets SIGKILL. A group that outlives the
+    Returns (exit code, the signal that stopped it or None). SIGINT/SIGTERM/SIGHUP sent to us become SIGTERM to
+    the group; after ``grace_s`` seconds, or at a second signal, the group gets SIGKILL. A group that outlives the
     launcher without any signal (a crashed launcher leaves ranks behind) is terminated the same way, so no
     process of the run survives ``ruadapt train``.
     """
@@ -103,7 +104,10 @@ def supervise(cmd: list[str], *, grace_s: float, env: dict[str, str] | None = No
     def on_signal(signum: int, frame: object) -> None:
         received.append(signum)
 
-    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    # SIGHUP too (a closed terminal): the launcher's own session would not see the hangup and would train on
+    # without us. Under nohup SIGHUP is ignored, and stays so.
+    stops = [signal.SIGINT, signal.SIGTERM] + ([signal.SIGHUP] if signal.getsignal(signal.SIGHUP) != signal.SIG_IGN else [])
+    previous = {s: signal.signal(s, on_signal) for s in stops}
     try:
         proc = subprocess.Popen(cmd, start_new_session=True, env=env)
         pgid = proc.pid
