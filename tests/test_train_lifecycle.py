@@ -118,7 +118,8 @@ def interrupted(base):
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     state["log2"] = second.stdout + second.stderr
     state["t_second"] = time.monotonic() - t_start
-    print(f"launch 1 (to the stop) {state['t_first']:.1f} s, launch 2 {state['t_second']:.1f} s")
+    print(f"launch 1 (to the stop) {state['t_first']:.1f} s, SIGINT to exit {state['stop_s']:.1f} s, "
+          f"launch 2 {state['t_second']:.1f} s")
     return tmp, sig, ref, state
 
 
