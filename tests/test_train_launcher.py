@@ -45,6 +45,8 @@ def write_yaml(path: Path, **kw) -> Path:
 def launch(configs: list[Path], port: int, env_extra: dict | None = None) -> subprocess.CompletedProcess:
     env = dict(os.environ, DS_ACCELERATOR="cpu", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1",
                **(env_extra or {}))
+    # the ranks import the test hooks (tests/train_hooks.py) named in RUADAPT_TRAIN_CALLBACKS
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "tests"), env.get("PYTHONPATH")]))
     env.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "torch_extensions"))
     cmd = [sys.executable, "-m", "ruadapt.cli", "train", "--num-gpus", "2", "--master-port", str(port)]
     for c in configs:
@@ -91,7 +93,7 @@ def runs(tmp_path_factory):
                          stage="embeddings", **common),
     }
     first = launch([cfg[k] for k in ("z2", "lora", "full", "sft", "killed")], 29631,
-                   {"RUADAPT_TRAIN_KILL_AT_STEP": "out_killed:3"})
+                   {"RUADAPT_TRAIN_CALLBACKS": "train_hooks:kill_at_step", "RUADAPT_TEST_KILL_AT": "out_killed:3"})
     ckpt = tmp / "out_killed.work" / "checkpoints"
     killed_state = {
         "rc": first.returncode,

@@ -1,7 +1,8 @@
-"""``ruadapt train --config X.yaml [--num-gpus N] [--hostfile F] [--dry-run] [--resume]``
+"""``ruadapt train --config X.yaml [--num-gpus N] [--hostfile F] [--dry-run] [--resume] [--overwrite]``
 
-A thin wrapper: validates every config here (one-line errors before any process starts), then replaces
-itself with the DeepSpeed launcher running ``python -m ruadapt.train`` on each rank.
+Validates every config here (one-line errors before any process starts), refuses a relaunch whose config
+differs from what the earlier launch recorded, picks a free master port, then starts the DeepSpeed launcher
+running ``python -m ruadapt.train`` on each rank and supervises it (:mod:`ruadapt.train.supervise`).
 """
 
 from __future__ import annotations
@@ -22,30 +23,41 @@ def register(sub: argparse._SubParsersAction) -> None:
         sub,
         "train",
         help="continued pretraining / SFT under DeepSpeed (stages embeddings, lora, full), resumable",
-        description="Validate the run YAML(s), then exec `deepspeed ... --module ruadapt.train --config X.yaml`. "
-        "Checkpoints go to OUT.work/checkpoints every train.save_steps; relaunching the same command resumes "
-        "from the last complete one. The output is a plain Hugging Face model dir with ruadapt_train.json and "
-        "loss.png. On a machine without GPUs set DS_ACCELERATOR=cpu (2 processes = --num-gpus 2).",
+        description="Validate the run YAML(s), then run `deepspeed ... --module ruadapt.train --config X.yaml` and "
+        "supervise it. Checkpoints go to OUT.work/checkpoints every train.save_steps; relaunching the same command "
+        "resumes from the last complete one (a changed config is refused: --overwrite starts over). SIGINT/SIGTERM "
+        "stop every rank after its current step (exit 130/143), keeping the last complete checkpoint. The output "
+        "is a plain Hugging Face model dir with ruadapt_train.json and loss.png. On a machine without GPUs set "
+        "DS_ACCELERATOR=cpu (2 processes = --num-gpus 2).",
         examples="ruadapt train --config recipes/qwen2.5-7b/cpt-embeddings.yaml --num-gpus 8\n"
         "ruadapt train --config stage1.yaml --config stage2.yaml --num-gpus 8   # one start-up, two runs\n"
         "ruadapt train --config cpt.yaml --hostfile hosts.txt                  # multi-node (DeepSpeed hostfile)\n"
         "ruadapt train --config cpt.yaml --dry-run                             # print the launch command\n"
+        "ruadapt train --config cpt.yaml --set train.max_steps=2000 --overwrite # changed config: start over\n"
         "DS_ACCELERATOR=cpu ruadapt train --config recipes/cpu-tiny/cpt-embeddings.yaml --num-gpus 2",
     )
     p.add_argument("--config", type=path_arg, action="append", required=True,
                    help="run YAML; repeat to run several in sequence (a later one may train an earlier one's out)")
     p.add_argument("--num-gpus", type=int, default=None, help="processes per node (default: all visible GPUs)")
     p.add_argument("--hostfile", type=path_arg, default=None, help="DeepSpeed hostfile for multi-node runs")
-    p.add_argument("--master-port", type=int, default=None, help="rendezvous port (default: DeepSpeed's 29500)")
+    p.add_argument("--master-port", type=int, default=None,
+                   help="rendezvous port (default: the first free one from 29500 up; with --hostfile DeepSpeed's 29500)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a YAML value, e.g. --set train.max_steps=10")
     p.add_argument("--resume", action="store_true",
                    help="fail unless a complete checkpoint exists (without it, resuming is automatic)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="discard an earlier run of these configs whose config differs (its out, checkpoints and "
+                   "logs; the token cache stays) and start it over")
+    p.add_argument("--stop-grace", type=float, default=30.0, metavar="SECONDS",
+                   help="after SIGINT/SIGTERM, how long the ranks may take to finish their step before every process "
+                   "of the run is SIGKILLed")
     p.add_argument("--dry-run", action="store_true", help="validate and print the launch command; start nothing")
     p.set_defaults(func=run)
 
 
-def launch_command(args: argparse.Namespace) -> list[str]:
+def launch_command(args: argparse.Namespace, configs: list[Path], port: int | None) -> list[str]:
+    """The DeepSpeed launcher's command line for ``configs`` (the runs still to do)."""
     launcher = shutil.which("deepspeed", path=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
     if launcher is None:
         raise RuadaptError("the `deepspeed` launcher is not on PATH; install deepspeed in this environment")
@@ -58,10 +70,10 @@ def launch_command(args: argparse.Namespace) -> list[str]:
         if args.num_gpus < 1:
             raise RuadaptError(f"--num-gpus {args.num_gpus}: must be at least 1")
         cmd += ["--num_gpus", str(args.num_gpus)]
-    if args.master_port is not None:
-        cmd += ["--master_port", str(args.master_port)]
+    if port is not None:
+        cmd += ["--master_port", str(port)]
     cmd += ["--module", "ruadapt.train"]
-    for c in args.config:
+    for c in configs:
         cmd += ["--config", str(Path(c).resolve())]
     for s in args.set:
         cmd += ["--set", s]
@@ -70,30 +82,81 @@ def launch_command(args: argparse.Namespace) -> list[str]:
     return cmd
 
 
+def check_reruns(configs: list, overwrite: bool, dry_run: bool) -> list:
+    """The configs still to run. A config whose earlier launch recorded other values is refused, or with
+    ``--overwrite`` discarded together with every later config that trains on its output."""
+    from ..train.rundir import check_rerun, discard_run
+
+    redo: set[Path] = set()
+    pending = []
+    for cfg in configs:
+        try:
+            check_rerun(cfg)
+            stale = Path(cfg.model).resolve() in redo  # trains on an output that is being redone
+        except RuadaptError:
+            if not overwrite:
+                raise
+            stale = True
+        if stale and not dry_run:
+            for p in discard_run(cfg):
+                print(f"ruadapt train: --overwrite: removed {p}", file=sys.stderr)
+        if stale:
+            redo.add(cfg.out_path.resolve())
+        elif cfg.done:
+            print(f"ruadapt train: {cfg.out} is already finished with this config; skipping", file=sys.stderr)
+            continue
+        pending.append(cfg)
+    return pending
+
+
 def run(args: argparse.Namespace) -> int:
     from ..train.config import fill_deepspeed_config, load_configs, load_deepspeed_json, validate_deepspeed_config
+    from ..train.rundir import last_complete
+    from ..train.supervise import master_port, supervise
 
+    if args.stop_grace < 0:
+        raise RuadaptError(f"--stop-grace {args.stop_grace}: must not be negative")
     configs = load_configs([str(c) for c in args.config], args.set)
     for cfg in configs:  # DeepSpeed's own check, with this run's values in place of "auto"
         # world_size 1: with no process group DeepSpeed checks train_batch_size against a world of one
         ds = fill_deepspeed_config(load_deepspeed_json(Path(cfg.deepspeed)), cfg, world_size=1, bf16=False)
         validate_deepspeed_config(ds, cfg.deepspeed)
-    pending = [c for c in configs if not c.done]
-    if args.resume and pending:
-        from ..train.runner import last_complete
-
+    pending = check_reruns(configs, args.overwrite, args.dry_run)
+    if not pending:
+        return 0
+    if args.resume:
         ckpt = pending[0].work_dir / "checkpoints"
         if last_complete(ckpt) is None:
             raise RuadaptError(f"{ckpt}: --resume given but there is no complete checkpoint; run without --resume")
-    cmd = launch_command(args)
+    cmd = launch_command(args, [Path(c.source) for c in pending], master_port(args.master_port, args.hostfile))
     if args.dry_run:
         print(shlex.join(cmd))
         return 0
-    # tokenize (or reuse) every run's data here, before any rank exists: ranks only map the token files
+    # tokenize (or reuse) every run's data here, after every check and before any rank exists: ranks only map the
+    # token files, so none waits at a barrier while another one tokenizes
     from ..train.prepare import prepare_configs
 
-    prepare_configs(configs)
+    prepare_configs(pending)
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execv(cmd[0], cmd)
-    return 0  # not reached
+    code, sig = supervise(cmd, grace_s=args.stop_grace)
+    if sig is not None:
+        print(stop_message(pending, sig), file=sys.stderr)
+    return code
+
+
+def stop_message(pending: list, sig: int) -> str:
+    """The one line after a stop: what was kept and the command that continues."""
+    import signal
+
+    from ..train.rundir import last_complete
+
+    again = "ruadapt " + shlex.join(sys.argv[1:]) if sys.argv[1:2] == ["train"] else "the same ruadapt train command"
+    name = signal.Signals(sig).name
+    left = [c for c in pending if not c.done]
+    if not left:
+        return f"ruadapt train: {name} came after every run had finished; nothing to resume"
+    ckpt = left[0].work_dir / "checkpoints"
+    tag = last_complete(ckpt)
+    kept = f"{ckpt / tag} is the last complete checkpoint" if tag else "no checkpoint had been written yet"
+    return f"ruadapt train: stopped by {name}; {kept}; run `{again}` to resume"

@@ -1,8 +1,9 @@
 """Entry point of each DeepSpeed rank: ``deepspeed --num_gpus N --module ruadapt.train --config X.yaml [--resume]``
 (the launcher spells it ``--module``; it has no ``-m``).
 
-Use ``ruadapt train`` on the command line: it validates the config first and then execs this through the
-launcher.
+Use ``ruadapt train`` on the command line: it validates the config first, starts the launcher and supervises
+it (signals, exit codes). Exit codes here: 0 done, 2 bad input, 128+signal when stopped by SIGTERM/SIGINT
+(every rank stops after the same step; the last complete checkpoint stays, nothing else is written).
 """
 
 from __future__ import annotations
@@ -25,13 +26,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     from .config import load_configs, validate
-    from .runner import run
+    from .rundir import check_rerun
+    from .runner import StopRequested, install_stop_handlers, run
 
+    install_stop_handlers()
     try:
         configs = load_configs(args.config, args.set)
         resume = args.resume
         for cfg in configs:
             if cfg.done:
+                check_rerun(cfg)  # a finished run with another config is an error, not a skip
                 print(f"ruadapt train: {cfg.out} is already finished (ruadapt_train.json); skipping", file=sys.stderr)
                 continue
             validate(cfg, check_files=True)  # an earlier run may just have produced its model
@@ -40,6 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     except RuadaptError as e:
         print(f"ruadapt train: error: {e}", file=sys.stderr)
         return EXIT_USAGE
+    except StopRequested as e:
+        return 128 + e.signum
     finally:
         import torch.distributed as dist
 

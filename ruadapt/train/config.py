@@ -10,6 +10,7 @@ export them, so one YAML serves every run directory. ``--set section.key=value``
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import os
 import re
@@ -24,6 +25,7 @@ from ..errors import RuadaptError
 TASKS = ("cpt", "sft")
 STAGES = ("embeddings", "lora", "full")
 SCHEDULERS = ("cosine", "linear", "constant")
+REPORTERS = {"tensorboard": "tensorboard", "wandb": "wandb"}  # train.report_to value -> module it needs
 
 
 @dataclass
@@ -95,7 +97,8 @@ class TrainConfig:
     save_steps: int = 500  # checkpoint every N steps (and at the end)
     keep_checkpoints: int = 2
     eval_steps: int = 0  # 0 = eval only at the end
-    log_steps: int = 10
+    log_steps: int = 10  # a progress line (loss, lr, tokens/s, elapsed, ETA) every N steps
+    report_to: list[str] = field(default_factory=list)  # also write the logged scalars to: tensorboard, wandb
     bf16: str = "auto"  # auto = on when the accelerator supports it; "true"/"false"
     gradient_checkpointing: bool = False
 
@@ -298,6 +301,10 @@ def validate(cfg: RunConfig, *, check_files: bool = True, skip_model: bool = Fal
     need(all(w >= 0 for w in weights), "data.train: a weight must not be negative")
     need(all(w == 0 for w in weights) or all(w > 0 for w in weights),
          "data.train: give every source a weight, or none (then each file counts by its size)")
+    for r in t.report_to:
+        need(r in REPORTERS, f"train.report_to {r!r} is not one of {', '.join(REPORTERS)}")
+        need(importlib.util.find_spec(REPORTERS[r]) is not None,
+             f"train.report_to lists {r} but it is not installed; pip install {r} (or remove it from train.report_to)")
     if cfg.embeddings.new_rows_only:
         need(cfg.stage == "embeddings", "embeddings.new_rows_only needs stage: embeddings")
         need(cfg.embeddings.new_rows_from > 0, "embeddings.new_rows_only needs embeddings.new_rows_from (the first new row)")

@@ -1,11 +1,20 @@
-"""The training loop shared by CPT and SFT: ``deepspeed.initialize`` with torch AdamW, checkpoints every N
-steps, automatic resume from the last *complete* checkpoint, eval loss, final export on rank 0.
+"""The training run shared by CPT and SFT, as a class whose steps a reader can find by name (torchtune's
+recipe style): :meth:`TrainingRun.setup` → :meth:`~TrainingRun._setup_data` → :meth:`~TrainingRun._setup_model`
+→ :meth:`~TrainingRun._resume` → :meth:`~TrainingRun.train` (with :meth:`~TrainingRun.save_checkpoint`) →
+:meth:`~TrainingRun.export`. ``deepspeed.initialize`` with torch AdamW, eval loss, final export on rank 0.
 
 A checkpoint counts as complete only after every rank returned from ``save_checkpoint`` and rank 0 wrote
 ``ruadapt_state.json`` into it and then atomically replaced ``checkpoints/complete`` with its tag; a run
 killed (even with SIGKILL) in the middle of a save resumes from the previous one. Data order is a pure
-function of the step (:class:`ruadapt.train.data.StepSampler`), so a resumed run repeats exactly the batches
+function of the step (:class:`ruadapt.train.data.MixSampler`), so a resumed run repeats exactly the batches
 the uninterrupted run would have seen.
+
+Stopping: SIGTERM/SIGINT only set a flag (:func:`install_stop_handlers`); the ranks agree on it in the
+all-reduce every step already does, so all of them stop after the same optimizer step, write nothing (no
+half checkpoint, no export) and raise :class:`StopRequested`. The last complete checkpoint stays valid.
+
+Extensions (and the tests' fault injection) hook in without code paths in the loop: ``RUADAPT_TRAIN_CALLBACKS``
+names ``module:function`` entries (comma-separated), each called as ``function(run, step)`` after every step.
 """
 
 from __future__ import annotations
@@ -17,8 +26,8 @@ import logging
 import os
 import shutil
 import signal
-import time
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -26,41 +35,50 @@ import torch
 from ..errors import RuadaptError
 from ..record import StageRecord
 from .config import RunConfig, fill_deepspeed_config, load_deepspeed_json, validate_deepspeed_config
-from .data import MixSampler
+from .data import MixSampler, normalized_weights
 from .prepare import load_run_data
+from .progress import Progress
+from .rundir import COMPLETE, RUN_JSON, STATE, check_rerun, comparable, last_complete
 
 log = logging.getLogger("ruadapt.train")
 
-COMPLETE = "complete"
-STATE = "ruadapt_state.json"
-# settings that may differ between the interrupted and the resumed run (bookkeeping only)
-_RESUME_FREE = ("save_steps", "eval_steps", "log_steps", "keep_checkpoints")
-# fault injection for the resume test: "[OUT_NAME:]STEP" SIGKILLs rank 0 right after that optimizer step
-# (of the run whose out dir has that name, when given)
-KILL_ENV = "RUADAPT_TRAIN_KILL_AT_STEP"
+CALLBACKS_ENV = "RUADAPT_TRAIN_CALLBACKS"
+StepCallback = Callable[["TrainingRun", int], None]
+
+_stop_signal: list[int] = []  # the signal that asked this rank to stop (set by the handler, read by the loop)
 
 
-def _kill_step(cfg: RunConfig) -> int:
-    value = os.environ.get(KILL_ENV, "")
-    if not value:
-        return 0
-    name, _, step = value.rpartition(":")
-    return int(step) if not name or name == cfg.out_path.name else 0
+class StopRequested(Exception):
+    """Every rank stopped after the same optimizer step because of SIGTERM/SIGINT; nothing was written."""
+
+    def __init__(self, step: int, checkpoint: str | None, signum: int):
+        super().__init__(f"stopped after step {step}")
+        self.step, self.checkpoint, self.signum = step, checkpoint, signum
 
 
-def _comparable(cfg: RunConfig) -> dict:
-    d = cfg.to_dict()
-    for k in _RESUME_FREE:
-        d["train"].pop(k, None)
-    return d
+def _request_stop(signum: int, frame: Any) -> None:
+    if not _stop_signal:
+        _stop_signal.append(signum)
 
 
-def last_complete(ckpt_dir: Path) -> str | None:
-    p = ckpt_dir / COMPLETE
-    if not p.is_file():
-        return None
-    tag = p.read_text().strip()
-    return tag if (ckpt_dir / tag / STATE).is_file() else None
+def install_stop_handlers() -> None:
+    """Turn SIGTERM/SIGINT into a request to stop at the end of the current step (a KeyboardInterrupt inside
+    a collective would leave the other ranks waiting until the process-group timeout)."""
+    signal.signal(signal.SIGTERM, _request_stop)
+    signal.signal(signal.SIGINT, _request_stop)
+
+
+def load_callbacks(spec: str | None = None) -> list[StepCallback]:
+    """``module:function`` entries of ``RUADAPT_TRAIN_CALLBACKS``; a bad entry is a one-line error."""
+    spec = os.environ.get(CALLBACKS_ENV, "") if spec is None else spec
+    out = []
+    for entry in filter(None, (s.strip() for s in spec.split(","))):
+        module, _, name = entry.partition(":")
+        try:
+            out.append(getattr(importlib.import_module(module), name))
+        except (ImportError, AttributeError, ValueError) as e:
+            raise RuadaptError(f"{CALLBACKS_ENV}={spec}: cannot load {entry!r} ({e})") from None
+    return out
 
 
 def _all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
@@ -94,200 +112,256 @@ def evaluate(engine, dataset, *, rank: int, world: int, micro: int, device: torc
     return total / max(count, 1.0)
 
 
-def run(cfg: RunConfig, *, resume: bool = False) -> Path | None:
-    """Train according to ``cfg`` in this process (one of the launcher's ranks); rank 0 exports."""
-    import deepspeed
-    import torch.distributed as dist
-    from deepspeed.accelerator import get_accelerator
+class TrainingRun:
+    """One run (one YAML) in this rank. :meth:`run` calls the steps in order; each is usable on its own."""
 
-    deepspeed.init_distributed()
-    rank, world = dist.get_rank(), dist.get_world_size()
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    acc = get_accelerator()
-    device = torch.device(acc.device_name(local_rank)) if acc.device_name() != "cpu" else torch.device("cpu")
-    if device.type != "cpu":
-        acc.set_device(local_rank)
-    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
-                        format=f"%(asctime)s [rank {rank}] %(name)s: %(message)s", datefmt="%H:%M:%S")
+    def __init__(self, cfg: RunConfig, *, resume: bool = False, callbacks: list[StepCallback] | None = None):
+        self.cfg, self.t = cfg, cfg.train
+        self.require_checkpoint = resume
+        self.on_step_end: list[StepCallback] = load_callbacks() if callbacks is None else callbacks
+        self.ckpt_dir = cfg.work_dir / "checkpoints"
+        self.history: list[dict] = []  # per optimizer step: loss, lr, tokens, time
+        self.evals: list[dict] = []
+        self.start = 0  # first step of this launch (the resumed checkpoint's step)
+        self.tokens_done = 0  # over the whole run, resumed launches included
+        self.elapsed = 0.0
 
-    t = cfg.train
-    bf16 = {"true": True, "false": False}.get(t.bf16, device.type != "cpu" and acc.is_bf16_supported())
-    ds_cfg = fill_deepspeed_config(load_deepspeed_json(Path(cfg.deepspeed)), cfg, world_size=world, bf16=bf16)
-    validate_deepspeed_config(ds_cfg, cfg.deepspeed)
-    zero_stage = int(ds_cfg.get("zero_optimization", {}).get("stage", 0))
+    def run(self) -> Path | None:
+        """setup → data → model → resume → train → export; returns the output dir on rank 0."""
+        for phase in (self.setup, self._setup_data, self._setup_model, self._resume):
+            phase()
+            self._stop_if_signalled()  # a stop before training leaves nothing to finish
+        self.train()
+        out = self.export()
+        self.close()
+        return out
 
-    work = cfg.work_dir
-    ckpt_dir = work / "checkpoints"
-    run_json = work / "run.json"
-    barrier = dist.barrier
-    if rank == 0:
-        work.mkdir(parents=True, exist_ok=True)
-        if run_json.is_file() and last_complete(ckpt_dir):
-            old = json.loads(run_json.read_text())
-            if old != _comparable(cfg):
-                raise RuadaptError(f"{work}: holds checkpoints of a run with another config; remove it to start over")
-        run_json.write_text(json.dumps(_comparable(cfg), indent=2) + "\n")
-    barrier()
-    tag = last_complete(ckpt_dir)
-    if resume and tag is None:
-        raise RuadaptError(f"{ckpt_dir}: --resume given but there is no complete checkpoint")
+    def _stop_if_signalled(self) -> None:
+        if _stop_signal:
+            raise StopRequested(self.start, last_complete(self.ckpt_dir), _stop_signal[0])
 
-    # data: token files prepared before launch, memory-mapped here (no rank tokenizes, none waits for another)
-    train_ds, eval_ds, weights = load_run_data(cfg)
-    sampler = MixSampler(train_ds, weights, micro=t.micro_batch_size, accum=t.grad_accum, world=world, rank=rank, seed=t.seed)
-    n_sources = len(train_ds.parts)
-    source_seen = np.zeros((2, n_sources))  # sequences, tokens per source (all ranks), for the record of the mix
+    # ------------------------------------------------------------------------------------------ setup
+    def setup(self) -> None:
+        """Process group, device, logging, the filled DeepSpeed config; rank 0 checks and records run.json."""
+        import deepspeed
+        import torch.distributed as dist
+        from deepspeed.accelerator import get_accelerator
 
-    # model
-    torch.manual_seed(t.seed)
-    dtype = torch.bfloat16 if bf16 else torch.float32
-    keep_alive = None
-    if zero_stage == 3:
-        importlib.import_module("torch._dynamo")  # zero.Init patches module classes; dynamo must come first
-        from transformers.integrations import HfDeepSpeedConfig
+        deepspeed.init_distributed()
+        self.rank, self.world = dist.get_rank(), dist.get_world_size()
+        self.barrier = dist.barrier
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        self.acc = acc = get_accelerator()
+        self.device = torch.device(acc.device_name(local_rank)) if acc.device_name() != "cpu" else torch.device("cpu")
+        if self.device.type != "cpu":
+            acc.set_device(local_rank)
+        logging.basicConfig(level=logging.INFO if self.rank == 0 else logging.WARNING,
+                            format=f"%(asctime)s [rank {self.rank}] %(name)s: %(message)s", datefmt="%H:%M:%S")
+        self.bf16 = {"true": True, "false": False}.get(self.t.bf16, self.device.type != "cpu" and acc.is_bf16_supported())
+        self.ds_cfg = fill_deepspeed_config(load_deepspeed_json(Path(self.cfg.deepspeed)), self.cfg,
+                                            world_size=self.world, bf16=self.bf16)
+        validate_deepspeed_config(self.ds_cfg, self.cfg.deepspeed)
+        self.zero_stage = int(self.ds_cfg.get("zero_optimization", {}).get("stage", 0))
+        if self.rank == 0:
+            work = self.cfg.work_dir
+            work.mkdir(parents=True, exist_ok=True)
+            check_rerun(self.cfg)  # also under a direct `deepspeed` launch; `ruadapt train` checked it already
+            (work / RUN_JSON).write_text(json.dumps(comparable(self.cfg), indent=2) + "\n")
+        self.barrier()
+        if self.require_checkpoint and last_complete(self.ckpt_dir) is None:
+            raise RuadaptError(f"{self.ckpt_dir}: --resume given but there is no complete checkpoint")
 
-        keep_alive = HfDeepSpeedConfig(ds_cfg)  # makes from_pretrained partition weights while loading
-    from .model import load_model, lr_lambda, param_groups, prepare_stage
+    # ------------------------------------------------------------------------------------------- data
+    def _setup_data(self) -> None:
+        """The token files prepared before launch, memory-mapped (no rank tokenizes, none waits for another), and
+        the sampler of the weighted mix."""
+        self.train_ds, self.eval_ds, self.weights = load_run_data(self.cfg)
+        self.sampler = MixSampler(self.train_ds, self.weights, micro=self.t.micro_batch_size, accum=self.t.grad_accum,
+                                  world=self.world, rank=self.rank, seed=self.t.seed)
+        self.source_seen = np.zeros((2, len(self.train_ds.parts)))  # sequences, tokens per source (all ranks)
 
-    model = load_model(cfg, dtype)
-    model.config.use_cache = False
-    model, trainable = prepare_stage(model, cfg, zero_stage)
-    n_trainable = sum(p.ds_numel if hasattr(p, "ds_numel") else p.numel() for p in trainable.values())
-    log.info("stage %s: %d trainable tensors, %d parameters", cfg.stage, len(trainable), n_trainable)
-    optimizer = torch.optim.AdamW(param_groups(trainable, cfg), lr=t.lr, betas=tuple(t.betas), eps=1e-8)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
-    engine, optimizer, _, scheduler = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
-                                                           config=ds_cfg)
-    del keep_alive
+    # ------------------------------------------------------------------------------------------ model
+    def _setup_model(self) -> None:
+        """Load the model, pick what trains (stage), AdamW + schedule, ``deepspeed.initialize``."""
+        import deepspeed
 
-    history: list[dict] = []
-    evals: list[dict] = []
-    start = 0
-    tokens_done = 0
-    if tag:
-        load_path, state = engine.load_checkpoint(str(ckpt_dir), tag=tag, load_module_strict=False)
+        torch.manual_seed(self.t.seed)
+        self.dtype = torch.bfloat16 if self.bf16 else torch.float32
+        keep_alive = None
+        if self.zero_stage == 3:
+            importlib.import_module("torch._dynamo")  # zero.Init patches module classes; dynamo must come first
+            from transformers.integrations import HfDeepSpeedConfig
+
+            keep_alive = HfDeepSpeedConfig(self.ds_cfg)  # makes from_pretrained partition weights while loading
+        from .model import load_model, lr_lambda, param_groups, prepare_stage
+
+        model = load_model(self.cfg, self.dtype)
+        model.config.use_cache = False
+        model, self.trainable = prepare_stage(model, self.cfg, self.zero_stage)
+        self.n_trainable = sum(p.ds_numel if hasattr(p, "ds_numel") else p.numel() for p in self.trainable.values())
+        log.info("stage %s: %d trainable tensors, %d parameters", self.cfg.stage, len(self.trainable), self.n_trainable)
+        optimizer = torch.optim.AdamW(param_groups(self.trainable, self.cfg), lr=self.t.lr, betas=tuple(self.t.betas), eps=1e-8)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(self.cfg))
+        self.engine, _, _, self.scheduler = deepspeed.initialize(model=model, optimizer=optimizer,
+                                                                 lr_scheduler=scheduler, config=self.ds_cfg)
+        del keep_alive
+
+    # ----------------------------------------------------------------------------------------- resume
+    def _resume(self) -> None:
+        """Load the last complete checkpoint, if any (``--resume`` insists on one)."""
+        tag = last_complete(self.ckpt_dir)
+        if tag is None:
+            return
+        load_path, _ = self.engine.load_checkpoint(str(self.ckpt_dir), tag=tag, load_module_strict=False)
         if load_path is None:
-            raise RuadaptError(f"{ckpt_dir / tag}: DeepSpeed could not load this checkpoint")
-        st = json.loads((ckpt_dir / tag / STATE).read_text())
-        start, history, evals, tokens_done = st["step"], st["history"], st["evals"], st["tokens"]
-        source_seen = np.array(st.get("source_seen", source_seen), dtype=np.float64)
-        log.info("resumed from %s (step %d)", ckpt_dir / tag, start)
+            raise RuadaptError(f"{self.ckpt_dir / tag}: DeepSpeed could not load this checkpoint")
+        st = json.loads((self.ckpt_dir / tag / STATE).read_text())
+        self.start, self.history, self.evals, self.tokens_done = st["step"], st["history"], st["evals"], st["tokens"]
+        self.source_seen = np.array(st.get("source_seen", self.source_seen), dtype=np.float64)
+        log.info("resumed from %s (step %d)", self.ckpt_dir / tag, self.start)
 
-    def save(step: int) -> None:
-        tag_ = f"step-{step:07d}"
-        engine.save_checkpoint(str(ckpt_dir), tag=tag_, save_latest=False)
-        barrier()
-        if rank == 0:
-            state = {"step": step, "history": history, "evals": evals, "tokens": tokens_done,
-                     "source_seen": source_seen.tolist()}
-            (ckpt_dir / tag_ / STATE).write_text(json.dumps(state) + "\n")
-            tmp = ckpt_dir / f".{COMPLETE}.tmp"
-            tmp.write_text(tag_ + "\n")
-            os.replace(tmp, ckpt_dir / COMPLETE)
-            old = sorted(p for p in ckpt_dir.glob("step-*") if p.is_dir() and p.name != tag_)
-            for p in old[: max(0, len(old) - (t.keep_checkpoints - 1))]:
-                shutil.rmtree(p, ignore_errors=True)
-        barrier()
+    # ------------------------------------------------------------------------------------------- loop
+    def train(self) -> None:
+        """Optimizer steps from the resumed one to ``max_steps``: eval and checkpoint on schedule; raises
+        :class:`StopRequested` when a stop signal arrived (after the step every rank agreed on)."""
+        t = self.t
+        self.progress = Progress(self.cfg, first_step=self.start, enabled=self.rank == 0)
+        if self.eval_ds is not None and self.start == 0:
+            self._evaluate(0, "eval loss before training (step %d) %.4f")
+        self.engine.train()
+        self.progress.start()
+        try:
+            for step in range(self.start + 1, t.max_steps + 1):
+                self._train_step(step)
+                if self.eval_ds is not None and t.eval_steps and step % t.eval_steps == 0 and step < t.max_steps:
+                    self._evaluate(step)
+                if step % t.save_steps == 0 or step == t.max_steps:
+                    self.save_checkpoint(step)
+                for callback in self.on_step_end:
+                    callback(self, step)
+            self.elapsed = self.progress.elapsed()
+            if self.eval_ds is not None:
+                self._evaluate(t.max_steps, "final eval loss (step %d) %.4f")
+        finally:
+            self.progress.close()
 
-    kill_at = _kill_step(cfg)
-    if eval_ds is not None and start == 0:
-        ev = evaluate(engine, eval_ds, rank=rank, world=world, micro=t.micro_batch_size, device=device)
-        evals.append({"step": 0, "loss": round(ev, 6)})
-        if rank == 0:
-            log.info("eval loss before training %.4f", ev)
-    engine.train()
-    t0 = time.perf_counter()
-    tokens_this_run = 0
-    for step in range(start, t.max_steps):
+    def _train_step(self, step: int) -> None:
+        """One optimizer step (grad_accum micro-batches); its all-reduce also carries the stop flag."""
         loss_sum = 0.0
-        tokens = 0
-        seen = np.zeros((2, n_sources))
-        lr = scheduler.get_last_lr()[0] if scheduler is not None else t.lr  # the lr this step uses
-        for idx in sampler.micro_batches(step):
-            batch = {k: v.to(device) for k, v in train_ds.collate(idx).items()}
-            out = engine(**batch)
-            engine.backward(out.loss)
-            engine.step()
-            loss_sum += out.loss.detach().float().item()
+        seen = np.zeros_like(self.source_seen)  # this rank's sequences and tokens per source
+        lr = self.scheduler.get_last_lr()[0] if self.scheduler is not None else self.t.lr  # the lr this step uses
+        for idx in self.sampler.micro_batches(step - 1):
+            batch = self.train_ds.collate(idx)
             n_tok = batch["attention_mask"].sum(1) if "attention_mask" in batch else torch.full((len(idx),), batch["input_ids"].shape[1])
-            parts = train_ds.part_of(idx)
-            seen[0] += np.bincount(parts, minlength=n_sources)
-            seen[1] += np.bincount(parts, weights=n_tok.numpy(), minlength=n_sources)
-            tokens += int(n_tok.sum())
-        reduced = _all_reduce_sum([loss_sum, float(tokens), *seen.ravel().tolist()], device)
-        loss_sum, tokens_all = reduced[0], reduced[1]
-        source_seen += np.array(reduced[2:]).reshape(2, n_sources)
-        loss = loss_sum / (t.grad_accum * world)
-        tokens_done += int(tokens_all)
-        tokens_this_run += int(tokens_all)
-        history.append({"step": step + 1, "loss": round(loss, 6), "lr": lr, "tokens": int(tokens_all),
-                        "time_s": round(time.perf_counter() - t0, 4)})  # since this process's loop started
-        if rank == 0 and ((step + 1) % t.log_steps == 0 or step + 1 in (1, t.max_steps)):
-            rate = tokens_this_run / max(time.perf_counter() - t0, 1e-9)
-            log.info("step %d/%d  loss %.4f  lr %.3g  %.0f tok/s", step + 1, t.max_steps, loss, lr, rate)
-        if eval_ds is not None and t.eval_steps and (step + 1) % t.eval_steps == 0 and step + 1 < t.max_steps:
-            ev = evaluate(engine, eval_ds, rank=rank, world=world, micro=t.micro_batch_size, device=device)
-            evals.append({"step": step + 1, "loss": round(ev, 6)})
-            if rank == 0:
-                log.info("step %d  eval loss %.4f", step + 1, ev)
-        if (step + 1) % t.save_steps == 0 or step + 1 == t.max_steps:
-            save(step + 1)
-        if kill_at and step + 1 == kill_at and rank == 0:
-            log.warning("%s=%d: killing rank 0 with SIGKILL", KILL_ENV, kill_at)
-            os.kill(os.getpid(), signal.SIGKILL)
-    elapsed = time.perf_counter() - t0
-    if eval_ds is not None:
-        ev = evaluate(engine, eval_ds, rank=rank, world=world, micro=t.micro_batch_size, device=device)
-        evals.append({"step": t.max_steps, "loss": round(ev, 6)})
-        if rank == 0:
-            log.info("final eval loss %.4f", ev)
+            batch = {k: v.to(self.device) for k, v in batch.items()}
+            out = self.engine(**batch)
+            self.engine.backward(out.loss)
+            self.engine.step()
+            loss_sum += out.loss.detach().float().item()
+            parts = self.train_ds.part_of(idx)
+            seen[0] += np.bincount(parts, minlength=seen.shape[1])
+            seen[1] += np.bincount(parts, weights=n_tok.numpy(), minlength=seen.shape[1])
+        stop = float(_stop_signal[0]) if _stop_signal else 0.0
+        reduced = _all_reduce_sum([loss_sum, stop, *seen.ravel().tolist()], self.device)
+        loss_sum, stop_any = reduced[0], reduced[1]
+        seen = np.array(reduced[2:]).reshape(seen.shape)
+        tokens_all = seen[1].sum()
+        if stop_any:  # some rank was signalled: all stop here, before this step could be checkpointed
+            signum = _stop_signal[0] if _stop_signal else signal.SIGTERM
+            tag = last_complete(self.ckpt_dir)
+            if self.rank == 0:
+                log.warning("stopping after step %d (%s); last complete checkpoint: %s; nothing else written",
+                            step, signal.Signals(signum).name, tag or "none")
+            raise StopRequested(step, tag, signum)
+        loss = loss_sum / (self.t.grad_accum * self.world)
+        self.tokens_done += int(tokens_all)
+        self.source_seen += seen
+        self.history.append({"step": step, "loss": round(loss, 6), "lr": lr, "tokens": int(tokens_all),
+                             "time_s": round(self.progress.elapsed(), 4)})  # since this launch's loop started
+        self.progress.step_done(step, loss=loss, lr=lr, tokens=int(tokens_all))
 
-    from .export import gather_to_rank0
+    def _evaluate(self, step: int, message: str = "step %d  eval loss %.4f") -> None:
+        ev = evaluate(self.engine, self.eval_ds, rank=self.rank, world=self.world, micro=self.t.micro_batch_size,
+                      device=self.device)
+        self.evals.append({"step": step, "loss": round(ev, 6)})
+        self.progress.eval_done(step, ev, message)
 
-    trained = gather_to_rank0(trainable, rank)
-    out = None
-    if rank == 0:
-        from .export import export_run
+    # ------------------------------------------------------------------------------------------- save
+    def save_checkpoint(self, step: int) -> None:
+        """DeepSpeed checkpoint of every rank, then rank 0 marks it complete (atomically) and prunes old ones."""
+        tag = f"step-{step:07d}"
+        self.engine.save_checkpoint(str(self.ckpt_dir), tag=tag, save_latest=False)
+        self.barrier()
+        if self.rank == 0:
+            state = {"step": step, "history": self.history, "evals": self.evals, "tokens": self.tokens_done,
+                     "source_seen": self.source_seen.tolist()}
+            (self.ckpt_dir / tag / STATE).write_text(json.dumps(state) + "\n")
+            tmp = self.ckpt_dir / f".{COMPLETE}.tmp"
+            tmp.write_text(tag + "\n")
+            os.replace(tmp, self.ckpt_dir / COMPLETE)
+            old = sorted(p for p in self.ckpt_dir.glob("step-*") if p.is_dir() and p.name != tag)
+            for p in old[: max(0, len(old) - (self.t.keep_checkpoints - 1))]:
+                shutil.rmtree(p, ignore_errors=True)
+        self.barrier()
 
+    # ----------------------------------------------------------------------------------------- export
+    def export(self) -> Path | None:
+        """Gather the trained tensors to rank 0, which writes the output dir and deletes the checkpoints."""
+        from .export import export_run, gather_to_rank0
+
+        self.trained = gather_to_rank0(self.trainable, self.rank)
+        out = None
+        if self.rank == 0:
+            record = self._record()
+            peft_config = self.engine.module.peft_config["default"] if self.cfg.stage == "lora" else None
+            out = export_run(self.cfg, self.trained, record, self.history, self.evals, peft_config)
+            shutil.rmtree(self.ckpt_dir, ignore_errors=True)  # the export is complete; optimizer states are not needed
+            log.info("wrote %s", out)
+        self.barrier()
+        return out
+
+    def _record(self) -> StageRecord:
+        cfg, t, h = self.cfg, self.t, self.history
         record = StageRecord("train", cfg.to_dict())
         record.input("model", cfg.model)
         for src in cfg.data.train:
             record.input(f"data:{src.path}", src.path)
-        record.set("data", mix_record(train_ds, weights, source_seen))
-        peak = acc.max_memory_allocated() if device.type != "cpu" else _peak_rss()
+        record.set("data", self._mix_record())
+        peak = self.acc.max_memory_allocated() if self.device.type != "cpu" else _peak_rss()
+        tokens_this_run = sum(x["tokens"] for x in h if x["step"] > self.start)
         record.set("result", {
-            "world_size": world, "zero_stage": zero_stage, "dtype": str(dtype).replace("torch.", ""),
-            "steps": t.max_steps, "resumed_from_step": start, "trainable_parameters": n_trainable,
-            "tokens": tokens_done, "tokens_this_run": tokens_this_run, "seconds_this_run": round(elapsed, 3),
-            "tokens_per_s": round(tokens_this_run / max(elapsed, 1e-9), 2),
-            "train_sequences": len(train_ds), "eval_sequences": len(eval_ds) if eval_ds is not None else 0,
-            "first_loss": history[0]["loss"] if history else None, "last_loss": history[-1]["loss"] if history else None,
-            "eval_loss": evals[-1]["loss"] if evals else None, "peak_memory_bytes_rank0": peak,
+            "world_size": self.world, "zero_stage": self.zero_stage, "dtype": str(self.dtype).replace("torch.", ""),
+            "steps": t.max_steps, "resumed_from_step": self.start, "trainable_parameters": self.n_trainable,
+            "tokens": self.tokens_done, "tokens_this_run": tokens_this_run, "seconds_this_run": round(self.elapsed, 3),
+            "tokens_per_s": round(tokens_this_run / max(self.elapsed, 1e-9), 2),
+            "train_sequences": len(self.train_ds), "eval_sequences": len(self.eval_ds) if self.eval_ds is not None else 0,
+            "first_loss": h[0]["loss"] if h else None, "last_loss": h[-1]["loss"] if h else None,
+            "eval_loss": self.evals[-1]["loss"] if self.evals else None, "peak_memory_bytes_rank0": peak,
         })
-        record.set("losses", history)
-        record.set("eval_losses", evals)
-        peft_config = engine.module.peft_config["default"] if cfg.stage == "lora" else None
-        out = export_run(cfg, trained, record, history, evals, peft_config)
-        shutil.rmtree(ckpt_dir, ignore_errors=True)  # the export is complete; optimizer states are no longer needed
-        log.info("wrote %s", out)
-    barrier()
-    engine.destroy()
-    del engine, optimizer, model, trainable, trained
-    gc.collect()
-    return out
+        record.set("losses", h)
+        record.set("eval_losses", self.evals)
+        return record
+
+    def _mix_record(self) -> dict:
+        """Target share of each source and the shares of sequences and tokens the run actually trained on."""
+        ds, (seqs, toks) = self.train_ds, self.source_seen
+        target = normalized_weights(self.weights, [int(n) for n in ds.sizes])
+        return {"sources": [
+            {"path": name, "weight": w, "target_share": round(float(share), 6), "sequences": int(seqs[k]),
+             "tokens": int(toks[k]), "sequence_share": round(float(seqs[k] / max(seqs.sum(), 1)), 6),
+             "token_share": round(float(toks[k] / max(toks.sum(), 1)), 6), "available_sequences": int(ds.sizes[k])}
+            for k, (name, w, share) in enumerate(zip(ds.names, self.weights, target))]}
+
+    def close(self) -> None:
+        """Free the engine and the model before the next run in the same processes."""
+        self.engine.destroy()
+        del self.engine, self.trainable, self.trained
+        gc.collect()
 
 
-def mix_record(train_ds, weights: list[float], seen: np.ndarray) -> dict:
-    """Target share of each source and the share of sequences / tokens the run actually trained on."""
-    from .data import normalized_weights
-
-    target = normalized_weights(weights, [int(n) for n in train_ds.sizes])
-    seqs, toks = seen[0], seen[1]
-    return {"sources": [
-        {"path": name, "weight": w, "target_share": round(float(share), 6), "sequences": int(seqs[k]),
-         "tokens": int(toks[k]), "sequence_share": round(float(seqs[k] / max(seqs.sum(), 1)), 6),
-         "token_share": round(float(toks[k] / max(toks.sum(), 1)), 6), "available_sequences": int(train_ds.sizes[k])}
-        for k, (name, w, share) in enumerate(zip(train_ds.names, weights, target))]}
+def run(cfg: RunConfig, *, resume: bool = False) -> Path | None:
+    """Train according to ``cfg`` in this process (one of the launcher's ranks); rank 0 exports."""
+    return TrainingRun(cfg, resume=resume).run()
 
 
 def _peak_rss() -> int:

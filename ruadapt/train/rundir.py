@@ -1,0 +1,124 @@
+"""What a run leaves on disk between launches, and whether a relaunch may continue it (no torch imported).
+
+``OUT.work/run.json`` records the config of an unfinished run, ``OUT/ruadapt_train.json`` the config of a
+finished one. A relaunch with a different config must not silently resume someone else's checkpoints, nor
+silently skip a finished run the user meant to change (issue 15): :func:`check_rerun` compares the two and
+names the keys that differ. Bookkeeping keys (how often to log, save, evaluate, how many checkpoints to keep,
+where to report) may change between launches because they do not change the weights.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from ..errors import RuadaptError
+from .config import RunConfig, TrainConfig, _build
+
+COMPLETE = "complete"
+STATE = "ruadapt_state.json"
+RUN_JSON = "run.json"
+TRAIN_RECORD = "ruadapt_train.json"
+# train.* settings that may differ between launches of one run (they do not change the weights)
+RESUME_FREE = ("save_steps", "eval_steps", "log_steps", "keep_checkpoints", "report_to")
+
+
+def last_complete(ckpt_dir: Path) -> str | None:
+    """Tag of the newest checkpoint every rank finished writing, or None."""
+    p = Path(ckpt_dir) / COMPLETE
+    if not p.is_file():
+        return None
+    tag = p.read_text().strip()
+    return tag if (Path(ckpt_dir) / tag / STATE).is_file() else None
+
+
+def comparable(cfg: RunConfig) -> dict[str, Any]:
+    """The config as recorded in run.json: everything that decides the weights."""
+    d = cfg.to_dict()
+    for k in RESUME_FREE:
+        d["train"].pop(k, None)
+    return d
+
+
+def _normalised(recorded: dict[str, Any]) -> dict[str, Any] | None:
+    """A recorded config with today's defaults filled in (a key added since is not a difference), or None
+    when it no longer parses (a key removed since): then the whole config counts as changed."""
+    try:
+        train_keys = {f for f in TrainConfig.__dataclass_fields__}
+        raw = json.loads(json.dumps(recorded))
+        raw["train"] = {k: v for k, v in raw.get("train", {}).items() if k in train_keys}
+        return comparable(_build(RunConfig, raw, ""))
+    except (RuadaptError, TypeError, AttributeError):
+        return None
+
+
+def config_diff(recorded: dict[str, Any], cfg: RunConfig) -> list[str]:
+    """Dotted names of the keys whose values differ between a recorded config and ``cfg`` (sorted)."""
+    old, new = _normalised(recorded), comparable(cfg)
+    if old is None:
+        return ["(all: the recorded config cannot be read by this ruadapt version)"]
+
+    def walk(a: Any, b: Any, prefix: str) -> list[str]:
+        if isinstance(a, dict) and isinstance(b, dict):
+            return [k for key in sorted(set(a) | set(b)) for k in walk(a.get(key), b.get(key), f"{prefix}{key}.")]
+        return [] if a == b else [prefix.rstrip(".")]
+
+    return walk(old, new, "")
+
+
+def recorded_config(cfg: RunConfig) -> tuple[Path, dict[str, Any]] | None:
+    """(file, config) of what an earlier launch of this run recorded: the finished run's record, else the
+    unfinished run's run.json when it left a complete checkpoint (without one nothing would be resumed)."""
+    if cfg.done:
+        path = cfg.out_path / TRAIN_RECORD
+        return path, _read(path).get("options", {})
+    run_json = cfg.work_dir / RUN_JSON
+    if run_json.is_file() and last_complete(cfg.work_dir / "checkpoints"):
+        return run_json, _read(run_json)
+    return None
+
+
+def _read(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return {}  # unreadable: counts as another config (see config_diff), so --overwrite can replace it
+    return data if isinstance(data, dict) else {}
+
+
+def check_rerun(cfg: RunConfig) -> None:
+    """One-line error when an earlier launch of ``cfg.out`` used another config (finished or not)."""
+    found = recorded_config(cfg)
+    if found is None:
+        return
+    path, recorded = found
+    keys = config_diff(recorded, cfg)
+    if keys:
+        state = "finished" if cfg.done else "has checkpoints"
+        shown = ", ".join(keys[:6]) + (f" (+{len(keys) - 6} more)" if len(keys) > 6 else "")
+        raise RuadaptError(
+            f"{cfg.source or path}: out {cfg.out} {state} with another config ({path} differs in {shown}); "
+            "add --overwrite to discard that run and start over, or choose another out"
+        )
+
+
+def discard_run(cfg: RunConfig) -> list[Path]:
+    """Delete an earlier run's output, checkpoints and logs (``--overwrite``) after checking they are
+    ruadapt's; the token cache in OUT.work stays (it is keyed by content, so it is still valid)."""
+    out, work = cfg.out_path, cfg.work_dir
+    if out.exists() and not (out / TRAIN_RECORD).is_file():
+        raise RuadaptError(f"{out}: --overwrite refuses to delete it: it holds no {TRAIN_RECORD} (not a ruadapt train output)")
+    removed = []
+    # only a work dir with run.json is a run's (without it there are no checkpoints to discard)
+    ours = [work / "checkpoints", work / "tensorboard", work / RUN_JSON] if (work / RUN_JSON).is_file() else []
+    for p in [out, *ours]:
+        if p.is_dir():
+            shutil.rmtree(p)
+        elif p.exists():
+            p.unlink()
+        else:
+            continue
+        removed.append(p)
+    return removed
