@@ -1,8 +1,9 @@
 """Bench for training data at scale (issue 14): streaming parallel tokenization into token files, and training on them.
 
 Corpora are ``../shared/data/ru_train.txt`` repeated to 100 MB, 600 MB and 1 GB (the repeats change no cost: every
-line is tokenized again). The model is a tiny Qwen2 (hidden 64, 2 layers) with the real Qwen2.5 tokenizer, so the
-training step is cheap and the data path dominates. Every command runs in a fresh process; the memory figure is the
+line is tokenized again). The model is a tiny Qwen2 (hidden 64, 2 layers, tied) with the real Qwen2.5 tokenizer,
+stage embeddings, ZeRO-2, block 128, micro-batch 1, so the training step is cheap and the data path dominates (a
+bigger micro-batch adds its 152k-wide logits — ≈ 80 MB per copy per 128 tokens — to every rank). Every command runs in a fresh process; the memory figure is the
 peak of the RSS *summed over the command's whole process tree* (launcher + every rank), sampled every 0.2 s —
 file-backed pages of the memory-mapped token files count in each rank that touched them. In one run it measures:
 
@@ -11,7 +12,7 @@ file-backed pages of the memory-mapped token files count in each rank that touch
 * prepare: ``ruadapt data prepare`` with an empty cache, at 100 MB and 1 GB (throughput vs bare, peak RSS);
 * train: ``ruadapt train`` (CPT, 2 CPU processes, 2 steps) on 600 MB with an empty cache: wall vs bare, tree RSS;
 * ranks: the same training with the data already prepared, at 100 MB and 1 GB: the per-rank peak RSS;
-* mix: a two-source run (ru 100 MB weight 0.9, en_train weight 0.1, 40 steps) and the shares its record shows.
+* mix: a two-source run (ru 100 MB weight 0.9, en_train weight 0.1, 50 steps) and the shares its record shows.
 
     python bench/data.py [--workdir runs/bench-data] [--sizes-mb 100,600,1000]
 
@@ -124,9 +125,9 @@ def run_yaml(work: Path, name: str, model: Path, train: list, steps: int, cache:
     import yaml
 
     cfg = {"task": "cpt", "model": str(model), "out": str(work / f"out-{name}"),
-           "deepspeed": str(ROOT / "recipes" / "deepspeed" / "zero2.json"), "stage": "embeddings", "block_size": 256,
+           "deepspeed": str(ROOT / "recipes" / "deepspeed" / "zero2.json"), "stage": "embeddings", "block_size": 128,
            "data": {"train": train, "eval_blocks": 4, "cache_dir": str(cache)},
-           "train": {"micro_batch_size": 4, "grad_accum": 1, "max_steps": steps, "lr": 1e-3, "warmup_steps": 0,
+           "train": {"micro_batch_size": 1, "grad_accum": 1, "max_steps": steps, "lr": 1e-3, "warmup_steps": 0,
                      "save_steps": steps, "log_steps": 10, "bf16": "false"}}
     path = work / f"{name}.yaml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
@@ -211,7 +212,7 @@ def main() -> None:
     # 4. two sources with weights
     en = SHARED / "data" / "en_train.txt"
     r, rec = train([{"path": str(small), "weight": 0.9}, {"path": str(en), "weight": 0.1}], "mix", work / "cache-small",
-                   steps=40, fresh=False)
+                   steps=50, fresh=False)
     results["mix"] = rec["data"]
     for s in rec["data"]["sources"]:
         rows.append({"what": f"mix: {Path(s['path']).name} weight {s['weight']}", "token_share": s["token_share"],

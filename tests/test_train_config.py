@@ -120,7 +120,7 @@ def _bert_model(tmp: Path) -> Path:
 @pytest.mark.parametrize("case,edit,expect", [
     ("unknown key", lambda b, t: {**b, "trian": {}}, "unknown key 'trian'"),
     ("unknown nested key", lambda b, t: {**b, "train": {"lr_rate": 1}}, "unknown key 'lr_rate' in train"),
-    ("missing data file", lambda b, t: {**b, "data": {"train": [str(t / "nope.txt")]}}, "nope.txt not found"),
+    ("missing data file", lambda b, t: {**b, "data": {"train": [str(t / "nope.txt")]}}, "nope.txt: data.train file not found"),
     ("block_size", lambda b, t: {**b, "block_size": 4096}, "block_size 4096 is above the model's max_position_embeddings 256"),
     ("embeddings not found", lambda b, t: {**b, "model": str(_bert_model(t))}, "model_type 'bert' is not supported"),
     ("bad stage", lambda b, t: {**b, "stage": "adapter"}, "stage 'adapter' is not one of"),

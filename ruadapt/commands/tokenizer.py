@@ -33,7 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "ruadapt tokenizer train --base ./Qwen2.5-7B --corpus ru_train.txt --mode replace --vocab-size 64000 --out tok-ru64k",
     )
     t.add_argument("--base", type=path_arg, required=True, help="base tokenizer dir (tokenizer.json) or a model dir holding one")
-    t.add_argument("--corpus", type=path_arg, nargs="+", required=True, metavar="FILE", help="UTF-8 training text, one document or sentence per line")
+    t.add_argument("--corpus", type=path_arg, nargs="+", required=True, metavar="FILE", help="training corpus: UTF-8 text (a document per line), JSONL (\"text\" field) or Parquet (\"text\" column); .gz/.zst too")
     t.add_argument("--mode", choices=("extend", "replace"), default="extend", help="continue the base BPE, or train a new one")
     t.add_argument("--new-tokens", type=int, default=None, metavar="N", help="extend: number of tokens to add")
     t.add_argument("--vocab-size", type=int, default=None, metavar="N", help="replace: len(new tokenizer), the base's added tokens included")

@@ -28,7 +28,7 @@ ruadapt trim --tokenizer ./Qwen2.5-0.5B --corpus ru_train.txt en_train.txt --out
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--model", type=path_arg, help="Hugging Face model directory (safetensors + tokenizer.json)")
     src.add_argument("--tokenizer", type=path_arg, help="trim only this tokenizer directory (no weights)")
-    p.add_argument("--corpus", type=path_arg, nargs="+", required=True, help="UTF-8 text files, one document or sentence per line")
+    p.add_argument("--corpus", type=path_arg, nargs="+", required=True, help="corpus files: UTF-8 text (a document per line), JSONL (\"text\" field) or Parquet (\"text\" column); .gz/.zst too")
     p.add_argument("--out", type=path_arg, required=True, help="new directory for the trimmed model (must not exist or be empty)")
     how = p.add_mutually_exclusive_group()
     how.add_argument("--keep-top", type=int, metavar="N", help="vocabulary size to keep: must-keep tokens, then the most frequent used tokens with their closure (default: every used token)")

@@ -20,6 +20,8 @@ import socket
 from pathlib import Path
 from typing import Callable
 
+from tokenizers import Tokenizer
+
 from ..corpus import iter_document_blocks
 from ..errors import RuadaptError
 from ..record import sha256_file
@@ -53,8 +55,9 @@ def prepare_run(cfg: RunConfig, *, tokenizer_dir: Path | None = None, progress: 
         tc = model / "tokenizer_config.json"
         common["tokenizer_config_sha256"] = sha256_file(tc) if tc.is_file() else ""
         common["block_size"] = cfg.block_size
-    rows = tokenizer_size(load_tokenizer(model, "model"))
-    build = _cpt_builder(cfg, model, progress) if cfg.task == "cpt" else _sft_builder(cfg, model, progress)
+    tok = load_tokenizer(model, "model")
+    rows = tokenizer_size(tok)
+    build = _cpt_builder(cfg, model, tok, progress) if cfg.task == "cpt" else _sft_builder(cfg, model, progress)
     cache = cfg.token_cache
     manifest: dict = {"task": cfg.task, "model": str(model), "cache": str(cache), "train": [], "eval": []}
     for section, sources in (("train", cfg.data.train), ("eval", cfg.data.eval)):
@@ -125,10 +128,9 @@ def _usable(entry: Path) -> bool:
     return True
 
 
-def _cpt_builder(cfg: RunConfig, model: Path, progress: bool) -> Callable:
+def _cpt_builder(cfg: RunConfig, model: Path, tok: Tokenizer, progress: bool) -> Callable:
     from .cpt import write_documents
 
-    tok = load_tokenizer(model, "model")
     eos = eos_token_id(model)
 
     def build(writer: TokenFileWriter, src: SourceConfig, field: str, section: str) -> dict:
