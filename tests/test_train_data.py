@@ -217,3 +217,24 @@ def test_weighted_mix_matches_the_weights_and_upsamples_a_small_source():
     assert set(small_seen) == set(range(10_000, 10_007))  # 100 draws from 7 items: every one, repeatedly
     natural = MixSampler(items, [0.0, 0.0], micro=micro, accum=accum, world=world, rank=0, seed=1)
     assert [float(x) for x in natural.weights] == pytest.approx([1000 / 1007, 7 / 1007])
+
+
+def test_resuming_on_changed_data_is_refused(tmp_path):
+    from ruadapt.train.rundir import COMPLETE, RUN_JSON, STATE
+
+    model = make_tiny_model(tmp_path / "m", "qwen2")
+    text = tmp_path / "ru.txt"
+    text.write_text("".join((SHARED_DATA / "ru_train.txt").open(encoding="utf-8").readlines()[:30]), encoding="utf-8")
+    cfg = load_config(cpt_config(tmp_path, model, [str(text)]))
+    prepare_run(cfg, progress=False)
+    ckpt = cfg.work_dir / "checkpoints"  # what a launch leaves after its first complete checkpoint
+    (ckpt / "step-0000002").mkdir(parents=True)
+    (ckpt / "step-0000002" / STATE).write_text("{}")
+    (ckpt / COMPLETE).write_text("step-0000002\n")
+    (cfg.work_dir / RUN_JSON).write_text("{}")
+    prepare_run(cfg, progress=False)  # same data: resumable
+    text.write_text(text.read_text(encoding="utf-8") + "новая строка\n", encoding="utf-8")
+    with pytest.raises(RuadaptError, match=r"ru.txt: its contents .* changed since the checkpoints .* --overwrite"):
+        prepare_run(cfg, progress=False)
+    prepare_run(cfg, progress=False, overwrite=True)
+    assert not ckpt.exists()  # started over on the new data

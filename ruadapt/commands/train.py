@@ -136,7 +136,7 @@ def run(args: argparse.Namespace) -> int:
     # token files, so none waits at a barrier while another one tokenizes
     from ..train.prepare import prepare_configs
 
-    prepare_configs(pending)
+    prepare_configs(pending, overwrite=args.overwrite)
     sys.stdout.flush()
     sys.stderr.flush()
     code, sig = supervise(cmd, grace_s=args.stop_grace)

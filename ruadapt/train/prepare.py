@@ -40,11 +40,13 @@ def manifest_path(cfg: RunConfig) -> Path:
     return cfg.work_dir / MANIFEST
 
 
-def prepare_run(cfg: RunConfig, *, tokenizer_dir: Path | None = None, progress: bool = True) -> dict:
+def prepare_run(cfg: RunConfig, *, tokenizer_dir: Path | None = None, progress: bool = True,
+                overwrite: bool = False) -> dict:
     """Make (or reuse) the token file of every source of ``cfg`` and write the run's manifest; return it.
 
     ``tokenizer_dir`` stands in for ``cfg.model`` when that model is made by an earlier run of the same launch
     (CPT stage 2 on stage 1's output): training never changes the tokenizer, and the export copies its files.
+    A run with checkpoints whose data changed since is refused, or with ``overwrite`` discarded (started over).
     """
     model = Path(tokenizer_dir or cfg.model)
     tok_json = tokenizer_json_path(model, "model")
@@ -59,17 +61,20 @@ def prepare_run(cfg: RunConfig, *, tokenizer_dir: Path | None = None, progress: 
     rows = tokenizer_size(tok)
     build = _cpt_builder(cfg, model, tok, progress) if cfg.task == "cpt" else _sft_builder(cfg, model, progress)
     cache = cfg.token_cache
-    manifest: dict = {"task": cfg.task, "model": str(model), "cache": str(cache), "train": [], "eval": []}
+    plan = []  # (section, source, text field, key, entry)
     for section, sources in (("train", cfg.data.train), ("eval", cfg.data.eval)):
         for src in sources:
             field = src.text_field or cfg.data.text_field
             key = {**common, "file_sha256": sha256_file(Path(src.path)), "text_field": field if cfg.task == "cpt" else ""}
-            entry = ensure_entry(cache, f"{cfg.task}-{Path(src.path).name}", key,
-                                 lambda w, s=src, f=field, sec=section: build(w, s, f, f"data.{sec}"),
-                                 rows=rows, with_mask=cfg.task == "sft")
-            tf = open_token_file(entry)
-            manifest[section].append({"path": src.path, "weight": src.weight, "text_field": field, "entry": str(entry),
-                                      "n_docs": tf.n_docs, "n_tokens": tf.n_tokens})
+            plan.append((section, src, field, key, entry_path(cache, f"{cfg.task}-{Path(src.path).name}", key)))
+    _refuse_changed_data(cfg, plan, overwrite)
+    manifest: dict = {"task": cfg.task, "model": str(model), "cache": str(cache), "train": [], "eval": []}
+    for section, src, field, key, entry in plan:
+        ensure_entry(entry, key, lambda w, s=src, f=field, sec=section: build(w, s, f, f"data.{sec}"),
+                     rows=rows, with_mask=cfg.task == "sft")
+        tf = open_token_file(entry)
+        manifest[section].append({"path": src.path, "weight": src.weight, "text_field": field, "entry": str(entry),
+                                  "n_docs": tf.n_docs, "n_tokens": tf.n_tokens})
     path = manifest_path(cfg)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -78,7 +83,8 @@ def prepare_run(cfg: RunConfig, *, tokenizer_dir: Path | None = None, progress: 
     return manifest
 
 
-def prepare_configs(configs: list[RunConfig], *, skip_done: bool = True, progress: bool = True) -> list[tuple[RunConfig, dict]]:
+def prepare_configs(configs: list[RunConfig], *, skip_done: bool = True, progress: bool = True,
+                    overwrite: bool = False) -> list[tuple[RunConfig, dict]]:
     """:func:`prepare_run` for runs meant to execute in sequence; a run whose model an earlier run makes uses that
     earlier run's tokenizer. Finished runs are skipped with ``skip_done`` (a relaunch does not retokenize them)."""
     tokenizer_of: dict[Path, Path] = {}
@@ -89,15 +95,17 @@ def prepare_configs(configs: list[RunConfig], *, skip_done: bool = True, progres
         tokenizer_of[cfg.out_path.resolve()] = source
         if skip_done and cfg.done:
             continue
-        done.append((cfg, prepare_run(cfg, tokenizer_dir=source, progress=progress)))
+        done.append((cfg, prepare_run(cfg, tokenizer_dir=source, progress=progress, overwrite=overwrite)))
     return done
 
 
-def ensure_entry(cache: Path, name: str, key: dict, build: Callable[[TokenFileWriter], dict], *, rows: int,
-                 with_mask: bool) -> Path:
+def entry_path(cache: Path, name: str, key: dict) -> Path:
+    """Where the token file for ``key`` lives: ``<cache>/<name>-<16 hex digits of the key's sha256>``."""
+    return Path(cache) / f"{name}-{hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]}"
+
+
+def ensure_entry(entry: Path, key: dict, build: Callable[[TokenFileWriter], dict], *, rows: int, with_mask: bool) -> Path:
     """The complete cache entry for ``key``: reused when it opens cleanly, else built (under a lock) and published."""
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-    entry = Path(cache) / f"{name}-{digest}"
     if _usable(entry):
         return entry
     with locked(entry):
@@ -114,6 +122,29 @@ def ensure_entry(cache: Path, name: str, key: dict, build: Callable[[TokenFileWr
         publish(tmp, entry)
     log.info("wrote %s (%s tokens, %s documents)", entry, f"{writer.n_tokens:,}", f"{writer.n_docs:,}")
     return entry
+
+
+def _refuse_changed_data(cfg: RunConfig, plan: list, overwrite: bool) -> None:
+    """A run with checkpoints continues only on the tokens it started with: a data file or tokenizer that changed
+    since (another key) would silently change what the resumed steps train on."""
+    from .rundir import discard_run, last_complete
+
+    old_path = manifest_path(cfg)
+    if not old_path.is_file() or last_complete(cfg.work_dir / "checkpoints") is None:
+        return
+    try:
+        old = json.loads(old_path.read_text(encoding="utf-8"))
+        before = {(sec, e["path"]): Path(e["entry"]).name for sec in ("train", "eval") for e in old[sec]}
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return
+    changed = [src.path for sec, src, _, _, entry in plan if before.get((sec, src.path), entry.name) != entry.name]
+    if changed and overwrite:
+        for p in discard_run(cfg):
+            log.warning("--overwrite: %s changed since the run started; removed %s", changed[0], p)
+    elif changed:
+        raise RuadaptError(f"{changed[0]}: its contents (or the tokenizer) changed since the checkpoints in "
+                           f"{cfg.work_dir / 'checkpoints'} were written; resuming would train on other data: restore "
+                           "it, or add --overwrite to ruadapt train to start the run over")
 
 
 def _usable(entry: Path) -> bool:

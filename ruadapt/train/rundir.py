@@ -39,6 +39,7 @@ def comparable(cfg: RunConfig) -> dict[str, Any]:
     d = cfg.to_dict()
     for k in RESUME_FREE:
         d["train"].pop(k, None)
+    d["data"].pop("cache_dir", None)  # where token files live changes no token (a changed file is caught by its hash)
     return d
 
 
@@ -106,7 +107,7 @@ def check_rerun(cfg: RunConfig) -> None:
 
 def discard_run(cfg: RunConfig) -> list[Path]:
     """Delete an earlier run's output, checkpoints and logs (``--overwrite``) after checking they are
-    ruadapt's; the token cache in OUT.work stays (it is keyed by content, so it is still valid)."""
+    ruadapt's; the token cache stays (it is keyed by content, so it is still valid)."""
     out, work = cfg.out_path, cfg.work_dir
     if out.exists() and not (out / TRAIN_RECORD).is_file():
         raise RuadaptError(f"{out}: --overwrite refuses to delete it: it holds no {TRAIN_RECORD} (not a ruadapt train output)")
