@@ -124,3 +124,26 @@ def test_train_refuses_bad_data_before_any_rank_starts(tmp_path):
     cache = tmp_path / ".ruadapt-cache" / "tokens"
     assert [p.name for p in cache.iterdir() if not p.name.startswith(".")][0].startswith("cpt-ru.txt-")  # the good one is kept
     assert not any(p.name.startswith(".cpt-en.jsonl") and ".tmp-" in p.name for p in cache.iterdir())
+
+
+def test_tokenizer_training_and_trim_read_compressed_jsonl_like_text(tmp_path):
+    """tokenizer train and trim read corpora through the same reader: a .jsonl.zst gives the words and token counts
+    of the plain text it holds (and not merges of its JSON syntax such as `."}`)."""
+    import zstandard
+    from tokenizers import Tokenizer
+
+    from ruadapt.tokenizer.words import count_words
+    from ruadapt.trim.corpus import count_tokens
+    from ruadapt.vocab import BYTE_LEVEL
+
+    txt = tmp_path / "ru.txt"
+    txt.write_text("\n".join(DOCS) + "\n", encoding="utf-8")
+    zst = tmp_path / "ru.jsonl.zst"
+    zst.write_bytes(zstandard.ZstdCompressor().compress(
+        "".join(json.dumps({"text": d}, ensure_ascii=False) + "\n" for d in DOCS).encode()))
+    tok = Tokenizer.from_file(str(ROOT.parent / "shared" / "tokenizers" / "qwen2.5" / "tokenizer.json"))
+    words_txt, _ = count_words(tok, BYTE_LEVEL, [txt], progress=False)
+    words_zst, _ = count_words(tok, BYTE_LEVEL, [zst], progress=False)
+    assert words_txt == words_zst and not any('"}' in w for w in words_zst)
+    a, b = count_tokens(tok, [txt], tok.get_vocab_size()), count_tokens(tok, [zst], tok.get_vocab_size())
+    assert (a.counts == b.counts).all() and a.tokens == b.tokens > 0
