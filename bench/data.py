@@ -14,7 +14,7 @@ file-backed pages of the memory-mapped token files count in each rank that touch
 * ranks: the same training with the data already prepared, at 100 MB and 1 GB: the per-rank peak RSS;
 * mix: a two-source run (ru 100 MB weight 0.9, en_train weight 0.1, 50 steps) and the shares its record shows.
 
-    python bench/data.py [--workdir runs/bench-data] [--sizes-mb 100,600,1000]
+    python bench/data.py [--workdir runs/bench-data] [--sizes-mb 100,600,1000] [--parts prepare,train,ranks,mix]
 
 Needs ≈ 3.5 GB of disk for corpora and token files. Prints a markdown table; writes bench/results/data.json.
 """
@@ -37,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ROOT, SHARED, table  # noqa: E402
 
 QWEN = SHARED / "tokenizers" / "qwen2.5"
+PARTS = ("prepare", "train", "ranks", "mix")
 BARE = r"""
 import os, sys, time
 os.environ["TOKENIZERS_PARALLELISM"] = "true"
@@ -141,6 +142,8 @@ def main() -> None:
     ap.add_argument("--workdir", type=Path, default=ROOT / "runs" / "bench-data")
     ap.add_argument("--sizes-mb", default="100,600,1000", help="small, train, large corpus sizes")
     ap.add_argument("--port", type=int, default=29561)
+    ap.add_argument("--parts", default=",".join(PARTS), help="which measurements to (re)run; the others keep their "
+                    "figures in bench/results/data.json (ranks and mix reuse the caches that prepare made)")
     args = ap.parse_args()
     small_mb, train_mb, large_mb = (int(x) for x in args.sizes_mb.split(","))
     work = args.workdir.resolve()
@@ -150,7 +153,6 @@ def main() -> None:
     ruadapt = [py, "-m", "ruadapt.cli", "-q"]
     env = {"DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
     rows: list[dict] = []
-    results: dict = {"machine": f"{os.cpu_count()} cores", "started": time.strftime("%Y-%m-%d %H:%M")}
 
     def bare(path: Path) -> dict:
         r = measure([py, "-c", BARE, str(QWEN / "tokenizer.json"), str(path)])
@@ -186,55 +188,60 @@ def main() -> None:
         rec = json.loads((work / f"out-{label}" / "ruadapt_train.json").read_text())
         return r, rec
 
-    # 1. preparation alone vs the bare pass, small and large; 2. training on the middle size, empty cache
-    small, mid, large = corpus(work, small_mb), corpus(work, train_mb), corpus(work, large_mb)
-    b_small, p_small = bare(small), prepare(small, "small")
-    b_large, p_large = bare(large), prepare(large, "large")
-    b_mid = bare(mid)
-    r, rec = train(mid, "train-mid", work / "cache-mid")
-    results["train_mid"] = {"wall_s": r["wall_s"], "peak_rss_tree_gb": r["peak_rss_tree_gb"],
-                            "peak_rss_rank_gb": r["peak_rss_rank_gb"], "bare_wall_s": b_mid["wall_s"],
-                            "limit_s": round(1.5 * b_mid["wall_s"] + 150, 1),
-                            "documents": json.loads(next((work / "cache-mid").glob("cpt-*/meta.json")).read_text())["n_docs"],
-                            "bare_documents": b_mid["documents"]}
-    rows.append({"what": f"ruadapt train (prepare + 2 steps), {mid.stat().st_size / 1e6:,.0f} MB", "wall_s": r["wall_s"],
-                 "peak_rss_tree_gb": r["peak_rss_tree_gb"], "peak_rss_rank_gb": r["peak_rss_rank_gb"]})
-    print(rows[-1], flush=True)
-    # 3. per-rank memory with the data prepared: small vs large corpus
-    for label, cache in (("small", work / "cache-small"), ("large", work / "cache-large")):
-        src = small if label == "small" else large
-        r, _ = train(src, f"ranks-{label}", cache, fresh=False)
-        results[f"ranks_{label}"] = {"peak_rss_rank_gb": r["peak_rss_rank_gb"], "peak_rss_tree_gb": r["peak_rss_tree_gb"],
-                                     "wall_s": r["wall_s"]}
-        rows.append({"what": f"ruadapt train, data prepared, {src.stat().st_size / 1e6:,.0f} MB", "wall_s": r["wall_s"],
-                     "peak_rss_tree_gb": r["peak_rss_tree_gb"], "peak_rss_rank_gb": r["peak_rss_rank_gb"]})
-        print(rows[-1], flush=True)
-    # 4. two sources with weights
-    en = SHARED / "data" / "en_train.txt"
-    r, rec = train([{"path": str(small), "weight": 0.9}, {"path": str(en), "weight": 0.1}], "mix", work / "cache-small",
-                   steps=50, fresh=False)
-    results["mix"] = rec["data"]
-    for s in rec["data"]["sources"]:
-        rows.append({"what": f"mix: {Path(s['path']).name} weight {s['weight']}", "token_share": s["token_share"],
-                     "target_share": s["target_share"], "tokens": s["tokens"]})
-    results["rows"] = rows
-    results["checks"] = {
-        "prepare_vs_bare_large": round(b_large["wall_s"] / p_large["wall_s"], 3),
-        "prepare_vs_bare_small": round(b_small["wall_s"] / p_small["wall_s"], 3),
-        "prepare_peak_rss_small_vs_large_gb": [p_small["peak_rss_tree_gb"], p_large["peak_rss_tree_gb"]],
-        "train_mid_within_limit": results["train_mid"]["wall_s"] <= results["train_mid"]["limit_s"],
-        "train_mid_tree_rss_le_3gb": results["train_mid"]["peak_rss_tree_gb"] <= 3.0,
-        "every_document_tokenized": results["train_mid"]["documents"] == b_mid["documents"],
-        "rank_rss_ratio_large_vs_small": round(results["ranks_large"]["peak_rss_rank_gb"] / results["ranks_small"]["peak_rss_rank_gb"], 3),
-        "mix_max_share_error": max(abs(s["token_share"] - s["target_share"]) for s in rec["data"]["sources"]),
-    }
-    print()
-    print(table(rows, ["what", "wall_s", "MB/s", "peak_rss_tree_gb", "peak_rss_rank_gb", "tokens", "documents",
-                       "token_share", "target_share"]))
-    print()
-    print(json.dumps(results["checks"], indent=2))
     out = ROOT / "bench" / "results" / "data.json"
+    old = json.loads(out.read_text()) if out.is_file() else {}
+    results = {k: v for k, v in old.items() if k in PARTS}  # parts not rerun keep their last figures
+    parts = args.parts.split(",")
+    small, mid, large = corpus(work, small_mb), corpus(work, train_mb), corpus(work, large_mb)
+    if "prepare" in parts:  # preparation alone vs the bare pass, small and large (the cache made here is reused)
+        rows.clear()
+        b_small, p_small = bare(small), prepare(small, "small")
+        b_large, p_large = bare(large), prepare(large, "large")
+        results["prepare"] = {"rows": list(rows), "vs_bare_small": round(b_small["wall_s"] / p_small["wall_s"], 3),
+                              "vs_bare_large": round(b_large["wall_s"] / p_large["wall_s"], 3),
+                              "peak_rss_gb_small_large": [p_small["peak_rss_tree_gb"], p_large["peak_rss_tree_gb"]],
+                              "same_tokens_as_bare": p_small["tokens"] == b_small["tokens"] and p_large["tokens"] == b_large["tokens"],
+                              "measured": time.strftime("%Y-%m-%d %H:%M")}
+    if "train" in parts:  # training on the middle size with an empty cache: preparation + launch + 2 steps
+        rows.clear()
+        b_mid = bare(mid)
+        r, rec = train(mid, "train-mid", work / "cache-mid")
+        docs = json.loads(next((work / "cache-mid").glob("cpt-*/meta.json")).read_text())["n_docs"]
+        rows.append({"what": f"ruadapt train (prepare + 2 steps), {mid.stat().st_size / 1e6:,.0f} MB", "wall_s": r["wall_s"],
+                     "peak_rss_tree_gb": r["peak_rss_tree_gb"], "peak_rss_rank_gb": r["peak_rss_rank_gb"], "documents": docs})
+        print(rows[-1], flush=True)
+        results["train"] = {"rows": list(rows), "wall_s": r["wall_s"], "limit_s": round(1.5 * b_mid["wall_s"] + 150, 1),
+                            "peak_rss_tree_gb": r["peak_rss_tree_gb"], "every_document": docs == b_mid["documents"],
+                            "measured": time.strftime("%Y-%m-%d %H:%M")}
+    if "ranks" in parts:  # per-rank memory with the data prepared: small vs large corpus
+        rows.clear()
+        peaks = {}
+        for label, src in (("small", small), ("large", large)):
+            r, _ = train(src, f"ranks-{label}", work / f"cache-{label}", fresh=False)
+            peaks[label] = r["peak_rss_rank_gb"]
+            rows.append({"what": f"ruadapt train, data prepared, {src.stat().st_size / 1e6:,.0f} MB", "wall_s": r["wall_s"],
+                         "peak_rss_tree_gb": r["peak_rss_tree_gb"], "peak_rss_rank_gb": r["peak_rss_rank_gb"]})
+            print(rows[-1], flush=True)
+        results["ranks"] = {"rows": list(rows), "rank_rss_large_vs_small": round(peaks["large"] / peaks["small"], 3),
+                            "measured": time.strftime("%Y-%m-%d %H:%M")}
+    if "mix" in parts:  # two sources with weights
+        rows.clear()
+        en = SHARED / "data" / "en_train.txt"
+        r, rec = train([{"path": str(small), "weight": 0.9}, {"path": str(en), "weight": 0.1}], "mix",
+                       work / "cache-small", steps=50, fresh=False)
+        for src in rec["data"]["sources"]:
+            rows.append({"what": f"mix: {Path(src['path']).name} weight {src['weight']}", "token_share": src["token_share"],
+                         "target_share": src["target_share"], "tokens": src["tokens"]})
+        results["mix"] = {"rows": list(rows), "sources": rec["data"]["sources"],
+                          "max_share_error": max(abs(x["token_share"] - x["target_share"]) for x in rec["data"]["sources"]),
+                          "measured": time.strftime("%Y-%m-%d %H:%M")}
     out.write_text(json.dumps(results, indent=2) + "\n")
+    print()
+    print(table([row for part in PARTS if part in results for row in results[part]["rows"]],
+                ["what", "wall_s", "MB/s", "peak_rss_tree_gb", "peak_rss_rank_gb", "tokens", "documents",
+                 "token_share", "target_share"]))
+    print()
+    print(json.dumps({p: {k: v for k, v in results[p].items() if k != "rows"} for p in PARTS if p in results}, indent=2))
     print(f"wrote {out}")
 
 

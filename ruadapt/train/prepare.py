@@ -20,8 +20,6 @@ import socket
 from pathlib import Path
 from typing import Callable
 
-from tokenizers import Tokenizer
-
 from ..corpus import iter_document_blocks
 from ..errors import RuadaptError
 from ..record import sha256_file
@@ -59,7 +57,7 @@ def prepare_run(cfg: RunConfig, *, tokenizer_dir: Path | None = None, progress: 
         common["block_size"] = cfg.block_size
     tok = load_tokenizer(model, "model")
     rows = tokenizer_size(tok)
-    build = _cpt_builder(cfg, model, tok, progress) if cfg.task == "cpt" else _sft_builder(cfg, model, progress)
+    build = _cpt_builder(cfg, model, tok_json, progress) if cfg.task == "cpt" else _sft_builder(cfg, model, progress)
     cache = cfg.token_cache
     plan = []  # (section, source, text field, key, entry)
     for section, sources in (("train", cfg.data.train), ("eval", cfg.data.eval)):
@@ -159,14 +157,14 @@ def _usable(entry: Path) -> bool:
     return True
 
 
-def _cpt_builder(cfg: RunConfig, model: Path, tok: Tokenizer, progress: bool) -> Callable:
+def _cpt_builder(cfg: RunConfig, model: Path, tokenizer_json: Path, progress: bool) -> Callable:
     from .cpt import write_documents
 
     eos = eos_token_id(model)
 
     def build(writer: TokenFileWriter, src: SourceConfig, field: str, section: str) -> dict:
         blocks = iter_document_blocks(Path(src.path), section, field)
-        stats = write_documents(tok, blocks, writer, eos_id=eos, limit=cfg.data.max_documents,
+        stats = write_documents(tokenizer_json, blocks, writer, eos_id=eos, limit=cfg.data.max_documents,
                                 desc=f"tokenizing {Path(src.path).name}" if progress else "")
         return {"source": _source_facts(src), **stats}
 
