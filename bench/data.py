@@ -217,10 +217,10 @@ def main() -> None:
         rows.clear()
         peaks = {}
         for label, src in (("small", small), ("large", large)):
-            r, _ = train(src, f"ranks-{label}", work / f"cache-{label}", fresh=False)
-            peaks[label] = r["peak_rss_rank_gb"]
+            r, rec = train(src, f"ranks-{label}", work / f"cache-{label}", fresh=False)
+            peaks[label] = round(rec["result"]["peak_memory_bytes_rank0"] / 1e9, 3)  # rank 0's ru_maxrss: the exact peak
             rows.append({"what": f"ruadapt train, data prepared, {src.stat().st_size / 1e6:,.0f} MB", "wall_s": r["wall_s"],
-                         "peak_rss_tree_gb": r["peak_rss_tree_gb"], "peak_rss_rank_gb": r["peak_rss_rank_gb"]})
+                         "peak_rss_tree_gb": r["peak_rss_tree_gb"], "peak_rss_rank_gb": peaks[label]})
             print(rows[-1], flush=True)
         results["ranks"] = {"rows": list(rows), "rank_rss_large_vs_small": round(peaks["large"] / peaks["small"], 3),
                             "measured": time.strftime("%Y-%m-%d %H:%M")}
