@@ -25,7 +25,7 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import torch
 from safetensors import safe_open
@@ -202,6 +202,23 @@ def fit_rows(vmap: VocabMap, method: str, exclude_sources: set[int]) -> list[int
     ]
 
 
+def piece_chunks(vmap: VocabMap, rows: Sequence[int], max_pieces: int) -> Iterator[Sequence[int]]:
+    """``rows`` in consecutive chunks of at most ``max_pieces`` source rows each (a row alone may exceed it).
+
+    Chunks are bounded by pieces, not rows: a new token is the mean of several base rows, and every piece is
+    read and averaged in float64, so a chunk of 4,096 new tokens of 3 pieces each would hold three times the
+    budget (measured: +2.5 GB peak at d = 8,192 with a +16k extension)."""
+    start, pieces = 0, 0
+    for k, r in enumerate(rows):
+        n = len(vmap.sources[r])
+        if pieces and pieces + n > max_pieces:
+            yield rows[start:k]
+            start, pieces = k, 0
+        pieces += n
+    if start < len(rows):
+        yield rows[start:]
+
+
 def accumulate(
     base: Model, instruct: Model, names: Sequence[str], vmap: VocabMap, rows: Sequence[int], *, chunk_rows: int | None,
     progress: bool,
@@ -210,7 +227,10 @@ def accumulate(
 
     Each chunk reads only the base/instruct rows its tokens are built from (input and output matrices side by
     side), remaps the chunk's sources to positions in that block and averages them all with one call of
-    :func:`ruadapt.vocab.averaged_rows` in float64, so memory is one chunk however large V is.
+    :func:`ruadapt.vocab.averaged_rows` in float64, so memory is one chunk however large V is. ``chunk_rows``
+    bounds the source rows (pieces) of a chunk. Both readers are closed after every read: the pieces of new
+    tokens are spread over the whole matrix, and every touched page of a still-mapped shard counts as resident
+    memory (two whole 2.5 GB matrices by the end of a tied 72B fit).
     """
     d = base.hidden
     k_mats = len(names)
@@ -218,8 +238,7 @@ def accumulate(
         chunk_rows = max(1, CHUNK_BYTES // (2 * k_mats * d * 8))
     eqs = {n: NormalEquations(d) for n in names}
     bar = tqdm(total=len(rows), desc="fit " + " + ".join(names), unit="row", disable=not progress)
-    for k in range(0, len(rows), chunk_rows):
-        chunk = rows[k : k + chunk_rows]
+    for chunk in piece_chunks(vmap, rows, chunk_rows):
         needed = sorted({s for r in chunk for s in vmap.sources[r]})
         pos = {s: j for j, s in enumerate(needed)}
         local = VocabMap(
@@ -228,7 +247,11 @@ def accumulate(
             len(chunk),
             len(needed),
         )
-        blocks = [gather_rows(base, n, needed) for n in names] + [gather_rows(instruct, n, needed) for n in names]
+        blocks = []
+        for model in (base, instruct):
+            for n in names:
+                blocks.append(gather_rows(model, n, needed))
+                model.reader.close()  # unmap (see above)
         xy = averaged_rows(local, torch.cat(blocks, dim=1), range(len(chunk)), dtype=torch.float64)
         del blocks
         for j, n in enumerate(names):
@@ -236,8 +259,6 @@ def accumulate(
         del xy
         bar.update(len(chunk))
     bar.close()
-    base.reader.close()
-    instruct.reader.close()
     return eqs
 
 
@@ -494,24 +515,28 @@ def lep_model(
     def builder(name: str):
         def build() -> torch.Tensor:
             with record.timed(f"apply {name}"):
-                return project_matrix(a, i, name, maps.get(name), specials, n_a_tokens, norm_stats,
+                return project_matrix(a, i, name, maps.pop(name, None), specials, n_a_tokens, norm_stats,
                                       chunk_rows=chunk_rows, progress=progress)
         return build
 
+    # the input matrix may be written under several names (a tied checkpoint that stores lm_head too): build it
+    # once and drop it after its last use, so it is not held while an untied output matrix is built (+2.75 GB)
+    input_users = [n for n in i.arch.input_names if n in i.reader]
+    if i.arch.tied and i.arch.output_name in i.reader:  # a tied checkpoint that stored lm_head anyway: keep it tied
+        input_users.append(i.arch.output_name)
     cache: dict[str, torch.Tensor] = {}
+    uses = {"left": len(input_users)}
 
     def input_matrix() -> torch.Tensor:
         if "m" not in cache:
             cache["m"] = builder(i.arch.input_name)()
-        return cache["m"]
+        uses["left"] -= 1
+        return cache["m"] if uses["left"] else cache.pop("m")
 
-    for n in i.arch.input_names:
-        if n in i.reader:
-            replacements[n] = input_matrix
+    for n in input_users:
+        replacements[n] = input_matrix
     if not i.arch.tied:
         replacements[i.arch.output_name] = builder(i.arch.output_name)
-    elif i.arch.output_name in i.reader:  # a tied checkpoint that stored lm_head anyway: keep it tied
-        replacements[i.arch.output_name] = input_matrix
 
     with atomic_output_dir(out, [Path(base), Path(instruct), Path(adapted)] + ([Path(lora_deltas)] if lora_deltas else [])) as tmp:
         with record.timed("write"):
