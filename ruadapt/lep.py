@@ -28,13 +28,13 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 import torch
-from safetensors import safe_open
 from tokenizers import Tokenizer
 from tqdm.auto import tqdm
 
 from .arch import Arch, arch_for_config
 from .checkpoint import CheckpointReader, parse_size, read_json, write_with_replacements
 from .errors import RuadaptError
+from .lora import merge_replacements, read_adapter
 from .lstsq import NormalEquations
 from .outdir import atomic_output_dir
 from .record import StageRecord, sha256_file
@@ -207,7 +207,7 @@ def piece_chunks(vmap: VocabMap, rows: Sequence[int], max_pieces: int) -> Iterat
 
     Chunks are bounded by pieces, not rows: a new token is the mean of several base rows, and every piece is
     read and averaged in float64, so a chunk of 4,096 new tokens of 3 pieces each would hold three times the
-    budget (measured: +2.5 GB peak at d = 8,192 with a +16k extension)."""
+    budget (≈ +2 GB at d = 8,192, tied: gathered pieces and the averaged rows of X and Y in float64)."""
     start, pieces = 0, 0
     for k, r in enumerate(rows):
         n = len(vmap.sources[r])
@@ -356,80 +356,15 @@ def special_pairs(adapted: Model, instruct: Model) -> list[tuple[int, int]]:
 
 
 # ---------------------------------------------------------------------------------------------- LoRA deltas
-def lora_replacements(adapter_dir: Path, instruct: Model, alpha_scale: float, skip: set[str]) -> tuple[dict, dict]:
-    """Replacements ``{I tensor name: callable}`` adding ``(B·A)·(lora_alpha/r)/alpha_scale`` of a peft adapter
-    (trained on the base's body) to I's body weights; built lazily, one tensor at a time, when written."""
-    adapter_dir = Path(adapter_dir).expanduser()
-    if not (adapter_dir / "adapter_config.json").is_file() and (adapter_dir / "adapter" / "adapter_config.json").is_file():
-        adapter_dir = adapter_dir / "adapter"  # a `ruadapt train` LoRA output keeps its adapter there
-    cfg_path = adapter_dir / "adapter_config.json"
-    weights = adapter_dir / "adapter_model.safetensors"
-    if not cfg_path.is_file():
-        raise RuadaptError(f"{cfg_path}: not found; --lora-deltas needs a peft adapter directory")
-    if not weights.is_file():
-        raise RuadaptError(f"{weights}: not found; --lora-deltas reads peft adapters saved as safetensors only")
-    cfg = read_json(cfg_path)
-    if cfg.get("peft_type", "LORA") != "LORA":
-        raise RuadaptError(f"{cfg_path}: peft_type {cfg.get('peft_type')!r}; --lora-deltas supports LORA adapters")
-    if cfg.get("use_dora"):
-        raise RuadaptError(f"{cfg_path}: DoRA adapters are not supported by --lora-deltas")
-    if cfg.get("fan_in_fan_out"):
-        raise RuadaptError(f"{cfg_path}: fan_in_fan_out adapters (Conv1D models) are not supported by --lora-deltas")
+def lora_replacements(adapter_path: Path, instruct: Model, alpha_scale: float, skip: set[str]) -> tuple[dict, dict]:
+    """Replacements ``{I tensor name: callable}`` adding a peft adapter's deltas (trained on the base's body),
+    divided by ``alpha_scale``, to I's body weights (:mod:`ruadapt.lora`: built one at a time, when written)."""
     if not alpha_scale > 0:
         raise RuadaptError(f"--alpha-scale must be positive, got {alpha_scale}")
-    r0, alpha0 = int(cfg.get("r", 8)), float(cfg.get("lora_alpha", 8))
-    rank_pattern, alpha_pattern = cfg.get("rank_pattern") or {}, cfg.get("alpha_pattern") or {}
-    try:
-        with safe_open(weights, framework="pt") as f:
-            keys = list(f.keys())
-    except Exception as e:
-        raise RuadaptError(f"{weights}: not a readable safetensors file ({e})") from None
-    modules: dict[str, dict[str, str]] = {}
-    for key in keys:
-        for part in ("lora_A", "lora_B"):
-            marker = f".{part}."
-            if marker in key:
-                module = key.split(marker)[0]
-                modules.setdefault(module, {})[part] = key
-    if not modules:
-        raise RuadaptError(f"{weights}: no lora_A/lora_B tensors found")
-    plan: dict[str, tuple[str, str, float]] = {}
-    skipped = []
-    for module, parts in sorted(modules.items()):
-        if set(parts) != {"lora_A", "lora_B"}:
-            raise RuadaptError(f"{weights}: {module} has only {', '.join(parts)}")
-        target = module.removeprefix("base_model.model.") + ".weight"
-        if target in skip:
-            skipped.append(target)
-            continue
-        if target not in instruct.reader:
-            raise RuadaptError(f"{weights}: adapter module {module} has no weight {target} in {instruct.path}")
-        short = module.split(".")[-1]
-        r = int(next((v for k, v in rank_pattern.items() if module.endswith(k) or short == k), r0))
-        alpha = float(next((v for k, v in alpha_pattern.items() if module.endswith(k) or short == k), alpha0))
-        scaling = alpha / (math.sqrt(r) if cfg.get("use_rslora") else r)
-        with safe_open(weights, framework="pt") as f:
-            a_shape = tuple(f.get_slice(parts["lora_A"]).get_shape())
-            b_shape = tuple(f.get_slice(parts["lora_B"]).get_shape())
-        want = instruct.reader.info(target).shape
-        if len(a_shape) != 2 or len(b_shape) != 2 or (b_shape[0], a_shape[1]) != tuple(want) or a_shape[0] != b_shape[1]:
-            raise RuadaptError(f"{weights}: {module} lora_B {b_shape} · lora_A {a_shape} does not fit {target} {tuple(want)} of {instruct.path}")
-        plan[target] = (parts["lora_A"], parts["lora_B"], scaling / alpha_scale)
-
-    def delta_for(target: str):
-        def build() -> torch.Tensor:
-            key_a, key_b, scale = plan[target]
-            with safe_open(weights, framework="pt") as f:
-                a = f.get_tensor(key_a).to(torch.float32)
-                b = f.get_tensor(key_b).to(torch.float32)
-            w = instruct.reader.get(target)
-            return (w.to(torch.float32) + (b @ a) * scale).to(w.dtype)
-
-        return build
-
-    summary = {"adapter": str(adapter_dir), "modules": len(plan), "skipped_vocabulary_modules": skipped,
-               "alpha_scale": alpha_scale, "sha256": sha256_file(weights)}
-    return {t: delta_for(t) for t in plan}, summary
+    adapter = read_adapter(adapter_path)
+    repl, skipped = merge_replacements(adapter, instruct.reader, divide=alpha_scale, skip=skip)
+    summary = {**adapter.summary(), "modules": len(repl), "skipped_vocabulary_modules": skipped, "alpha_scale": alpha_scale}
+    return repl, summary
 
 
 # ---------------------------------------------------------------------------------------------- the stage

@@ -140,3 +140,37 @@ def test_refuses_what_it_cannot_merge(tmp_path):
         merge_replacements(read_adapter(src), CheckpointReader(small))
     with pytest.raises(RuadaptError, match="adapter_config.json: not found"):
         read_adapter(tmp_path / "base")
+
+
+def test_train_export_merges_through_the_same_code(tmp_path):
+    """export_run (no DeepSpeed: rank 0's part) writes a peft-loadable adapter and merges it like merge_and_unload,
+    rank_pattern and rsLoRA included; the LoRA tensors leave ``trained`` once the adapter is on disk."""
+    import yaml
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from ruadapt.record import StageRecord
+    from ruadapt.train.config import load_config
+    from ruadapt.train.export import export_run
+    from ruadapt.train.model import checkpoint_name
+
+    base, peft_model = trained_peft(tmp_path, torch.float32)
+    run = {"task": "cpt", "model": str(base), "out": str(tmp_path / "run"), "stage": "lora", "block_size": 64,
+           "deepspeed": str(Path(__file__).resolve().parents[1] / "recipes" / "deepspeed" / "zero2.json"),
+           "lora": {"r": 4, "alpha": 8, "targets": TARGETS}, "data": {"train": [str(tmp_path / "none.txt")]}}
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(run))
+    cfg = load_config(tmp_path / "run.yaml", check_files=False)
+    trained = {checkpoint_name(n): p.detach().clone() for n, p in peft_model.named_parameters() if "lora_" in n}
+    export_run(cfg, trained, StageRecord("train"), [{"step": 1, "loss": 1.0}], [], peft_model.peft_config["default"])
+    assert not trained
+    out = tmp_path / "run"
+    merged = read_dir(out)
+    reference = peft_model.merge_and_unload().state_dict()
+    reloaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), out / "adapter").merge_and_unload().state_dict()
+    original = read_dir(base)
+    targets = set(read_adapter(out / "adapter").modules)
+    assert json.loads((out / "ruadapt_train.json").read_text())["lora_merged_tensors"] == len(targets) == 2 * len(TARGETS)
+    for name, t in merged.items():
+        torch.testing.assert_close(t, reference[name], rtol=0, atol=1e-6, msg=name)
+        torch.testing.assert_close(t, reloaded[name], rtol=0, atol=1e-6, msg=name)
+        assert (not torch.equal(t, original[name])) == (name in targets), name
