@@ -31,6 +31,7 @@ from .record import sha256_file
 PEFT_PREFIX = "base_model.model."
 ADAPTER_CONFIG, ADAPTER_WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
 _PARTS = ("lora_A", "lora_B")
+MERGE_BLOCK_BYTES = 256 * 1024**2
 
 
 def pattern_value(patterns: Mapping[str, float], module: str, default: float) -> float:
@@ -126,12 +127,17 @@ def read_adapter(path: Path) -> LoraAdapter:
 
 
 def merged_weight(w: torch.Tensor, a: torch.Tensor, b: torch.Tensor, scaling: float) -> torch.Tensor:
-    """``W + scaling·(B·A)`` in float32, returned in W's dtype. In place on the one float32 product: a 29,568 ×
-    8,192 bf16 weight then peaks at W + one float32 matrix + the result (1.9 GB), not four float32 temporaries."""
-    delta = b.to(torch.float32) @ a.to(torch.float32)
-    delta.mul_(scaling)
-    delta.add_(w)  # W is promoted exactly; same sum as W.float() + delta
-    return delta.to(w.dtype)
+    """``W + scaling·(B·A)``, every element summed in float32 and rounded once to W's dtype, written into ``w``
+    (overwritten: the caller's own copy) over row blocks of ~256 MiB float32. Merging a 29,568 × 8,192 bf16
+    weight then needs W and one block (0.7 GB), not float32 copies of the whole matrix (1.9 GB and more)."""
+    a32, b32 = a.to(torch.float32), b.to(torch.float32)
+    rows = max(1, MERGE_BLOCK_BYTES // (4 * w.shape[1]))
+    for s in range(0, w.shape[0], rows):
+        delta = b32[s : s + rows] @ a32
+        delta.mul_(scaling)
+        delta.add_(w[s : s + rows])  # W promoted exactly: the same sum as W.float() + delta
+        w[s : s + rows] = delta
+    return w
 
 
 def merge_replacements(
@@ -164,7 +170,7 @@ def merge_replacements(
         def merged() -> torch.Tensor:
             with safe_open(adapter.weights, framework="pt") as f:
                 a, b = f.get_tensor(m.key_a), f.get_tensor(m.key_b)
-            w = reader.get(m.target)
+            w = reader.get(m.target)  # a copy, merged in place
             reader.close()  # unmap: touched pages of a memory-mapped shard count as resident memory
             return merged_weight(w, a, b, m.scaling / divide)
 

@@ -73,7 +73,10 @@ def test_pattern_value_is_peft_get_pattern_key():
 
 
 @pytest.mark.parametrize("use_rslora", [True, False])
-def test_streaming_merge_equals_merge_and_unload_float32(tmp_path, use_rslora):
+def test_streaming_merge_equals_merge_and_unload_float32(tmp_path, monkeypatch, use_rslora):
+    import ruadapt.lora
+
+    monkeypatch.setattr(ruadapt.lora, "MERGE_BLOCK_BYTES", 4 * 32 * 5)  # blocks of 5 rows (2 for down_proj)
     base, peft_model = trained_peft(tmp_path, torch.float32, use_rslora)
     adapter = read_adapter(tmp_path / "adapter")
     # r and scaling resolved from adapter_config.json are the ones peft gave each layer
