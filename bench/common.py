@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import tempfile
 import time
@@ -32,6 +33,17 @@ def run_measured(cmd: list[str], *, env: dict | None = None, cwd: Path | None = 
     if p.returncode != 0:
         raise RuntimeError(f"{' '.join(map(str, cmd))} failed ({p.returncode}):\n{p.stdout.decode(errors='replace')[-3000:]}")
     return {"wall_s": round(wall, 2), "peak_rss_gb": round(max_kb / 1024**2, 2)}
+
+
+def staging_dir(out: Path) -> Path | None:
+    """``None`` when ``out`` already holds a model (benches reuse their inputs); else an empty ``out.tmp`` to write
+    the model into, renamed to ``out`` by the caller when complete (an interrupted write is never reused)."""
+    if (out / "config.json").is_file():
+        return None
+    tmp = out.with_suffix(".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    return tmp
 
 
 def table(rows: list[dict], columns: list[str]) -> str:

@@ -15,7 +15,8 @@ Special/added tokens never enter a fit; every added token of I takes I's own row
 Streaming: the fit accumulates XᵀX and XᵀY in float64 over row chunks (:mod:`ruadapt.lstsq`), reading only the
 rows a chunk needs; the output matrices are built one at a time, just when their shard is written, and every
 other tensor of I is copied through (whole shards as files). A 72B model (V = 152,064, d = 8,192, untied) needs
-two d×d float64 matrices, one chunk and one output matrix in memory: about 4 GB (README, bench/lep.py).
+two d×d float64 matrices, one chunk and one output matrix in memory: 4-5 GB (README, bench/lep.py: 4.02 GB
+tied, 5.09 GB untied peak RSS with 16,000 new tokens, the solves' peak).
 """
 
 from __future__ import annotations
@@ -25,16 +26,16 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import torch
-from safetensors import safe_open
 from tokenizers import Tokenizer
 from tqdm.auto import tqdm
 
 from .arch import Arch, arch_for_config
 from .checkpoint import CheckpointReader, parse_size, read_json, write_with_replacements
 from .errors import RuadaptError
+from .lora import merge_replacements, read_adapter
 from .lstsq import NormalEquations
 from .outdir import atomic_output_dir
 from .record import StageRecord, sha256_file
@@ -202,6 +203,23 @@ def fit_rows(vmap: VocabMap, method: str, exclude_sources: set[int]) -> list[int
     ]
 
 
+def piece_chunks(vmap: VocabMap, rows: Sequence[int], max_pieces: int) -> Iterator[Sequence[int]]:
+    """``rows`` in consecutive chunks of at most ``max_pieces`` source rows each (a row alone may exceed it).
+
+    Chunks are bounded by pieces, not rows: a new token is the mean of several base rows, and every piece is
+    read and averaged in float64, so a chunk of 4,096 new tokens of 3 pieces each would hold three times the
+    budget (≈ +2 GB at d = 8,192, tied: gathered pieces and the averaged rows of X and Y in float64)."""
+    start, pieces = 0, 0
+    for k, r in enumerate(rows):
+        n = len(vmap.sources[r])
+        if pieces and pieces + n > max_pieces:
+            yield rows[start:k]
+            start, pieces = k, 0
+        pieces += n
+    if start < len(rows):
+        yield rows[start:]
+
+
 def accumulate(
     base: Model, instruct: Model, names: Sequence[str], vmap: VocabMap, rows: Sequence[int], *, chunk_rows: int | None,
     progress: bool,
@@ -210,7 +228,10 @@ def accumulate(
 
     Each chunk reads only the base/instruct rows its tokens are built from (input and output matrices side by
     side), remaps the chunk's sources to positions in that block and averages them all with one call of
-    :func:`ruadapt.vocab.averaged_rows` in float64, so memory is one chunk however large V is.
+    :func:`ruadapt.vocab.averaged_rows` in float64, so memory is one chunk however large V is. ``chunk_rows``
+    bounds the source rows (pieces) of a chunk. Both readers are closed after every read: the pieces of new
+    tokens are spread over the whole matrix, and every touched page of a still-mapped shard counts as resident
+    memory (two whole 2.5 GB matrices by the end of a tied 72B fit).
     """
     d = base.hidden
     k_mats = len(names)
@@ -218,8 +239,7 @@ def accumulate(
         chunk_rows = max(1, CHUNK_BYTES // (2 * k_mats * d * 8))
     eqs = {n: NormalEquations(d) for n in names}
     bar = tqdm(total=len(rows), desc="fit " + " + ".join(names), unit="row", disable=not progress)
-    for k in range(0, len(rows), chunk_rows):
-        chunk = rows[k : k + chunk_rows]
+    for chunk in piece_chunks(vmap, rows, chunk_rows):
         needed = sorted({s for r in chunk for s in vmap.sources[r]})
         pos = {s: j for j, s in enumerate(needed)}
         local = VocabMap(
@@ -228,7 +248,11 @@ def accumulate(
             len(chunk),
             len(needed),
         )
-        blocks = [gather_rows(base, n, needed) for n in names] + [gather_rows(instruct, n, needed) for n in names]
+        blocks = []
+        for model in (base, instruct):
+            for n in names:
+                blocks.append(gather_rows(model, n, needed))
+                model.reader.close()  # unmap (see above)
         xy = averaged_rows(local, torch.cat(blocks, dim=1), range(len(chunk)), dtype=torch.float64)
         del blocks
         for j, n in enumerate(names):
@@ -236,8 +260,6 @@ def accumulate(
         del xy
         bar.update(len(chunk))
     bar.close()
-    base.reader.close()
-    instruct.reader.close()
     return eqs
 
 
@@ -335,80 +357,15 @@ def special_pairs(adapted: Model, instruct: Model) -> list[tuple[int, int]]:
 
 
 # ---------------------------------------------------------------------------------------------- LoRA deltas
-def lora_replacements(adapter_dir: Path, instruct: Model, alpha_scale: float, skip: set[str]) -> tuple[dict, dict]:
-    """Replacements ``{I tensor name: callable}`` adding ``(B·A)·(lora_alpha/r)/alpha_scale`` of a peft adapter
-    (trained on the base's body) to I's body weights; built lazily, one tensor at a time, when written."""
-    adapter_dir = Path(adapter_dir).expanduser()
-    if not (adapter_dir / "adapter_config.json").is_file() and (adapter_dir / "adapter" / "adapter_config.json").is_file():
-        adapter_dir = adapter_dir / "adapter"  # a `ruadapt train` LoRA output keeps its adapter there
-    cfg_path = adapter_dir / "adapter_config.json"
-    weights = adapter_dir / "adapter_model.safetensors"
-    if not cfg_path.is_file():
-        raise RuadaptError(f"{cfg_path}: not found; --lora-deltas needs a peft adapter directory")
-    if not weights.is_file():
-        raise RuadaptError(f"{weights}: not found; --lora-deltas reads peft adapters saved as safetensors only")
-    cfg = read_json(cfg_path)
-    if cfg.get("peft_type", "LORA") != "LORA":
-        raise RuadaptError(f"{cfg_path}: peft_type {cfg.get('peft_type')!r}; --lora-deltas supports LORA adapters")
-    if cfg.get("use_dora"):
-        raise RuadaptError(f"{cfg_path}: DoRA adapters are not supported by --lora-deltas")
-    if cfg.get("fan_in_fan_out"):
-        raise RuadaptError(f"{cfg_path}: fan_in_fan_out adapters (Conv1D models) are not supported by --lora-deltas")
+def lora_replacements(adapter_path: Path, instruct: Model, alpha_scale: float, skip: set[str]) -> tuple[dict, dict]:
+    """Replacements ``{I tensor name: callable}`` adding a peft adapter's deltas (trained on the base's body),
+    divided by ``alpha_scale``, to I's body weights (:mod:`ruadapt.lora`: built one at a time, when written)."""
     if not alpha_scale > 0:
         raise RuadaptError(f"--alpha-scale must be positive, got {alpha_scale}")
-    r0, alpha0 = int(cfg.get("r", 8)), float(cfg.get("lora_alpha", 8))
-    rank_pattern, alpha_pattern = cfg.get("rank_pattern") or {}, cfg.get("alpha_pattern") or {}
-    try:
-        with safe_open(weights, framework="pt") as f:
-            keys = list(f.keys())
-    except Exception as e:
-        raise RuadaptError(f"{weights}: not a readable safetensors file ({e})") from None
-    modules: dict[str, dict[str, str]] = {}
-    for key in keys:
-        for part in ("lora_A", "lora_B"):
-            marker = f".{part}."
-            if marker in key:
-                module = key.split(marker)[0]
-                modules.setdefault(module, {})[part] = key
-    if not modules:
-        raise RuadaptError(f"{weights}: no lora_A/lora_B tensors found")
-    plan: dict[str, tuple[str, str, float]] = {}
-    skipped = []
-    for module, parts in sorted(modules.items()):
-        if set(parts) != {"lora_A", "lora_B"}:
-            raise RuadaptError(f"{weights}: {module} has only {', '.join(parts)}")
-        target = module.removeprefix("base_model.model.") + ".weight"
-        if target in skip:
-            skipped.append(target)
-            continue
-        if target not in instruct.reader:
-            raise RuadaptError(f"{weights}: adapter module {module} has no weight {target} in {instruct.path}")
-        short = module.split(".")[-1]
-        r = int(next((v for k, v in rank_pattern.items() if module.endswith(k) or short == k), r0))
-        alpha = float(next((v for k, v in alpha_pattern.items() if module.endswith(k) or short == k), alpha0))
-        scaling = alpha / (math.sqrt(r) if cfg.get("use_rslora") else r)
-        with safe_open(weights, framework="pt") as f:
-            a_shape = tuple(f.get_slice(parts["lora_A"]).get_shape())
-            b_shape = tuple(f.get_slice(parts["lora_B"]).get_shape())
-        want = instruct.reader.info(target).shape
-        if len(a_shape) != 2 or len(b_shape) != 2 or (b_shape[0], a_shape[1]) != tuple(want) or a_shape[0] != b_shape[1]:
-            raise RuadaptError(f"{weights}: {module} lora_B {b_shape} · lora_A {a_shape} does not fit {target} {tuple(want)} of {instruct.path}")
-        plan[target] = (parts["lora_A"], parts["lora_B"], scaling / alpha_scale)
-
-    def delta_for(target: str):
-        def build() -> torch.Tensor:
-            key_a, key_b, scale = plan[target]
-            with safe_open(weights, framework="pt") as f:
-                a = f.get_tensor(key_a).to(torch.float32)
-                b = f.get_tensor(key_b).to(torch.float32)
-            w = instruct.reader.get(target)
-            return (w.to(torch.float32) + (b @ a) * scale).to(w.dtype)
-
-        return build
-
-    summary = {"adapter": str(adapter_dir), "modules": len(plan), "skipped_vocabulary_modules": skipped,
-               "alpha_scale": alpha_scale, "sha256": sha256_file(weights)}
-    return {t: delta_for(t) for t in plan}, summary
+    adapter = read_adapter(adapter_path)
+    repl, skipped = merge_replacements(adapter, instruct.reader, divide=alpha_scale, skip=skip)
+    summary = {**adapter.summary(), "modules": len(repl), "skipped_vocabulary_modules": skipped, "alpha_scale": alpha_scale}
+    return repl, summary
 
 
 # ---------------------------------------------------------------------------------------------- the stage
@@ -494,24 +451,28 @@ def lep_model(
     def builder(name: str):
         def build() -> torch.Tensor:
             with record.timed(f"apply {name}"):
-                return project_matrix(a, i, name, maps.get(name), specials, n_a_tokens, norm_stats,
+                return project_matrix(a, i, name, maps.pop(name, None), specials, n_a_tokens, norm_stats,
                                       chunk_rows=chunk_rows, progress=progress)
         return build
 
+    # the input matrix may be written under several names (a tied checkpoint that stores lm_head too): build it
+    # once and drop it after its last use, so it is not held while an untied output matrix is built (+2.75 GB)
+    input_users = [n for n in i.arch.input_names if n in i.reader]
+    if i.arch.tied and i.arch.output_name in i.reader:  # a tied checkpoint that stored lm_head anyway: keep it tied
+        input_users.append(i.arch.output_name)
     cache: dict[str, torch.Tensor] = {}
+    uses = {"left": len(input_users)}
 
     def input_matrix() -> torch.Tensor:
         if "m" not in cache:
             cache["m"] = builder(i.arch.input_name)()
-        return cache["m"]
+        uses["left"] -= 1
+        return cache["m"] if uses["left"] else cache.pop("m")
 
-    for n in i.arch.input_names:
-        if n in i.reader:
-            replacements[n] = input_matrix
+    for n in input_users:
+        replacements[n] = input_matrix
     if not i.arch.tied:
         replacements[i.arch.output_name] = builder(i.arch.output_name)
-    elif i.arch.output_name in i.reader:  # a tied checkpoint that stored lm_head anyway: keep it tied
-        replacements[i.arch.output_name] = input_matrix
 
     with atomic_output_dir(out, [Path(base), Path(instruct), Path(adapted)] + ([Path(lora_deltas)] if lora_deltas else [])) as tmp:
         with record.timed("write"):

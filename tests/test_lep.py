@@ -17,11 +17,11 @@ from torch.utils._pytree import tree_leaves
 from tiny import SHARED_DATA, SHARED_TOKENIZERS, dir_hash, make_tiny_model, tensor_hashes
 
 from ruadapt.cli import main
-from ruadapt.lep import accumulate, fit_rows, lep_model, open_model
+from ruadapt.lep import accumulate, fit_rows, lep_model, open_model, piece_chunks
 from ruadapt.lstsq import NormalEquations
 from ruadapt.swap import swap_model
 from ruadapt.tokdir import set_chat_template
-from ruadapt.vocab import averaged_rows, build_vocab_map
+from ruadapt.vocab import ROW_COPY, ROW_MEAN, VocabMap, averaged_rows, build_vocab_map
 
 EMBED, HEAD = "model.embed_tokens.weight", "lm_head.weight"
 D = 16
@@ -381,3 +381,15 @@ def test_lora_deltas_match_peft_merge(qwen, tmp_path):
         if k in (EMBED, HEAD):
             continue
         assert torch.allclose(o[k] - i[k], (merged[k] - i[k]) / 2, atol=1e-5)
+
+
+def test_fit_chunks_are_bounded_by_pieces_not_rows():
+    """A new token of k pieces costs k gathered float64 rows: chunks hold at most the budget in pieces (a row
+    larger than the budget alone), every fitted row exactly once and in order."""
+    sources = [(0,), (1, 2, 3), (4, 5), (6,), (7, 8, 9, 10, 11), (12,), (13, 14)]
+    vmap = VocabMap([ROW_COPY if len(s) == 1 else ROW_MEAN for s in sources], sources, len(sources), 15)
+    rows = [0, 1, 2, 3, 4, 5, 6]
+    chunks = [list(c) for c in piece_chunks(vmap, rows, 4)]
+    assert chunks == [[0, 1], [2, 3], [4], [5, 6]]
+    assert [r for c in chunks for r in c] == rows
+    assert all(sum(len(sources[r]) for r in c) <= 4 for c in chunks if len(c) > 1)

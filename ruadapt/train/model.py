@@ -13,11 +13,10 @@ from pathlib import Path
 import torch
 
 from ..errors import RuadaptError
+from ..lora import PEFT_PREFIX
 from .config import RunConfig, embedding_names
 
 log = logging.getLogger(__name__)
-
-PEFT_PREFIX = "base_model.model."
 
 
 def checkpoint_name(param_name: str) -> str:
