@@ -29,7 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "trusts. The token format is documented in ruadapt/train/tokenfile.py and README (Training data).",
         examples="ruadapt data prepare --config recipes/qwen2.5-7b/cpt-embeddings.yaml\n"
         "ruadapt data prepare --config cpt.yaml --set data.cache_dir=/scratch/tokens\n"
-        "RAYON_NUM_THREADS=32 ruadapt data prepare --config cpt.yaml     # limit the tokenizer's threads",
+        "RUADAPT_PREPARE_WORKERS=32 ruadapt data prepare --config cpt.yaml     # tokenizing processes (default: all cores)",
     )
     d.add_argument("--config", type=path_arg, action="append", required=True,
                    help="run YAML (as for ruadapt train); repeat for several runs")
