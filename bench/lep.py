@@ -176,6 +176,9 @@ def main() -> None:
     out_json = ROOT / "bench" / "results" / f"lep-{args.rows}x{args.hidden}{variant}.json"
     out_json.parent.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []
+    if out_json.is_file():  # methods not rerun keep their last figures
+        done = json.loads(out_json.read_text()).get("methods", [])
+        rows += [r for r in done if r["method"] not in args.methods.split(",")]
     try:
         t0 = time.perf_counter()
         dirs = make_models(work, args.rows, args.hidden, tied=args.tied, new_tokens=args.new_tokens)
