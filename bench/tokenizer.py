@@ -7,7 +7,7 @@ Every N is a separate, timed ``train_tokenizer`` run (the same code as ``ruadapt
 times include reading and counting the corpus, learning the merges, writing and the id checks; the table also
 shows the merge-learning step alone (the ≤ 30 s acceptance for 48k), the process CPU time and the load average
 (other jobs on a shared machine inflate wall times; CPU time much less). chars/token is ``chars_per_token``
-(DESIGN.md §5) on ru_eval and en_eval, which no training step ever reads.
+(docs/design.md §5) on ru_eval and en_eval, which no training step ever reads.
 Prints a Markdown table and writes ``tokenizer.json`` / ``tokenizer.md`` / ``tokenizer.png`` to ``--out``.
 """
 

@@ -1,4 +1,4 @@
-"""``ruadapt lep``: Learned Embedding Propagation (DESIGN.md §4, arXiv 2412.21140 eq. 8-14).
+"""``ruadapt lep``: Learned Embedding Propagation (docs/design.md §4, arXiv 2412.21140 eq. 8-14).
 
 The adapted base A has new embeddings that the instruct model I never saw. LEP fits a d×d map W from the base
 B's rows to I's rows (what instruction tuning did to the vocabulary matrices) and applies it to A's rows:

@@ -1,6 +1,6 @@
 """Streaming least squares: ``W = argmin ‖X W − Y‖_F`` from row chunks, in float64, without ever holding X.
 
-LEP (DESIGN.md §4) fits d×d maps on V×d matrices. For a 72B model (V ≈ 152k, d = 8192) a float64 X alone is
+LEP (docs/design.md §4) fits d×d maps on V×d matrices. For a 72B model (V ≈ 152k, d = 8192) a float64 X alone is
 10 GB, so the normal equations are accumulated chunk by chunk: ``XᵀX`` (a symmetric rank-k update, BLAS
 ``dsyrk``, half the flops of a GEMM), ``XᵀY`` (``dgemm``) and ``‖Y‖²``. Memory is two d×d float64 matrices plus
 one chunk, whatever V is. The relative residual ‖XW − Y‖/‖Y‖ follows from the same sums

@@ -1,4 +1,4 @@
-"""``ruadapt swap``: give a model a new vocabulary (DESIGN.md §2-3).
+"""``ruadapt swap``: give a model a new vocabulary (docs/design.md §2-3).
 
 Input rows of tokens the base already has (same bytes, or the same special-token content) are copied
 bit-identically; every new token starts as the mean of the base rows of the pieces the *base* tokenizer cuts
@@ -141,7 +141,7 @@ def swap_model(
 
 
 def _verify_tokenizer(directory: Path, source: Path, expected: Tokenizer) -> None:
-    """Check the written tokenizer.json gives every token the id the matrices were built for (DESIGN §2: always
+    """Check the written tokenizer.json gives every token the id the matrices were built for (docs/design.md §2: always
     verify after saving). It is copied byte for byte, so equal bytes prove it; otherwise reload and compare ids."""
     written = directory / "tokenizer.json"
     if sha256_file(written) == sha256_file(source):

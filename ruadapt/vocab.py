@@ -1,4 +1,4 @@
-"""Tokens as raw bytes, and the map from a new vocabulary to the old one (DESIGN.md §2-3).
+"""Tokens as raw bytes, and the map from a new vocabulary to the old one (docs/design.md §2-3).
 
 This is the *one* token-to-bytes function of ruadapt. A byte-level BPE token (Qwen, Llama-3, Mistral-Nemo)
 may be only part of a UTF-8 character, so tokens are never decoded to ``str`` and re-encoded: a token is

@@ -1,4 +1,4 @@
-"""Token → raw bytes → base pieces (DESIGN §3), checked against an independent naive BPE."""
+"""Token → raw bytes → base pieces (docs/design.md §3), checked against an independent naive BPE."""
 
 import json
 

@@ -1,4 +1,4 @@
-"""``ruadapt eval``: how users decide whether an adaptation worked (DESIGN.md §5).
+"""``ruadapt eval``: how users decide whether an adaptation worked (docs/design.md §5).
 
 - :mod:`.bpb`: bits per byte on plain text and on the assistant turns of chat data, every token scored;
 - :mod:`.speed`: generation speed in characters and tokens per second, models alternating;

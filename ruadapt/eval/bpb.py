@@ -1,4 +1,4 @@
-"""Bits per byte (DESIGN.md §5): Σ token NLL / (ln 2 · Σ UTF-8 bytes of the scored text).
+"""Bits per byte (docs/design.md §5): Σ token NLL / (ln 2 · Σ UTF-8 bytes of the scored text).
 
 Bytes do not depend on the tokenizer, so models with different vocabularies are compared on the same text.
 Every token of a text is scored; the first is conditioned on BOS (EOS when the tokenizer has no BOS).
@@ -140,7 +140,7 @@ def _result(em: EvalModel, texts: Sequence[str], targets: Sequence[Sequence[int]
 
 
 def encode(em: EvalModel, text: str) -> list[int]:
-    """Tokens of ``text`` on its own (no BOS/EOS added): the chars/token count of DESIGN.md §5."""
+    """Tokens of ``text`` on its own (no BOS/EOS added): the chars/token count of docs/design.md §5."""
     return em.tokenizer(text, add_special_tokens=False)["input_ids"]
 
 

@@ -1,4 +1,4 @@
-"""Generation speed (DESIGN.md §5): characters of Russian text produced per second, and tokens per second.
+"""Generation speed (docs/design.md §5): characters of Russian text produced per second, and tokens per second.
 
 Every model gets the same prompts, the same number of new tokens M (EOS is suppressed until M so every run
 does exactly M decoding steps), greedy decoding, batch 1, on the same device and dtype. Models run in one

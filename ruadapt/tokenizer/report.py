@@ -1,4 +1,4 @@
-"""Characters per token (DESIGN.md §5) and ``ruadapt tokenizer report``: tables and a chart over texts.
+"""Characters per token (docs/design.md §5) and ``ruadapt tokenizer report``: tables and a chart over texts.
 
 ``chars_per_token`` is the one definition every stage uses (trim, eval, bench):
 chars/token = Σ len(line) / Σ len(encode(line, add_special_tokens=False)) over the non-empty lines of a file.
@@ -108,7 +108,7 @@ def token_usage(tok: Tokenizer, ids: list[list[int]], new_ids: list[int], top: i
 
 def _spelled(tok: Tokenizer, ids: list[int]) -> list[list]:
     """``[id, text]`` from each token's raw bytes, not ``decode()``: a partial-UTF-8 byte token would otherwise show
-    as "\ufffd" (DESIGN §3); undecodable bytes are written as ``\\xNN``."""
+    as "\ufffd" (docs/design.md §3); undecodable bytes are written as ``\\xNN``."""
     if not ids:
         return []
     codec = TokenCodec(tok)

@@ -1,4 +1,4 @@
-"""``ruadapt tokenizer train``: a Russian-focused tokenizer from a base one (DESIGN.md §2).
+"""``ruadapt tokenizer train``: a Russian-focused tokenizer from a base one (docs/design.md §2).
 
 * **extend** — continue the base BPE: the corpus is normalized and pre-tokenized exactly as the base does, each
   word segmented by the base model, then the most frequent adjacent pair merged until N new tokens exist
