@@ -67,7 +67,7 @@ class _ZstdReader(io.RawIOBase):
         self._zstd = zstandard
         self._d = zstandard.ZstdDecompressor().decompressobj()
         self._buf = b""
-        self._path = path
+        self._started = False  # an empty file is no truncated stream
 
     def readable(self) -> bool:
         return True
@@ -93,8 +93,6 @@ class _ZstdReader(io.RawIOBase):
         b[:n] = self._buf[:n]
         self._buf = self._buf[n:]
         return n
-
-    _started = False
 
     def close(self) -> None:
         self._f.close()
@@ -167,13 +165,6 @@ def iter_line_blocks(path: Path | str, option: str = "--corpus") -> Iterator[lis
             yield block
     if not any_line:
         raise RuadaptError(f"{path}: {option} holds no text (only empty lines)")
-
-
-def iter_lines(path: Path | str, option: str = "--corpus") -> Iterator[str]:
-    """The non-empty lines of a text/JSONL file, raw (chat JSONL and TSV readers parse them themselves)."""
-    for block in iter_line_blocks(path, option):
-        for _, line in block:
-            yield line
 
 
 def iter_document_blocks(path: Path | str, option: str = "--corpus", text_field: str = "text") -> Iterator[list[str]]:

@@ -73,10 +73,6 @@ class Items:
             attn[k, : len(r)] = 1
         return {"input_ids": ids, "labels": labels, "attention_mask": attn}
 
-    def tokens(self, idx) -> int:
-        """Tokens (padding excluded) of these items."""
-        return int(sum(len(self.get(int(i))[0]) for i in idx))
-
 
 def apportion(weights: list[Fraction], total: int) -> list[int]:
     """How many of the first ``total`` slots of an endless weighted schedule go to each source.
@@ -157,11 +153,6 @@ class MixSampler:
         per_rank = self.micro * self.accum
         mine = self.step_items(step)[self.rank * per_rank:(self.rank + 1) * per_rank]
         return [mine[i * self.micro:(i + 1) * self.micro] for i in range(self.accum)]
-
-
-def shard(n: int, rank: int, world: int) -> np.ndarray:
-    """Indices ``rank::world`` of ``n`` items (for the eval loss, summed over ranks afterwards)."""
-    return np.arange(rank, n, world)
 
 
 def eos_token_id(model_dir: Path) -> int:
