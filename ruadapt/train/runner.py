@@ -252,7 +252,10 @@ class TrainingRun:
         lr = self.scheduler.get_last_lr()[0] if self.scheduler is not None else self.t.lr  # the lr this step uses
         for idx in self.sampler.micro_batches(step - 1):
             batch = self.train_ds.collate(idx)
-            n_tok = batch["attention_mask"].sum(1) if "attention_mask" in batch else torch.full((len(idx),), batch["input_ids"].shape[1])
+            if "attention_mask" in batch:  # padded chats: real tokens only
+                n_tok = batch["attention_mask"].sum(1)
+            else:
+                n_tok = torch.full((len(idx),), batch["input_ids"].shape[1])
             batch = {k: v.to(self.device) for k, v in batch.items()}
             out = self.engine(**batch)
             self.engine.backward(out.loss)
