@@ -12,6 +12,7 @@ import os
 import shlex
 import shutil
 import sys
+import time
 from pathlib import Path
 
 from ..errors import RuadaptError
@@ -114,6 +115,9 @@ def run(args: argparse.Namespace) -> int:
     from ..train.rundir import last_complete
     from ..train.supervise import master_port, supervise
 
+    from ..train.runner import STARTED_ENV
+
+    started = time.time()
     if args.stop_grace < 0:
         raise RuadaptError(f"--stop-grace {args.stop_grace}: must not be negative")
     configs = load_configs([str(c) for c in args.config], args.set)
@@ -137,6 +141,7 @@ def run(args: argparse.Namespace) -> int:
     from ..train.prepare import prepare_configs
 
     prepare_configs(pending, overwrite=args.overwrite)
+    os.environ.setdefault(STARTED_ENV, str(started))  # the ranks' records say when the user started this, not when they did
     sys.stdout.flush()
     sys.stderr.flush()
     code, sig = supervise(cmd, grace_s=args.stop_grace)

@@ -13,7 +13,7 @@ from typing import Any
 
 from ..errors import RuadaptError, require
 from ..outdir import atomic_output_dir, check_output_dir
-from ..record import StageRecord, sha256_file
+from ..record import StageRecord
 from .bpb import chat_bpb, common_window, text_bpb
 from ..chatdata import read_chats
 from .data import read_lines
@@ -80,9 +80,9 @@ def run_eval(
 
     record = StageRecord("eval", options)
     for name, reader in readers.items():
-        record.input(f"model:{name}", reader.path, fingerprint=reader.fingerprint())
+        record.input_model(f"model:{name}", reader)
     for label, path in {**texts, **chats}.items():
-        record.input(f"data:{label}", path, sha256=sha256_file(path))
+        record.input_file(f"data:{label}", path)
 
     # ---- load
     with record.timed("load"):
@@ -139,7 +139,7 @@ def run_eval(
                 path = tmp / "lm_eval_samples" / name / f"{task}.jsonl"
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-        record.set("report", {k: v for k, v in report.items() if k != "files"})
+        record.update({k: v for k, v in report.items() if k != "files"})
         record.write(tmp)
     log.info("wrote %s", Path(out))
     return report
