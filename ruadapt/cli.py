@@ -17,6 +17,7 @@ from .errors import EXIT_USAGE, RuadaptError
 # subcommand name -> module with ``register(subparsers)``; order = order in ``ruadapt --help``
 COMMANDS: tuple[str, ...] = (
     "ruadapt.commands.inspect",
+    "ruadapt.commands.recipe",
     "ruadapt.commands.train",
     "ruadapt.commands.data",
     "ruadapt.commands.tokenizer",

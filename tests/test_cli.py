@@ -115,7 +115,7 @@ def all_parsers(parser: argparse.ArgumentParser, prog: str = "ruadapt"):
 
 def test_help_shows_each_default_once_and_no_empty_defaults():
     parsers = dict(all_parsers(build_parser()))
-    assert {"ruadapt tokenizer train", "ruadapt tokenizer report", "ruadapt data prepare",
+    assert {"ruadapt tokenizer train", "ruadapt tokenizer report", "ruadapt data prepare", "ruadapt recipe cp",
             "ruadapt eval", "ruadapt train"} <= set(parsers)
     for prog, parser in parsers.items():
         text = " ".join(parser.format_help().split())  # wrapping may split "(default:" from its value
