@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -39,16 +40,19 @@ def tiny(tmp_path_factory) -> dict:
     return {"root": root, "model": model, "nan": broken, "text": text}
 
 
-def ruadapt_process(*args: str, **kw) -> subprocess.Popen:
+def ruadapt_process(*args: str, cwd: Path, **kw) -> subprocess.Popen:
+    """``python -m ruadapt`` of this checkout (``-m`` puts the working directory first on sys.path: not a checkout)."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
-    return subprocess.Popen([sys.executable, "-m", "ruadapt", *args], env=env, **kw)
+    return subprocess.Popen([sys.executable, "-m", "ruadapt", *args], env=env, cwd=cwd, **kw)
 
 
 # ------------------------------------------------------------------------------------------ closed pipe
-def test_closed_pipe_is_not_an_error(tiny):
+@pytest.mark.parametrize("args", [["inspect", "{model}"], ["--version"], ["recipe", "ls"]], ids=" ".join)
+def test_closed_pipe_is_not_an_error(tiny, args):
     """`ruadapt inspect M | head -c 10`: the reader is gone before ruadapt writes. Exit 0, nothing on stderr
     (neither ruadapt's error line nor the interpreter's "Exception ignored ... BrokenPipeError" at exit)."""
-    p = ruadapt_process("inspect", str(tiny["model"]), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p = ruadapt_process(*[a.format(model=tiny["model"]) for a in args], cwd=tiny["root"], stdout=subprocess.PIPE,
+                        stderr=subprocess.PIPE)
     p.stdout.close()  # the reader exits at once: every write of ruadapt's gets EPIPE
     err = p.stderr.read().decode()
     assert p.wait(timeout=120) == 0, err
