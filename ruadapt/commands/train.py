@@ -30,7 +30,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "stop every rank after its current step (exit 130/143), keeping the last complete checkpoint. The output "
         "is a plain Hugging Face model dir with ruadapt_train.json and loss.png. On a machine without GPUs set "
         "DS_ACCELERATOR=cpu (2 processes = --num-gpus 2).",
-        examples="ruadapt train --config recipes/qwen2.5-7b/cpt-embeddings.yaml --num-gpus 8\n"
+        examples="ruadapt recipe cp qwen2.5-7b runs/q7 --set CORPUS=/data/ru.txt   # a shipped recipe's YAMLs to start from\n"
+        "ruadapt train --config runs/q7/cpt-embeddings.yaml --num-gpus 8\n"
         "ruadapt train --config stage1.yaml --config stage2.yaml --num-gpus 8   # one start-up, two runs\n"
         "ruadapt train --config cpt.yaml --hostfile hosts.txt                  # multi-node (DeepSpeed hostfile)\n"
         "ruadapt train --config cpt.yaml --dry-run                             # print the launch command\n"

@@ -150,19 +150,22 @@ class RunConfig:
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
-def _expand(value: Any, where: str) -> Any:
+def _expand(value: Any, where: str, key: str = "") -> Any:
+    """``${VAR}`` in string values from the environment; an unset one names the file, the key and what to do."""
     if isinstance(value, str):
         def sub(m: re.Match) -> str:
             name = m.group(1)
             if name not in os.environ:
-                raise RuadaptError(f"{where}: uses ${{{name}}} but the environment variable {name} is not set")
+                top = key.split("[")[0]
+                raise RuadaptError(f"{where}: {key} uses ${{{name}}} but the environment variable {name} is not set; "
+                                   f"export {name}=..., or give {top} with --set {top}=...")
             return os.environ[name]
 
         return _VAR.sub(sub, value)
     if isinstance(value, list):
-        return [_expand(v, where) for v in value]
+        return [_expand(v, where, f"{key}[{i}]") for i, v in enumerate(value)]
     if isinstance(value, dict):
-        return {k: _expand(v, where) for k, v in value.items()}
+        return {k: _expand(v, where, f"{key}.{k}" if key else str(k)) for k, v in value.items()}
     return value
 
 
