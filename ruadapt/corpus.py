@@ -21,11 +21,12 @@ import io
 import json
 import zlib
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import BinaryIO, Collection, Iterator
 
 from .errors import RuadaptError
 
 BLOCK_BYTES = 4 << 20  # bytes read at a time from a (decompressed) stream
+_JSON_SNIFF_LINES = 20  # lines looked at by refuse_json_as_text
 JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson")
 COMPRESSION_SUFFIXES = {".gz": "gzip", ".zst": "zstd", ".zstd": "zstd"}
 
@@ -152,6 +153,34 @@ def _decode(block: bytes, path: Path, option: str, first_line: int) -> str:
     if first_line == 1 and text.startswith("\ufeff"):
         text = text[1:]
     return text.replace("\r\n", "\n") if "\r" in text else text
+
+
+def refuse_json_as_text(path: Path | str, option: str = "--corpus", allow: Collection[str] = ()) -> None:
+    """A corpus read as plain text whose first lines are all JSON objects is JSON Lines under another name:
+    trained on as text, a tokenizer learns merges such as ``."}`` and ``{"text":``. Refused unless
+    ``--allow json-text`` (:mod:`ruadapt.mistakes`)."""
+    from .mistakes import refuse
+
+    path = Path(path).expanduser()
+    if corpus_format(path)[0] != "text":
+        return
+    sample: list[str] = []
+    for _, lines in _line_blocks(path, option):
+        sample += [ln for ln in lines if ln.strip()][: _JSON_SNIFF_LINES - len(sample)]
+        if len(sample) >= _JSON_SNIFF_LINES:
+            break
+    if not sample:
+        return
+    for line in sample:
+        try:
+            if not isinstance(json.loads(line), dict):
+                return
+        except ValueError:
+            return
+    refuse("json-text", allow,
+           f"{path}: {option} is read as plain text, but its first {len(sample)} lines are JSON objects (JSON Lines); "
+           "the JSON syntax would be learned as text",
+           "name it .jsonl so the documents are read from its \"text\" field")
 
 
 def iter_line_blocks(path: Path | str, option: str = "--corpus") -> Iterator[list[tuple[int, str]]]:

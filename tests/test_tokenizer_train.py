@@ -302,3 +302,26 @@ def test_bad_input_one_line_error_nothing_written(case, tmp_path, capsys):
         assert [p.name for p in out.iterdir()] == ["keep.txt"]
     else:
         assert not out.exists()
+
+
+def test_jsonl_read_as_text_is_refused_and_jsonl_reads_the_text_field(tmp_path, capsys):
+    """JSON Lines under a .txt name would teach the tokenizer merges like '."}'; refused with the flag that
+    overrides it. The same lines named .jsonl train on the "text" field: no merge holds JSON syntax."""
+    import json as _json
+
+    docs = [line for line in (SHARED_DATA / "ru_train.txt").read_text(encoding="utf-8").splitlines()[:400] if line.strip()]
+    rows = "".join(_json.dumps({"text": d, "id": k}, ensure_ascii=False) + "\n" for k, d in enumerate(docs))
+    as_txt, as_jsonl = tmp_path / "docs.txt", tmp_path / "docs.jsonl"
+    as_txt.write_text(rows, encoding="utf-8")
+    as_jsonl.write_text(rows, encoding="utf-8")
+    base = SHARED_TOKENIZERS / "qwen2.5"
+    argv = ["-q", "tokenizer", "train", "--base", str(base), "--new-tokens", "60"]
+    rc, err = run_cli([*argv, "--corpus", str(as_txt), "--out", str(tmp_path / "o1")], capsys)
+    assert rc == 2 and err.count("\n") == 1 and "JSON objects" in err and "--allow json-text" in err and ".jsonl" in err
+    assert not (tmp_path / "o1").exists()
+    rc, _ = run_cli([*argv, "--corpus", str(as_jsonl), "--out", str(tmp_path / "o2")], capsys)
+    assert rc == 0
+    merges = _json.loads((tmp_path / "o2" / "tokenizer.json").read_text(encoding="utf-8"))["model"]["merges"][-60:]
+    assert not any('"' in "".join(m) or "{" in "".join(m) for m in merges), merges
+    rc, err = run_cli([*argv, "--corpus", str(as_txt), "--out", str(tmp_path / "o3"), "--allow", "json-text"], capsys)
+    assert rc == 0 and (tmp_path / "o3" / "tokenizer.json").is_file()

@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 
+from ..mistakes import add_allow_argument
 from . import add_parser, path_arg
 
 
@@ -39,6 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--vocab-size", type=int, default=None, metavar="N", help="replace: len(new tokenizer), the base's added tokens included")
     t.add_argument("--min-frequency", type=int, default=2, metavar="K", help="a pair must occur at least K times to be merged")
     t.add_argument("--out", type=path_arg, required=True, help="new (or empty) output directory")
+    add_allow_argument(t, ("json-text",))
     t.set_defaults(func=run_train)
 
     r = add_parser(
@@ -70,6 +72,7 @@ def run_train(args: argparse.Namespace) -> int:
         new_tokens=args.new_tokens,
         vocab_size=args.vocab_size,
         min_frequency=args.min_frequency,
+        allow=args.allow,
         progress=not os.environ.get("TQDM_DISABLE"),
     )
     r = record["result"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..mistakes import add_allow_argument
 from . import add_parser, path_arg
 
 
@@ -37,6 +38,7 @@ ruadapt trim --tokenizer ./Qwen2.5-0.5B --corpus ru_train.txt en_train.txt --out
     p.add_argument("--eval-text", type=path_arg, nargs="+", default=[], metavar="FILE", help="also report chars/token and changed segmentations on these texts")
     p.add_argument("--pad-to-multiple-of", type=int, metavar="N", help="round the rows up to N (default: the base checkpoint's padding multiple)")
     p.add_argument("--max-shard-size", help="shard byte budget, e.g. 2GB (default: the input's largest shard)")
+    add_allow_argument(p, ("json-text",))
     p.set_defaults(func=run)
 
 
@@ -44,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     from ..trim import format_report, trim_model, trim_tokenizer
 
     progress = not args.quiet
-    common = dict(keep_top=args.keep_top, min_count=args.min_count, keep_tokens=args.keep_tokens, eval_texts=args.eval_text, progress=progress)
+    common = dict(keep_top=args.keep_top, min_count=args.min_count, keep_tokens=args.keep_tokens, eval_texts=args.eval_text, allow=args.allow, progress=progress)
     if args.model is not None:
         data = trim_model(args.model, args.corpus, args.out, pad_to_multiple_of=args.pad_to_multiple_of, max_shard_size=args.max_shard_size, **common)
     else:

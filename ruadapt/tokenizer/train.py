@@ -21,7 +21,7 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Collection
 
 from tokenizers import Tokenizer
 
@@ -38,7 +38,7 @@ from ..tokdir import (
 )
 from ..vocab import BYTE_LEVEL, SENTENCEPIECE, detect_family
 from .bpe import learn_merges
-from ..corpus import check_corpus, iter_documents
+from ..corpus import check_corpus, iter_documents, refuse_json_as_text
 from .words import CorpusInfo, count_words, follows_sentencepiece_rules, sentencepiece_piece_ok
 
 log = logging.getLogger(__name__)
@@ -57,9 +57,11 @@ def train_tokenizer(
     new_tokens: int | None = None,
     vocab_size: int | None = None,
     min_frequency: int = 2,
+    allow: Collection[str] = (),
     progress: bool = True,
 ) -> dict:
-    """Train a tokenizer from ``base`` on ``corpora`` into ``out`` (atomic); returns the ``ruadapt_tokenizer.json`` record."""
+    """Train a tokenizer from ``base`` on ``corpora`` into ``out`` (atomic); returns the ``ruadapt_tokenizer.json`` record.
+    ``allow``: likely mistakes (:mod:`ruadapt.mistakes`) to go on with."""
     base = Path(base).expanduser()
     corpora = [Path(c).expanduser() for c in corpora]
     require(mode in MODES, f"--mode {mode!r}: choose one of {', '.join(MODES)}")
@@ -76,13 +78,15 @@ def train_tokenizer(
     base_json = tokenizer_json_path(base, "--base")
     for c in corpora:
         check_corpus(c)
+        refuse_json_as_text(c, "--corpus", allow)
     check_output_dir(out, [base, *corpora])
     base_tok = load_tokenizer(base, "--base")
     family = detect_family(base_tok)
 
     record = StageRecord(
         "tokenizer",
-        {"mode": mode, "new_tokens": new_tokens, "vocab_size": vocab_size, "min_frequency": min_frequency},
+        {"mode": mode, "new_tokens": new_tokens, "vocab_size": vocab_size, "min_frequency": min_frequency,
+         "allow": sorted(allow)},
     )
     record.input("base", base, tokenizer_json_sha256=sha256_file(base_json), tokens=tokenizer_size(base_tok), family=family)
 

@@ -15,14 +15,14 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Collection, Sequence
 
 import torch
 from tokenizers import Tokenizer
 
 from ..arch import arch_for_config, check_vocab_tensors, padded_rows, padding_multiple
 from ..checkpoint import CheckpointReader, parse_size, read_json
-from ..corpus import check_corpus, read_documents
+from ..corpus import check_corpus, read_documents, refuse_json_as_text
 from ..errors import RuadaptError
 from ..outdir import atomic_output_dir, check_output_dir
 from ..record import StageRecord
@@ -77,6 +77,7 @@ def plan_trim(
     min_count: int | None = None,
     keep_tokens: Path | None = None,
     option: str = "--model",
+    allow: Collection[str] = (),
     progress: bool = True,
 ) -> TrimPlan:
     """Count, select and rebuild the tokenizer of ``tokenizer_dir`` (no output written)."""
@@ -90,6 +91,7 @@ def plan_trim(
         raise RuadaptError("--corpus: give at least one text file")
     for f in corpora:  # fail on a missing or empty file before minutes of counting the others
         check_corpus(Path(f))
+        refuse_json_as_text(Path(f), "--corpus", allow)
     old_tok = load_tokenizer(tokenizer_dir, option)
     path = tokenizer_json_path(tokenizer_dir, option)
     surgeon = VocabSurgeon(old_tok, str(path), spec=read_json(path))
@@ -155,6 +157,7 @@ def trim_tokenizer(
     min_count: int | None = None,
     keep_tokens: Path | None = None,
     eval_texts: Sequence[Path] = (),
+    allow: Collection[str] = (),
     progress: bool = True,
 ) -> dict:
     """Write a trimmed copy of the tokenizer in ``tokenizer_dir`` (+ ``id_map.json``, ``ruadapt_trim.json``)."""
@@ -165,7 +168,8 @@ def trim_tokenizer(
         check_corpus(f, "--eval-text")
     record = StageRecord("trim", {"keep_top": keep_top, "min_count": min_count, "keep_tokens": keep_tokens, "tokenizer_only": True})
     with record.timed("select"):
-        plan = plan_trim(tokenizer_dir, corpora, keep_top=keep_top, min_count=min_count, keep_tokens=keep_tokens, option="--tokenizer", progress=progress)
+        plan = plan_trim(tokenizer_dir, corpora, keep_top=keep_top, min_count=min_count, keep_tokens=keep_tokens, option="--tokenizer",
+                         allow=allow, progress=progress)
     with record.timed("measure"):
         measured = _measure(plan, corpora, eval_texts, progress)
     record.input_file("tokenizer", tokenizer_json_path(tokenizer_dir, "--tokenizer"))
@@ -193,6 +197,7 @@ def trim_model(
     eval_texts: Sequence[Path] = (),
     pad_to_multiple_of: int | None = None,
     max_shard_size: str | int | None = None,
+    allow: Collection[str] = (),
     progress: bool = True,
 ) -> dict:
     """Write ``out``: ``model_dir`` with its vocabulary trimmed to what ``corpora`` use. Returns the stage record."""
@@ -213,7 +218,8 @@ def trim_model(
         check_corpus(f, "--eval-text")
     max_shard_bytes = parse_size(max_shard_size) if max_shard_size is not None else None
     with record.timed("select"):
-        plan = plan_trim(model_dir, corpora, keep_top=keep_top, min_count=min_count, keep_tokens=keep_tokens, progress=progress)
+        plan = plan_trim(model_dir, corpora, keep_top=keep_top, min_count=min_count, keep_tokens=keep_tokens, allow=allow,
+                         progress=progress)
     check_vocab_tensors(reader, arch, plan.n_old)
     names = sorted(arch.matrix_roles(reader.infos))
     old_rows = reader.info(arch.input_name).shape[0]
