@@ -22,7 +22,7 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterable, Mapping, Union
+from typing import BinaryIO, Callable, Iterable, Iterator, Mapping, Union
 
 import torch
 from safetensors import safe_open
@@ -258,14 +258,8 @@ class CheckpointReader:
         for name in full:
             info = self.infos[name]
             with open(info.shard, "rb") as f:
-                f.seek(info.offset)
-                left = info.nbytes
-                while left:
-                    block = f.read(min(left, 16 << 20))
-                    if not block:
-                        raise RuadaptError(f"{info.shard}: ends inside tensor {name}; re-download or re-save it")
+                for block in read_range(f, info.offset, info.nbytes, info.shard, 16 << 20):
                     h.update(block)
-                    left -= len(block)
         return h.hexdigest()
 
 
@@ -469,13 +463,20 @@ def _copy_range(path: Path, offset: int, count: int, dst: BinaryIO) -> None:
             except OSError:  # e.g. a file system or kernel without it: plain reads for what is left (same bytes)
                 pass
             dst.seek(0, os.SEEK_END)  # the descriptor moved under the buffered file object: resynchronise it
-        src.seek(pos)
-        while left:
-            block = src.read(min(left, 64 << 20))
-            if not block:
-                raise RuadaptError(f"{path}: ends before byte {offset + count}; the file is truncated")
+        for block in read_range(src, pos, left, path):
             dst.write(block)
-            left -= len(block)
+
+
+def read_range(src: BinaryIO, offset: int, count: int, path: Path, block_bytes: int = 64 << 20) -> Iterator[bytes]:
+    """``count`` bytes of the open file ``src`` from ``offset``, in blocks; a file that ends early is an error."""
+    src.seek(offset)
+    end = offset + count
+    while count:
+        block = src.read(min(count, block_bytes))
+        if not block:
+            raise RuadaptError(f"{path}: ends before byte {end}; the file is truncated")
+        yield block
+        count -= len(block)
 
 
 Replacement = Union[torch.Tensor, RowBlocks, Callable[[], Union[torch.Tensor, RowBlocks]], None]
