@@ -69,7 +69,11 @@ def swap_model(
     with record.timed("vocab_map"):
         vmap = build_vocab_map(base_codec, new_codec)
     multiple = pad_to_multiple_of or padding_multiple(base_rows, n_base)
-    n_rows = padded_rows(max(int(config.get("vocab_size") or base_rows), base_rows, n_new), multiple)
+    # an extension keeps every base id, so its matrices keep at least the base's rows; a replacement (renumbered
+    # ids) is sized to its own vocabulary: the base's 151,936 rows under a 16k vocabulary would leave 135,936
+    # padding rows in the softmax and the files
+    extension = keeps_base_ids(base_tok, new_tok)
+    n_rows = padded_rows(max(base_rows, n_new) if extension else n_new, multiple)
     vmap = vmap.with_rows(n_rows)
     counts = vmap.summary()
     log.info(
@@ -113,6 +117,7 @@ def swap_model(
     )
     record.update(
         {
+            "vocabulary": "extension" if extension else "replacement",
             "base_tokens": n_base,
             "base_rows": base_rows,
             "padding_multiple": multiple,
@@ -125,6 +130,12 @@ def swap_model(
     )
     write_vocab_output(plan, record, progress=progress)
     return record.data
+
+
+def keeps_base_ids(base_tok: Tokenizer, new_tok: Tokenizer) -> bool:
+    """Every token of the base (added ones included) has the same id in the new tokenizer."""
+    new_vocab = new_tok.get_vocab(with_added_tokens=True)
+    return all(new_vocab.get(t) == i for t, i in base_tok.get_vocab(with_added_tokens=True).items())
 
 
 def check_likely_mistakes(model_dir: Path, tokenizer_dir: Path, base_tok: Tokenizer, new_tok: Tokenizer,

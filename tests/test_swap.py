@@ -157,6 +157,10 @@ def test_swap_replace_tokenizer_remaps_special_ids(tmp_path):
     old_row = load_tensor(base, EMBED)[old_tok.convert_tokens_to_ids("<|im_end|>")]
     new_row = load_tensor(out, EMBED)[new_tok.convert_tokens_to_ids("<|im_end|>")]
     assert torch.equal(old_row, new_row)
+    # sized to the new vocabulary (3,000 tokens, padded by the base's multiple 128), not to the base's 151,936 rows
+    rec = json.loads((out / "ruadapt_swap.json").read_text())["result"]
+    assert rec["vocabulary"] == "replacement" and rec["padding_multiple"] == 128
+    assert load_tensor(out, EMBED).shape[0] == rec["rows"] == 3072 == json.loads((out / "config.json").read_text())["vocab_size"]
 
 
 # ------------------------------------------------------------------------------------------- bad input
