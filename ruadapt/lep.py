@@ -458,6 +458,8 @@ def lep_model(
         output_matrix=None if i.arch.tied else builder(i.arch.output_name),
         extra=lora,
         max_shard_bytes=max_shard_bytes,
+        started_from=Path(adapted),
+        other_inputs={"base": Path(base), "instruct": Path(instruct)},
     )
 
     def finish(_tmp: Path) -> None:  # the row norms are known once the matrices were built

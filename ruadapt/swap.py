@@ -114,6 +114,8 @@ def swap_model(
         input_matrix=built.pop(arch.input_name),
         output_matrix=built.pop(arch.output_name, None),
         max_shard_bytes=max_shard_bytes,
+        started_from=model_dir,
+        tokenizer_dir=tokenizer_dir,
     )
     record.update(
         {

@@ -12,7 +12,8 @@ the stages used to repeat, in one way:
 * the shards (:func:`ruadapt.checkpoint.write_with_replacements`: unchanged tensors copied through), then a
   check of the written vocabulary tensors' shapes from their headers;
 * the tokenizer files, checked on reload (:func:`ruadapt.tokdir.write_tokenizer`);
-* the stage record, with the facts every stage reports under ``result`` (:mod:`ruadapt.record`).
+* the stage record, with the facts every stage reports under ``result`` (:mod:`ruadapt.record`);
+* the model card and lineage (:mod:`ruadapt.model_card`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from typing import Callable, Mapping, Sequence
 from .arch import INPUT, Arch
 from .checkpoint import CheckpointReader, Replacement, write_with_replacements
 from .errors import RuadaptError
+from .model_card import write_model_card
 from .outdir import atomic_output_dir
 from .record import StageRecord
 from .tokdir import TOKEN_ID_KEYS, TokenizerFiles, tokenizer_size, write_json, write_tokenizer
@@ -54,6 +56,10 @@ class VocabOutput:
     output_matrix: Replacement | None = None
     extra: Mapping[str, Replacement] = field(default_factory=dict)
     max_shard_bytes: int | None = None
+    # model card (ruadapt.model_card): the model this output continues, others it is built from, its tokenizer dir
+    started_from: Path | None = None
+    other_inputs: Mapping[str, Path] = field(default_factory=dict)
+    tokenizer_dir: Path | None = None
 
     def __post_init__(self) -> None:
         if not self.arch.tied and self.output_matrix is None:
@@ -131,6 +137,8 @@ def write_vocab_output(
         if finish is not None:
             finish(tmp)
         record.write(tmp)
+        write_model_card(tmp, record.data, started_from=plan.started_from or plan.reader.path,
+                         other_inputs=dict(plan.other_inputs), tokenizer_dir=plan.tokenizer_dir)
     log.info("wrote %s", plan.out)
     return Path(plan.out)
 

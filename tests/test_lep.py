@@ -273,6 +273,11 @@ def test_methods_on_untied_sharded_qwen(qwen, method, capsys):
     assert r["instruct_rows_kept"] and rec["inputs"]["adapted"]["fingerprint"]
     assert json.loads((out / "generation_config.json").read_text())["eos_token_id"] == [151645, 151643]
     assert (out / "special_tokens_map.json").read_bytes() == (qwen["i"] / "special_tokens_map.json").read_bytes()
+    # model card: derived from the base (through A's lineage: swap) and the instruct model; stages swap, lep
+    lineage = json.loads((out / "ruadapt_lineage.json").read_text())
+    assert lineage["roots"] == [str(qwen["b"].resolve()), str(qwen["i"].resolve())]
+    assert [s["stage"] for s in lineage["stages"]] == ["swap", "lep"] and lineage["stages"][-1]["options"]["method"] == method
+    assert (out / "README.md").read_text().startswith("---\nbase_model:")
     if method == "conversion":
         loads_and_generates(out)
 

@@ -155,6 +155,9 @@ def test_embeddings_stage_trains_only_the_vocabulary(runs, name, model):
             assert torch.equal(a[n][:NEW_ROWS_FROM], b[n][:NEW_ROWS_FROM]), n
         assert not torch.equal(a[HEAD][NEW_ROWS_FROM:], b[HEAD][NEW_ROWS_FROM:])
     assert (out / "loss.png").stat().st_size > 1000
+    stages = json.loads((out / "ruadapt_lineage.json").read_text())["stages"]  # model card and lineage
+    assert [s["stage"] for s in stages] == ["train"] and stages[0]["figures"]["steps"] == STEPS
+    assert (out / "README.md").read_text().startswith("---\nbase_model:")
     assert dir_hash(src) == runs["hashes"][model]  # input untouched
     generates(out)
 

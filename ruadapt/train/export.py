@@ -21,6 +21,7 @@ import torch
 from ..arch import INPUT, arch_for_config
 from ..checkpoint import INDEX_FILE, CheckpointReader, CheckpointWriter, parse_size, read_json, write_with_replacements
 from ..lora import ADAPTER_WEIGHTS, PEFT_PREFIX, merge_replacements, read_adapter
+from ..model_card import write_model_card
 from ..outdir import atomic_output_dir
 from ..record import StageRecord
 from .config import RunConfig
@@ -135,6 +136,8 @@ def export_run(cfg: RunConfig, trained: dict[str, torch.Tensor], record: StageRe
         record.set("replaced_tensors", sorted(repl) if write_model else [])
         plot_losses(history, evals, tmp / "loss.png", f"{cfg.task} / {cfg.stage}: {model_dir.name}")
         record.write(tmp)
+        if write_model:
+            write_model_card(tmp, record.data, started_from=model_dir)
     reader.close()
     return cfg.out_path
 

@@ -270,6 +270,7 @@ def trim_model(
         output_matrix=output_matrix,
         extra=copies,
         max_shard_bytes=max_shard_bytes,
+        started_from=model_dir,
     )
     del input_matrix, output_matrix, copies
 
