@@ -288,7 +288,9 @@ def resolve_model(cfg: RunConfig) -> None:
     the repo moved on is refused as a changed ``model`` instead of resuming on other weights."""
     from ..hub import resolve
 
-    cfg.model = str(resolve(cfg.model, f"{cfg.source or 'config'}: model", revision=cfg.revision or None))
+    path = resolve(cfg.model, f"{cfg.source or 'config'}: model", revision=cfg.revision or None)
+    if path != Path(cfg.model).expanduser():  # a repo id; a local model keeps its spelling, as earlier launches recorded it
+        cfg.model = str(path)
 
 
 def validate(cfg: RunConfig, *, check_files: bool = True, skip_model: bool = False) -> None:
