@@ -112,7 +112,13 @@ def test_train_config_model_repo_id(tiny, hub_cache, tmp_path):
     yaml_path = tmp_path / "cpt.yaml"
     yaml_path.write_text(f"task: cpt\nmodel: Org/Name\nrevision: v1\nout: {tmp_path / 'out'}\n"
                          f"deepspeed: {ROOT / 'recipes/deepspeed/zero2.json'}\nblock_size: 64\ndata: {{train: [{text}]}}\n")
-    assert Path(load_config(yaml_path).model) == snap
+    cfg = load_config(yaml_path)
+    assert Path(cfg.model) == snap
+    from ruadapt.commands.train import rank_env
+
+    assert rank_env([cfg])["HF_HUB_OFFLINE"] == "1"  # the ranks read this snapshot, not the Hub's latest
+    yaml_path.with_name("local.yaml").write_text(yaml_path.read_text().replace("model: Org/Name", f"model: {tiny}"))
+    assert rank_env([load_config(yaml_path.with_name("local.yaml"))]) is None
     with pytest.raises(RuadaptError, match=r"cpt.yaml: model Org/Name: not a directory.*revision v9; the cache holds main, v1"):
         load_config(yaml_path, ["revision=v9"])
 
