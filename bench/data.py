@@ -229,11 +229,11 @@ def main() -> None:
         en = SHARED / "data" / "en_train.txt"
         r, rec = train([{"path": str(small), "weight": 0.9}, {"path": str(en), "weight": 0.1}], "mix",
                        work / "cache-small", steps=50, fresh=False)
-        for src in rec["data"]["sources"]:
+        for src in rec["result"]["data"]["sources"]:
             rows.append({"what": f"mix: {Path(src['path']).name} weight {src['weight']}", "token_share": src["token_share"],
                          "target_share": src["target_share"], "tokens": src["tokens"]})
-        results["mix"] = {"rows": list(rows), "sources": rec["data"]["sources"],
-                          "max_share_error": max(abs(x["token_share"] - x["target_share"]) for x in rec["data"]["sources"]),
+        results["mix"] = {"rows": list(rows), "sources": rec["result"]["data"]["sources"],
+                          "max_share_error": max(abs(x["token_share"] - x["target_share"]) for x in rec["result"]["data"]["sources"]),
                           "measured": time.strftime("%Y-%m-%d %H:%M")}
     out.write_text(json.dumps(results, indent=2) + "\n")
     print()

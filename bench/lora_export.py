@@ -123,7 +123,7 @@ def child(run_dir: Path) -> None:
         raise SystemExit(f"{cfg.out_path}: {check}.weight is not W + (alpha/r)·B·A")
     rec = json.loads((cfg.out_path / "ruadapt_train.json").read_text())
     write_json(run_dir / "child.json", {"export_s": round(export_s, 1), "lora_tensor_gb": round(lora_bytes / 1e9, 3),
-                                        "merged_tensors": rec["lora_merged_tensors"]})
+                                        "merged_tensors": rec["result"]["lora_merged_tensors"]})
 
 
 def main() -> None:

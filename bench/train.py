@@ -84,7 +84,7 @@ def run_stage(work: Path, model: Path, corpus: Path, stage: str, args: argparse.
     if r.returncode != 0:
         raise SystemExit(f"{stage} failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
     rec = json.loads((out / "ruadapt_train.json").read_text())
-    hist = rec["losses"]
+    hist = rec["result"]["losses"]
     steady = hist[args.skip:]
     dt = steady[-1]["time_s"] - hist[args.skip - 1]["time_s"] if args.skip else steady[-1]["time_s"]
     tokens = sum(h["tokens"] for h in steady)

@@ -96,7 +96,7 @@ def trim_run(ckpt: Path, out: Path, keep_top: int | None, reuse: bool = False) -
         cmd += ["--keep-top", str(keep_top)]
     m = run_measured(cmd, env={"TQDM_DISABLE": "1"})
     rec = json.loads((out / "ruadapt_trim.json").read_text())
-    model, seg, tokens = rec["model"], rec["segmentation"], rec["tokens"]
+    model, seg, tokens = rec["result"]["model"], rec["result"]["segmentation"], rec["result"]["vocabulary"]
     ev = {Path(k).name: v for k, v in seg["eval"].items()}
     result = {
         "run": f"keep-top {keep_top}" if keep_top else "all used",

@@ -6,23 +6,41 @@ stage.
 
 from __future__ import annotations
 
+import copy
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterable
 
 import yaml
 
 from .errors import RuadaptError
+from .schema import build
 
 if TYPE_CHECKING:
     from .checkpoint import CheckpointReader
 
 
+INPUT, OUTPUT = "input", "output"
+
+
+@dataclass(frozen=True)
+class ArchEntry:
+    """The schema of one ``archs.yaml`` entry (read by :func:`ruadapt.schema.build`: a misspelt key is an error)."""
+
+    input: list[str]  # input-embedding tensors; the first is canonical, the others tied copies (T5)
+    output: str  # the lm_head tensor
+    tie_default: bool  # tied when the config does not say
+    tie_key: str = "tie_word_embeddings"  # config key (dotted for nested configs) that says whether it is tied
+    vocab_size_keys: list[str] = field(default_factory=lambda: ["vocab_size"])  # config keys holding the row count
+    scaled_input: bool = False
+    encoder_decoder: bool = False
+
+
 @dataclass(frozen=True)
 class Arch:
-    """Vocabulary layout of one ``model_type``."""
+    """Vocabulary layout of one ``model_type``, resolved against one model's config."""
 
     model_type: str
     input_names: tuple[str, ...]
@@ -30,6 +48,7 @@ class Arch:
     tied: bool
     scaled_input: bool = False
     encoder_decoder: bool = False
+    vocab_size_keys: tuple[str, ...] = ("vocab_size",)
 
     @property
     def input_name(self) -> str:
@@ -40,15 +59,52 @@ class Arch:
         """Every tensor whose rows are indexed by token id."""
         return self.input_names if self.tied else self.input_names + (self.output_name,)
 
+    def matrix_roles(self, stored: Iterable[str]) -> dict[str, str]:
+        """The tie rule: which new matrix (:data:`INPUT` or :data:`OUTPUT`) each stored vocabulary tensor gets.
+
+        Every stored input name gets the input matrix; the lm_head gets its own matrix when untied, and the
+        input matrix when the model is tied but its checkpoint stores lm_head anyway (a stale lm_head there
+        would silently break the tie on load). Swap, LEP, trim and the training export all write by this."""
+        stored = set(stored)
+        roles = {n: INPUT for n in self.input_names if n in stored}
+        if not self.tied:
+            roles[self.output_name] = OUTPUT
+        elif self.output_name in stored:
+            roles[self.output_name] = INPUT
+        return roles
+
+    def with_vocab_size(self, config: dict, rows: int) -> dict:
+        """A copy of ``config`` whose every vocab-size key (``vocab_size_keys`` in archs.yaml) says ``rows``."""
+        config = copy.deepcopy(config)
+        for key in self.vocab_size_keys:
+            *path, last = key.split(".")
+            node = config
+            for p in path:
+                node = node.setdefault(p, {})
+            node[last] = rows
+        return config
+
 
 @functools.cache
-def _table() -> dict[str, dict]:
+def _table() -> dict[str, ArchEntry]:
     text = resources.files("ruadapt").joinpath("archs.yaml").read_text(encoding="utf-8")
-    return yaml.safe_load(text)
+    raw = yaml.safe_load(text)
+    if not isinstance(raw, dict):
+        raise RuadaptError("ruadapt/archs.yaml: expected a mapping of model_type to entries")
+    return {str(k): build(ArchEntry, v or {}, f"archs.yaml: {k}") for k, v in raw.items()}
 
 
 def supported_model_types() -> list[str]:
     return sorted(_table())
+
+
+def _lookup(config: dict, key: str) -> object:
+    node: object = config
+    for p in key.split("."):
+        if not isinstance(node, dict) or p not in node:
+            return None
+        node = node[p]
+    return node
 
 
 def arch_for_config(config: dict, config_path: Path | str = "config.json") -> Arch:
@@ -61,16 +117,15 @@ def arch_for_config(config: dict, config_path: Path | str = "config.json") -> Ar
             f"supported: {', '.join(supported_model_types())}"
         )
     entry = table[model_type]
-    tied = config.get("tie_word_embeddings")
-    if tied is None:
-        tied = bool(entry.get("tie_default", False))
+    tied = _lookup(config, entry.tie_key)
     return Arch(
         model_type=model_type,
-        input_names=tuple(entry["input"]),
-        output_name=entry["output"],
-        tied=bool(tied),
-        scaled_input=bool(entry.get("scaled_input", False)),
-        encoder_decoder=bool(entry.get("encoder_decoder", False)),
+        input_names=tuple(entry.input),
+        output_name=entry.output,
+        tied=entry.tie_default if tied is None else bool(tied),
+        scaled_input=entry.scaled_input,
+        encoder_decoder=entry.encoder_decoder,
+        vocab_size_keys=tuple(entry.vocab_size_keys),
     )
 
 

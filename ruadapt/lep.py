@@ -26,31 +26,23 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Collection, Iterator, Sequence
 
 import torch
 from tokenizers import Tokenizer
 from tqdm.auto import tqdm
 
 from .arch import Arch, arch_for_config
-from .checkpoint import CheckpointReader, parse_size, read_json, write_with_replacements
+from .checkpoint import CheckpointReader, parse_size
 from .errors import RuadaptError
 from .lora import merge_replacements, read_adapter
 from .lstsq import NormalEquations
-from .outdir import atomic_output_dir
+from .mistakes import refuse
+from .outdir import check_output_dir
 from .record import StageRecord, sha256_file
-from .tokdir import (
-    chat_template,
-    copy_tokenizer_files,
-    load_tokenizer,
-    remap_model_configs,
-    set_chat_template,
-    sync_added_tokens_decoder,
-    tokenizer_json_path,
-    tokenizer_size,
-    write_json,
-)
+from .tokdir import TokenizerFiles, load_tokenizer, remap_model_configs, tokenizer_json_path, tokenizer_size
 from .vocab import ROW_COPY, ROW_MEAN, TokenCodec, VocabMap, averaged_rows, build_vocab_map
+from .vocab_output import VocabOutput, write_vocab_output
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +52,6 @@ CHUNK_BYTES = 512 * 1024**2
 # rows read through when two needed rows are this close (one read instead of two), and the longest single read
 _GAP_ROWS = 16
 _MAX_READ_ROWS = 4096
-# tokenizer_config.json keys that name I's special tokens (taken from I with its chat template)
-_SPECIAL_KEYS = ("bos_token", "eos_token", "pad_token", "unk_token", "additional_special_tokens", "extra_special_tokens")
 
 
 @dataclass
@@ -380,9 +370,11 @@ def lep_model(
     alpha_scale: float = 1.0,
     chunk_rows: int | None = None,
     max_shard_size: str | int | None = None,
+    allow: Collection[str] = (),
     progress: bool = True,
 ) -> dict:
-    """Write ``out``: I's body with A's vocabulary rows mapped through the fitted W. Returns the stage record."""
+    """Write ``out``: I's body with A's vocabulary rows mapped through the fitted W. Returns the stage record.
+    ``allow``: likely mistakes (:mod:`ruadapt.mistakes`) to go on with."""
     if method not in METHODS:
         raise RuadaptError(f"--method {method!r} is not one of {', '.join(METHODS)}")
     if chunk_rows is not None and chunk_rows < 1:
@@ -392,9 +384,11 @@ def lep_model(
     record = StageRecord(
         "lep",
         {"method": method, "lora_deltas": lora_deltas, "alpha_scale": alpha_scale, "chunk_rows": chunk_rows,
-         "max_shard_size": max_shard_size},
+         "max_shard_size": max_shard_size, "allow": sorted(allow)},
     )
-    # ---- everything is validated before any work or output
+    # ---- everything is validated before any work or output (the fit takes minutes at 72B)
+    inputs = [Path(base), Path(instruct), Path(adapted)] + ([Path(lora_deltas)] if lora_deltas else [])
+    check_output_dir(Path(out), inputs)
     b = open_model(base, "--base")
     i = open_model(instruct, "--instruct", same_tokenizer_as=b)
     a = open_model(adapted, "--adapted", same_tokenizer_as=b)
@@ -404,16 +398,13 @@ def lep_model(
     specials = special_pairs(a, i)
     n_a_tokens = a.n_tokens
     config, gen_config, id_changes = remap_model_configs(i.path, i.reader.config, i.tok, a.tok)
-    config["vocab_size"] = a.rows
-    if "text_config" in config and isinstance(config["text_config"], dict):
-        config["text_config"] = {**config["text_config"], "vocab_size": a.rows}
     lora, lora_summary = ({}, None)
     if lora_deltas is not None:
         lora, lora_summary = lora_replacements(Path(lora_deltas), i, alpha_scale, set(i.arch.vocab_tensor_names()))
     for m in (b, i, a):
-        record.input(m.option.lstrip("-"), m.path, fingerprint=m.reader.fingerprint(), model_type=m.arch.model_type,
-                     tied=m.arch.tied, rows=m.rows, hidden=m.hidden,
-                     tokenizer_sha256=sha256_file(tokenizer_json_path(m.path)))
+        record.input_model(m.option.lstrip("-"), m.reader, model_type=m.arch.model_type, tied=m.arch.tied, rows=m.rows,
+                           hidden=m.hidden, tokenizer_sha256=sha256_file(tokenizer_json_path(m.path)))
+    check_likely_mistakes(b, i, a, record.data["inputs"], allow)
     with record.timed("check_adapted"):
         check_adapted_finite(a, list(names.values()), chunk_rows=chunk_rows, progress=progress)
 
@@ -446,7 +437,6 @@ def lep_model(
 
     # ---- output: I's checkpoint with the new vocabulary matrices (built just in time) and optional LoRA deltas
     norm_stats: dict = {}
-    replacements: dict = dict(lora)
 
     def builder(name: str):
         def build() -> torch.Tensor:
@@ -455,44 +445,26 @@ def lep_model(
                                       chunk_rows=chunk_rows, progress=progress)
         return build
 
-    # the input matrix may be written under several names (a tied checkpoint that stores lm_head too): build it
-    # once and drop it after its last use, so it is not held while an untied output matrix is built (+2.75 GB)
-    input_users = [n for n in i.arch.input_names if n in i.reader]
-    if i.arch.tied and i.arch.output_name in i.reader:  # a tied checkpoint that stored lm_head anyway: keep it tied
-        input_users.append(i.arch.output_name)
-    cache: dict[str, torch.Tensor] = {}
-    uses = {"left": len(input_users)}
+    plan = VocabOutput(
+        out=Path(out),
+        inputs=inputs,
+        reader=i.reader,
+        arch=i.arch,
+        rows=a.rows,
+        config=config,
+        gen_config=gen_config,
+        tokenizer=TokenizerFiles(a.path, a.tok, chat_from=i.path),
+        input_matrix=builder(i.arch.input_name),
+        output_matrix=None if i.arch.tied else builder(i.arch.output_name),
+        extra=lora,
+        max_shard_bytes=max_shard_bytes,
+    )
 
-    def input_matrix() -> torch.Tensor:
-        if "m" not in cache:
-            cache["m"] = builder(i.arch.input_name)()
-        uses["left"] -= 1
-        return cache["m"] if uses["left"] else cache.pop("m")
-
-    for n in input_users:
-        replacements[n] = input_matrix
-    if not i.arch.tied:
-        replacements[i.arch.output_name] = builder(i.arch.output_name)
-
-    with atomic_output_dir(out, [Path(base), Path(instruct), Path(adapted)] + ([Path(lora_deltas)] if lora_deltas else [])) as tmp:
-        with record.timed("write"):
-            write_with_replacements(i.reader, tmp, replacements, max_shard_bytes=max_shard_bytes, progress=progress)
-        cache.clear()
-        write_json(tmp / "config.json", config)
-        if gen_config is not None:
-            write_json(tmp / "generation_config.json", gen_config)
-        tok_files = write_tokenizer(a, i, tmp)
-        i.reader.close()
-        record.set("tokenizer_files", tok_files)
-        record.set(
-            "result",
+    def finish(_tmp: Path) -> None:  # the row norms are known once the matrices were built
+        record.update(
             {
                 "method": method,
-                "model_type": i.arch.model_type,
-                "tied": i.arch.tied,
-                "hidden_size": i.hidden,
                 "dtype": str(i.reader.info(i.arch.input_name).dtype).replace("torch.", ""),
-                "rows": a.rows,
                 "adapted_tokens": n_a_tokens,
                 "vocab_map_rows_by_kind": None if vmap is None else vmap.summary(),
                 "fits": fit_summary,
@@ -500,36 +472,29 @@ def lep_model(
                 "row_norms": norm_stats,
                 "token_id_changes": id_changes,
                 "lora_deltas": lora_summary,
-            },
+            }
         )
-        record.write(tmp)
-    log.info("wrote %s", out)
+
+    write_vocab_output(plan, record, progress=progress, finish=finish)
     return record.data
 
 
-def write_tokenizer(adapted: Model, instruct: Model, out: Path) -> list[str]:
-    """A's tokenizer with I's chat template, special tokens map and special-token settings; ids checked on reload."""
-    copied = copy_tokenizer_files(adapted.path, out)
-    template = chat_template(instruct.path)
-    if template is not None:
-        set_chat_template(out, template)
-        copied.append("chat_template (from --instruct)")
-    if (instruct.path / "special_tokens_map.json").is_file():
-        (out / "special_tokens_map.json").write_bytes((instruct.path / "special_tokens_map.json").read_bytes())
-        copied.append("special_tokens_map.json (from --instruct)")
-    i_cfg_path = instruct.path / "tokenizer_config.json"
-    o_cfg_path = out / "tokenizer_config.json"
-    if i_cfg_path.is_file() and o_cfg_path.is_file():
-        i_cfg, o_cfg = read_json(i_cfg_path), read_json(o_cfg_path)
-        for key in _SPECIAL_KEYS:
-            if key in i_cfg:
-                o_cfg[key] = i_cfg[key]
-        write_json(o_cfg_path, o_cfg)
-    sync_added_tokens_decoder(out, adapted.tok)
-    # tokenizer.json is A's, byte for byte, so every id is A's; added_tokens_decoder was synced to it above
-    if not _same_file(out / "tokenizer.json", tokenizer_json_path(adapted.path)):
-        raise RuadaptError(f"{out / 'tokenizer.json'}: differs from {adapted.path}'s after copying; output not written")
-    return copied
+def check_likely_mistakes(b: Model, i: Model, a: Model, recorded: dict, allow: Collection[str]) -> None:
+    """I or A identical to B (equal fingerprints) is refused unless allowed; A without a new token is a warning."""
+    fp = {k: v["fingerprint"] for k, v in recorded.items()}
+    if fp["instruct"] == fp["base"]:
+        refuse("same-model", allow,
+               f"{i.path}: --instruct is the same checkpoint as --base {b.path} (equal fingerprints); "
+               "the fit would learn the identity and LEP would change nothing",
+               "give the instruct model of this base (e.g. Qwen2.5-7B-Instruct for Qwen2.5-7B)")
+    if fp["adapted"] == fp["base"]:
+        refuse("adapted-is-base", allow,
+               f"{a.path}: --adapted is the same checkpoint as --base {b.path} (equal fingerprints); "
+               "there are no adapted embeddings to propagate",
+               "give the swapped (and continued-pretrained) model: ruadapt swap, then ruadapt train")
+    elif a.tok is b.tok or a.tok.get_vocab(with_added_tokens=False) == b.tok.get_vocab(with_added_tokens=False):
+        log.warning("%s: --adapted has the vocabulary of --base (no new token); LEP only maps its trained rows "
+                    "into the instruct model - expected after ruadapt swap with a new tokenizer", a.path)
 
 
 def load_record(out: Path) -> dict:

@@ -75,10 +75,8 @@ def clean_stale_tmp(out: Path) -> None:
         shutil.rmtree(entry, ignore_errors=True)
 
 
-@contextlib.contextmanager
-def atomic_output_dir(out: Path, inputs: Sequence[Path] = (), *, option: str = "--out") -> Iterator[Path]:
-    """Yield a fresh temporary folder beside ``out``; on success rename it to ``out``, on error remove it."""
-    out = check_output_dir(out, inputs, option=option)
+def _fresh_tmp(out: Path, option: str) -> Path:
+    """An empty temporary folder beside ``out`` (same file system, so a rename moves it), named with our PID."""
     tmp = out.parent / f".{out.name}{_TMP_MARK}{os.getpid()}"
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -88,6 +86,14 @@ def atomic_output_dir(out: Path, inputs: Sequence[Path] = (), *, option: str = "
         tmp.mkdir()
     except OSError as e:
         raise RuadaptError(f"{out}: {option} cannot be created ({e.strerror})") from None
+    return tmp
+
+
+@contextlib.contextmanager
+def atomic_output_dir(out: Path, inputs: Sequence[Path] = (), *, option: str = "--out") -> Iterator[Path]:
+    """Yield a fresh temporary folder beside ``out``; on success rename it to ``out``, on error remove it."""
+    out = check_output_dir(out, inputs, option=option)
+    tmp = _fresh_tmp(out, option)
     try:
         yield tmp
         # re-check: something may have appeared at the target while we worked
@@ -99,3 +105,23 @@ def atomic_output_dir(out: Path, inputs: Sequence[Path] = (), *, option: str = "
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+@contextlib.contextmanager
+def atomic_files_into(out: Path, *, option: str = "--out") -> Iterator[Path]:
+    """For a directory that already holds other files (which must stay): yield a fresh temporary folder beside
+    ``out``; on success move every file written there to the same place under ``out`` with ``os.replace``, on
+    error remove it. Each file is then either the old one or the whole new one, never half written; files of
+    ``out`` that were not written are left alone."""
+    out = Path(out).expanduser().resolve()
+    if not out.is_dir():
+        raise RuadaptError(f"{out}: {option} is not a directory")
+    tmp = _fresh_tmp(out, option)
+    try:
+        yield tmp
+        for src in sorted(p for p in tmp.rglob("*") if p.is_file()):
+            dst = out / src.relative_to(tmp)
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(src, dst)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

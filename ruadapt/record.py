@@ -2,6 +2,13 @@
 
 It says what went in (paths and fingerprints), with which options, with which library versions, how long each
 step took and what was done, so a later stage or a person can check and reproduce the run.
+
+One schema for every stage (:data:`SCHEMA`, checked by the tests on every record the stages write)::
+
+    {"schema": 1, "stage": "swap", "started": ISO time, "finished": ISO time,
+     "options": {...}, "inputs": {name: {"path": ..., "fingerprint" | "sha256": ..., ...}},
+     "timings_s": {step: seconds, "total": ...}, "versions": {package: version},
+     "result": {...what the stage found and did: the only stage-specific part}}
 """
 
 from __future__ import annotations
@@ -14,9 +21,12 @@ import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 from . import __version__
+
+if TYPE_CHECKING:
+    from .checkpoint import CheckpointReader
 
 _PACKAGES = ("torch", "transformers", "tokenizers", "safetensors", "peft", "deepspeed", "accelerate", "lm_eval")
 
@@ -39,26 +49,59 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-class StageRecord:
-    """Collects a stage's inputs, options, timings and results; ``write`` puts them into ``ruadapt_<stage>.json``."""
+SCHEMA_VERSION = 1
+SCHEMA = ("schema", "stage", "started", "finished", "options", "inputs", "timings_s", "versions", "result")
 
-    def __init__(self, stage: str, options: dict[str, Any] | None = None):
+
+def iso_time(t: float | None = None) -> str:
+    """Local time with its UTC offset, e.g. ``2026-11-30T06:12:03+0000``."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(t))
+
+
+class StageRecord:
+    """Collects a stage's inputs, options, timings and results; ``write`` puts them into ``ruadapt_<stage>.json``.
+
+    ``started`` defaults to now; a stage that spans several processes (a resumed training run) passes the time
+    the work really began."""
+
+    def __init__(self, stage: str, options: dict[str, Any] | None = None, *, started: float | None = None):
         self.stage = stage
         self.data: dict[str, Any] = {
+            "schema": SCHEMA_VERSION,
             "stage": stage,
-            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "started": iso_time(started),
+            "finished": None,
             "options": {k: _plain(v) for k, v in (options or {}).items()},
             "inputs": {},
             "timings_s": {},
             "versions": versions(),
+            "result": {},
         }
         self._t0 = time.perf_counter()
 
     def input(self, name: str, path: Path | str, **facts: Any) -> None:
         self.data["inputs"][name] = {"path": str(Path(path).resolve()), **{k: _plain(v) for k, v in facts.items()}}
 
+    def input_file(self, name: str, path: Path | str, **facts: Any) -> None:
+        """An input file, identified by the sha256 of its bytes."""
+        self.input(name, path, sha256=sha256_file(Path(path)), bytes=Path(path).stat().st_size, **facts)
+
+    def input_model(self, name: str, reader: "CheckpointReader", **facts: Any) -> None:
+        """An input checkpoint, identified by :meth:`ruadapt.checkpoint.CheckpointReader.fingerprint`."""
+        self.input(name, reader.path, fingerprint=reader.fingerprint(), **facts)
+
     def set(self, key: str, value: Any) -> None:
-        self.data[key] = _plain(value)
+        """One entry of ``result``."""
+        self.data["result"][key] = _plain(value)
+
+    def update(self, values: dict[str, Any]) -> None:
+        """Several entries of ``result``."""
+        for k, v in values.items():
+            self.set(k, v)
+
+    @property
+    def result(self) -> dict[str, Any]:
+        return self.data["result"]
 
     @contextmanager
     def timed(self, step: str) -> Iterator[None]:
@@ -70,9 +113,27 @@ class StageRecord:
 
     def write(self, directory: Path) -> Path:
         self.data["timings_s"]["total"] = round(time.perf_counter() - self._t0, 4)
+        self.data["finished"] = iso_time()
         path = Path(directory) / f"ruadapt_{self.stage}.json"
         path.write_text(json.dumps(self.data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         return path
+
+
+def check_record(data: dict, where: str = "record") -> dict:
+    """``data`` follows :data:`SCHEMA` (every key, nothing else, the types a reader relies on); returns it."""
+    from .errors import RuadaptError
+
+    if not isinstance(data, dict) or tuple(data) != SCHEMA:
+        keys = list(data) if isinstance(data, dict) else type(data).__name__
+        raise RuadaptError(f"{where}: keys {keys} are not the stage record schema {list(SCHEMA)}")
+    for key, typ in (("schema", int), ("stage", str), ("started", str), ("finished", str), ("options", dict),
+                     ("inputs", dict), ("timings_s", dict), ("versions", dict), ("result", dict)):
+        if not isinstance(data[key], typ):
+            raise RuadaptError(f"{where}: {key} is {type(data[key]).__name__}, expected {typ.__name__}")
+    for name, facts in data["inputs"].items():
+        if not isinstance(facts, dict) or "path" not in facts:
+            raise RuadaptError(f"{where}: input {name!r} has no path")
+    return data
 
 
 def _plain(v: Any) -> Any:

@@ -12,23 +12,19 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Collection
 
 from tokenizers import Tokenizer
 
 from .arch import arch_for_config, check_vocab_tensors, padded_rows, padding_multiple
-from .checkpoint import CheckpointReader, RowBlocks, parse_size, write_with_replacements
+from .checkpoint import CheckpointReader, RowBlocks, parse_size
 from .errors import RuadaptError
-from .outdir import atomic_output_dir, check_output_dir
-from .record import StageRecord, sha256_file
-from .tokdir import (
-    copy_tokenizer_files,
-    load_tokenizer,
-    remap_model_configs,
-    sync_added_tokens_decoder,
-    tokenizer_json_path,
-    write_json,
-)
+from .mistakes import refuse
+from .outdir import check_output_dir
+from .record import StageRecord
+from .tokdir import TokenizerFiles, load_tokenizer, remap_model_configs, tokenizer_json_path, tokenizer_pipeline
 from .vocab import TokenCodec, build_vocab_map, matrix_blocks, mean_of_rows, rows_are_finite
+from .vocab_output import VocabOutput, write_vocab_output
 
 log = logging.getLogger(__name__)
 
@@ -43,15 +39,18 @@ def swap_model(
     init: str = "mean",
     pad_to_multiple_of: int | None = None,
     max_shard_size: str | int | None = None,
+    allow: Collection[str] = (),
     progress: bool = True,
 ) -> dict:
-    """Write ``out``: ``model_dir`` with the vocabulary of ``tokenizer_dir``. Returns the stage record."""
+    """Write ``out``: ``model_dir`` with the vocabulary of ``tokenizer_dir``. Returns the stage record.
+    ``allow``: likely mistakes (:mod:`ruadapt.mistakes`) to go on with."""
     if init not in INITS:
         raise RuadaptError(f"--init {init!r} is not one of {', '.join(INITS)}")
     if pad_to_multiple_of is not None and pad_to_multiple_of < 1:
         raise RuadaptError(f"--pad-to-multiple-of must be ≥ 1, got {pad_to_multiple_of}")
     model_dir, tokenizer_dir, out = Path(model_dir), Path(tokenizer_dir), Path(out)
-    record = StageRecord("swap", {"init": init, "pad_to_multiple_of": pad_to_multiple_of, "max_shard_size": max_shard_size})
+    record = StageRecord("swap", {"init": init, "pad_to_multiple_of": pad_to_multiple_of, "max_shard_size": max_shard_size,
+                                  "allow": sorted(allow)})
 
     # ---- everything is validated before any work and before any output exists
     check_output_dir(out, [model_dir, tokenizer_dir])
@@ -59,6 +58,7 @@ def swap_model(
     arch = arch_for_config(reader.config, reader.path / "config.json")
     base_tok = load_tokenizer(model_dir, "--model")
     new_tok = load_tokenizer(tokenizer_dir, "--tokenizer")
+    check_likely_mistakes(model_dir, tokenizer_dir, base_tok, new_tok, allow)
     base_codec, new_codec = TokenCodec(base_tok), TokenCodec(new_tok)  # their sizes = len(tokenizer)
     n_base, n_new = len(base_codec), len(new_codec)
     check_vocab_tensors(reader, arch, n_base)
@@ -77,9 +77,9 @@ def swap_model(
         reader.path.name, n_base, base_rows, n_new, n_rows, multiple, counts,
     )
 
-    record.input("model", reader.path, fingerprint=reader.fingerprint(), model_type=arch.model_type, tied=arch.tied)
-    record.input("base_tokenizer", tokenizer_json_path(model_dir), sha256=sha256_file(tokenizer_json_path(model_dir)))
-    record.input("tokenizer", tokenizer_json_path(tokenizer_dir), sha256=sha256_file(tokenizer_json_path(tokenizer_dir)))
+    record.input_model("model", reader, model_type=arch.model_type, tied=arch.tied)
+    record.input_file("base_tokenizer", tokenizer_json_path(model_dir))
+    record.input_file("tokenizer", tokenizer_json_path(tokenizer_dir))
 
     # Before any output exists: one chunked pass per matrix for the padding row and a NaN/inf check, then the new
     # rows. A new matrix is kept as row blocks: runs of old rows (copied from the input file by the writer) and
@@ -98,54 +98,46 @@ def swap_model(
             del old
             reader.close()
 
-    new_input = built[arch.input_name]
-    replacements: dict = {n: new_input for n in arch.input_names if n in reader}  # tied copies (T5) share it
-    if not arch.tied:
-        replacements[arch.output_name] = built[arch.output_name]
-    elif arch.output_name in reader:  # a tied checkpoint that stored lm_head anyway: keep it tied to the new rows
-        replacements[arch.output_name] = new_input
-
-    config["vocab_size"] = n_rows
-    with atomic_output_dir(out, [model_dir, tokenizer_dir]) as tmp:
-        with record.timed("write"):
-            write_with_replacements(reader, tmp, replacements, max_shard_bytes=max_shard_bytes, progress=progress)
-        del built, new_input, replacements
-        write_json(tmp / "config.json", config)
-        if gen_config is not None:
-            write_json(tmp / "generation_config.json", gen_config)
-        copied = copy_tokenizer_files(tokenizer_dir, tmp, fallback_chat_template_from=model_dir)
-        sync_added_tokens_decoder(tmp, new_tok)
-        _verify_tokenizer(tmp, tokenizer_json_path(tokenizer_dir), new_tok)
-        record.set("tokenizer_files", copied)
-        record.set(
-            "result",
-            {
-                "model_type": arch.model_type,
-                "tied": arch.tied,
-                "hidden_size": hidden,
-                "base_tokens": n_base,
-                "base_rows": base_rows,
-                "new_tokens": n_new,
-                "rows": n_rows,
-                "padding_multiple": multiple,
-                "rows_by_kind": counts,
-                "token_id_changes": id_changes,
-            },
-        )
-        record.set("provenance_format", "[copy, first_new_id, first_old_id, run_length] | [pad, first_id, run_length] | [mean|special, new_id, [old piece ids]]")
-        record.set("provenance", vmap.provenance())
-        record.write(tmp)
-    reader.close()
-    log.info("wrote %s", out)
+    plan = VocabOutput(
+        out=out,
+        inputs=[model_dir, tokenizer_dir],
+        reader=reader,
+        arch=arch,
+        rows=n_rows,
+        config=config,
+        gen_config=gen_config,
+        tokenizer=TokenizerFiles(tokenizer_dir, new_tok, fallback_chat_from=model_dir),
+        input_matrix=built.pop(arch.input_name),
+        output_matrix=built.pop(arch.output_name, None),
+        max_shard_bytes=max_shard_bytes,
+    )
+    record.update(
+        {
+            "base_tokens": n_base,
+            "base_rows": base_rows,
+            "padding_multiple": multiple,
+            "rows_by_kind": counts,
+            "token_id_changes": id_changes,
+            "provenance_format": "[copy, first_new_id, first_old_id, run_length] | [pad, first_id, run_length] | "
+            "[mean|special, new_id, [old piece ids]]",
+            "provenance": vmap.provenance(),
+        }
+    )
+    write_vocab_output(plan, record, progress=progress)
     return record.data
 
 
-def _verify_tokenizer(directory: Path, source: Path, expected: Tokenizer) -> None:
-    """Check the written tokenizer.json gives every token the id the matrices were built for (docs/design.md §2: always
-    verify after saving). It is copied byte for byte, so equal bytes prove it; otherwise reload and compare ids."""
-    written = directory / "tokenizer.json"
-    if sha256_file(written) == sha256_file(source):
-        return
-    reloaded = Tokenizer.from_file(str(written))
-    if reloaded.get_vocab(with_added_tokens=True) != expected.get_vocab(with_added_tokens=True):
-        raise RuadaptError(f"{written}: token ids changed on reload; tokenizer not written")
+def check_likely_mistakes(model_dir: Path, tokenizer_dir: Path, base_tok: Tokenizer, new_tok: Tokenizer,
+                          allow: Collection[str]) -> None:
+    """A tokenizer that changes nothing, or one of another family, is refused unless allowed (:mod:`ruadapt.mistakes`)."""
+    if base_tok.get_vocab(with_added_tokens=True) == new_tok.get_vocab(with_added_tokens=True):
+        refuse("same-tokenizer", allow,
+               f"{tokenizer_dir}: --tokenizer has exactly the vocabulary of --model {model_dir}; swap would change nothing",
+               "give the new tokenizer's directory (ruadapt tokenizer train --out)")
+    ours, theirs = tokenizer_pipeline(tokenizer_json_path(model_dir)), tokenizer_pipeline(tokenizer_json_path(tokenizer_dir))
+    differ = [k for k in ours if ours[k] != theirs[k]]
+    if differ:
+        refuse("foreign-tokenizer", allow,
+               f"{tokenizer_dir}: --tokenizer's {', '.join(differ)} differ from --model's tokenizer; "
+               "its tokens cut text differently, so rows copied by equal bytes would not mean the same",
+               "train the new tokenizer from this model's own (ruadapt tokenizer train --base MODEL)")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 from tokenizers import Tokenizer
@@ -161,3 +162,77 @@ def remap_model_configs(model_dir: Path, config: dict, old: Tokenizer, new: Toke
     if gen_config is not None:
         changes["generation_config.json"] = remap_token_ids(gen_config, old, new, where=str(gen_path))
     return config, gen_config, changes
+
+
+# tokenizer_config.json keys that name special tokens (LEP takes them from the instruct model with its template)
+SPECIAL_TOKEN_KEYS = ("bos_token", "eos_token", "pad_token", "unk_token", "additional_special_tokens", "extra_special_tokens")
+
+
+@dataclass
+class TokenizerFiles:
+    """How a stage's output tokenizer is made: the files of ``source``, holding exactly ``tokenizer``.
+
+    ``rewrite``: save ``tokenizer`` as tokenizer.json instead of copying the source's bytes (trim renumbers ids).
+    ``chat_from``: a directory whose chat template, special-token keys and special_tokens_map win over the
+    source's (LEP: the instruct model's); ``fallback_chat_from``: used only when the source has no template
+    (swap: the base model's)."""
+
+    source: Path
+    tokenizer: Tokenizer
+    rewrite: bool = False
+    chat_from: Path | None = None
+    fallback_chat_from: Path | None = None
+
+
+def write_tokenizer(dst: Path, spec: TokenizerFiles, rows: int | None = None) -> list[str]:
+    """Write the tokenizer files of ``spec`` into ``dst`` and check them (:func:`check_written_tokenizer`).
+    Returns what was written, for the stage record."""
+    dst = Path(dst)
+    copied = copy_tokenizer_files(spec.source, dst, fallback_chat_template_from=spec.fallback_chat_from)
+    if spec.rewrite:
+        spec.tokenizer.save(str(dst / "tokenizer.json"))
+        copied.append("tokenizer.json (rewritten)")
+    if spec.chat_from is not None:
+        src = Path(spec.chat_from)
+        template = chat_template(src)
+        if template is not None:
+            set_chat_template(dst, template)
+            copied.append(f"chat_template (from {src.name})")
+        if (src / "special_tokens_map.json").is_file():
+            shutil.copyfile(src / "special_tokens_map.json", dst / "special_tokens_map.json")
+            copied.append(f"special_tokens_map.json (from {src.name})")
+        src_cfg, dst_cfg = src / "tokenizer_config.json", dst / "tokenizer_config.json"
+        if src_cfg.is_file() and dst_cfg.is_file():
+            theirs, ours = read_json(src_cfg), read_json(dst_cfg)
+            ours.update({k: theirs[k] for k in SPECIAL_TOKEN_KEYS if k in theirs})
+            write_json(dst_cfg, ours)
+    sync_added_tokens_decoder(dst, spec.tokenizer)
+    check_written_tokenizer(dst, spec.tokenizer, rows)
+    return copied
+
+
+def check_written_tokenizer(directory: Path, expected: Tokenizer, rows: int | None = None) -> None:
+    """The one check of a written tokenizer (docs/design.md: always verify after saving): tokenizer.json reloads
+    with every token (added ones included) at the id the matrices were built for, and no id lies past ``rows``."""
+    path = Path(directory) / "tokenizer.json"
+    try:
+        vocab = Tokenizer.from_file(str(path)).get_vocab(with_added_tokens=True)
+    except Exception as e:
+        raise RuadaptError(f"{path}: the written tokenizer does not load ({e}); output not written") from None
+    if vocab != expected.get_vocab(with_added_tokens=True):
+        raise RuadaptError(f"{path}: token ids changed on reload; output not written")
+    if rows is not None and vocab and max(vocab.values()) >= rows:
+        raise RuadaptError(f"{path}: token id {max(vocab.values())} lies past the {rows} embedding rows; output not written")
+
+
+def tokenizer_pipeline(tokenizer_json: Path) -> dict:
+    """The parts of a tokenizer.json that decide how text is cut before BPE and glued after it: model type,
+    normalizer, pre-tokenizer and decoder. A new vocabulary only fits a model's embeddings when these are
+    the model's own (a Llama-3 vocabulary on a Qwen model shares byte strings, not meanings)."""
+    data = json.loads(Path(tokenizer_json).read_text(encoding="utf-8"))
+    return {
+        "model": (data.get("model") or {}).get("type"),
+        "normalizer": data.get("normalizer"),
+        "pre_tokenizer": data.get("pre_tokenizer"),
+        "decoder": data.get("decoder"),
+    }

@@ -16,6 +16,7 @@ import pytest
 import torch
 from tokenizers import Tokenizer
 
+from ruadapt.record import check_record
 from ruadapt.cli import main
 from ruadapt.eval.bpb import chat_bpb, plan_windows, text_bpb
 from ruadapt.eval.load import load_model
@@ -191,7 +192,7 @@ def test_cli_report_lm_eval_agreement_and_speed(work, tmp_path):
     md = (out / "report.md").read_text()
     assert sum(line.startswith("| qwen |") for line in md.splitlines()) == 4  # models, bpb, speed, lm-eval tables
     assert (out / "bpb.png").stat().st_size > 0 and (out / "speed.png").stat().st_size > 0
-    record = json.loads((out / "ruadapt_eval.json").read_text())
+    record = check_record(json.loads((out / "ruadapt_eval.json").read_text()))
     assert record["stage"] == "eval" and "model:qwen" in record["inputs"]
     assert before == {k: dir_hash(work[k]) for k in ("qwen", "llama")}
     assert not list(tmp_path.glob(".report.ruadapt-tmp-*"))

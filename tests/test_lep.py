@@ -14,6 +14,7 @@ from safetensors.torch import load_file, save_file
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
+from ruadapt.record import check_record
 from tiny import SHARED_DATA, SHARED_TOKENIZERS, dir_hash, make_tiny_model, tensor_hashes
 
 from ruadapt.cli import main
@@ -124,7 +125,7 @@ def check_output(out: Path, a_dir: Path, i_dir: Path, w: dict[str, torch.Tensor 
     tok_cfg = json.loads((out / "tokenizer_config.json").read_text())
     assert tok_cfg["chat_template"] == TEMPLATE
     assert (out / "tokenizer.json").read_bytes() == (a_dir / "tokenizer.json").read_bytes()
-    return json.loads((out / "ruadapt_lep.json").read_text())
+    return check_record(json.loads((out / "ruadapt_lep.json").read_text()))
 
 
 def loads_and_generates(out: Path) -> None:
@@ -351,6 +352,45 @@ def test_bad_inputs(qwen, tmp_path, capsys):
     err = _run_bad(capsys, b, i, nan, tmp_path / "o4")
     assert "row 151700" in err and "NaN" in err and str(nan) in err
     assert {k: dir_hash(qwen[k]) for k in ("b", "i", "a")} == hashes
+
+
+def test_likely_mistakes_and_output_are_refused_before_any_work(qwen, tmp_path, capsys, caplog, monkeypatch):
+    """--instruct or --adapted that is --base under another path (equal fingerprints), and an --out that is not
+    empty, fail before the finiteness pass and the fit; --allow goes on with a warning."""
+    import ruadapt.lep as lep_mod
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("heavy work started before validation finished")
+
+    monkeypatch.setattr(lep_mod, "check_adapted_finite", must_not_run)
+    monkeypatch.setattr(lep_mod, "accumulate", must_not_run)
+    b, i, a = qwen["b"], qwen["i"], qwen["a"]
+    copy_of_b = tmp_path / "b-copy"
+    shutil.copytree(b, copy_of_b)
+    err = _run_bad(capsys, b, copy_of_b, a, tmp_path / "o1")
+    assert "--instruct is the same checkpoint as --base" in err and "--allow same-model" in err
+    err = _run_bad(capsys, b, i, copy_of_b, tmp_path / "o2")
+    assert "--adapted is the same checkpoint as --base" in err and "--allow adapted-is-base" in err
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "keep.txt").write_text("x")
+    rc = main(["-q", "lep", "--base", str(b), "--instruct", str(i), "--adapted", str(a), "--out", str(busy)])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "exists and is not empty" in err and (busy / "keep.txt").read_text() == "x"
+    monkeypatch.undo()
+    rc = main(["-q", "lep", "--base", str(b), "--instruct", str(copy_of_b), "--adapted", str(a), "--out",
+               str(tmp_path / "o3"), "--method", "swap", "--allow", "same-model"])
+    assert rc == 0 and "going on: --allow same-model" in caplog.text
+
+
+def test_fingerprint_tells_base_from_instruct(qwen):
+    """Headers and config alone are equal for a base and its instruct model; the fingerprint is not."""
+    from ruadapt.checkpoint import CheckpointReader, read_header
+
+    rb, ri = CheckpointReader(qwen["b"]), CheckpointReader(qwen["i"])
+    assert [read_header(s)[0] for s in rb.shards] == [read_header(s)[0] for s in ri.shards]
+    assert rb.fingerprint() != ri.fingerprint()
+    assert rb.fingerprint() == CheckpointReader(qwen["b"]).fingerprint()
 
 
 # ------------------------------------------------------------------------------------------------ LoRA deltas

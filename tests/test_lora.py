@@ -172,7 +172,7 @@ def test_train_export_merges_through_the_same_code(tmp_path):
     reloaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), out / "adapter").merge_and_unload().state_dict()
     original = read_dir(base)
     targets = set(read_adapter(out / "adapter").modules)
-    assert json.loads((out / "ruadapt_train.json").read_text())["lora_merged_tensors"] == len(targets) == 2 * len(TARGETS)
+    assert json.loads((out / "ruadapt_train.json").read_text())["result"]["lora_merged_tensors"] == len(targets) == 2 * len(TARGETS)
     for name, t in merged.items():
         torch.testing.assert_close(t, reference[name], rtol=0, atol=1e-6, msg=name)
         torch.testing.assert_close(t, reloaded[name], rtol=0, atol=1e-6, msg=name)

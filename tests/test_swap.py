@@ -11,6 +11,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from ruadapt.record import check_record
 from ruadapt.cli import main
 from reference import piece_bytes, reference_pieces
 from tiny import ARCHS, ROOT, SHARED_DATA, SHARED_TOKENIZERS, dir_hash, make_tiny_model, tensor_hashes
@@ -116,7 +117,7 @@ def test_swap_extension(tmp_path, extensions, model_type, tied):
     gen = m1.generate(tok("Привет", return_tensors="pt").input_ids, max_new_tokens=4, do_sample=False)
     assert gen.shape[1] > 1
 
-    rec = json.loads((out / "ruadapt_swap.json").read_text())
+    rec = check_record(json.loads((out / "ruadapt_swap.json").read_text()))
     assert rec["result"]["rows_by_kind"]["mean"] == 300
     assert rec["inputs"]["model"]["fingerprint"]
 
@@ -168,18 +169,33 @@ def tiny(tmp_path):
     return make_tiny_model(tmp_path / "m", "llama", max_shard_size="200KB")
 
 
-def _expect_error(tmp_path, model, tokenizer, out, needle):
+def _expect_error(tmp_path, model, tokenizer, out, needle, allow=("same-tokenizer",)):
+    """The bad-input cases reuse the model's own tokenizer, so they allow that likely mistake unless told not to."""
     inputs = [p for p in (model, tokenizer) if Path(p).exists()]
     hashes = [dir_hash(p) for p in inputs]
-    r = _run_cli(["swap", "--model", str(model), "--tokenizer", str(tokenizer), "--out", str(out)])
+    flags = [x for name in allow for x in ("--allow", name)]
+    r = _run_cli(["swap", "--model", str(model), "--tokenizer", str(tokenizer), "--out", str(out), *flags])
     assert r.returncode == 2, r.stderr
-    lines = [ln for ln in r.stderr.strip().splitlines() if " INFO " not in ln]
+    lines = [ln for ln in r.stderr.strip().splitlines() if " INFO " not in ln and "going on: --allow" not in ln]
     assert len(lines) == 1 and lines[0].startswith("ruadapt swap: error: "), r.stderr
     assert "Traceback" not in r.stderr
     assert needle in lines[0], lines[0]
     assert [dir_hash(p) for p in inputs] == hashes
     assert not any(".ruadapt-tmp-" in p.name for p in Path(out).parent.iterdir())
     return lines[0]
+
+
+def test_likely_mistakes(tmp_path, tiny):
+    """The model's own tokenizer, or one of another family (Qwen2.5's on a Llama-3 model: 100k+ byte strings
+    coincide), is refused before any work with the flag that overrides it; with the flag it runs and warns."""
+    msg = _expect_error(tmp_path, tiny, tiny, tmp_path / "o_same", "--allow same-tokenizer", allow=())
+    assert "exactly the vocabulary" in msg
+    msg = _expect_error(tmp_path, tiny, SHARED_TOKENIZERS / "qwen2.5", tmp_path / "o_foreign", "--allow foreign-tokenizer", allow=())
+    assert "normalizer" in msg and "pre_tokenizer" in msg and "ruadapt tokenizer train --base" in msg
+    r = _run_cli(["swap", "--model", str(tiny), "--tokenizer", str(tiny), "--out", str(tmp_path / "o_ok"), "--allow", "same-tokenizer"])
+    assert r.returncode == 0 and "going on: --allow same-tokenizer" in r.stderr, r.stderr
+    n = json.loads((tmp_path / "o_ok" / "ruadapt_swap.json").read_text())["result"]["tokens"]
+    assert torch.equal(load_tensor(tmp_path / "o_ok", EMBED)[:n], load_tensor(tiny, EMBED)[:n])  # every row copied
 
 
 def test_bad_inputs(tmp_path, tiny):
@@ -241,12 +257,12 @@ def test_sigkill_while_writing_leaves_nothing_and_rerun_succeeds(tmp_path, tiny)
         "    os.kill(os.getpid(), signal.SIGKILL)\n"
         "c.CheckpointWriter.add_shard_file = add_and_die\n"
         "from ruadapt.cli import main\n"
-        f"main(['-q', 'swap', '--model', {str(tiny)!r}, '--tokenizer', {str(tiny)!r}, '--out', {str(out)!r}])\n"
+        f"main(['-q', 'swap', '--model', {str(tiny)!r}, '--tokenizer', {str(tiny)!r}, '--out', {str(out)!r}, '--allow', 'same-tokenizer'])\n"
     )
     r = subprocess.run([sys.executable, "-c", killer], cwd=ROOT)
     assert r.returncode == -9
     assert not out.exists()
     assert any(".ruadapt-tmp-" in p.name for p in tmp_path.iterdir())  # the killed run's partial output
-    assert main(["-q", "swap", "--model", str(tiny), "--tokenizer", str(tiny), "--out", str(out)]) == 0
+    assert main(["-q", "swap", "--model", str(tiny), "--tokenizer", str(tiny), "--out", str(out), "--allow", "same-tokenizer"]) == 0
     assert not any(".ruadapt-tmp-" in p.name for p in tmp_path.iterdir())
     assert tensor_hashes(out) == tensor_hashes(tiny)  # identity swap: same tokenizer, same rows

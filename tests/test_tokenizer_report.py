@@ -12,6 +12,7 @@ from tiny import SHARED_DATA, SHARED_TOKENIZERS
 from transformers import AutoTokenizer
 
 from ruadapt.cli import main
+from ruadapt.record import check_record
 from ruadapt.tokenizer.report import chars_per_token
 
 QWEN = SHARED_TOKENIZERS / "qwen2.5"
@@ -101,7 +102,7 @@ def test_report_cli(texts, extended, tmp_path, capsys):
     ratio = report["ru"]["ru_eval"]["chars_per_token"] / report["base"]["ru_eval"]["chars_per_token"]
     assert f"{ratio:.3f}×" in md and "| base |" in md
     assert (out / "chars_per_token.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert (out / "ruadapt_tokenizer_report.json").is_file()
+    check_record(json.loads((out / "ruadapt_tokenizer_report.json").read_text()))
     assert "chars/token" in capsys.readouterr().out
 
 

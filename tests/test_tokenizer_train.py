@@ -14,6 +14,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from ruadapt.record import check_record
 from tiny import SHARED_DATA, SHARED_TOKENIZERS
 from tokenizers import Tokenizer
 from transformers import AutoTokenizer
@@ -141,9 +142,9 @@ def test_extend_keeps_base_and_compresses_russian(family, extended, eval_lines):
     assert [i for i in ids_new if i in special] == [i for i in ids_base if i in special] != []
     assert hf_new.decode(ids_new) == text
 
-    record = json.loads((out / "ruadapt_tokenizer.json").read_text())
+    record = check_record(json.loads((out / "ruadapt_tokenizer.json").read_text()))
     assert record["result"]["new_tokens"] == N_NEW and record["options"]["mode"] == "extend"
-    assert record["corpora"][0]["sha256"] == hashlib.sha256(Path(record["corpora"][0]["path"]).read_bytes()).hexdigest()
+    assert record["result"]["corpora"][0]["sha256"] == hashlib.sha256(Path(record["result"]["corpora"][0]["path"]).read_bytes()).hexdigest()
 
 
 @pytest.mark.parametrize("family", sorted(VECTORS))

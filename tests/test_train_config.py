@@ -159,7 +159,8 @@ def test_env_variables_and_overrides(good, monkeypatch):
     cfg = load_config(path, ["train.lr=0.5"])
     assert cfg.out == str(tmp / "out-env") and cfg.train.max_steps == 7 and cfg.train.lr == 0.5
     monkeypatch.delenv("TINY_OUT")
-    with pytest.raises(RuadaptError, match=r"environment variable TINY_OUT is not set"):
+    with pytest.raises(RuadaptError, match=r"env.yaml: out uses \$\{TINY_OUT\} but the environment variable TINY_OUT is not "
+                       r"set; export TINY_OUT=\.\.\., or give out with --set out=\.\.\."):
         load_config(path)
 
 

@@ -13,12 +13,16 @@ import json
 import os
 import subprocess
 import sys
+import time
+from datetime import datetime
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from ruadapt.checkpoint import CheckpointReader
+from ruadapt.record import check_record, sha256_file
 from tiny import SHARED_DATA, dir_hash, make_tiny_model, tensor_hashes
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -92,6 +96,7 @@ def runs(tmp_path_factory):
         "z3": write_yaml(tmp / "z3.yaml", out=str(tmp / "out_z3"), model=str(tied), deepspeed=str(zero / "zero3.json"),
                          stage="embeddings", **common),
     }
+    t_first = time.time()
     first = launch([cfg[k] for k in ("z2", "lora", "full", "sft", "killed")], 29631,
                    {"RUADAPT_TRAIN_CALLBACKS": "train_hooks:kill_at_step", "RUADAPT_TEST_KILL_AT": "out_killed:3"})
     ckpt = tmp / "out_killed.work" / "checkpoints"
@@ -102,13 +107,15 @@ def runs(tmp_path_factory):
     }
     # the kill hook only fires in the killed run; launch 1 ran the others to completion before it
     assert (tmp / "out_sft" / "ruadapt_train.json").is_file(), first.stdout[-3000:] + first.stderr[-3000:]
+    t_second = time.time()
     second = launch([cfg["killed"], cfg["z3"], cfg["lora3"]], 29632)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
-    return {"tmp": tmp, "untied": untied, "tied": tied, "hashes": hashes, "killed": killed_state, "log2": second.stdout + second.stderr}
+    return {"tmp": tmp, "untied": untied, "tied": tied, "hashes": hashes, "killed": killed_state, "log2": second.stdout + second.stderr,
+            "launched": (t_first, t_second), "configs": cfg}
 
 
 def record(out: Path) -> dict:
-    return json.loads((out / "ruadapt_train.json").read_text())
+    return check_record(json.loads((out / "ruadapt_train.json").read_text()))
 
 
 def generates(model_dir: Path) -> None:
@@ -122,7 +129,7 @@ def generates(model_dir: Path) -> None:
 
 
 def assert_eval_loss_decreased(out: Path) -> None:
-    ev = record(out)["eval_losses"]
+    ev = record(out)["result"]["eval_losses"]
     assert ev[0]["step"] == 0 and ev[-1]["step"] == STEPS
     assert ev[-1]["loss"] < ev[0]["loss"] - 1e-3, ev
 
@@ -160,7 +167,16 @@ def test_resume_after_sigkill_matches_uninterrupted_run(runs):
     assert record(runs["tmp"] / "out_killed")["result"]["resumed_from_step"] == 2
     for n in ref:
         assert torch.allclose(ref[n], res[n], atol=1e-6, rtol=0), n
-    ra, rb = record(runs["tmp"] / "out_z2")["losses"], record(runs["tmp"] / "out_killed")["losses"]
+    # the record of the resumed run: started when the first launch did, not when the second one wrote it; inputs by hash
+    rec = record(runs["tmp"] / "out_killed")
+    t_first, t_second = runs["launched"]
+    started = datetime.strptime(rec["started"], "%Y-%m-%dT%H:%M:%S%z").timestamp()
+    assert int(t_first) <= started < t_second, (rec["started"], t_first, t_second)
+    assert rec["inputs"]["model"]["fingerprint"] == CheckpointReader(runs["untied"]).fingerprint()
+    assert rec["inputs"]["config"]["sha256"] == sha256_file(Path(runs["configs"]["killed"]))
+    data = [v for k, v in rec["inputs"].items() if k.startswith("data.train:")]
+    assert data and all(d["sha256"] == sha256_file(Path(d["path"])) and d["tokens"] > 0 for d in data)
+    ra, rb = record(runs["tmp"] / "out_z2")["result"]["losses"], record(runs["tmp"] / "out_killed")["result"]["losses"]
     assert [x["step"] for x in rb] == list(range(1, STEPS + 1))
     assert [x["loss"] for x in ra] == pytest.approx([x["loss"] for x in rb], abs=1e-5)
 

@@ -142,7 +142,7 @@ def test_relaunch_resumes_to_the_weights_of_an_uninterrupted_run(interrupted):
     assert "resumed from" in s["log2"]
     rec = json.loads((tmp / "out_sig" / "ruadapt_train.json").read_text())
     assert rec["result"]["resumed_from_step"] == int(s["complete"][-2:])
-    assert [x["step"] for x in rec["losses"]] == list(range(1, STEPS + 1))
+    assert [x["step"] for x in rec["result"]["losses"]] == list(range(1, STEPS + 1))
     ref, res = tensors(tmp / "out_ref"), tensors(tmp / "out_sig")
     assert set(ref) == set(res)
     for n in ref:

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from ruadapt.record import check_record
 from ruadapt.cli import main
 from ruadapt.tokenizer.report import chars_per_token
 from ruadapt.trim import trim_tokenizer
@@ -55,7 +56,7 @@ def small_corpus(work) -> Path:
 
 
 def _record(out: Path) -> dict:
-    return json.loads((out / "ruadapt_trim.json").read_text())
+    return check_record(json.loads((out / "ruadapt_trim.json").read_text()))
 
 
 def _id_map(out: Path) -> tuple[dict[int, int], list[int]]:
@@ -108,15 +109,15 @@ def test_qwen_eval_round_trip_and_changed_lines_count(qwen_trimmed):
         assert new.batch_decode(new_ids) == lines  # round trip, though many of their tokens were dropped
         old_ids = old(lines, add_special_tokens=False)["input_ids"]
         changed = sum(old.convert_ids_to_tokens(o) != new.convert_ids_to_tokens(n) for o, n in zip(old_ids, new_ids))
-        reported = record["segmentation"]["eval"][str(path)]
+        reported = record["result"]["segmentation"]["eval"][str(path)]
         assert changed > 0 and reported["lines_segmentation_changed"] == changed
         assert reported["lines_not_round_trip"] == 0
         if path == RU_EVAL:  # chars/token as the tokenizer report computes it (once: 4 encodes of the file)
             assert reported["chars_per_token_before"] == round(chars_per_token(src, path)["chars_per_token"], 4)
             assert reported["chars_per_token_after"] == round(chars_per_token(out, path)["chars_per_token"], 4)
         assert reported["tokens_before"] == sum(map(len, old_ids)) and reported["tokens_after"] == sum(map(len, new_ids))
-    assert record["segmentation"]["corpus"]["lines_segmentation_changed"] == 0
-    assert record["tokens"]["kept_by_reason"]["alphabet"] + record["tokens"]["kept_by_reason"]["special"] == 256 + 22
+    assert record["result"]["segmentation"]["corpus"]["lines_segmentation_changed"] == 0
+    assert record["result"]["vocabulary"]["kept_by_reason"]["alphabet"] + record["result"]["vocabulary"]["kept_by_reason"]["special"] == 256 + 22
 
 
 def test_keep_top_drops_used_tokens_but_text_round_trips(work, corpus):
@@ -152,7 +153,7 @@ def test_keep_top_drops_used_tokens_but_text_round_trips(work, corpus):
     kept = {old.convert_ids_to_tokens(o) for o in _id_map(out)[1]}
     occ = [t for o in old(lines, add_special_tokens=False)["input_ids"] for t in old.convert_ids_to_tokens(o)]
     cover = sum(t in kept for t in occ) / len(occ)
-    assert abs(data["segmentation"]["corpus"]["coverage_of_token_occurrences"] - cover) < 1e-6
+    assert abs(data["result"]["segmentation"]["corpus"]["coverage_of_token_occurrences"] - cover) < 1e-6
     assert 0.9 < cover < 1.0
 
 
@@ -221,7 +222,7 @@ def test_tiny_causal_lm_logits_permuted_exactly(work, small_corpus, model_type, 
     gen = new_m.generate(torch.tensor([new_ids[:5]]), max_new_tokens=4, do_sample=False)
     assert gen.shape == (1, 9)
     record = _record(out)
-    assert record["model"]["parameters_after"] < record["model"]["parameters_before"]
+    assert record["result"]["model"]["parameters_after"] < record["result"]["model"]["parameters_before"]
 
 
 @pytest.fixture(scope="module")
@@ -283,7 +284,7 @@ def test_tiny_t5_unigram_logits_permuted_exactly(work, unigram_dir, model_type):
     lines = corpus.read_text(encoding="utf-8").splitlines()
     for line in lines:  # same pieces (Unigram best path over a superset of its pieces)
         assert old_tok.convert_ids_to_tokens(old_tok(line)["input_ids"]) == new_tok.convert_ids_to_tokens(new_tok(line)["input_ids"])
-    assert _record(out)["segmentation"]["eval"][str(corpus)]["lines_segmentation_changed"] == 0
+    assert _record(out)["result"]["segmentation"]["eval"][str(corpus)]["lines_segmentation_changed"] == 0
 
     old_m = AutoModelForSeq2SeqLM.from_pretrained(src).eval()
     new_m = AutoModelForSeq2SeqLM.from_pretrained(out).eval()

@@ -13,7 +13,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "data",
         help="prepare training data: streaming parallel tokenization into memory-mapped token files",
         description="Training data outside training: what `ruadapt train` does before it launches DeepSpeed.",
-        examples="ruadapt data prepare --config recipes/qwen2.5-7b/cpt-embeddings.yaml",
+        examples="ruadapt data prepare --config runs/q7/cpt-embeddings.yaml   # from `ruadapt recipe cp qwen2.5-7b runs/q7`",
     )
     dsub = p.add_subparsers(dest="data_command", metavar="SUBCOMMAND", required=True)
     d = add_parser(
@@ -27,7 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "`ruadapt train` with the same YAML reuses them. Run it on a CPU node, then train elsewhere on the same "
         "file system. Memory stays bounded whatever the corpus size; a killed run leaves no entry that a later run "
         "trusts. The token format is documented in ruadapt/train/tokenfile.py and README (Training data).",
-        examples="ruadapt data prepare --config recipes/qwen2.5-7b/cpt-embeddings.yaml\n"
+        examples="ruadapt data prepare --config runs/q7/cpt-embeddings.yaml\n"
         "ruadapt data prepare --config cpt.yaml --set data.cache_dir=/scratch/tokens\n"
         "RUADAPT_PREPARE_WORKERS=32 ruadapt data prepare --config cpt.yaml     # tokenizing processes (default: all cores)",
     )

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from . import add_parser, add_revision, path_arg, resolve_named
+
+EXIT_FAILED = 1  # the report was written but a measure in it has no number (2 = bad input, nothing written)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -16,7 +19,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "plain text (every token scored, first after BOS/EOS) and on the assistant turns of chat JSONL (prompt as "
         "context), chars/token and bytes/token, greedy generation speed in chars/s and tokens/s (models alternating, "
         "warm-up excluded), and ruadapt's offline lm-eval tasks (bpb_<LANG>, copy_ru). Writes report.json, "
-        "report.md, bpb.png, speed.png and ruadapt_eval.json into --out.",
+        "report.md, bpb.png, speed.png and ruadapt_eval.json into --out. Exit status: 0 when every measure has a "
+        "number; 1 when one has none (NaN bits per byte, an lm-eval task that scored nothing: listed on stderr and "
+        "under \"failures\" in report.json, the rest of the report is written); 2 on bad input (nothing written).",
         examples="""\
 ruadapt eval --model base=./Qwen2.5-7B --model ru=./Qwen2.5-7B-ru \\
     --text ru=data/ru_eval.txt --text en=data/en_eval.txt --device cuda --out runs/eval
@@ -33,7 +38,8 @@ ruadapt eval --model base=./base --model ru=./ru --text ru=data/ru_eval.txt \\
                    help="speed prompts, one per line (default: the --text ru file)")
     p.add_argument("--tasks", default="", metavar="T1,T2",
                    help="lm-eval tasks: bpb_<LANG> for each --text LANG, copy_ru (needs --text ru or --copy-file)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--device", default="auto",
+                   help="auto (cuda when torch sees a GPU, else cpu), cpu, cuda or cuda:N; the record keeps the one used")
     p.add_argument("--dtype", default="auto", help="auto (float32 on cpu, bfloat16 on cuda), float32, bfloat16, float16")
     p.add_argument("--window", type=int, default=1024,
                    help="tokens per forward pass for bpb and lm-eval (capped by every model's max positions)")
@@ -77,4 +83,7 @@ def run(args: argparse.Namespace) -> int:
         task_limit=args.task_limit,
     )
     print((args.out / "report.md").read_text(encoding="utf-8"))
-    return 0 if report else 1
+    sys.stdout.flush()  # the report first, then what failed in it
+    for failure in report["failures"]:
+        print(f"ruadapt eval: failed: {failure}", file=sys.stderr)
+    return EXIT_FAILED if report["failures"] else 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..mistakes import add_allow_argument
 from . import add_parser, add_revision, model_arg, path_arg
 
 
@@ -33,6 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--chunk-rows", type=int, default=None, help="rows per chunk of the streamed fit and apply; default: about 512 MiB of float64 per chunk (2,048 rows for an untied d=8192 model)")
     p.add_argument("--max-shard-size", default=None, help="output shard budget, e.g. 5GB; default: the largest shard of --instruct")
     add_revision(p)
+    add_allow_argument(p, ("same-model", "adapted-is-base"))
     p.set_defaults(func=run)
 
 
@@ -51,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
         alpha_scale=args.alpha_scale,
         chunk_rows=args.chunk_rows,
         max_shard_size=args.max_shard_size,
+        allow=args.allow,
         progress=not args.quiet,
     )
     r = rec["result"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..mistakes import add_allow_argument
 from . import add_parser, add_revision, model_arg, path_arg
 
 
@@ -32,6 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--pad-to-multiple-of", type=int, default=None, metavar="N", help="round the row count up to N (default: the base's padding multiple)")
     p.add_argument("--max-shard-size", default=None, metavar="SIZE", help="shard byte budget, e.g. 5GB (default: the input's largest shard)")
     add_revision(p)
+    add_allow_argument(p, ("same-tokenizer", "foreign-tokenizer"))
     p.set_defaults(func=run)
 
 
@@ -46,8 +48,9 @@ def run(args: argparse.Namespace) -> int:
         init=args.init,
         pad_to_multiple_of=args.pad_to_multiple_of,
         max_shard_size=args.max_shard_size,
+        allow=args.allow,
         progress=not args.quiet,
     )
     r = rec["result"]
-    print(f"{args.out}: {r['new_tokens']:,} tokens in {r['rows']:,} rows ({r['rows_by_kind']}); record: ruadapt_swap.json")
+    print(f"{args.out}: {r['tokens']:,} tokens in {r['rows']:,} rows ({r['rows_by_kind']}); record: ruadapt_swap.json")
     return 0

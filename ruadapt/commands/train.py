@@ -12,6 +12,7 @@ import os
 import shlex
 import shutil
 import sys
+import time
 from pathlib import Path
 
 from ..errors import RuadaptError
@@ -29,7 +30,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "stop every rank after its current step (exit 130/143), keeping the last complete checkpoint. The output "
         "is a plain Hugging Face model dir with ruadapt_train.json and loss.png. On a machine without GPUs set "
         "DS_ACCELERATOR=cpu (2 processes = --num-gpus 2).",
-        examples="ruadapt train --config recipes/qwen2.5-7b/cpt-embeddings.yaml --num-gpus 8\n"
+        examples="ruadapt recipe cp qwen2.5-7b runs/q7 --set CORPUS=/data/ru.txt   # a shipped recipe's YAMLs to start from\n"
+        "ruadapt train --config runs/q7/cpt-embeddings.yaml --num-gpus 8\n"
         "ruadapt train --config stage1.yaml --config stage2.yaml --num-gpus 8   # one start-up, two runs\n"
         "ruadapt train --config cpt.yaml --hostfile hosts.txt                  # multi-node (DeepSpeed hostfile)\n"
         "ruadapt train --config cpt.yaml --dry-run                             # print the launch command\n"
@@ -114,6 +116,9 @@ def run(args: argparse.Namespace) -> int:
     from ..train.rundir import last_complete
     from ..train.supervise import master_port, supervise
 
+    from ..train.runner import STARTED_ENV
+
+    started = time.time()
     if args.stop_grace < 0:
         raise RuadaptError(f"--stop-grace {args.stop_grace}: must not be negative")
     configs = load_configs([str(c) for c in args.config], args.set)
@@ -137,6 +142,7 @@ def run(args: argparse.Namespace) -> int:
     from ..train.prepare import prepare_configs
 
     prepare_configs(pending, overwrite=args.overwrite)
+    os.environ.setdefault(STARTED_ENV, str(started))  # the ranks' records say when the user started this, not when they did
     sys.stdout.flush()
     sys.stderr.flush()
     code, sig = supervise(cmd, grace_s=args.stop_grace, env=rank_env(pending))

@@ -42,10 +42,19 @@ class EvalModel:
         return next(self.model.parameters()).device
 
 
+def resolve_device(device: str) -> str:
+    """``auto`` = ``cuda`` when torch sees a GPU, else ``cpu``; anything else as given. The default is ``auto`` so
+    that an eval on a GPU node does not silently run a 7B model on its CPU for hours."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
 def check_device(device: str) -> str:
-    """``cpu``, ``cuda`` or ``cuda:N``, and CUDA must be there if asked for."""
+    """The device to use: ``auto`` resolved, else ``cpu``, ``cuda`` or ``cuda:N``, and CUDA must be there if asked for."""
+    device = resolve_device(device)
     if not re.fullmatch(r"cpu|cuda(:\d+)?", device or ""):
-        raise RuadaptError(f"--device {device}: unknown device; use cpu or cuda (or cuda:N)")
+        raise RuadaptError(f"--device {device}: unknown device; use auto, cpu or cuda (or cuda:N)")
     if device.startswith("cuda"):
         if not torch.cuda.is_available():
             raise RuadaptError(f"--device {device}: CUDA is not available on this machine; use --device cpu")

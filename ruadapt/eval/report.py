@@ -60,6 +60,9 @@ def markdown(report: dict) -> str:
         if agree:
             worst = max(abs(v["abs_diff"]) for m in agree.values() for v in m.values())
             lines += ["", f"lm-eval bits_per_byte vs ruadapt bpb on the same lines and window: largest difference {worst:.2e}."]
+    failures = report.get("failures") or []
+    if failures:
+        lines += ["", "## Failures (measures without a number; `ruadapt eval` exits 1)", ""] + [f"- {f}" for f in failures]
     lines.append("")
     return "\n".join(lines)
 

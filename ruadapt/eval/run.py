@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
 from ..errors import RuadaptError, require
 from ..outdir import atomic_output_dir, check_output_dir
-from ..record import StageRecord, sha256_file
+from ..record import StageRecord
 from .bpb import chat_bpb, common_window, text_bpb
 from ..chatdata import read_chats
 from .data import read_lines
@@ -33,7 +34,7 @@ def run_eval(
     chats: dict[str, Path] | None = None,
     prompts: Path | None = None,
     tasks: list[str] | None = None,
-    device: str = "cpu",
+    device: str = "auto",
     dtype: str = "auto",
     window: int = 1024,
     stride: int | None = None,
@@ -45,7 +46,11 @@ def run_eval(
     copy_file: Path | None = None,
     task_limit: int | None = None,
 ) -> dict[str, Any]:
-    """Evaluate ``models`` (name -> dir) and write report.json/report.md/plots + ruadapt_eval.json into ``out``."""
+    """Evaluate ``models`` (name -> dir) and write report.json/report.md/plots + ruadapt_eval.json into ``out``.
+
+    A measure that ran but produced no number (NaN bits per byte from an overflowing dtype, an lm-eval task that
+    scored no document) does not stop the others: it is listed in ``report["failures"]`` (see
+    :func:`failed_measures`), and ``ruadapt eval`` exits 1 when that list is not empty."""
     texts, chats, tasks = dict(texts or {}), dict(chats or {}), list(tasks or [])
     options = {k: v for k, v in locals().items() if k not in ("models", "out")}
     # ---- check everything before loading anything
@@ -80,9 +85,9 @@ def run_eval(
 
     record = StageRecord("eval", options)
     for name, reader in readers.items():
-        record.input(f"model:{name}", reader.path, fingerprint=reader.fingerprint())
+        record.input_model(f"model:{name}", reader)
     for label, path in {**texts, **chats}.items():
-        record.input(f"data:{label}", path, sha256=sha256_file(path))
+        record.input_file(f"data:{label}", path)
 
     # ---- load
     with record.timed("load"):
@@ -91,6 +96,7 @@ def run_eval(
     stride = stride or window
     require(1 <= stride <= window, f"--stride {stride}: must be between 1 and the window ({window})")
     report: dict[str, Any] = {
+        "device": device,
         "models": {em.name: em.facts for em in loaded},
         "window_policy": {
             "window": window, "stride": stride,
@@ -131,6 +137,7 @@ def run_eval(
                     samples.setdefault(em.name, {})[task] = res.pop("samples")
                     report["lm_eval"][em.name][task] = res
         report["bpb_agreement"] = _agreement(report, task_limit)
+    report["failures"] = failed_measures(report)  # the command prints them and exits 1
 
     with atomic_output_dir(out, inputs) as tmp:
         report["files"] = write_report(report, tmp)
@@ -139,10 +146,44 @@ def run_eval(
                 path = tmp / "lm_eval_samples" / name / f"{task}.jsonl"
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-        record.set("report", {k: v for k, v in report.items() if k != "files"})
+        record.update({k: v for k, v in report.items() if k != "files"})  # device and failures included
         record.write(tmp)
     log.info("wrote %s", Path(out))
     return report
+
+
+def failed_measures(report: dict) -> list[str]:
+    """One line for every requested measure that produced no finite number: what, for which model, and the value.
+
+    Each of them is an error of the run, not a result: a NaN or infinite bits per byte (logits overflowed in
+    float16, broken weights), a speed without a finite rate, an lm-eval task that scored no document or returned
+    no metric or a non-finite one."""
+
+    def finite(x: Any) -> bool:
+        return isinstance(x, (int, float)) and math.isfinite(x)
+
+    out: list[str] = []
+    for name, per_label in (report.get("bpb") or {}).items():
+        dtype = (report.get("models") or {}).get(name, {}).get("dtype", "?")
+        for label, r in per_label.items():
+            if not finite(r.get("bpb")):
+                out.append(f"bits per byte of model {name} on {label} is {r.get('bpb')} (dtype {dtype})")
+    for name, s in ((report.get("speed") or {}).get("models") or {}).items():
+        bad = [k for k in ("chars_per_s", "tokens_per_s") if not finite(s.get(k))]
+        if bad:
+            out.append(f"speed of model {name}: {', '.join(f'{k} is {s.get(k)}' for k in bad)}")
+    for name, per_task in (report.get("lm_eval") or {}).items():
+        for task, res in per_task.items():
+            where = f"lm-eval task {task} of model {name}"
+            if not res.get("docs"):
+                out.append(f"{where} scored no documents")
+            elif not res.get("metrics"):
+                out.append(f"{where} returned no metric")
+            else:
+                bad = [f"{k} is {v}" for k, v in res["metrics"].items() if not finite(v)]
+                if bad:
+                    out.append(f"{where}: {', '.join(bad)}")
+    return out
 
 
 def _agreement(report: dict, task_limit: int | None) -> dict:

@@ -17,8 +17,8 @@ from tokenizers import Tokenizer
 
 from ..errors import RuadaptError, require
 from ..outdir import atomic_output_dir, check_output_dir
-from ..record import StageRecord, sha256_file
-from ..tokdir import load_tokenizer, tokenizer_size
+from ..record import StageRecord
+from ..tokdir import load_tokenizer, tokenizer_json_path, tokenizer_size
 from ..vocab import TokenCodec
 from ..corpus import read_documents
 
@@ -133,9 +133,9 @@ def tokenizer_report(
     check_output_dir(out, inputs)
     record = StageRecord("tokenizer_report", {"top_unused": top_unused})
     for name, path in toks:
-        record.input(f"tokenizer:{name}", path, tokens=tokenizer_size(loaded[name]))
+        record.input_file(f"tokenizer:{name}", tokenizer_json_path(path, "--tokenizer"), tokens=tokenizer_size(loaded[name]))
     for lang, path in txts:
-        record.input(f"text:{lang}", path, sha256=sha256_file(path), lines=len(lines[lang]))
+        record.input_file(f"text:{lang}", path, lines=len(lines[lang]))
 
     ref_name = toks[0][0]
     report: dict[str, dict[str, dict]] = {}
@@ -156,7 +156,8 @@ def tokenizer_report(
         (tmp / "usage.json").write_text(json.dumps(usage, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         (tmp / "report.md").write_text(format_markdown(report, usage, toks, txts, {n: tokenizer_size(t) for n, t in loaded.items()}), encoding="utf-8")
         plot_report(report, tmp / "chars_per_token.png")
-        record.set("report", report)
+        record.set("tokenizers", report)
+        record.set("new_token_usage", usage)
         record.write(tmp)
     return report
 

@@ -98,7 +98,7 @@ def train_tokenizer(
     else:
         spec, facts, id_map = replace_spec(spec, base_tok, family, counts, vocab_size, min_frequency, record, progress)
         check_words = []
-    record.set("result", facts)
+    record.update(facts)
 
     with atomic_output_dir(out, [base, *corpora]) as tmp:
         with record.timed("write"):

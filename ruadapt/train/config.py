@@ -14,13 +14,14 @@ import importlib.util
 import json
 import os
 import re
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, get_args, get_origin, get_type_hints
+from typing import Any
 
 import yaml
 
 from ..errors import RuadaptError
+from ..schema import build
 
 TASKS = ("cpt", "sft")
 STAGES = ("embeddings", "lora", "full")
@@ -119,7 +120,7 @@ class RunConfig:
     embeddings: EmbeddingsConfig = field(default_factory=EmbeddingsConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    source: str = ""  # the YAML it came from (set by load_config)
+    source: str = field(default="", metadata={"schema": False})  # the YAML it came from (set by load_config)
 
     @property
     def out_path(self) -> Path:
@@ -150,82 +151,23 @@ class RunConfig:
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
-def _expand(value: Any, where: str) -> Any:
+def _expand(value: Any, where: str, key: str = "") -> Any:
+    """``${VAR}`` in string values from the environment; an unset one names the file, the key and what to do."""
     if isinstance(value, str):
         def sub(m: re.Match) -> str:
             name = m.group(1)
             if name not in os.environ:
-                raise RuadaptError(f"{where}: uses ${{{name}}} but the environment variable {name} is not set")
+                top = key.split("[")[0]
+                raise RuadaptError(f"{where}: {key} uses ${{{name}}} but the environment variable {name} is not set; "
+                                   f"export {name}=..., or give {top} with --set {top}=...")
             return os.environ[name]
 
         return _VAR.sub(sub, value)
     if isinstance(value, list):
-        return [_expand(v, where) for v in value]
+        return [_expand(v, where, f"{key}[{i}]") for i, v in enumerate(value)]
     if isinstance(value, dict):
-        return {k: _expand(v, where) for k, v in value.items()}
+        return {k: _expand(v, where, f"{key}.{k}" if key else str(k)) for k, v in value.items()}
     return value
-
-
-def _coerce(value: Any, typ: Any, where: str) -> Any:
-    origin = get_origin(typ)
-    if dataclasses.is_dataclass(typ):
-        if value is None:
-            value = {}
-        if isinstance(value, str) and getattr(typ, "SHORTHAND", None):
-            value = {typ.SHORTHAND: value}
-        if not isinstance(value, dict):
-            raise RuadaptError(f"{where}: expected a mapping, got {value!r}")
-        return _build(typ, value, where)
-    if origin is list:
-        (inner,) = get_args(typ)
-        if isinstance(value, (str, int, float)):
-            value = [value]
-        if not isinstance(value, list):
-            raise RuadaptError(f"{where}: expected a list, got {value!r}")
-        return [_coerce(v, inner, f"{where}[{i}]") for i, v in enumerate(value)]
-    if typ is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
-            return value.lower() in ("true", "yes", "1")
-        raise RuadaptError(f"{where}: expected true or false, got {value!r}")
-    if typ is int:
-        if isinstance(value, bool) or not isinstance(value, (int, str)):
-            raise RuadaptError(f"{where}: expected an integer, got {value!r}")
-        try:
-            return int(value)
-        except ValueError:
-            raise RuadaptError(f"{where}: expected an integer, got {value!r}") from None
-    if typ is float:
-        if isinstance(value, bool):
-            raise RuadaptError(f"{where}: expected a number, got {value!r}")
-        try:
-            return float(value)
-        except (TypeError, ValueError):
-            raise RuadaptError(f"{where}: expected a number, got {value!r}") from None
-    if typ is str:
-        if isinstance(value, (dict, list)) or value is None:
-            raise RuadaptError(f"{where}: expected a string, got {value!r}")
-        return str(value).lower() if isinstance(value, bool) else str(value)
-    return value
-
-
-def _build(cls: type, raw: dict, where: str) -> Any:
-    hints = get_type_hints(cls)
-    known = {f.name for f in fields(cls) if f.name != "source"}
-    unknown = sorted(set(raw) - known)
-    if unknown:
-        section = f" in {where}" if where else ""
-        raise RuadaptError(f"unknown key {unknown[0]!r}{section}; known keys: {', '.join(sorted(known))}")
-    kwargs = {}
-    for f in fields(cls):
-        if f.name not in raw:
-            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:  # type: ignore[misc]
-                section = f" in {where}" if where else ""
-                raise RuadaptError(f"missing required key {f.name!r}{section}")
-            continue
-        kwargs[f.name] = _coerce(raw[f.name], hints[f.name], f"{where}.{f.name}" if where else f.name)
-    return cls(**kwargs)
 
 
 def _apply_override(raw: dict, assignment: str, source: str) -> None:
@@ -272,7 +214,7 @@ def load_config(path: Path | str, overrides: list[str] | tuple[str, ...] = (), *
         _apply_override(raw, assignment, str(path))
     raw = _expand(raw, str(path))
     try:
-        cfg = _build(RunConfig, raw, "")
+        cfg = build(RunConfig, raw, "")
     except RuadaptError as e:
         raise RuadaptError(f"{path}: {e}") from None
     cfg.source = str(path)

@@ -11,7 +11,6 @@ nor peft's ``merge_and_unload`` (which un-ties a tied model whose embedding was 
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 from pathlib import Path
@@ -19,7 +18,7 @@ from typing import Any
 
 import torch
 
-from ..arch import arch_for_config
+from ..arch import INPUT, arch_for_config
 from ..checkpoint import INDEX_FILE, CheckpointReader, CheckpointWriter, parse_size, read_json, write_with_replacements
 from ..lora import ADAPTER_WEIGHTS, PEFT_PREFIX, merge_replacements, read_adapter
 from ..outdir import atomic_output_dir
@@ -45,8 +44,9 @@ def gather_to_rank0(named: dict[str, torch.nn.Parameter], rank: int) -> dict[str
 
 
 def vocab_replacements(reader: CheckpointReader, trained: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Trained non-LoRA tensors cast to the checkpoint's dtype; a tied checkpoint that also stores lm_head
-    gets the trained input matrix there too (a stale copy would silently break the tie on load)."""
+    """Trained non-LoRA tensors cast to the checkpoint's dtype; every stored tensor the tie rule gives the input
+    matrix (:meth:`ruadapt.arch.Arch.matrix_roles`: tied copies, a tied lm_head stored anyway) gets the trained
+    input matrix too (a stale copy would silently break the tie on load)."""
     arch = arch_for_config(reader.config)
     out = {}
     for name, t in trained.items():
@@ -54,8 +54,10 @@ def vocab_replacements(reader: CheckpointReader, trained: dict[str, torch.Tensor
             continue
         dtype = reader.info(name).dtype if name in reader else t.dtype
         out[name] = t.to(dtype)
-    if arch.tied and arch.input_name in out and arch.output_name in reader and arch.output_name not in out:
-        out[arch.output_name] = out[arch.input_name]
+    if arch.input_name in out:
+        for name, role in arch.matrix_roles(reader.infos).items():
+            if role == INPUT and name not in out:
+                out[name] = out[arch.input_name]
     return out
 
 

@@ -80,7 +80,7 @@ def prepare_stage(model, cfg: RunConfig, zero_stage: int):
         if cfg.embeddings.new_rows_only:
             if zero_stage >= 3:
                 raise RuadaptError(f"{cfg.source}: embeddings.new_rows_only needs ZeRO stage 0-2 (the gradient mask "
-                                   "acts on the whole matrix); use recipes/deepspeed/zero2.json")
+                                   "acts on the whole matrix); use a ZeRO-2 config, e.g. the recipes' zero2.json")
             for p in vocab.values():
                 mask_old_rows(p, cfg.embeddings.new_rows_from)
     elif stage == "lora":

@@ -66,13 +66,14 @@ def prepare_run(cfg: RunConfig, *, tokenizer_dir: Path | None = None, progress: 
             key = {**common, "file_sha256": sha256_file(Path(src.path)), "text_field": field if cfg.task == "cpt" else ""}
             plan.append((section, src, field, key, entry_path(cache, f"{cfg.task}-{Path(src.path).name}", key)))
     _refuse_changed_data(cfg, plan, overwrite)
-    manifest: dict = {"task": cfg.task, "model": str(model), "cache": str(cache), "train": [], "eval": []}
+    manifest: dict = {"task": cfg.task, "model": str(model), "cache": str(cache), "tokenizer_sha256": common["tokenizer_sha256"],
+                      "train": [], "eval": []}
     for section, src, field, key, entry in plan:
         ensure_entry(entry, key, lambda w, s=src, f=field, sec=section: build(w, s, f, f"data.{sec}"),
                      rows=rows, with_mask=cfg.task == "sft")
         tf = open_token_file(entry)
         manifest[section].append({"path": src.path, "weight": src.weight, "text_field": field, "entry": str(entry),
-                                  "n_docs": tf.n_docs, "n_tokens": tf.n_tokens})
+                                  "file_sha256": key["file_sha256"], "n_docs": tf.n_docs, "n_tokens": tf.n_tokens})
     path = manifest_path(cfg)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")

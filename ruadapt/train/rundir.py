@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import RuadaptError
-from .config import RunConfig, TrainConfig, _build
+from ..schema import build
+from .config import RunConfig, TrainConfig
 
 COMPLETE = "complete"
 STATE = "ruadapt_state.json"
@@ -50,7 +51,7 @@ def _normalised(recorded: dict[str, Any]) -> dict[str, Any] | None:
         train_keys = {f for f in TrainConfig.__dataclass_fields__}
         raw = json.loads(json.dumps(recorded))
         raw["train"] = {k: v for k, v in raw.get("train", {}).items() if k in train_keys}
-        return comparable(_build(RunConfig, raw, ""))
+        return comparable(build(RunConfig, raw, ""))
     except (RuadaptError, TypeError, AttributeError):
         return None
 

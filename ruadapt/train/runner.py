@@ -26,17 +26,19 @@ import logging
 import os
 import shutil
 import signal
+import time
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import torch
 
+from ..checkpoint import CheckpointReader
 from ..errors import RuadaptError
 from ..record import StageRecord
 from .config import RunConfig, fill_deepspeed_config, load_deepspeed_json, validate_deepspeed_config
 from .data import MixSampler, normalized_weights
-from .prepare import load_run_data
+from .prepare import load_run_data, manifest_path
 from .progress import Progress
 from .rundir import COMPLETE, RUN_JSON, STATE, check_rerun, comparable, last_complete
 
@@ -45,6 +47,7 @@ log = logging.getLogger("ruadapt.train")
 CALLBACKS_ENV = "RUADAPT_TRAIN_CALLBACKS"
 StepCallback = Callable[["TrainingRun", int], None]
 
+STARTED_ENV = "RUADAPT_TRAIN_STARTED"  # set by `ruadapt train` for the ranks: when the user launched it
 _stop_signal: list[int] = []  # the signal that asked this rank to stop (set by the handler, read by the loop)
 
 
@@ -125,6 +128,8 @@ class TrainingRun:
         self.start = 0  # first step of this launch (the resumed checkpoint's step)
         self.tokens_done = 0  # over the whole run, resumed launches included
         self.elapsed = 0.0
+        # when the user started the run: the launcher's time (STARTED_ENV), or the first launch's, kept in checkpoints
+        self.started = float(os.environ.get(STARTED_ENV, time.time()))
 
     def run(self) -> Path | None:
         """setup → data → model → resume → train → export; returns the output dir on rank 0."""
@@ -218,6 +223,7 @@ class TrainingRun:
         st = json.loads((self.ckpt_dir / tag / STATE).read_text())
         self.start, self.history, self.evals, self.tokens_done = st["step"], st["history"], st["evals"], st["tokens"]
         self.source_seen = np.array(st.get("source_seen", self.source_seen), dtype=np.float64)
+        self.started = st.get("started", self.started)
         log.info("resumed from %s (step %d)", self.ckpt_dir / tag, self.start)
 
     # ------------------------------------------------------------------------------------------- loop
@@ -297,7 +303,7 @@ class TrainingRun:
         self.barrier()
         if self.rank == 0:
             state = {"step": step, "history": self.history, "evals": self.evals, "tokens": self.tokens_done,
-                     "source_seen": self.source_seen.tolist()}
+                     "source_seen": self.source_seen.tolist(), "started": self.started}
             (self.ckpt_dir / tag / STATE).write_text(json.dumps(state) + "\n")
             tmp = self.ckpt_dir / f".{COMPLETE}.tmp"
             tmp.write_text(tag + "\n")
@@ -325,14 +331,20 @@ class TrainingRun:
 
     def _record(self) -> StageRecord:
         cfg, t, h = self.cfg, self.t, self.history
-        record = StageRecord("train", cfg.to_dict())
-        record.input("model", cfg.model)
-        for src in cfg.data.train:
-            record.input(f"data:{src.path}", src.path)
+        record = StageRecord("train", cfg.to_dict(), started=self.started)
+        if cfg.source:
+            record.input_file("config", cfg.source)
+        record.input_model("model", CheckpointReader(cfg.model))
+        manifest = json.loads(manifest_path(cfg).read_text(encoding="utf-8"))
+        record.input("tokenizer", Path(cfg.model) / "tokenizer.json", sha256=manifest.get("tokenizer_sha256"))
+        for section in ("train", "eval"):
+            for e in manifest[section]:
+                record.input(f"data.{section}:{e['path']}", e["path"], sha256=e.get("file_sha256"), documents=e["n_docs"],
+                             tokens=e["n_tokens"])
         record.set("data", self._mix_record())
         peak = self.acc.max_memory_allocated() if self.device.type != "cpu" else _peak_rss()
         tokens_this_run = sum(x["tokens"] for x in h if x["step"] > self.start)
-        record.set("result", {
+        record.update({
             "world_size": self.world, "zero_stage": self.zero_stage, "dtype": str(self.dtype).replace("torch.", ""),
             "steps": t.max_steps, "resumed_from_step": self.start, "trainable_parameters": self.n_trainable,
             "tokens": self.tokens_done, "tokens_this_run": tokens_this_run, "seconds_this_run": round(self.elapsed, 3),

@@ -21,21 +21,14 @@ import torch
 from tokenizers import Tokenizer
 
 from ..arch import arch_for_config, check_vocab_tensors, padded_rows, padding_multiple
-from ..checkpoint import CheckpointReader, parse_size, read_json, write_with_replacements
+from ..checkpoint import CheckpointReader, parse_size, read_json
+from ..corpus import check_corpus, read_documents
 from ..errors import RuadaptError
 from ..outdir import atomic_output_dir, check_output_dir
-from ..record import StageRecord, sha256_file
-from ..tokdir import (
-    TOKEN_ID_KEYS,
-    copy_tokenizer_files,
-    load_tokenizer,
-    remap_model_configs,
-    sync_added_tokens_decoder,
-    tokenizer_json_path,
-    write_json,
-)
+from ..record import StageRecord
+from ..tokdir import TokenizerFiles, load_tokenizer, remap_model_configs, tokenizer_json_path, write_json, write_tokenizer
 from ..vocab import mean_row
-from ..corpus import check_corpus, read_documents
+from ..vocab_output import VocabOutput, check_token_ids, write_vocab_output
 from .corpus import TokenCounts, compare_segmentation, count_tokens
 from .tokenizer import Selection, VocabSurgeon
 
@@ -123,13 +116,7 @@ def _measure(plan: TrimPlan, corpora: Sequence[Path], eval_texts: Sequence[Path]
     return out
 
 
-def _write_tokenizer(src: Path, dst: Path, plan: TrimPlan) -> list[str]:
-    copied = copy_tokenizer_files(src, dst)
-    plan.new_tok.save(str(dst / "tokenizer.json"))
-    sync_added_tokens_decoder(dst, plan.new_tok)
-    reloaded = Tokenizer.from_file(str(dst / "tokenizer.json"))
-    if reloaded.get_vocab(with_added_tokens=True) != plan.new_tok.get_vocab(with_added_tokens=True):
-        raise RuadaptError(f"{dst / 'tokenizer.json'}: token ids changed on reload; nothing written")
+def _write_id_map(dst: Path, plan: TrimPlan) -> None:
     write_json(
         dst / ID_MAP_FILE,
         {
@@ -140,14 +127,13 @@ def _write_tokenizer(src: Path, dst: Path, plan: TrimPlan) -> list[str]:
             "new_to_old": plan.selection.kept,
         },
     )
-    return copied
 
 
 def _record_common(record: StageRecord, plan: TrimPlan, corpora: Sequence[Path], measured: dict) -> None:
     for k, f in enumerate(corpora):
-        record.input(f"corpus_{k}", f, sha256=sha256_file(Path(f)))
+        record.input_file(f"corpus_{k}", f)
     record.set(
-        "tokens",
+        "vocabulary",
         {
             "before": plan.n_old,
             "after": plan.n_new,
@@ -182,9 +168,10 @@ def trim_tokenizer(
         plan = plan_trim(tokenizer_dir, corpora, keep_top=keep_top, min_count=min_count, keep_tokens=keep_tokens, option="--tokenizer", progress=progress)
     with record.timed("measure"):
         measured = _measure(plan, corpora, eval_texts, progress)
-    record.input("tokenizer", tokenizer_json_path(tokenizer_dir, "--tokenizer"), sha256=sha256_file(tokenizer_json_path(tokenizer_dir, "--tokenizer")))
+    record.input_file("tokenizer", tokenizer_json_path(tokenizer_dir, "--tokenizer"))
     with atomic_output_dir(out, [tokenizer_dir, *corpora, *eval_texts]) as tmp:
-        record.set("tokenizer_files", _write_tokenizer(tokenizer_dir, tmp, plan))
+        record.set("tokenizer_files", write_tokenizer(tmp, TokenizerFiles(tokenizer_dir, plan.new_tok, rewrite=True)))
+        _write_id_map(tmp, plan)
         _record_common(record, plan, corpora, measured)
         record.write(tmp)
     log.info("wrote %s: %d -> %d tokens", out, plan.n_old, plan.n_new)
@@ -193,21 +180,6 @@ def trim_tokenizer(
 
 def _shard_bytes(directory: Path) -> int:
     return sum(p.stat().st_size for p in Path(directory).glob("*.safetensors"))
-
-
-def _set_vocab_size(config: dict, rows: int) -> None:
-    config["vocab_size"] = rows
-    text = config.get("text_config")
-    if isinstance(text, dict) and "vocab_size" in text:
-        text["vocab_size"] = rows
-
-
-def _check_ids(config: dict, rows: int, where: str) -> None:
-    for key in TOKEN_ID_KEYS:
-        value = config.get(key)
-        for v in value if isinstance(value, list) else [value]:
-            if v is not None and int(v) >= rows:
-                raise RuadaptError(f"{where}: {key} {v} lies past the {rows} rows of the trimmed model and is no token")
 
 
 def trim_model(
@@ -243,8 +215,8 @@ def trim_model(
     with record.timed("select"):
         plan = plan_trim(model_dir, corpora, keep_top=keep_top, min_count=min_count, keep_tokens=keep_tokens, progress=progress)
     check_vocab_tensors(reader, arch, plan.n_old)
-    names = [n for n in (*arch.input_names, arch.output_name) if n in reader]
-    old_rows, hidden = reader.info(arch.input_name).shape
+    names = sorted(arch.matrix_roles(reader.infos))
+    old_rows = reader.info(arch.input_name).shape[0]
     for n in names:
         if reader.info(n).shape[0] < plan.n_old:
             raise RuadaptError(f"{reader.path}: {n} has {reader.info(n).shape[0]} rows but the tokenizer has {plan.n_old} tokens")
@@ -252,14 +224,13 @@ def trim_model(
     new_rows = padded_rows(plan.n_new, multiple)
 
     config, gen_config, id_changes = remap_model_configs(reader.path, reader.config, plan.old_tok, plan.new_tok)
-    _check_ids(config, new_rows, str(reader.path / "config.json"))
+    check_token_ids(config, new_rows, str(reader.path / "config.json"))  # before the measuring pass, not after it
     if gen_config is not None:
-        _check_ids(gen_config, new_rows, str(reader.path / "generation_config.json"))
-    _set_vocab_size(config, new_rows)
+        check_token_ids(gen_config, new_rows, str(reader.path / "generation_config.json"))
 
     with record.timed("measure"):
         measured = _measure(plan, corpora, eval_texts, progress)
-    record.input("model", reader.path, fingerprint=reader.fingerprint(), model_type=arch.model_type, tied=arch.tied)
+    record.input_model("model", reader, model_type=arch.model_type, tied=arch.tied)
 
     index = torch.tensor(plan.selection.kept, dtype=torch.long)
 
@@ -275,43 +246,48 @@ def trim_model(
     params_before = sum(_numel(i.shape) for i in reader.infos.values())
     vocab_params_before = sum(_numel(reader.info(n).shape) for n in names)
     bytes_before = _shard_bytes(reader.path)
-    replacements = {}
-    with record.timed("trim_rows"):
-        for n in names:
-            replacements[n] = trimmed(n)
+    with record.timed("trim_rows"):  # every stored copy sliced by its own rows (T5's tied copies may differ on disk)
+        input_matrix = trimmed(arch.input_name)
+        output_matrix = None if arch.tied else trimmed(arch.output_name)
+        copies = {n: trimmed(n) for n in names if n not in (arch.input_name, arch.output_name)}
     reader.close()
-    with atomic_output_dir(out, [model_dir, *corpora, *eval_texts]) as tmp:
-        with record.timed("write"):
-            write_with_replacements(reader, tmp, replacements, max_shard_bytes=max_shard_bytes, progress=progress)
-        replacements.clear()
-        write_json(tmp / "config.json", config)
-        if gen_config is not None:
-            write_json(tmp / "generation_config.json", gen_config)
-        record.set("tokenizer_files", _write_tokenizer(model_dir, tmp, plan))
+    plan_out = VocabOutput(
+        out=out,
+        inputs=[model_dir, *corpora, *eval_texts],
+        reader=reader,
+        arch=arch,
+        rows=new_rows,
+        config=config,
+        gen_config=gen_config,
+        tokenizer=TokenizerFiles(model_dir, plan.new_tok, rewrite=True),
+        input_matrix=input_matrix,
+        output_matrix=output_matrix,
+        extra=copies,
+        max_shard_bytes=max_shard_bytes,
+    )
+    del input_matrix, output_matrix, copies
+
+    def finish(tmp: Path) -> None:
+        _write_id_map(tmp, plan)
         out_reader = CheckpointReader(tmp)
-        params_after = sum(_numel(i.shape) for i in out_reader.infos.values())
-        vocab_params_after = sum(_numel(out_reader.info(n).shape) for n in names)
         _record_common(record, plan, corpora, measured)
         record.set(
             "model",
             {
-                "model_type": arch.model_type,
-                "tied": arch.tied,
-                "hidden_size": hidden,
-                "vocab_tensors": names,
                 "rows_before": old_rows,
                 "rows_after": new_rows,
                 "padding_multiple": multiple,
                 "parameters_before": params_before,
-                "parameters_after": params_after,
+                "parameters_after": sum(_numel(i.shape) for i in out_reader.infos.values()),
                 "vocab_parameters_before": vocab_params_before,
-                "vocab_parameters_after": vocab_params_after,
+                "vocab_parameters_after": sum(_numel(out_reader.info(n).shape) for n in names),
                 "bytes_on_disk_before": bytes_before,
                 "bytes_on_disk_after": _shard_bytes(tmp),
                 "token_id_changes": id_changes,
             },
         )
-        record.write(tmp)
+
+    write_vocab_output(plan_out, record, progress=progress, finish=finish)
     log.info("wrote %s: %d -> %d tokens, %d -> %d rows", out, plan.n_old, plan.n_new, old_rows, new_rows)
     return record.data
 
@@ -325,7 +301,8 @@ def _numel(shape: Sequence[int]) -> int:
 
 def format_report(data: dict) -> str:
     """The short human-readable report of a ``ruadapt_trim.json`` record."""
-    tokens = data["tokens"]
+    data = data["result"]
+    tokens = data["vocabulary"]
     reasons = ", ".join(f"{k} {v:,}" for k, v in tokens["kept_by_reason"].items() if v)
     seg = data["segmentation"]
     corpus = seg["corpus"]

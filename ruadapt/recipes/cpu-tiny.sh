@@ -11,8 +11,8 @@
 # Relaunching resumes: finished steps are skipped (their output exists), training continues from checkpoints.
 set -euo pipefail
 
-HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-ROOT="$(cd "$HERE/.." && pwd)"
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)"  # ruadapt/recipes, also when started as recipes/cpu-tiny.sh
+ROOT="${ROOT:-$(cd "$HERE/../.." && pwd)}"               # the repository: runs/, tokenizers/, and ../shared beside it
 SHARED="${SHARED:-$ROOT/../shared}"
 if [ ! -d "$SHARED/data" ]; then
     echo "cpu-tiny: $SHARED/data not found (the team's shared/ folder beside the repository); set SHARED=/path/to/shared" >&2

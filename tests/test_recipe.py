@@ -1,0 +1,204 @@
+"""``ruadapt recipe`` (issue 17): the recipes ship inside the package, ``recipe ls`` lists every one, and
+``recipe cp`` writes copies whose YAMLs run as written (``ruadapt train --dry-run`` validates them, DeepSpeed
+included), whose script runs its own YAMLs, and which never overwrite a file without ``--force``. A wheel built
+from the source carries the recipes and, installed, finds them without any checkout."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from ruadapt.cli import main
+from ruadapt.recipe import recipe_names
+from ruadapt.train.config import load_config
+from tiny import ROOT, SHARED_DATA, make_tiny_model
+
+PACKAGE_RECIPES = ROOT / "ruadapt" / "recipes"
+RECIPE_VARS = ("RUN", "DS_CONFIGS", "CORPUS", "SFT_DATA", "CPT_STEPS", "CPT2_STEPS", "SFT_STEPS", "RU_TRAIN", "EN_TRAIN")
+
+
+@pytest.fixture(autouse=True)
+def no_recipe_env(monkeypatch):
+    """What the copies hold must come from the copy, not from a variable the recipe scripts export."""
+    for var in RECIPE_VARS:
+        monkeypatch.delenv(var, raising=False)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("recipe-data")
+    corpus = root / "ru.txt"
+    corpus.write_text("".join((SHARED_DATA / "ru_train.txt").open(encoding="utf-8").readlines()[:50]), encoding="utf-8")
+    chat = root / "chat.jsonl"
+    chat.write_text(json.dumps({"messages": [{"role": "user", "content": "Привет"},
+                                             {"role": "assistant", "content": "Здравствуйте"}]}, ensure_ascii=False) + "\n")
+    return {"corpus": corpus, "chat": chat}
+
+
+def cp(name: str, dest: Path, *sets: str, force: bool = False) -> int:
+    return main(["recipe", "cp", name, str(dest), *[a for s in sets for a in ("--set", s)], *(["--force"] if force else [])])
+
+
+def content(text: str) -> str:
+    return "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#"))
+
+
+def test_ls_lists_every_recipe_dir(capsys):
+    dirs = {d.name for d in PACKAGE_RECIPES.iterdir() if d.is_dir() and any(d.glob("*.yaml"))}
+    assert len(dirs) >= 8 and "deepspeed" not in dirs
+    assert main(["recipe", "ls"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines()[1:] if line and not line.startswith("copy one")]
+    assert {row.split()[0] for row in rows} == dirs == set(recipe_names())
+    for row in rows:
+        name, rest = row.split(maxsplit=1)
+        assert ("GPU" in rest or "CPU" in rest) and "Russian" in rest or name == "cpu-tiny", row
+    assert any(row.startswith("qwen2.5-72b") and "4 nodes × 8 GPUs" in row for row in rows)
+
+
+def test_cp_then_train_runs_the_copies_as_written(data, tmp_path, capsys):
+    dest = tmp_path / "qwen7b"
+    assert cp("qwen2.5-7b", dest, f"CORPUS={data['corpus']}", f"SFT_DATA={data['chat']}") == 0
+    assert sorted(str(p.relative_to(dest)) for p in dest.rglob("*") if p.is_file()) == [
+        "cpt-embeddings.yaml", "cpt-lora.yaml", "deepspeed/zero2.json", "lib.sh", "qwen2.5-7b.sh", "sft.yaml"]
+    for yml in dest.glob("*.yaml"):
+        assert "${" not in content(yml.read_text()), yml
+        cfg = load_config(yml, check_files=False)  # nothing from the environment
+        assert cfg.deepspeed == str(dest / "deepspeed" / "zero2.json") and Path(cfg.out).parent == dest
+    cfg = load_config(dest / "cpt-embeddings.yaml", check_files=False)
+    assert cfg.model == str(dest / "swapped") and cfg.train.max_steps == 2000 and cfg.data.train[0].path == str(data["corpus"])
+    # a stand-in for what `ruadapt swap` writes at RUN/swapped (positions raised to the recipe's block size)
+    model = make_tiny_model(dest / "swapped", "qwen2")
+    config = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps({**config, "max_position_embeddings": 4096}))
+    capsys.readouterr()
+    stages = [str(dest / "cpt-embeddings.yaml"), str(dest / "cpt-lora.yaml")]  # stage 2 trains stage 1's output
+    assert main(["train", "--config", stages[0], "--config", stages[1], "--num-gpus", "1", "--master-port", "29998", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "--module ruadapt.train" in out and f"--config {stages[0]} --config {stages[1]}" in out
+
+
+def test_an_input_left_out_is_one_line_naming_file_key_and_variable(tmp_path, capsys):
+    dest = tmp_path / "noinput"
+    assert cp("qwen2.5-7b", dest) == 0
+    assert "read from the environment when ruadapt train runs: CORPUS SFT_DATA" in capsys.readouterr().out
+    yml = dest / "cpt-embeddings.yaml"
+    assert main(["train", "--config", str(yml), "--dry-run"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(yml) in err[0] and "data.train[0] uses ${CORPUS}" in err[0] and "export CORPUS=" in err[0]
+
+
+def test_second_cp_refuses_and_force_replaces_only_the_recipe_files(data, tmp_path, capsys):
+    dest = tmp_path / "twice"
+    assert cp("qwen2.5-7b", dest, f"CORPUS={data['corpus']}") == 0
+    before = {p: p.read_bytes() for p in dest.rglob("*") if p.is_file()}
+    capsys.readouterr()
+    assert cp("qwen2.5-7b", dest, "CPT_STEPS=7") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "exists" in err[0] and "--force" in err[0] and str(dest) in err[0]
+    assert {p: p.read_bytes() for p in dest.rglob("*") if p.is_file()} == before
+    (dest / "tokenizer").mkdir()
+    (dest / "tokenizer" / "tokenizer.json").write_text("{}")  # an output of the run: must stay
+    assert cp("qwen2.5-7b", dest, "CPT_STEPS=7", force=True) == 0
+    assert (dest / "tokenizer" / "tokenizer.json").read_text() == "{}"
+    assert load_config(dest / "cpt-embeddings.yaml", ["data.train=[x]"], check_files=False).train.max_steps == 7
+    assert 'CPT_STEPS="7"' in (dest / "qwen2.5-7b.sh").read_text()
+    assert not [p for p in tmp_path.iterdir() if "ruadapt-tmp" in p.name]
+
+
+@pytest.mark.parametrize("args,expect", [
+    (["nope", "{d}"], "recipe 'nope' not found; recipes: cpu-tiny"),
+    (["qwen2.5-7b", "{d}", "--set", "DRY_RUN=1"], "--set DRY_RUN: recipe qwen2.5-7b has no such variable"),
+    (["qwen2.5-7b", "{d}", "--set", "DS_CONFIGS=/x"], "--set DS_CONFIGS: is DEST/deepspeed"),
+    (["qwen2.5-7b", "{d}", "--set", "CORPUS"], "expected VAR=VALUE"),
+    (["qwen2.5-7b", "{d}", "--set", "RUN={d} #x"], "does not read back as written"),  # would become a YAML comment
+    (["qwen2.5-7b", "{d}", "--set", "BASE=/m/$HOME"], "cannot be written into qwen2.5-7b.sh"),
+])
+def test_bad_cp_is_one_line_and_writes_nothing(tmp_path, capsys, args, expect):
+    dest = tmp_path / "bad"
+    assert main(["recipe", "cp", *[a.format(d=dest) for a in args]]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("ruadapt recipe cp: error: ") and expect in err[0], err
+    assert not dest.exists() and not list(tmp_path.iterdir())
+
+
+def test_every_recipe_copies_and_loads(tmp_path, monkeypatch, capsys):
+    for name in recipe_names():
+        dest = tmp_path / name
+        assert cp(name, dest) == 0, name
+        texts = {p.name: p.read_text() for p in dest.glob("*.yaml")}
+        assert set(texts) == {p.name for p in (PACKAGE_RECIPES / name).glob("*.yaml")}
+        left = set(re.findall(r"\$\{(\w+)\}", "\n".join(content(t) for t in texts.values())))
+        assert left <= {"CORPUS", "SFT_DATA", "RU_TRAIN", "EN_TRAIN"}, (name, left)  # data the user brings
+        for var in left:
+            monkeypatch.setenv(var, f"/data/{var.lower()}")
+        for file in texts:
+            cfg = load_config(dest / file, check_files=False)
+            assert Path(cfg.deepspeed).is_file() and Path(cfg.deepspeed).parent == dest / "deepspeed"
+            assert str(cfg.out_path).startswith(str(dest)), (name, file)
+        for var in left:
+            monkeypatch.delenv(var)
+        assert (dest / f"{name}.sh").is_file() == (name != "cpu-tiny")  # the demo's script is the repository's
+
+
+def test_copied_script_runs_the_copied_yamls(data, tmp_path):
+    dest = tmp_path / "q72"
+    assert cp("qwen2.5-72b", dest, f"CORPUS={data['corpus']}", "BASE=/models/B", "NUM_GPUS=4") == 0
+    env = dict(os.environ, DRY_RUN="1", INSTRUCT="/models/I", RUN="/elsewhere", HOSTFILE="/etc/hosts")
+    r = subprocess.run(["bash", str(dest / "qwen2.5-72b.sh")], env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    cmds = [line for line in r.stdout.splitlines() if line.startswith("+ ")]
+    assert len(cmds) == 6 and "/elsewhere" not in r.stdout  # RUN is the one the YAMLs hold
+    assert f"--base /models/B --corpus {data['corpus']}" in cmds[0] and f"--out {dest}/tokenizer" in cmds[0]
+    assert f"--config {dest}/cpt-embeddings.yaml --config {dest}/cpt-lora.yaml --hostfile /etc/hosts" in cmds[2]
+    assert f"--config {dest}/sft.yaml" in cmds[4]
+    shellcheck = shutil.which("shellcheck", path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    if shellcheck:
+        p = subprocess.run([shellcheck, "--external-sources", "--source-path=SCRIPTDIR", str(dest / "qwen2.5-72b.sh"),
+                            str(dest / "lib.sh")], capture_output=True, text=True)
+        assert p.returncode == 0, p.stdout[-3000:]
+
+
+def test_wheel_carries_the_recipes_and_the_installed_package_finds_them(tmp_path):
+    """Build a wheel from a copy of the source, unpack it as site-packages and run it from a directory with no
+    checkout in sight: `recipe ls` and `recipe cp` work from the package data alone."""
+    pytest.importorskip("setuptools")
+    src = tmp_path / "src"
+    src.mkdir()
+    for f in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / f, src / f)
+    shutil.copytree(ROOT / "ruadapt", src / "ruadapt", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    r = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w",
+                        str(tmp_path / "dist"), str(src)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    (wheel,) = (tmp_path / "dist").glob("ruadapt-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    shipped = {str(p.relative_to(ROOT)) for p in PACKAGE_RECIPES.rglob("*") if p.is_file() and "__pycache__" not in p.parts}
+    assert shipped and shipped <= set(names), sorted(shipped - set(names))
+    assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc") or n.startswith(("runs/", "recipes/", "tests/"))]
+    site = tmp_path / "site"
+    zipfile.ZipFile(wheel).extractall(site)
+    env = dict(os.environ, PYTHONPATH=str(site))
+    run = tmp_path / "elsewhere"
+    run.mkdir()
+
+    def ruadapt(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "ruadapt", *args], cwd=run, env=env, capture_output=True, text=True, timeout=120)
+
+    where = subprocess.run([sys.executable, "-c", "import ruadapt.recipe as r; print(r.recipes_dir())"], cwd=run, env=env,
+                           capture_output=True, text=True)
+    assert where.stdout.strip() == str(site / "ruadapt" / "recipes"), where.stderr
+    ls = ruadapt("recipe", "ls")
+    assert ls.returncode == 0 and {line.split()[0] for line in ls.stdout.splitlines()[1:] if line and not line.startswith("copy")} \
+        == set(recipe_names())
+    c = ruadapt("recipe", "cp", "qwen2.5-7b", "copy", "--set", "CORPUS=/data/ru.txt")
+    assert c.returncode == 0, c.stderr
+    assert (run / "copy" / "deepspeed" / "zero2.json").read_bytes() == (PACKAGE_RECIPES / "deepspeed" / "zero2.json").read_bytes()
+    assert f"out: {run / 'copy'}/cpt1" in (run / "copy" / "cpt-embeddings.yaml").read_text()
