@@ -76,7 +76,8 @@ def split_repo_id(text: str) -> tuple[str, str | None] | None:
 def hub_cache() -> Path:
     """The hub cache as huggingface_hub computes it, from the environment as it is now."""
     env = os.environ
-    home = env.get("HF_HOME") or os.path.join(env.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "huggingface")
+    xdg = env.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    home = env.get("HF_HOME") or os.path.join(xdg, "huggingface")
     cache = env.get("HF_HUB_CACHE") or env.get("HUGGINGFACE_HUB_CACHE") or os.path.join(home, "hub")
     return Path(os.path.expandvars(os.path.expanduser(cache)))
 
@@ -116,7 +117,7 @@ def snapshot(repo_id: str, revision: str | None, *, option: str, text: str, what
     cache = hub_cache()
     local_only = offline()
     patterns = MODEL_PATTERNS if what == MODEL else TOKENIZER_PATTERNS
-    where = f"{option} {text}"
+    where = f"{option}{text}" if option.endswith("=") else f"{option} {text}"  # "--model ru=Org/Name"
     if local_only:
         log.info("%s: looking in the hub cache %s (HF_HUB_OFFLINE is set)", where, cache)
     else:
@@ -131,18 +132,20 @@ def snapshot(repo_id: str, revision: str | None, *, option: str, text: str, what
             f"{' (' + missing.group(1) + ')' if missing else ''}; run with network access to complete it"
         ) from None
     except RevisionNotFoundError:
-        raise RuadaptError(f"{where}: the Hugging Face repo {repo_id} has no revision {rev!r} (a branch, tag or commit)") from None
+        raise RuadaptError(
+            f"{where}: the Hugging Face repo {repo_id} has no revision {rev!r} (a branch, tag or commit)"
+        ) from None
     except RepositoryNotFoundError:
         raise RuadaptError(
             f"{where}: not a directory, and the Hugging Face Hub has no repo {repo_id} this machine may read "
             "(check the name; a gated or private repo needs `hf auth login` or HF_TOKEN)"
         ) from None
     except (LocalEntryNotFoundError, HfHubHTTPError) as e:  # offline or unreachable, nothing usable cached
-        reason = "HF_HUB_OFFLINE is set" if local_only else f"the Hub could not be reached: {' '.join(str(e).split())[:160]}"
+        why = "HF_HUB_OFFLINE is set" if local_only else f"the Hub could not be reached: {' '.join(str(e).split())[:160]}"
         raise RuadaptError(
-            f"{where}: not a directory, and not found in the hub cache at {cache} (revision {rev}{_cached_note(cache, repo_id)}; "
-            f"{reason}); run with network access, or `hf download {repo_id} --revision {rev}` where there is some "
-            "and point HF_HUB_CACHE at that cache"
+            f"{where}: not a directory, and not found in the hub cache at {cache} "
+            f"(revision {rev}{_cached_note(cache, repo_id)}; {why}); run with network access, or "
+            f"`hf download {repo_id} --revision {rev}` where there is some and point HF_HUB_CACHE at that cache"
         ) from None
     path = Path(folder)
     found = HubSnapshot(repo_id, rev, path.name, path)
