@@ -11,11 +11,12 @@ the licence carried from the model it started from, the tokenizer's chars/token,
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from .hub import describe
 
 LINEAGE_FILE = "ruadapt_lineage.json"
 CARD_FILE = "README.md"
@@ -26,14 +27,11 @@ _KEY_OPTIONS = {
     "trim": ("keep_top", "min_count"),
     "train": ("task", "stage"),
 }
-_HUB_SNAPSHOT = re.compile(r"models--([^/]+?)--([^/]+)/snapshots/[0-9a-f]+/?$")
 
 
 def model_name(path: Path | str) -> str:
-    """A model as people name it: ``Org/Name`` for a directory inside a Hugging Face hub cache, else its path."""
-    text = str(Path(path).resolve())
-    m = _HUB_SNAPSHOT.search(text)
-    return f"{m.group(1)}/{m.group(2)}" if m else text
+    """A model as people name it: ``Org/Name`` for a snapshot in a Hugging Face hub cache, else its path."""
+    return describe(path).get("repo_id") or str(Path(path).resolve())
 
 
 def read_front_matter(card: Path) -> dict:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import json
+import os
 import platform
 import sys
 import time
@@ -80,7 +81,12 @@ class StageRecord:
         self._t0 = time.perf_counter()
 
     def input(self, name: str, path: Path | str, **facts: Any) -> None:
-        self.data["inputs"][name] = {"path": str(Path(path).resolve()), **{k: _plain(v) for k, v in facts.items()}}
+        """An input by its absolute path, symlinks not followed (a file of a hub snapshot keeps its name, not
+        ``blobs/<sha>``); a hub snapshot directory adds its repo id, revision and commit."""
+        from .hub import describe
+
+        path = Path(os.path.abspath(Path(path).expanduser()))
+        self.data["inputs"][name] = {"path": str(path), **describe(path), **{k: _plain(v) for k, v in facts.items()}}
 
     def input_file(self, name: str, path: Path | str, **facts: Any) -> None:
         """An input file, identified by the sha256 of its bytes."""

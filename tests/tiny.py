@@ -120,3 +120,49 @@ def dir_hash(path: Path) -> str:
             h.update(str(f.relative_to(path)).encode())
             h.update(f.read_bytes())
     return h.hexdigest()
+
+
+def fill_hub_cache(cache: Path, repo_id: str, source: Path, *, refs: tuple[str, ...] = ("main",),
+                   files: tuple[str, ...] | None = None) -> Path:
+    """Store the files of ``source`` in a Hugging Face hub cache as ``repo_id``, laid out as huggingface_hub's
+    ``snapshot_download`` writes it, and return the snapshot dir:
+
+        models--Org--Name/blobs/<git sha1, or sha256 for LFS files>      the bytes, once
+        models--Org--Name/snapshots/<commit>/<file> -> ../../blobs/<id>  relative symlinks
+        models--Org--Name/refs/<ref>                                     the commit, no newline
+        models--Org--Name/trees/<commit>.json                            the tree listing (offline completeness check)
+
+    ``files`` (relative names) stores only those while the tree still lists them all: an incomplete snapshot.
+    The commit is a hash of the contents, so the same model gives the same commit."""
+    import os
+
+    source, cache = Path(source), Path(cache)
+    repo = cache / ("models--" + repo_id.replace("/", "--"))
+    listing = sorted(p for p in source.rglob("*") if p.is_file())
+    entries, blobs = {}, {}
+    for p in listing:
+        data = p.read_bytes()
+        rel = p.relative_to(source).as_posix()
+        entry = {"size": len(data), "blob_id": hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()}
+        if p.suffix == ".safetensors":  # stored in LFS on the Hub: the blob is named by its sha256
+            entry.update(lfs_sha256=hashlib.sha256(data).hexdigest(), lfs_size=len(data))
+        entries[rel] = entry
+        blobs[rel] = (entry.get("lfs_sha256") or entry["blob_id"], data)
+    commit = hashlib.sha1(json.dumps(entries, sort_keys=True).encode()).hexdigest()
+    snap = repo / "snapshots" / commit
+    for rel, (blob_id, data) in blobs.items():
+        if files is not None and rel not in files:
+            continue
+        blob = repo / "blobs" / blob_id
+        blob.parent.mkdir(parents=True, exist_ok=True)
+        blob.write_bytes(data)
+        link = snap / rel
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(os.path.relpath(blob, link.parent))
+    snap.mkdir(parents=True, exist_ok=True)
+    for ref in refs:
+        (repo / "refs" / ref).parent.mkdir(parents=True, exist_ok=True)
+        (repo / "refs" / ref).write_text(commit)
+    (repo / "trees").mkdir(exist_ok=True)
+    (repo / "trees" / f"{commit}.json").write_text(json.dumps({"format_version": 1, "files": entries}, indent=1))
+    return snap

@@ -21,3 +21,28 @@ def add_parser(sub: argparse._SubParsersAction, name: str, *, help: str, descrip
 
 def path_arg(text: str) -> Path:
     return Path(text).expanduser()
+
+
+def model_arg(text: str) -> str:
+    """A model directory or a Hugging Face repo id (``Qwen/Qwen2.5-7B``), kept as typed: ``Path`` would turn
+    ``./Org/Name`` (a local path) into ``Org/Name`` (a repo id). Resolved by :func:`ruadapt.hub.resolve` when the
+    command runs, so parsing and ``--help`` never touch the network."""
+    return text
+
+
+def add_revision(p: argparse.ArgumentParser) -> None:
+    """``--revision``, for commands whose model options accept Hugging Face repo ids."""
+    p.add_argument("--revision", default=None, metavar="REV",
+                   help="branch, tag or commit of the models given as Hugging Face repo ids (default: main); "
+                   "ORG/NAME@REV pins one model")
+
+
+def resolve_named(items: list[str], option: str, revision: str | None, what: str = "model") -> dict[str, Path]:
+    """``NAME=DIR`` items (``--model``, ``--tokenizer``) with each value resolved as typed by
+    :func:`ruadapt.hub.resolve`: a directory, or a Hub repo id."""
+    from ..eval.data import parse_named
+    from ..hub import resolve
+
+    names = parse_named(items, option)  # the format and duplicate checks
+    typed = {item.partition("=")[0].strip(): item.partition("=")[2] for item in items}
+    return {name: resolve(typed[name], f"{option} {name}=", revision=revision, what=what) for name in names}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import add_parser, path_arg
+from . import add_parser, add_revision, path_arg, resolve_named
 
 EXIT_FAILED = 1  # the report was written but a measure in it has no number (2 = bad input, nothing written)
 
@@ -30,7 +30,7 @@ ruadapt eval --model base=./base --model ru=./ru --text ru=data/ru_eval.txt \\
     --tasks bpb_ru,copy_ru --task-limit 50 --out runs/eval-tasks""",
     )
     p.add_argument("--model", action="append", required=True, metavar="NAME=DIR",
-                   help="a model directory (repeat; the first is the baseline of speed ratios)")
+                   help="a model directory or Hub repo id (repeat; the first is the baseline of speed ratios)")
     p.add_argument("--text", action="append", metavar="LANG=FILE", help="plain text, one document per line (repeat)")
     p.add_argument("--chat", action="append", metavar="LANG=FILE",
                    help='chat JSONL {"messages": [...]}: bpb of assistant turns, conversation before them as context')
@@ -55,6 +55,7 @@ ruadapt eval --model base=./base --model ru=./ru --text ru=data/ru_eval.txt \\
     p.add_argument("--copy-file", type=path_arg, metavar="FILE", help="paragraphs for copy_ru (default: --text ru)")
     p.add_argument("--task-limit", type=int, default=None, help="documents per lm-eval task (default: all)")
     p.add_argument("--out", type=path_arg, required=True, help="new output directory")
+    add_revision(p)
     p.set_defaults(func=run)
 
 
@@ -63,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     from ..eval.run import run_eval
 
     report = run_eval(
-        parse_named(args.model, "--model"),
+        resolve_named(args.model, "--model", args.revision),
         args.out,
         texts=parse_named(args.text, "--text"),
         chats=parse_named(args.chat, "--chat"),

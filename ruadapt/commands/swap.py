@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..mistakes import add_allow_argument
-from . import add_parser, path_arg
+from . import add_parser, add_revision, model_arg, path_arg
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -18,10 +18,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "token's row is the mean of the base rows of its pieces under the base tokenizer; padding rows get the "
         "mean row. Only the vocabulary matrices are loaded; every other tensor is copied through unchanged.",
         examples="ruadapt swap --model ./Qwen2.5-7B --tokenizer tokenizers/qwen2.5-ru48k --out runs/qwen7b-swapped\n"
+        "ruadapt swap --model Qwen/Qwen2.5-7B --tokenizer tokenizers/qwen2.5-ru48k --out runs/qwen7b-swapped   # Hub repo id\n"
         "ruadapt swap --model ./Llama-3-8B --tokenizer ./llama3-ru --out ./l3-ru --init weighted --pad-to-multiple-of 128",
     )
-    p.add_argument("--model", required=True, type=path_arg, help="base model dir (safetensors + config + its tokenizer)")
-    p.add_argument("--tokenizer", required=True, type=path_arg, help="new tokenizer dir (extension or replacement)")
+    p.add_argument("--model", required=True, type=model_arg, help="base model dir (safetensors + config + its tokenizer) or Hub repo id")
+    p.add_argument("--tokenizer", required=True, type=model_arg, help="new tokenizer dir (extension or replacement) or Hub repo id")
     p.add_argument("--out", required=True, type=path_arg, help="output model dir (must not exist or be empty)")
     p.add_argument(
         "--init",
@@ -31,16 +32,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--pad-to-multiple-of", type=int, default=None, metavar="N", help="round the row count up to N (default: the base's padding multiple)")
     p.add_argument("--max-shard-size", default=None, metavar="SIZE", help="shard byte budget, e.g. 5GB (default: the input's largest shard)")
+    add_revision(p)
     add_allow_argument(p, ("same-tokenizer", "foreign-tokenizer"))
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..hub import TOKENIZER, resolve
     from ..swap import swap_model
 
     rec = swap_model(
-        args.model,
-        args.tokenizer,
+        resolve(args.model, "--model", revision=args.revision),
+        resolve(args.tokenizer, "--tokenizer", revision=args.revision, what=TOKENIZER),
         args.out,
         init=args.init,
         pad_to_multiple_of=args.pad_to_multiple_of,

@@ -7,7 +7,7 @@ import json
 import os
 
 from ..mistakes import add_allow_argument
-from . import add_parser, path_arg
+from . import add_parser, add_revision, model_arg, path_arg, resolve_named
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -33,7 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "ruadapt tokenizer train --base ./Llama-3-8B --corpus ru.txt en.txt --new-tokens 32000 --min-frequency 5 --out tok\n"
         "ruadapt tokenizer train --base ./Qwen2.5-7B --corpus ru_train.txt --mode replace --vocab-size 64000 --out tok-ru64k",
     )
-    t.add_argument("--base", type=path_arg, required=True, help="base tokenizer dir (tokenizer.json) or a model dir holding one")
+    t.add_argument("--base", type=model_arg, required=True, help="base tokenizer dir (tokenizer.json), a model dir holding one, or a Hub repo id (only its tokenizer files are fetched)")
     t.add_argument("--corpus", type=path_arg, nargs="+", required=True, metavar="FILE", help="training corpus: UTF-8 text (a document per line), JSONL (\"text\" field) or Parquet (\"text\" column); .gz/.zst too")
     t.add_argument("--mode", choices=("extend", "replace"), default="extend", help="continue the base BPE, or train a new one")
     t.add_argument("--new-tokens", type=int, default=None, metavar="N", help="extend: number of tokens to add")
@@ -41,6 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--min-frequency", type=int, default=2, metavar="K", help="a pair must occur at least K times to be merged")
     t.add_argument("--out", type=path_arg, required=True, help="new (or empty) output directory")
     add_allow_argument(t, ("json-text",))
+    add_revision(t)
     t.set_defaults(func=run_train)
 
     r = add_parser(
@@ -54,18 +55,20 @@ def register(sub: argparse._SubParsersAction) -> None:
         examples="ruadapt tokenizer report --tokenizer base=./Qwen2.5-7B --tokenizer ru48k=tok-ru48k "
         "--text ru=ru_eval.txt --text en=en_eval.txt --out report",
     )
-    r.add_argument("--tokenizer", action="append", required=True, metavar="NAME=DIR", help="tokenizer dir (repeat; the first is the reference)")
+    r.add_argument("--tokenizer", action="append", required=True, metavar="NAME=DIR", help="tokenizer dir or Hub repo id (repeat; the first is the reference)")
     r.add_argument("--text", action="append", required=True, metavar="LANG=FILE", help="UTF-8 text, one document per line (repeat)")
     r.add_argument("--top-unused", type=int, default=20, metavar="K", help="list the first K unused new tokens per text")
     r.add_argument("--out", type=path_arg, required=True, help="new (or empty) output directory")
+    add_revision(r)
     r.set_defaults(func=run_report)
 
 
 def run_train(args: argparse.Namespace) -> int:
+    from ..hub import TOKENIZER, resolve
     from ..tokenizer.train import train_tokenizer
 
     record = train_tokenizer(
-        args.base,
+        resolve(args.base, "--base", revision=args.revision, what=TOKENIZER),
         args.corpus,
         args.out,
         mode=args.mode,
@@ -82,8 +85,10 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_report(args: argparse.Namespace) -> int:
+    from ..hub import TOKENIZER
     from ..tokenizer.report import tokenizer_report
 
-    tokenizer_report(args.tokenizer, args.text, args.out, top_unused=args.top_unused)
+    tokenizers = list(resolve_named(args.tokenizer, "--tokenizer", args.revision, TOKENIZER).items())
+    tokenizer_report(tokenizers, args.text, args.out, top_unused=args.top_unused)
     print((args.out / "report.md").read_text(encoding="utf-8"), end="")
     return 0

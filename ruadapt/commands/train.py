@@ -145,10 +145,21 @@ def run(args: argparse.Namespace) -> int:
     os.environ.setdefault(STARTED_ENV, str(started))  # the ranks' records say when the user started this, not when they did
     sys.stdout.flush()
     sys.stderr.flush()
-    code, sig = supervise(cmd, grace_s=args.stop_grace)
+    code, sig = supervise(cmd, grace_s=args.stop_grace, env=rank_env(pending))
     if sig is not None:
         print(stop_message(pending, sig), file=sys.stderr)
     return code
+
+
+def rank_env(configs: list) -> dict[str, str] | None:
+    """The ranks' environment: offline when a model came from the Hugging Face Hub, so every rank reads the
+    snapshot resolved here (through the cache's refs) instead of each asking the Hub again, which may have moved
+    on since. None = inherit ours unchanged."""
+    from ..hub import describe
+
+    if not any(describe(c.model) for c in configs):
+        return None
+    return {**os.environ, "HF_HUB_OFFLINE": "1"}
 
 
 def stop_message(pending: list, sig: int) -> str:

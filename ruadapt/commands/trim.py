@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..mistakes import add_allow_argument
-from . import add_parser, path_arg
+from . import add_parser, add_revision, model_arg, path_arg
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -27,8 +27,8 @@ ruadapt trim --tokenizer ./Qwen2.5-0.5B --corpus ru_train.txt en_train.txt --out
 """,
     )
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--model", type=path_arg, help="Hugging Face model directory (safetensors + tokenizer.json)")
-    src.add_argument("--tokenizer", type=path_arg, help="trim only this tokenizer directory (no weights)")
+    src.add_argument("--model", type=model_arg, help="Hugging Face model directory (safetensors + tokenizer.json) or Hub repo id")
+    src.add_argument("--tokenizer", type=model_arg, help="trim only this tokenizer directory (no weights), or a Hub repo id's tokenizer")
     p.add_argument("--corpus", type=path_arg, nargs="+", required=True, help="corpus files: UTF-8 text (a document per line), JSONL (\"text\" field) or Parquet (\"text\" column); .gz/.zst too")
     p.add_argument("--out", type=path_arg, required=True, help="new directory for the trimmed model (must not exist or be empty)")
     how = p.add_mutually_exclusive_group()
@@ -39,22 +39,24 @@ ruadapt trim --tokenizer ./Qwen2.5-0.5B --corpus ru_train.txt en_train.txt --out
     p.add_argument("--pad-to-multiple-of", type=int, metavar="N", help="round the rows up to N (default: the base checkpoint's padding multiple)")
     p.add_argument("--max-shard-size", help="shard byte budget, e.g. 2GB (default: the input's largest shard)")
     add_allow_argument(p, ("json-text",))
+    add_revision(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..hub import TOKENIZER, resolve
     from ..trim import format_report, trim_model, trim_tokenizer
 
     progress = not args.quiet
     common = dict(keep_top=args.keep_top, min_count=args.min_count, keep_tokens=args.keep_tokens, eval_texts=args.eval_text, allow=args.allow, progress=progress)
     if args.model is not None:
-        data = trim_model(args.model, args.corpus, args.out, pad_to_multiple_of=args.pad_to_multiple_of, max_shard_size=args.max_shard_size, **common)
+        data = trim_model(resolve(args.model, "--model", revision=args.revision), args.corpus, args.out, pad_to_multiple_of=args.pad_to_multiple_of, max_shard_size=args.max_shard_size, **common)
     else:
         if args.pad_to_multiple_of is not None or args.max_shard_size is not None:
             from ..errors import RuadaptError
 
             raise RuadaptError("--pad-to-multiple-of and --max-shard-size need --model (there are no weights with --tokenizer)")
-        data = trim_tokenizer(args.tokenizer, args.corpus, args.out, **common)
+        data = trim_tokenizer(resolve(args.tokenizer, "--tokenizer", revision=args.revision, what=TOKENIZER), args.corpus, args.out, **common)
     print(format_report(data))
     print(f"wrote {args.out}")
     return 0

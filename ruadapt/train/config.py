@@ -109,10 +109,11 @@ class RunConfig:
     """A whole run as read from YAML (see recipes/*/ for commented examples)."""
 
     task: str
-    model: str
+    model: str  # a directory, or a Hugging Face repo id (resolved by ruadapt.hub into its cached snapshot)
     out: str
     data: DataConfig
     deepspeed: str
+    revision: str = ""  # branch, tag or commit when model is a repo id; "" = main
     stage: str = "embeddings"
     block_size: int = 2048
     max_shard_size: str = ""  # "" = the input's shard size (layout kept); else e.g. "5GB"
@@ -189,7 +190,10 @@ def load_configs(paths: list[str], overrides: list[str] | tuple[str, ...] = ()) 
     produced: set[Path] = set()
     for p in paths:
         cfg = load_config(p, overrides, check_files=False)
-        validate(cfg, check_files=True, skip_model=Path(cfg.model).resolve() in produced)
+        made_here = Path(cfg.model).resolve() in produced
+        if not made_here:
+            resolve_model(cfg)
+        validate(cfg, check_files=True, skip_model=made_here)
         produced.add(cfg.out_path.resolve())
         configs.append(cfg)
     return configs
@@ -214,8 +218,21 @@ def load_config(path: Path | str, overrides: list[str] | tuple[str, ...] = (), *
     except RuadaptError as e:
         raise RuadaptError(f"{path}: {e}") from None
     cfg.source = str(path)
+    if check_files:
+        resolve_model(cfg)
     validate(cfg, check_files=check_files)
     return cfg
+
+
+def resolve_model(cfg: RunConfig) -> None:
+    """``model:`` may be a Hugging Face repo id (pinned by ``revision:``): it becomes the snapshot directory in the
+    hub cache. That path names the commit, so the config recorded for a resume pins the weights: a relaunch after
+    the repo moved on is refused as a changed ``model`` instead of resuming on other weights."""
+    from ..hub import resolve
+
+    path = resolve(cfg.model, f"{cfg.source or 'config'}: model", revision=cfg.revision or None)
+    if path != Path(cfg.model).expanduser():  # a repo id; a local model keeps its spelling, as earlier launches recorded it
+        cfg.model = str(path)
 
 
 def validate(cfg: RunConfig, *, check_files: bool = True, skip_model: bool = False) -> None:
