@@ -85,13 +85,17 @@ class Arch:
         return config
 
 
-@functools.cache
-def _table() -> dict[str, ArchEntry]:
-    text = resources.files("ruadapt").joinpath("archs.yaml").read_text(encoding="utf-8")
+def parse_arch_table(text: str, where: str = "archs.yaml") -> dict[str, ArchEntry]:
+    """``model_type -> ArchEntry`` from the YAML text of an architecture table; a bad entry is a one-line error."""
     raw = yaml.safe_load(text)
     if not isinstance(raw, dict):
-        raise RuadaptError("ruadapt/archs.yaml: expected a mapping of model_type to entries")
-    return {str(k): build(ArchEntry, v or {}, f"archs.yaml: {k}") for k, v in raw.items()}
+        raise RuadaptError(f"{where}: expected a mapping of model_type to entries")
+    return {str(k): build(ArchEntry, v if isinstance(v, dict) else {}, f"{where}: {k}") for k, v in raw.items()}
+
+
+@functools.cache
+def _table() -> dict[str, ArchEntry]:
+    return parse_arch_table(resources.files("ruadapt").joinpath("archs.yaml").read_text(encoding="utf-8"), "ruadapt/archs.yaml")
 
 
 def supported_model_types() -> list[str]:
