@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -103,7 +104,7 @@ def test_swap_with_hub_model_and_tokenizer(tiny, hub_cache, tmp_path, capsys):
     assert (out / "tokenizer.json").read_bytes() == (ru / "tokenizer.json").read_bytes()
 
 
-def test_train_config_model_repo_id(tiny, hub_cache, tmp_path):
+def test_train_config_model_repo_id(tiny, hub_cache, tmp_path, monkeypatch):
     from ruadapt.train.config import load_config
 
     snap = fill_hub_cache(hub_cache, "Org/Name", tiny, refs=("main", "v1"))
@@ -116,9 +117,12 @@ def test_train_config_model_repo_id(tiny, hub_cache, tmp_path):
     assert Path(cfg.model) == snap
     from ruadapt.commands.train import rank_env
 
-    assert rank_env([cfg])["HF_HUB_OFFLINE"] == "1"  # the ranks read this snapshot, not the Hub's latest
+    monkeypatch.delenv("RUADAPT_TRAIN_STARTED", raising=False)
+    env = rank_env([cfg], 1234.5)
+    assert env["HF_HUB_OFFLINE"] == "1" and env["RUADAPT_TRAIN_STARTED"] == "1234.5"  # the ranks read this snapshot
     yaml_path.with_name("local.yaml").write_text(yaml_path.read_text().replace("model: Org/Name", f"model: {tiny}"))
-    assert rank_env([load_config(yaml_path.with_name("local.yaml"))]) is None
+    local = rank_env([load_config(yaml_path.with_name("local.yaml"))], 1234.5)
+    assert local.get("HF_HUB_OFFLINE") == os.environ.get("HF_HUB_OFFLINE")  # a local model: our setting, unchanged
     with pytest.raises(RuadaptError, match=r"cpt.yaml: model Org/Name: not a directory.*revision v9; the cache holds main, v1"):
         load_config(yaml_path, ["revision=v9"])
 

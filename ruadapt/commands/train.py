@@ -116,8 +116,6 @@ def run(args: argparse.Namespace) -> int:
     from ..train.rundir import last_complete
     from ..train.supervise import master_port, supervise
 
-    from ..train.runner import STARTED_ENV
-
     started = time.time()
     if args.stop_grace < 0:
         raise RuadaptError(f"--stop-grace {args.stop_grace}: must not be negative")
@@ -142,24 +140,25 @@ def run(args: argparse.Namespace) -> int:
     from ..train.prepare import prepare_configs
 
     prepare_configs(pending, overwrite=args.overwrite)
-    os.environ.setdefault(STARTED_ENV, str(started))  # the ranks' records say when the user started this, not when they did
     sys.stdout.flush()
     sys.stderr.flush()
-    code, sig = supervise(cmd, grace_s=args.stop_grace, env=rank_env(pending))
+    code, sig = supervise(cmd, grace_s=args.stop_grace, env=rank_env(pending, started))
     if sig is not None:
         print(stop_message(pending, sig), file=sys.stderr)
     return code
 
 
-def rank_env(configs: list) -> dict[str, str] | None:
-    """The ranks' environment: offline when a model came from the Hugging Face Hub, so every rank reads the
-    snapshot resolved here (through the cache's refs) instead of each asking the Hub again, which may have moved
-    on since. None = inherit ours unchanged."""
+def rank_env(configs: list, started: float) -> dict[str, str]:
+    """The ranks' environment: ours, plus when the user started this launch (their records say so, not when they
+    began), and offline when a model came from the Hugging Face Hub, so every rank reads the snapshot resolved
+    here (through the cache's refs) instead of each asking the Hub again, which may have moved on since."""
     from ..hub import describe
+    from ..train.rundir import STARTED_ENV
 
-    if not any(describe(c.model) for c in configs):
-        return None
-    return {**os.environ, "HF_HUB_OFFLINE": "1"}
+    env = {**os.environ, STARTED_ENV: os.environ.get(STARTED_ENV, str(started))}
+    if any(describe(c.model) for c in configs):
+        env["HF_HUB_OFFLINE"] = "1"
+    return env
 
 
 def stop_message(pending: list, sig: int) -> str:

@@ -22,6 +22,7 @@ COMPLETE = "complete"
 STATE = "ruadapt_state.json"
 RUN_JSON = "run.json"
 TRAIN_RECORD = "ruadapt_train.json"
+STARTED_ENV = "RUADAPT_TRAIN_STARTED"  # set by `ruadapt train` for the ranks: when the user launched the run
 # train.* settings that may differ between launches of one run (they do not change the weights)
 RESUME_FREE = ("save_steps", "eval_steps", "log_steps", "keep_checkpoints", "report_to")
 

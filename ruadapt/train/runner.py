@@ -40,14 +40,13 @@ from .config import RunConfig, fill_deepspeed_config, load_deepspeed_json, valid
 from .data import MixSampler, normalized_weights
 from .prepare import load_run_data, manifest_path
 from .progress import Progress
-from .rundir import COMPLETE, RUN_JSON, STATE, check_rerun, comparable, last_complete
+from .rundir import COMPLETE, RUN_JSON, STARTED_ENV, STATE, check_rerun, comparable, last_complete
 
 log = logging.getLogger("ruadapt.train")
 
 CALLBACKS_ENV = "RUADAPT_TRAIN_CALLBACKS"
 StepCallback = Callable[["TrainingRun", int], None]
 
-STARTED_ENV = "RUADAPT_TRAIN_STARTED"  # set by `ruadapt train` for the ranks: when the user launched it
 _stop_signal: list[int] = []  # the signal that asked this rank to stop (set by the handler, read by the loop)
 
 
