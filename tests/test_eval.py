@@ -10,7 +10,6 @@ import json
 import math
 import random
 import shutil
-from pathlib import Path
 
 import pytest
 import torch
