@@ -55,7 +55,7 @@ def tokens_over_32_bytes(tok: Tokenizer) -> int:
 def choose_pre(spec: dict, where: str, pre: str | None) -> tuple[str, str, str | None]:
     """(name, where it came from, table family or None): ``--pre`` if given, else the table's (or an error)."""
     if pre is not None:
-        require(pre.strip() and pre == pre.strip() and "\n" not in pre, f"--pre {pre!r}: give llama.cpp's pre-tokenizer name, e.g. qwen2")
+        require(pre.strip() and pre == pre.strip() and pre != "-", f"--pre {pre!r}: give llama.cpp's pre-tokenizer name, e.g. qwen2")
         try:
             entry = lookup(spec, where)
         except RuadaptError:
