@@ -1,11 +1,18 @@
 # make demo  - create .venv if missing, run the whole pipeline on a tiny model on CPU (recipes/cpu-tiny.sh)
-# make test  - create .venv if missing, run the test suite
+# make test  - create .venv if missing, fetch llama.cpp's converter (tests/test_gguf.py), run the test suite
+# make llama-cpp - only fetch the converter: the llama-cpp-python sdist (no build), its vendor/llama.cpp unpacked
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.ruadapt-installed
 
-.PHONY: venv test demo clean
+.PHONY: venv test demo clean llama-cpp
+
+# llama.cpp's convert_hf_to_gguf.py for `ruadapt gguf` tests: the llama-cpp-python sdist (76 MB) from PyPI, kept
+# whole (bench/gguf_llama_cpp.py builds llama_cpp from it) and its converter unpacked beside it; nothing is compiled
+LLAMA_CPP_PY ?= 0.3.36
+LLAMA_CPP    := .cache/llama-cpp-python-$(LLAMA_CPP_PY)
+LLAMA_CPP_OK := $(LLAMA_CPP)/vendor/llama.cpp/convert_hf_to_gguf.py
 
 venv: $(STAMP)
 
@@ -17,8 +24,17 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
-test: $(STAMP)
-	DS_ACCELERATOR=cpu $(PY) -m pytest -q tests
+llama-cpp: $(LLAMA_CPP_OK)
+
+$(LLAMA_CPP_OK): | $(STAMP)
+	rm -rf $(LLAMA_CPP).tmp && mkdir -p $(LLAMA_CPP).tmp
+	$(PY) -m pip download -q --no-deps --no-binary :all: llama-cpp-python==$(LLAMA_CPP_PY) -d $(LLAMA_CPP).tmp
+	tar xzf $(LLAMA_CPP).tmp/llama_cpp_python-$(LLAMA_CPP_PY).tar.gz -C $(LLAMA_CPP).tmp --strip-components=1 \
+	  $(addprefix llama_cpp_python-$(LLAMA_CPP_PY)/vendor/llama.cpp/,LICENSE convert_hf_to_gguf.py convert_hf_to_gguf_update.py conversion gguf-py)
+	rm -rf $(LLAMA_CPP) && mv $(LLAMA_CPP).tmp $(LLAMA_CPP)
+
+test: $(STAMP) $(LLAMA_CPP_OK)
+	DS_ACCELERATOR=cpu RUADAPT_LLAMA_CPP=$(abspath $(LLAMA_CPP)) $(PY) -m pytest -q tests
 
 demo: $(STAMP)
 	PATH="$(abspath $(VENV))/bin:$$PATH" bash recipes/cpu-tiny.sh

@@ -25,6 +25,7 @@ COMMANDS: tuple[str, ...] = (
     "ruadapt.commands.swap",
     "ruadapt.commands.lep",
     "ruadapt.commands.eval",
+    "ruadapt.commands.gguf",
 )
 
 

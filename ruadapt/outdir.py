@@ -1,7 +1,7 @@
-"""Atomic output directories: every stage writes into a temporary folder next to its target and renames it
+"""Atomic outputs: every stage writes into a temporary folder (or file) next to its target and renames it
 into place only when everything succeeded, so a crash (even SIGKILL) never leaves a half-written output.
 
-Stale temporary folders from killed runs are recognised by the PID in their name and removed by the next run.
+Stale temporaries from killed runs are recognised by the PID in their name and removed by the next run.
 """
 
 from __future__ import annotations
@@ -72,7 +72,10 @@ def clean_stale_tmp(out: Path) -> None:
         if pid_text.isdigit() and _pid_alive(int(pid_text)) and int(pid_text) != os.getpid():
             continue
         log.info("removing stale temporary output %s", entry)
-        shutil.rmtree(entry, ignore_errors=True)
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
 
 
 def _fresh_tmp(out: Path, option: str) -> Path:
@@ -125,3 +128,48 @@ def atomic_files_into(out: Path, *, option: str = "--out") -> Iterator[Path]:
             os.replace(src, dst)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def check_output_file(out: Path, inputs: Sequence[Path] = (), *, option: str = "--out", overwrite: bool = False) -> Path:
+    """Refuse a single-file output that exists (unless ``overwrite``), is a directory, or lies inside an input."""
+    out = Path(out).expanduser().resolve()
+    for inp in inputs:
+        if inp is None:
+            continue
+        inp = Path(inp).expanduser().resolve()
+        if out == inp or _is_within(out, inp):
+            raise RuadaptError(f"{out}: {option} must not be an input or lie inside one ({inp}); write it elsewhere")
+    if out.is_dir():
+        raise RuadaptError(f"{out}: {option} is a directory; give a file name")
+    if out.exists() and not overwrite:
+        raise RuadaptError(f"{out}: {option} exists; remove it, choose another name or pass --overwrite")
+    parent = out.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise RuadaptError(f"{out}: {option} cannot be created ({parent} is not a writable directory)")
+    return out
+
+
+@contextlib.contextmanager
+def atomic_output_file(out: Path, inputs: Sequence[Path] = (), *, option: str = "--out", overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary file path beside ``out`` (not created); on success rename the file written there to
+    ``out`` (``os.replace``: an old ``out`` is swapped whole only with ``overwrite``), on error remove it."""
+    out = check_output_file(out, inputs, option=option, overwrite=overwrite)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        clean_stale_tmp(out)
+    except OSError as e:
+        raise RuadaptError(f"{out}: {option} cannot be created ({e.strerror})") from None
+    tmp = out.parent / f".{out.name}{_TMP_MARK}{os.getpid()}"
+    tmp.unlink(missing_ok=True)
+    try:
+        yield tmp
+        if not tmp.is_file():
+            raise RuadaptError(f"{out}: nothing was written; output left unwritten")
+        if out.exists() and not overwrite:  # re-check: something may have appeared at the target while we worked
+            raise RuadaptError(f"{out}: appeared while ruadapt was writing; output left unwritten")
+        os.replace(tmp, out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

@@ -10,7 +10,7 @@ import torch
 
 from ruadapt.checkpoint import CheckpointReader, CheckpointWriter, RowBlocks, parse_size, read_header, write_with_replacements
 from ruadapt.errors import RuadaptError
-from ruadapt.outdir import atomic_output_dir
+from ruadapt.outdir import atomic_output_dir, atomic_output_file
 from tiny import make_tiny_model, tensor_hashes
 
 
@@ -204,6 +204,32 @@ def test_sigkill_leaves_no_output_and_next_run_cleans_up(tmp_path):
     with atomic_output_dir(tmp_path / "out") as t:
         (t / "ok").write_text("y")
     assert sorted(x.name for x in tmp_path.iterdir()) == ["out"]
+
+
+def test_atomic_output_file_replaces_whole_and_cleans_killed_runs(tmp_path):
+    out = tmp_path / "m.gguf"
+    (tmp_path / f".m.gguf.ruadapt-tmp-{2**22 + 7}").write_bytes(b"left by a killed run")  # no such PID
+    with atomic_output_file(out) as tmp:
+        assert not tmp.exists() and tmp.parent == tmp_path
+        tmp.write_bytes(b"new")
+    assert out.read_bytes() == b"new" and sorted(p.name for p in tmp_path.iterdir()) == ["m.gguf"]
+    with pytest.raises(RuadaptError, match="exists.*--overwrite"):
+        with atomic_output_file(out):
+            pass
+    with pytest.raises(ZeroDivisionError):
+        with atomic_output_file(out, overwrite=True) as tmp:
+            tmp.write_bytes(b"half")
+            1 / 0
+    assert out.read_bytes() == b"new" and sorted(p.name for p in tmp_path.iterdir()) == ["m.gguf"]
+    with atomic_output_file(out, overwrite=True) as tmp:
+        tmp.write_bytes(b"newer")
+    assert out.read_bytes() == b"newer"
+    with pytest.raises(RuadaptError, match="must not be an input"):
+        with atomic_output_file(tmp_path / "model" / "x.gguf", [tmp_path / "model"]):
+            pass
+    with pytest.raises(RuadaptError, match="is a directory"):
+        with atomic_output_file(tmp_path):
+            pass
 
 
 def test_output_that_cannot_be_created_is_a_user_error(tmp_path):

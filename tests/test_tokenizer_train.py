@@ -20,6 +20,7 @@ from tokenizers import Tokenizer
 from transformers import AutoTokenizer
 
 from ruadapt.cli import main
+from ruadapt.llamacpp.checktext import CHECK_TEXT
 from ruadapt.tokdir import chat_template
 from ruadapt.tokenizer.bpe import learn_merges, merge_word
 from ruadapt.tokenizer.report import encode_lines
@@ -144,6 +145,10 @@ def test_extend_keeps_base_and_compresses_russian(family, extended, eval_lines):
 
     record = check_record(json.loads((out / "ruadapt_tokenizer.json").read_text()))
     assert record["result"]["new_tokens"] == N_NEW and record["options"]["mode"] == "extend"
+    # llama.cpp's converter still recognises the tokenizer: its check text keeps the base's ids
+    guard = record["result"]["llama_cpp_check_text"]
+    assert guard["pairs_forbidden"] > 0 and guard["segmentation_kept"] is True
+    assert new.encode(CHECK_TEXT).ids == base.encode(CHECK_TEXT).ids
     assert record["result"]["corpora"][0]["sha256"] == hashlib.sha256(Path(record["result"]["corpora"][0]["path"]).read_bytes()).hexdigest()
 
 
@@ -210,6 +215,19 @@ def test_heap_learner_equals_naive_bpe():
     got = learn_merges([list(s) for s in segs], counts, pieces, first_id=n0, n_new=80, progress=False)
     assert got.merges == want_merges
     assert got.words == want_words
+
+
+def test_forbidden_pairs_and_results_are_never_merged():
+    """The llama.cpp guard's mechanism: a forbidden pair stays apart, a forbidden string never becomes a token,
+    and the rest is learned as without them."""
+    pieces = {0: "a", 1: "b", 2: "c"}
+    words, counts = [[0, 1, 2], [0, 1], [1, 2]], [10, 5, 3]
+    free = learn_merges([list(w) for w in words], counts, pieces, first_id=3, n_new=2, progress=False)
+    assert free.merges == [("a", "b"), ("ab", "c")]
+    got = learn_merges([list(w) for w in words], counts, pieces, first_id=3, n_new=2, forbidden_pairs={(0, 1)},
+                       forbidden_results={"abc"}, progress=False)
+    assert got.merges == [("b", "c")] and got.skipped_forbidden == 2
+    assert got.words == [[0, 3], [0, 1], [3]] and got.stopped
 
 
 def test_added_tokens_are_cut_out_of_training_words():

@@ -26,7 +26,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "train",
         help="extend a base BPE with new merges, or train a replacement BPE",
         description="extend: continue the base BPE on the corpus (same normalizer, pre-tokenizer, decoder, special "
-        "tokens and chat template; every base id kept; new ids from len(base) upward). replace: a new BPE of "
+        "tokens and chat template; every base id kept; new ids from len(base) upward; llama.cpp's check text keeps "
+        "its base segmentation, so llama.cpp's own converter still recognises the tokenizer). replace: a new BPE of "
         "--vocab-size tokens with the base's pre-tokenizer family and the base's special tokens appended "
         "(old->new ids in token_id_map.json). Writes OUT/ruadapt_tokenizer.json.",
         examples="ruadapt tokenizer train --base ./Qwen2.5-7B --corpus ru_train.txt --mode extend --new-tokens 48000 --out tok-ru48k\n"

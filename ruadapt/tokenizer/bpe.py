@@ -16,7 +16,7 @@ from __future__ import annotations
 import heapq
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Collection
 
 from tqdm import tqdm
 
@@ -30,6 +30,7 @@ class MergeResult:
     words: list[list[int]] = field(default_factory=list)
     skipped_base_results: int = 0
     skipped_not_allowed: int = 0
+    skipped_forbidden: int = 0
     stopped: str = ""
 
 
@@ -63,6 +64,8 @@ def learn_merges(
     blocked: set[int] | frozenset[int] = frozenset(),
     word_strings: list[str] | None = None,
     allowed: Callable[[str], bool] | None = None,
+    forbidden_pairs: Collection[tuple[int, int]] = frozenset(),
+    forbidden_results: Collection[str] = frozenset(),
     progress: bool = True,
 ) -> MergeResult:
     """Merge the most frequent adjacent pair until ``n_new`` new tokens exist (ids ``first_id`` upward).
@@ -71,7 +74,9 @@ def learn_merges(
     its vocabulary string; ``base_vocab`` (string → id) lists strings a merge must not produce; ``blocked``
     ids never take part in a merge (byte-fallback pieces, whose strings do not concatenate into text);
     ``word_strings`` enables the ``ignore_merges`` rule (a word equal to a new token becomes that token);
-    ``allowed(piece)`` can veto a merge result (the base's own piece rules, e.g. SentencePiece's digits and scripts).
+    ``allowed(piece)`` can veto a merge result (the base's own piece rules, e.g. SentencePiece's digits and scripts);
+    ``forbidden_pairs`` (id pairs) are never merged and ``forbidden_results`` (strings) never become tokens: a text
+    that must keep its base segmentation (llama.cpp's check text, :mod:`ruadapt.llamacpp.checktext`).
     ``words`` is modified in place and returned in the result.
     """
     base_vocab = base_vocab or {}
@@ -122,9 +127,15 @@ def learn_merges(
             break
         if a in blocked or b in blocked:
             continue
+        if (a, b) in forbidden_pairs:
+            result.skipped_forbidden += 1
+            continue
         s = pieces[a] + pieces[b]
         if s in base_vocab:
             result.skipped_base_results += 1
+            continue
+        if s in forbidden_results:
+            result.skipped_forbidden += 1
             continue
         if allowed is not None and s not in result.new_tokens and not allowed(s):
             result.skipped_not_allowed += 1

@@ -4,7 +4,8 @@
   word segmented by the base model, then the most frequent adjacent pair merged until N new tokens exist
   (:mod:`ruadapt.tokenizer.bpe`). New merges rank after all base merges, new ids start at ``len(base)``,
   everything else (normalizer, pre-tokenizer, decoder, post-processor, ``ignore_merges``, byte fallback,
-  special tokens, chat template) is the base's, byte for byte.
+  special tokens, chat template) is the base's, byte for byte. llama.cpp's check text keeps the base's
+  segmentation (:mod:`ruadapt.llamacpp.checktext`), so llama.cpp's stock converter still recognises the tokenizer.
 * **replace** — a new BPE trained by ``tokenizers`` on the same training words, with the base's
   normalizer/pre-tokenizer/decoder; the base's added (special, chat) tokens appended with the same strings and
   the old → new id of each written to ``token_id_map.json`` for the later stages.
@@ -39,6 +40,7 @@ from ..tokdir import (
 from ..vocab import BYTE_LEVEL, SENTENCEPIECE, detect_family
 from .bpe import learn_merges
 from ..corpus import check_corpus, iter_documents, refuse_json_as_text
+from ..llamacpp.checktext import CHECK_TEXT, adjacent_pairs, check_text_words
 from .words import CorpusInfo, count_words, follows_sentencepiece_rules, sentencepiece_piece_ok
 
 log = logging.getLogger(__name__)
@@ -58,10 +60,12 @@ def train_tokenizer(
     vocab_size: int | None = None,
     min_frequency: int = 2,
     allow: Collection[str] = (),
+    keep_check_text: bool = True,
     progress: bool = True,
 ) -> dict:
     """Train a tokenizer from ``base`` on ``corpora`` into ``out`` (atomic); returns the ``ruadapt_tokenizer.json`` record.
-    ``allow``: likely mistakes (:mod:`ruadapt.mistakes`) to go on with."""
+    ``allow``: likely mistakes (:mod:`ruadapt.mistakes`) to go on with. ``keep_check_text=False`` (extend) lets
+    new merges change llama.cpp's check text, which breaks llama.cpp's stock converter (tests and benches only)."""
     base = Path(base).expanduser()
     corpora = [Path(c).expanduser() for c in corpora]
     require(mode in MODES, f"--mode {mode!r}: choose one of {', '.join(MODES)}")
@@ -86,7 +90,7 @@ def train_tokenizer(
     record = StageRecord(
         "tokenizer",
         {"mode": mode, "new_tokens": new_tokens, "vocab_size": vocab_size, "min_frequency": min_frequency,
-         "allow": sorted(allow)},
+         "allow": sorted(allow), "keep_check_text": keep_check_text},
     )
     record.input("base", base, tokenizer_json_sha256=sha256_file(base_json), tokens=tokenizer_size(base_tok), family=family)
 
@@ -98,7 +102,9 @@ def train_tokenizer(
     spec = json.loads(base_json.read_text(encoding="utf-8"))
     id_map: dict[str, list[int]] = {}
     if mode == "extend":
-        spec, facts, check_words = extend_spec(spec, base_tok, family, counts, new_tokens, min_frequency, record, progress)
+        spec, facts, check_words = extend_spec(
+            spec, base_tok, family, counts, new_tokens, min_frequency, record, progress, keep_check_text=keep_check_text
+        )
     else:
         spec, facts, id_map = replace_spec(spec, base_tok, family, counts, vocab_size, min_frequency, record, progress)
         check_words = []
@@ -115,6 +121,7 @@ def train_tokenizer(
                 write_json(tmp / TOKEN_ID_MAP, {"base": str(base.resolve()), "added_tokens": id_map})
         with record.timed("verify"):
             record.set("verify", verify_tokenizer(tmp, base_tok, facts, infos, check_words, id_map))
+        record.set("llama_cpp_check_text", facts["llama_cpp_check_text"])  # with the verified segmentation_kept
         record.write(tmp)
     log.info("wrote %s: %d tokens (%s)", out, facts["tokens"], mode)
     return record.data
@@ -134,9 +141,14 @@ def extend_spec(
     min_frequency: int,
     record: StageRecord,
     progress: bool,
+    *,
+    keep_check_text: bool = True,
 ) -> tuple[dict, dict[str, Any], list[tuple[str, list[int]]]]:
     """The base ``tokenizer.json`` dict with ``n_new`` continued-BPE tokens and their merges appended, the facts
-    for the record, and (word, segmentation) pairs of the most frequent words that the result must reproduce."""
+    for the record, and (word, segmentation) pairs of the most frequent words that the result must reproduce.
+
+    With ``keep_check_text`` no new merge joins two base tokens that stand side by side in llama.cpp's check text
+    (nor, with ``ignore_merges``, makes a check-text word one token), so the check text keeps its base ids."""
     model = spec["model"]
     require(model.get("type") == "BPE", f"--base: a {model.get('type')} tokenizer cannot be extended with BPE merges (only BPE tokenizers)")
     vocab: dict[str, int] = model["vocab"]
@@ -165,6 +177,8 @@ def extend_spec(
     sp_rules = family == SENTENCEPIECE and follows_sentencepiece_rules(vocab)
     all_strings = dict(vocab)
     all_strings.update(added)
+    forbidden_pairs: set[tuple[int, int]] = adjacent_pairs(base_tok) if keep_check_text else set()
+    forbidden_words = set(check_text_words(base_tok)) if keep_check_text and ignore_merges else set()
 
     t0 = time.perf_counter()
     with record.timed("learn_merges"):
@@ -179,6 +193,8 @@ def extend_spec(
             blocked=blocked,
             word_strings=word_list if ignore_merges else None,
             allowed=sentencepiece_piece_ok if sp_rules else None,
+            forbidden_pairs=forbidden_pairs,
+            forbidden_results=forbidden_words,
             progress=progress,
         )
     log.info("learned %d merges (%d new tokens) in %.1f s", len(res.merges), len(res.new_tokens), time.perf_counter() - t0)
@@ -215,6 +231,8 @@ def extend_spec(
         "stopped_early": res.stopped or None,
         "training_tokens_before": tokens_before,
         "training_tokens_after": tokens_after,
+        # segmentation_kept is set by verify_tokenizer, after reloading what was written
+        "llama_cpp_check_text": {"pairs_forbidden": len(forbidden_pairs), "merges_skipped": res.skipped_forbidden} if keep_check_text else {},
     }
     top = sorted(range(len(word_list)), key=lambda k: -word_counts[k])[:5000]
     return spec, facts, [(word_list[k], res.words[k]) for k in top]
@@ -317,6 +335,7 @@ def replace_spec(
         "byte_fallback_pieces": n_bytes,
         "added_tokens": len(added),
         "added_id_range": [next_id - len(added), next_id],
+        "llama_cpp_check_text": {},  # renumbered ids: llama.cpp's converter needs `ruadapt gguf` (the base's name)
     }
     return spec, facts, id_map
 
@@ -374,6 +393,12 @@ def verify_tokenizer(
         raise RuadaptError(f"{path}: {len(bad)} training words segment differently after reload (first {bad[0]!r}); nothing written")
     checked["words_resegmented_identically"] = len(check_words)
 
+    # llama.cpp's converter hashes the ids of its check text: equal ids -> the base's hash -> a stock conversion works
+    kept = new_tok.encode(CHECK_TEXT).ids == base_tok.encode(CHECK_TEXT).ids
+    facts["llama_cpp_check_text"]["segmentation_kept"] = kept
+    if facts["mode"] == "extend" and facts["llama_cpp_check_text"].get("pairs_forbidden") is not None and not kept:
+        raise RuadaptError(f"{path}: llama.cpp's check text segments differently from the base despite the forbidden pairs; nothing written")
+
     lines = list(itertools.islice(iter_documents(infos[0].path), VERIFY_LINES))
     ids = [e.ids for e in new_tok.encode_batch(lines, add_special_tokens=False)]
     not_round = sum(new_tok.decode(x, skip_special_tokens=False) != line for x, line in zip(ids, lines))
@@ -395,5 +420,7 @@ def verify_tokenizer(
         k = sum(a != b for a, b in zip(hf_ids, ids))
         raise RuadaptError(f"{out_dir}: transformers AutoTokenizer encodes {k} of {len(lines)} lines differently from tokenizers")
     checked["lines_same_ids_transformers"] = len(lines)
+    if hf.encode(CHECK_TEXT) != new_tok.encode(CHECK_TEXT).ids:  # what llama.cpp's converter calls
+        raise RuadaptError(f"{out_dir}: transformers AutoTokenizer encodes llama.cpp's check text differently from tokenizers")
     checked["transformers_class"] = type(hf).__name__
     return checked
