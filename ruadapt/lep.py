@@ -40,7 +40,7 @@ from .lstsq import NormalEquations
 from .mistakes import refuse
 from .outdir import check_output_dir
 from .record import StageRecord, sha256_file
-from .tokdir import TokenizerFiles, load_tokenizer, remap_model_configs, tokenizer_json_path, tokenizer_size
+from .tokdir import TokenizerFiles, load_tokenizer, remap_model_configs, same_bytes, tokenizer_json_path, tokenizer_size
 from .vocab import ROW_COPY, ROW_MEAN, TokenCodec, VocabMap, averaged_rows, build_vocab_map
 from .vocab_output import VocabOutput, write_vocab_output
 
@@ -96,7 +96,7 @@ def open_model(path: Path, option: str, same_tokenizer_as: Model | None = None) 
     arch = arch_for_config(reader.config, reader.path / "config.json")
     if arch.encoder_decoder:
         raise RuadaptError(f"{reader.path / 'config.json'}: {option} is an encoder-decoder ({arch.model_type}); LEP supports decoder-only models")
-    if same_tokenizer_as is not None and _same_file(tokenizer_json_path(reader.path, option), tokenizer_json_path(same_tokenizer_as.path)):
+    if same_tokenizer_as is not None and same_bytes(tokenizer_json_path(reader.path, option), tokenizer_json_path(same_tokenizer_as.path)):
         tok, n = same_tokenizer_as.tok, same_tokenizer_as.n_tokens
     else:
         tok = load_tokenizer(reader.path, option)
@@ -120,10 +120,6 @@ def open_model(path: Path, option: str, same_tokenizer_as: Model | None = None) 
     if n > info.shape[0]:
         raise RuadaptError(f"{reader.path}: {option} tokenizer has {n} tokens but {arch.input_name} only {info.shape[0]} rows")
     return Model(option, reader, arch, tok, n)
-
-
-def _same_file(p: Path, q: Path) -> bool:
-    return p.stat().st_size == q.stat().st_size and p.read_bytes() == q.read_bytes()
 
 
 def validate(base: Model, instruct: Model, adapted: Model) -> None:
