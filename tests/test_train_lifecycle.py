@@ -292,11 +292,17 @@ def test_supervisor_sigkills_what_ignores_sigterm_after_the_grace(tmp_path, sign
     from ruadapt.train.supervise import supervise
 
     marker = tmp_path / "pid"
+    # a test run started under nohup ignores SIGHUP, and supervise rightly keeps ignoring it: test the hangup itself
+    previous = signal.signal(signal.SIGHUP, signal.SIG_DFL) if signum == signal.SIGHUP else None
     timer = threading.Thread(target=lambda: (_wait_for(marker), os.kill(os.getpid(), signum)))
     timer.start()
     t0 = time.monotonic()
-    code, sig = supervise(_ignores_sigterm_with_grandchild(marker), grace_s=1.0)
-    timer.join()
+    try:
+        code, sig = supervise(_ignores_sigterm_with_grandchild(marker), grace_s=1.0)
+    finally:
+        timer.join()
+        if previous is not None:
+            signal.signal(signal.SIGHUP, previous)
     assert (code, sig) == (128 + signum, signum) and time.monotonic() - t0 < 20
     assert not psutil.pid_exists(int(marker.read_text())) or psutil.Process(int(marker.read_text())).status() == psutil.STATUS_ZOMBIE
 
