@@ -41,22 +41,30 @@ def _is_within(child: Path, parent: Path) -> bool:
 def check_output_dir(out: Path, inputs: Sequence[Path] = (), *, option: str = "--out") -> Path:
     """Refuse an output that exists and is not empty, or that is an input, inside one, or contains one."""
     out = Path(out).expanduser().resolve()
+    _refuse_inputs(out, inputs, option, "choose a new directory", contains=True)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise RuadaptError(f"{out}: {option} exists and is not empty; remove it or choose a new directory")
+    _refuse_uncreatable(out, option)
+    return out
+
+
+def _refuse_inputs(out: Path, inputs: Sequence[Path], option: str, instead: str, *, contains: bool) -> None:
+    """``out`` (resolved) must not be an input or lie inside one; with ``contains`` not hold one either."""
     for inp in inputs:
         if inp is None:
             continue
         inp = Path(inp).expanduser().resolve()
-        if out == inp or _is_within(out, inp) or _is_within(inp, out):
-            raise RuadaptError(
-                f"{out}: {option} must not be an input or lie inside one ({inp}); choose a new directory"
-            )
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise RuadaptError(f"{out}: {option} exists and is not empty; remove it or choose a new directory")
+        if out == inp or _is_within(out, inp) or (contains and _is_within(inp, out)):
+            raise RuadaptError(f"{out}: {option} must not be an input or lie inside one ({inp}); {instead}")
+
+
+def _refuse_uncreatable(out: Path, option: str) -> None:
+    """The nearest existing ancestor of ``out`` must be a directory we can create the output in."""
     parent = out.parent
-    while not parent.exists():  # the nearest existing ancestor must let us create the output beside it
+    while not parent.exists():
         parent = parent.parent
     if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
         raise RuadaptError(f"{out}: {option} cannot be created ({parent} is not a writable directory)")
-    return out
 
 
 def clean_stale_tmp(out: Path) -> None:
@@ -133,21 +141,12 @@ def atomic_files_into(out: Path, *, option: str = "--out") -> Iterator[Path]:
 def check_output_file(out: Path, inputs: Sequence[Path] = (), *, option: str = "--out", overwrite: bool = False) -> Path:
     """Refuse a single-file output that exists (unless ``overwrite``), is a directory, or lies inside an input."""
     out = Path(out).expanduser().resolve()
-    for inp in inputs:
-        if inp is None:
-            continue
-        inp = Path(inp).expanduser().resolve()
-        if out == inp or _is_within(out, inp):
-            raise RuadaptError(f"{out}: {option} must not be an input or lie inside one ({inp}); write it elsewhere")
+    _refuse_inputs(out, inputs, option, "write it elsewhere", contains=False)
     if out.is_dir():
         raise RuadaptError(f"{out}: {option} is a directory; give a file name")
     if out.exists() and not overwrite:
         raise RuadaptError(f"{out}: {option} exists; remove it, choose another name or pass --overwrite")
-    parent = out.parent
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-        raise RuadaptError(f"{out}: {option} cannot be created ({parent} is not a writable directory)")
+    _refuse_uncreatable(out, option)
     return out
 
 
