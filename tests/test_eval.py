@@ -228,8 +228,8 @@ def test_bad_input_one_line_error(work, tmp_path, capsys, case):
         text.write_text("\n  \n", encoding="utf-8")
         expect = "empty"
     elif case == "unknown_task":
-        extra = ["--tasks", "bpb_ru,mmlu"]
-        expect = "--tasks mmlu"
+        extra = ["--tasks", "bpb_ru,no_such_task"]  # looked up in lm-eval's registry too, in vain
+        expect = "--tasks no_such_task: unknown task"
     elif case == "unknown_device":
         extra = ["--device", "tpu"]
         expect = "--device tpu"

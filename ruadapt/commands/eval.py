@@ -18,7 +18,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Compare models (e.g. a base and its Russian adaptation) on the same bytes: bits per byte on "
         "plain text (every token scored, first after BOS/EOS) and on the assistant turns of chat JSONL (prompt as "
         "context), chars/token and bytes/token, greedy generation speed in chars/s and tokens/s (models alternating, "
-        "warm-up excluded), and ruadapt's offline lm-eval tasks (bpb_<LANG>, copy_ru). Writes report.json, "
+        "warm-up excluded), and lm-eval tasks: ruadapt's offline ones (bpb_<LANG>, copy_ru), your own task YAMLs "
+        "(--include-path) or lm-eval's registry tasks. Writes report.json, "
         "report.md, bpb.png, speed.png and ruadapt_eval.json into --out. Exit status: 0 when every measure has a "
         "number; 1 when one has none (NaN bits per byte, an lm-eval task that scored nothing: listed on stderr and "
         "under \"failures\" in report.json, the rest of the report is written); 2 on bad input (nothing written).",
@@ -27,7 +28,13 @@ ruadapt eval --model base=./Qwen2.5-7B --model ru=./Qwen2.5-7B-ru \\
     --text ru=data/ru_eval.txt --text en=data/en_eval.txt --device cuda --out runs/eval
 ruadapt eval --model inst=./inst --model lep=./lep --chat ru_chat=heldout.jsonl --out runs/eval-chat
 ruadapt eval --model base=./base --model ru=./ru --text ru=data/ru_eval.txt \\
-    --tasks bpb_ru,copy_ru --task-limit 50 --out runs/eval-tasks""",
+    --tasks bpb_ru,copy_ru --task-limit 50 --out runs/eval-tasks
+ruadapt eval --model inst=./inst --model lep=./lep --include-path ./my_tasks \\
+    --tasks ru_qa --out runs/eval-my-tasks            # ./my_tasks/*.yaml, lm-eval's task format
+ruadapt eval --model base=./base --model ru=./ru --tasks belebele_rus_Cyrl,arc_ru \\
+    --task-limit 200 --out runs/eval-bench            # lm-eval's registry (data from the Hub or its cache)
+ruadapt eval --model inst=./inst --include-path ./my_tasks --tasks ru_qa \\
+    --system-instruction "Отвечай кратко, по-русски." --out runs/eval-sys""",
     )
     p.add_argument("--model", action="append", required=True, metavar="NAME=DIR",
                    help="a model directory or Hub repo id (repeat; the first is the baseline of speed ratios)")
@@ -37,7 +44,15 @@ ruadapt eval --model base=./base --model ru=./ru --text ru=data/ru_eval.txt \\
     p.add_argument("--prompts", type=path_arg, metavar="FILE",
                    help="speed prompts, one per line (default: the --text ru file)")
     p.add_argument("--tasks", default="", metavar="T1,T2",
-                   help="lm-eval tasks: bpb_<LANG> for each --text LANG, copy_ru (needs --text ru or --copy-file)")
+                   help="lm-eval tasks: ruadapt's bpb_<LANG> for each --text LANG and copy_ru (needs --text ru or "
+                   "--copy-file), tasks of --include-path dirs, or any task of lm-eval's registry (e.g. "
+                   "belebele_rus_Cyrl; its dataset must be reachable or in the Hugging Face cache)")
+    p.add_argument("--include-path", action="append", type=path_arg, default=[], metavar="DIR",
+                   help="a directory of your own lm-eval task YAMLs whose task names --tasks may use "
+                   "(repeat; as lm-eval's --include_path)")
+    p.add_argument("--system-instruction", default=None, metavar="TEXT",
+                   help="system message for the lm-eval tasks' prompts (as lm-eval's --system_instruction): "
+                   "through the chat template for generation tasks, else prepended as text")
     p.add_argument("--device", default="auto",
                    help="auto (cuda when torch sees a GPU, else cpu), cpu, cuda or cuda:N; the record keeps the one used")
     p.add_argument("--dtype", default="auto", help="auto (float32 on cpu, bfloat16 on cuda), float32, bfloat16, float16")
@@ -81,6 +96,8 @@ def run(args: argparse.Namespace) -> int:
         speed_mode=args.speed_mode,
         copy_file=args.copy_file,
         task_limit=args.task_limit,
+        include_paths=args.include_path,
+        system_instruction=args.system_instruction,
     )
     print((args.out / "report.md").read_text(encoding="utf-8"))
     sys.stdout.flush()  # the report first, then what failed in it

@@ -52,7 +52,7 @@ def markdown(report: dict) -> str:
     lm = report.get("lm_eval") or {}
     tasks = list(dict.fromkeys(t for m in lm.values() for t in m))
     if tasks:
-        lines += ["", "## lm-eval tasks (offline, ruadapt/eval/tasks)", ""]
+        lines += ["", "## lm-eval tasks (one column per task and metric)", ""]
         cols = [(t, k) for t in tasks for k in next(lm[m][t]["metrics"] for m in lm if t in lm[m])]
         rows = [[m] + [lm.get(m, {}).get(t, {}).get("metrics", {}).get(k) for t, k in cols] for m in models]
         lines += markdown_table(["model"] + [f"{t} {k}" for t, k in cols], rows)

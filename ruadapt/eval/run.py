@@ -18,10 +18,11 @@ from ..record import StageRecord
 from .bpb import chat_bpb, common_window, text_bpb
 from ..chatdata import read_chats
 from .data import read_lines
-from .lm_eval_runner import available_tasks, run_task, select_tasks
+from .lm_eval_runner import available_tasks, run_task
 from .load import check_device, check_model_dir, load_model, resolve_dtype
 from .report import write_report
 from .speed import MODES, measure_speed, select_prompts
+from .task_select import check_include_paths, check_task_data, resolve_tasks
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,8 @@ def run_eval(
     speed_mode: str = "greedy",
     copy_file: Path | None = None,
     task_limit: int | None = None,
+    include_paths: list[Path] | None = None,
+    system_instruction: str | None = None,
 ) -> dict[str, Any]:
     """Evaluate ``models`` (name -> dir) and write report.json/report.md/plots + ruadapt_eval.json into ``out``.
 
@@ -52,6 +55,7 @@ def run_eval(
     scored no document) does not stop the others: it is listed in ``report["failures"]`` (see
     :func:`failed_measures`), and ``ruadapt eval`` exits 1 when that list is not empty."""
     texts, chats, tasks = dict(texts or {}), dict(chats or {}), list(tasks or [])
+    include_paths = list(include_paths or [])
     options = {k: v for k, v in locals().items() if k not in ("models", "out")}
     # ---- check everything before loading anything
     require(models, "--model: give at least one NAME=DIR")
@@ -65,8 +69,12 @@ def run_eval(
     chat_data = {label: read_chats(path, max_lines=max_lines) for label, path in chats.items()}
     if copy_file is None and "ru" in texts:
         copy_file = texts["ru"]
-    offered = available_tasks(texts, copy_file)
-    tasks = select_tasks(tasks, offered)
+    include_paths = check_include_paths(include_paths)
+    require(system_instruction is None or system_instruction.strip(), "--system-instruction: empty text")
+    if (include_paths or system_instruction is not None) and not tasks:
+        log.warning("--include-path / --system-instruction without --tasks: no lm-eval task is run")
+    offered = resolve_tasks(tasks, available_tasks(texts, copy_file), include_paths)
+    tasks = list(offered)
     if "copy_ru" in tasks:
         read_lines(copy_file, what="--copy-file")
     prompt_lines: list[str] = []
@@ -82,12 +90,16 @@ def run_eval(
     inputs = [r.path for r in readers.values()] + list(texts.values()) + list(chats.values())
     inputs += [p for p in (prompts, copy_file) if p is not None]
     check_output_dir(out, inputs)
+    check_task_data(offered)  # reads the datasets of include-path and registry tasks: after the cheap checks
 
     record = StageRecord("eval", options)
     for name, reader in readers.items():
         record.input_model(f"model:{name}", reader)
     for label, path in {**texts, **chats}.items():
         record.input_file(f"data:{label}", path)
+    for name, spec in offered.items():
+        if spec.get("source") == "include":
+            record.input_file(f"task:{name}", spec["yaml"])
 
     # ---- load
     with record.timed("load"):
@@ -133,7 +145,8 @@ def run_eval(
         with record.timed("lm_eval"):
             for em in loaded:
                 for task in tasks:
-                    res = run_task(em, task, offered[task], window=window, max_lines=max_lines, limit=task_limit)
+                    res = run_task(em, task, offered[task], window=window, max_lines=max_lines, limit=task_limit,
+                                   system_instruction=system_instruction)
                     samples.setdefault(em.name, {})[task] = res.pop("samples")
                     report["lm_eval"][em.name][task] = res
         report["bpb_agreement"] = _agreement(report, task_limit)
