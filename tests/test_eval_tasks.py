@@ -126,7 +126,7 @@ def test_include_path_task_scores_equal_an_independent_computation(work, tmp_pat
         assert res["metrics"]["exact_match"] == pytest.approx(em, abs=1e-12)
         assert res["metrics"]["chrf"] == pytest.approx(chrf, abs=1e-9)
         assert res["docs"] == 4 and res["chat_template"] and res["system_instruction"] == SYSTEM
-        assert res["source"].startswith("--include-path ") and res["source"].endswith(f"{task}.yaml")
+        assert res["source"] == "--include-path" and res["yaml"] == str(work["tasks"] / f"{task}.yaml")
         rows = [json.loads(x) for x in (out / "lm_eval_samples" / "qwen" / f"{task}.jsonl").read_text().splitlines()]
         rows.sort(key=lambda r: PROMPTS.index(r["doc"]["prompt"]))
         # the prompt lm-eval rendered is ours (chat template + system instruction), its answers are greedy's
@@ -199,4 +199,26 @@ def test_unknown_task_one_line_says_where_it_looked(work, tmp_path, capsys, monk
     assert re.fullmatch(r"ruadapt eval: error: --tasks belebele_rus_Cyr: unknown task; looked in ruadapt's shipped "
                         r"tasks \(none for this run\); --include-path .*my_tasks \(2 names\); lm-eval .*task registry "
                         r"\(\d+ names\); close names: belebele_rus_Cyrl.*", err), err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("case", ["missing_dir", "missing_data", "empty_instruction"])
+def test_bad_task_input_one_line_error(work, tmp_path, capsys, case):
+    tasks = tmp_path / "tasks"
+    extra: list[str] = []
+    if case == "missing_dir":
+        expect = f"--include-path {tasks}: directory not found"
+    elif case == "missing_data":
+        tasks.mkdir()
+        (tasks / "t_gone.yaml").write_text(task_yaml("t_gone", str(tmp_path / "gone.jsonl")), encoding="utf-8")
+        expect = '--tasks t_gone: dataset "json {\'test\': \'' + str(tmp_path / "gone.jsonl") + "'}\" cannot be loaded"
+    else:
+        tasks = work["tasks"]
+        extra = ["--system-instruction", "  "]
+        expect = "--system-instruction: empty text"
+    out = tmp_path / "out"
+    rc = main(["eval", "--model", f"qwen={work['model']}", "--include-path", str(tasks), "--tasks",
+               "t_gone" if case == "missing_data" else "t_plain", *extra, "--out", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and expect in err, err
     assert not out.exists()

@@ -120,7 +120,8 @@ def run_task(em: EvalModel, name: str, spec: dict[str, Any], *, window: int, bat
     res = {"task": name, "data": data, "chat_template": chat, "max_length": window, "metrics": metrics,
            "docs": len(samples), "samples": samples}
     if "source" in spec:
-        res["source"] = spec["source"] if spec["source"] == "registry" else f"--include-path {spec['yaml']}"
+        res["source"] = "lm-eval registry" if spec["source"] == "registry" else "--include-path"
+        res["yaml"] = str(spec["yaml"]) if spec.get("yaml") else None  # None for a tag (it has no YAML of its own)
         res["system_instruction"] = system_instruction
         if len(per_task) > 1:
             res["subtasks"] = {t: m for t, m in per_task.items() if t != name}

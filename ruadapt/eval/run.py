@@ -98,7 +98,7 @@ def run_eval(
     for label, path in {**texts, **chats}.items():
         record.input_file(f"data:{label}", path)
     for name, spec in offered.items():
-        if spec.get("source") == "include":
+        if spec.get("source") == "include" and spec.get("yaml"):
             record.input_file(f"task:{name}", spec["yaml"])
 
     # ---- load

@@ -132,18 +132,22 @@ def check_task_data(specs: dict[str, dict[str, Any]]) -> None:
         try:
             loaded = spec["manager"].load([name])
         except errors as e:
-            dataset = spec.get("dataset") or "?"
+            what = f'dataset "{spec["dataset"]}"' if spec.get("dataset") else "a dataset of its tasks"
             first = " ".join(str(e).split())[:300]
             if _offline() and not isinstance(e, FileNotFoundError):
                 raise RuadaptError(
-                    f'--tasks {name}: dataset "{dataset}" is not available offline (not in the Hugging Face datasets '
-                    f"cache); run once with network access to cache it, or drop the task ({type(e).__name__}: {first})"
+                    f"--tasks {name}: {what} is not available offline (not in the Hugging Face datasets cache); "
+                    f"run once with network access to cache it, or drop the task ({type(e).__name__}: {first})"
                 ) from None
-            raise RuadaptError(f'--tasks {name}: dataset "{dataset}" cannot be loaded ({type(e).__name__}: {first})') from None
+            raise RuadaptError(f"--tasks {name}: {what} cannot be loaded ({type(e).__name__}: {first})") from None
         tasks = loaded["tasks"]
         if not tasks:
             raise RuadaptError(f"--tasks {name}: names no task (an empty group or tag)")
         spec["leaves"] = sorted(tasks)
+        if not spec.get("dataset"):  # a group or tag: the datasets of its tasks
+            spec["dataset"] = ", ".join(sorted({dataset_of({k: getattr(t.config, k, None) for k in
+                                                            ("dataset_path", "dataset_name", "dataset_kwargs")})
+                                                or "?" for t in tasks.values()}))
         spec["output_types"] = sorted({t.get_config("output_type") for t in tasks.values()})
         log.info("task %s (%s): %d task(s), %s, data %s", name, spec["source"], len(tasks),
                  "/".join(spec["output_types"]), spec.get("dataset"))
