@@ -222,3 +222,9 @@ def test_bad_task_input_one_line_error(work, tmp_path, capsys, case):
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1 and expect in err, err
     assert not out.exists()
+
+
+def test_shipped_task_without_its_data_says_what_it_needs(work, tmp_path, capsys):
+    rc = main(["eval", "--model", f"qwen={work['model']}", "--tasks", "bpb_en,copy_ru", "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err == "ruadapt eval: error: --tasks bpb_en: ruadapt's task bpb_en needs --text en=FILE"

@@ -49,6 +49,10 @@ def resolve_tasks(requested: list[str], shipped: dict[str, dict[str, Any]],
     An unknown name is a one-line error that says where it was looked for (and close names, if any)."""
     names = list(dict.fromkeys(requested))
     include_paths = list(include_paths or [])
+    for n in names:  # a shipped name this run cannot offer: say what it needs, without indexing anything
+        if n not in shipped and (n == "copy_ru" or n.startswith("bpb_")):
+            need = "--text ru=FILE or --copy-file FILE" if n == "copy_ru" else f"--text {n[len('bpb_'):]}=FILE"
+            raise RuadaptError(f"--tasks {n}: ruadapt's task {n} needs {need}")
     out: dict[str, dict[str, Any]] = {n: shipped[n] for n in names if n in shipped}
     rest = [n for n in names if n not in out]
     pool: list[str] = list(shipped)
