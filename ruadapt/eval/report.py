@@ -23,12 +23,12 @@ def markdown_table(header: list[str], rows: list[list[Any]]) -> list[str]:
     return out
 
 
-def _median_spread(s: dict, key: str) -> str:
+def median_spread(s: dict, key: str) -> str:
     """A median rate with its half-range over rounds in per cent: ``123.40 ±3.1 %``."""
     return f"{s[key]:.2f} ±{100 * s[key + '_spread']['rel']:.1f} %"
 
 
-def _ratio_range(s: dict, key: str) -> str:
+def ratio_range(s: dict, key: str) -> str:
     """A median ratio with its lowest and highest round: ``1.444 [1.401–1.502]``."""
     sp = s[key + "_spread"]
     return f"{s[key]:.3f} [{sp['min']:.3f}–{sp['max']:.3f}]"
@@ -61,9 +61,9 @@ def markdown(report: dict) -> str:
                   "Decode = the steps after the first token, without the prompt's prefill; the MAC column is the decode "
                   "ratio the models' arithmetic predicts.", ""]
         base = speed["baseline"]
-        rows = [[m, _median_spread(s, "chars_per_s"), _median_spread(s, "tokens_per_s"),
-                 _median_spread(s, "decode_tokens_per_s"), s["chars_per_token"], _ratio_range(s, "chars_per_s_ratio"),
-                 _ratio_range(s, "decode_tokens_per_s_ratio"), f"{s['mac_ratio']:.3f}"]
+        rows = [[m, median_spread(s, "chars_per_s"), median_spread(s, "tokens_per_s"),
+                 median_spread(s, "decode_tokens_per_s"), s["chars_per_token"], ratio_range(s, "chars_per_s_ratio"),
+                 ratio_range(s, "decode_tokens_per_s_ratio"), f"{s['mac_ratio']:.3f}"]
                 for m, s in speed["models"].items()]
         lines += markdown_table(["model", "chars/s", "tokens/s", "decode tokens/s", "chars/token", f"chars/s ÷ {base}",
                                  f"decode ÷ {base}", f"MACs predict ÷ {base}"], rows)
