@@ -75,8 +75,8 @@ def main() -> None:
         chat, text = bpb[m].get("ru_chat", {}), bpb[m].get("ru", {})
         delta = (chat["bpb"] / inst["ru_chat"]["bpb"] - 1) * 100 if chat and "ru_chat" in inst else None
         sp = speed.get(m)
-        timing = ([median_spread(sp, "chars_per_s"), ratio_range(sp, "chars_per_s_ratio") + "×",
-                   ratio_range(sp, "decode_tokens_per_s_ratio") + "×", f"{sp['mac_ratio']:.3f}×"] if sp else [""] * 4)
+        timing = ([median_spread(sp, "chars_per_s"), ratio_range(sp, "chars_per_s_ratio"),
+                   ratio_range(sp, "decode_tokens_per_s_ratio"), f"{sp['mac_ratio']:.3f}"] if sp else [""] * 4)
         lines.append(
             f"| {label} | {chat.get('bpb', float('nan')):.3f} | {'' if delta is None else f'{delta:+.1f} %'} | "
             f"{text.get('bpb', float('nan')):.3f} | {text.get('chars_per_token', float('nan')):.2f} | "
