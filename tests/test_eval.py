@@ -10,6 +10,8 @@ import json
 import math
 import random
 import shutil
+import statistics
+import time
 
 import pytest
 import torch
@@ -19,6 +21,7 @@ from ruadapt.record import check_record
 from ruadapt.cli import main
 from ruadapt.eval.bpb import chat_bpb, plan_windows, text_bpb
 from ruadapt.eval.load import load_model
+from ruadapt.eval.macs import macs_per_token
 from ruadapt.eval.speed import Prompt, measure_speed
 from ruadapt.tokenizer.report import chars_per_token
 from tiny import SHARED_DATA, dir_hash, make_tiny_model
@@ -153,12 +156,93 @@ def test_speed_reference_mode_produces_the_reference_text(loaded):
     em = loaded["qwen"]
     text = "Москва — столица России, крупнейший по численности населения город страны."
     p = Prompt("Расскажи о городе.", " " + text)
-    speed = measure_speed([em, loaded["llama"]], [p, p, p], new_tokens=6, mode="reference")
+    speed = measure_speed([em, loaded["llama"]], [p, p, p], new_tokens=6, mode="reference", rounds=1)
     forced = em.tokenizer(p.continuation, add_special_tokens=False)["input_ids"][:6]
     q = speed["models"]["qwen"]
     assert q["sample"] == em.tokenizer.decode(forced, skip_special_tokens=True)
     assert q["chars"] == 3 * len(q["sample"]) and q["tokens"] == 18
     assert speed["order"] == [["qwen", "llama"], ["llama", "qwen"], ["qwen", "llama"]]
+
+
+def hand_macs(model, context: float) -> float:
+    """MACs of one decoding step counted on the instantiated model: in × out of every nn.Linear (lm_head included)
+    plus q·kᵀ and the weighted sum of v over the positions each layer's attention sees."""
+    linear = sum(m.in_features * m.out_features for m in model.modules() if isinstance(m, torch.nn.Linear))
+    attention = 0.0
+    for layer in model.model.layers:
+        window = getattr(layer.self_attn, "sliding_window", None)
+        attention += 2 * layer.self_attn.q_proj.out_features * (min(context, window) if window else context)
+    return linear + attention
+
+
+@pytest.mark.parametrize("model_type, extra", [
+    ("qwen2", {}),  # grouped-query attention: k/v narrower than q
+    ("llama", {"head_dim": 12}),  # head_dim ≠ hidden / heads
+    ("gemma3_text", {"head_dim": 12, "query_pre_attn_scalar": 12, "sliding_window": 8}),  # 5 sliding layers + 1 full
+])
+def test_macs_per_token_equals_a_count_of_the_instantiated_layers(model_type, extra):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.for_model(model_type, hidden_size=32, intermediate_size=56, num_hidden_layers=6,
+                                  num_attention_heads=4, num_key_value_heads=2, vocab_size=300, **extra)
+    model = AutoModelForCausalLM.from_config(config)
+    for context in (5.0, 37.5):
+        macs = macs_per_token(config, 300, context)
+        assert macs["total"] == pytest.approx(hand_macs(model, context), rel=1e-12)
+        assert macs["lm_head"] == 300 * 32
+
+
+def test_mac_ratio_of_models_differing_only_in_lm_head_rows():
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    body = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
+    small, large = (AutoModelForCausalLM.from_config(AutoConfig.for_model("qwen2", vocab_size=rows, **body))
+                    for rows in (1000, 1310))
+    predicted = macs_per_token(small.config, 1000, 20)["total"] / macs_per_token(large.config, 1310, 20)["total"]
+    assert predicted == pytest.approx(hand_macs(small, 20) / hand_macs(large, 20), rel=1e-12)
+    assert predicted < 1  # the larger lm_head cannot decode faster
+
+
+def test_speed_rounds_report_medians_of_per_round_values(loaded):
+    qwen, llama = loaded["qwen"], loaded["llama"]
+    prompts = [Prompt("Расскажи о городе."),
+               Prompt("Москва — столица России, крупнейший по численности город.")]
+    speed = measure_speed([qwen, llama], prompts, new_tokens=4, rounds=3)
+    assert speed["rounds"] == 3 and speed["baseline"] == "qwen"
+    assert speed["order"] == [["qwen", "llama"], ["llama", "qwen"]] * 3  # rotating, every model first as often
+    for name, s in speed["models"].items():
+        assert s["tokens"] == 3 * 2 * 4 and s["generations"] == 6 and s["decode_steps"] == 6 * 3
+        for rate in ("tokens_per_s", "chars_per_s", "decode_tokens_per_s"):
+            values, base = s[f"{rate}_rounds"], speed["models"]["qwen"][f"{rate}_rounds"]
+            assert len(values) == 3 and all(v > 0 for v in values)
+            assert s[rate] == statistics.median(values)
+            assert s[f"{rate}_spread"]["min"] == min(values) and s[f"{rate}_spread"]["max"] == max(values)
+            assert s[f"{rate}_spread"]["rel"] == pytest.approx((max(values) - min(values)) / 2 / s[rate])
+            ratios = [v / b for v, b in zip(values, base)]
+            assert s[f"{rate}_ratio_rounds"] == ratios and s[f"{rate}_ratio"] == statistics.median(ratios)
+        # greedy output is the same every round, so chars/s = tokens/s × chars/token holds for the medians too
+        assert s["chars_per_s"] == pytest.approx(s["tokens_per_s"] * s["chars_per_token"], rel=1e-9)
+    assert speed["models"]["qwen"]["decode_tokens_per_s_ratio"] == 1.0
+    # the prediction: MACs per step at the mean context of the measured decoding steps, counted by hand
+    contexts = {em.name: statistics.mean(len(em.tokenizer(p.text)["input_ids"]) for p in prompts) + 4 / 2
+                for em in (qwen, llama)}
+    for em in (qwen, llama):
+        assert speed["models"][em.name]["mean_context"] == pytest.approx(contexts[em.name])
+    assert speed["models"]["llama"]["mac_ratio"] == pytest.approx(
+        hand_macs(qwen.model, contexts["qwen"]) / hand_macs(llama.model, contexts["llama"]), rel=1e-9)
+
+
+def test_speed_warns_when_the_decode_ratio_disagrees_with_the_mac_count(loaded):
+    # 0.25 s per forward pass, far beyond a tiny model's step even on a busy machine, and not in its MACs
+    slow = loaded["llama"].model.register_forward_pre_hook(lambda *_: time.sleep(0.25))
+    try:
+        speed = measure_speed([loaded["qwen"], loaded["llama"]], [Prompt("Привет")], new_tokens=3, rounds=2)
+    finally:
+        slow.remove()
+    llama = speed["models"]["llama"]
+    assert llama["decode_tokens_per_s_ratio_spread"]["max"] < 0.8 * llama["mac_ratio"]
+    assert len(speed["warnings"]) == 1
+    assert speed["warnings"][0].startswith("per-step ratio disagrees with the MAC count: llama decodes at")
 
 
 def test_cli_report_lm_eval_agreement_and_speed(work, tmp_path):
@@ -167,7 +251,8 @@ def test_cli_report_lm_eval_agreement_and_speed(work, tmp_path):
     rc = main([
         "-q", "eval", "--model", f"qwen={work['qwen']}", "--model", f"llama={work['llama']}",
         "--text", f"ru={root / 'ru.txt'}", "--text", f"en={root / 'en.txt'}", "--chat", f"ru_chat={root / 'chat.jsonl'}",
-        "--tasks", "bpb_ru,bpb_en", "--window", "32", "--speed-prompts", "3", "--new-tokens", "5", "--out", str(out),
+        "--tasks", "bpb_ru,bpb_en", "--window", "32", "--speed-prompts", "3", "--new-tokens", "5", "--speed-rounds", "2",
+        "--out", str(out),
     ])
     assert rc == 0
     report = json.loads((out / "report.json").read_text())
@@ -182,13 +267,14 @@ def test_cli_report_lm_eval_agreement_and_speed(work, tmp_path):
         assert report["bpb"][name]["ru"]["windows"] > report["bpb"][name]["ru"]["docs"]  # the long line was split
     assert report["bpb"]["qwen"]["ru"]["bytes"] == report["bpb"]["llama"]["ru"]["bytes"]
     speed = report["speed"]
-    assert speed["order"] == [["qwen", "llama"], ["llama", "qwen"], ["qwen", "llama"]]
+    assert speed["order"] == [["qwen", "llama"], ["llama", "qwen"]] * 3
     for name, s in speed["models"].items():
-        assert s["tokens"] == 3 * 5 and s["generations"] == 3
-        assert math.isclose(s["tokens_per_s"] * s["chars_per_token"], s["chars_per_s"], rel_tol=1e-12)
-        assert math.isclose(s["chars_per_s"], s["chars"] / s["seconds"], rel_tol=1e-12)
+        assert s["tokens"] == 2 * 3 * 5 and s["generations"] == 6 and len(s["chars_per_s_rounds"]) == 2
+        assert math.isclose(s["tokens_per_s"] * s["chars_per_token"], s["chars_per_s"], rel_tol=1e-9)
     assert speed["models"]["qwen"]["chars_per_s_ratio"] == 1.0
     md = (out / "report.md").read_text()
+    row = next(line for line in md.splitlines() if line.startswith("| llama |") and " ±" in line)
+    assert row.endswith(f" {speed['models']['llama']['mac_ratio']:.3f} |")  # the MAC prediction next to the ratios
     assert sum(line.startswith("| qwen |") for line in md.splitlines()) == 4  # models, bpb, speed, lm-eval tables
     assert (out / "bpb.png").stat().st_size > 0 and (out / "speed.png").stat().st_size > 0
     record = check_record(json.loads((out / "ruadapt_eval.json").read_text()))

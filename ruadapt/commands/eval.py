@@ -67,6 +67,9 @@ ruadapt eval --model inst=./inst --include-path ./my_tasks --tasks ru_qa \\
     p.add_argument("--speed-mode", default="greedy", choices=("greedy", "reference"),
                    help="greedy: the model's own continuation; reference: forced to the rest of the prompt line "
                    "(real Russian text even from an untrained body)")
+    p.add_argument("--speed-rounds", type=int, default=5,
+                   help="rounds of the speed test (every prompt on every model each round); figures are medians "
+                   "over rounds with their spread")
     p.add_argument("--copy-file", type=path_arg, metavar="FILE", help="paragraphs for copy_ru (default: --text ru)")
     p.add_argument("--task-limit", type=int, default=None, help="documents per lm-eval task (default: all)")
     p.add_argument("--out", type=path_arg, required=True, help="new output directory")
@@ -94,6 +97,7 @@ def run(args: argparse.Namespace) -> int:
         speed_prompts=args.speed_prompts,
         new_tokens=args.new_tokens,
         speed_mode=args.speed_mode,
+        speed_rounds=args.speed_rounds,
         copy_file=args.copy_file,
         task_limit=args.task_limit,
         include_paths=args.include_path,

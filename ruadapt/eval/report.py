@@ -23,6 +23,17 @@ def markdown_table(header: list[str], rows: list[list[Any]]) -> list[str]:
     return out
 
 
+def median_spread(s: dict, key: str) -> str:
+    """A median rate with its half-range over rounds in per cent: ``123.40 ±3.1 %``."""
+    return f"{s[key]:.2f} ±{100 * s[key + '_spread']['rel']:.1f} %"
+
+
+def ratio_range(s: dict, key: str) -> str:
+    """A median ratio with its lowest and highest round: ``1.444 [1.401–1.502]``."""
+    sp = s[key + "_spread"]
+    return f"{s[key]:.3f} [{sp['min']:.3f}–{sp['max']:.3f}]"
+
+
 def markdown(report: dict) -> str:
     """``report.md``: tables with one row per model."""
     models = list(report["models"])
@@ -44,11 +55,20 @@ def markdown(report: dict) -> str:
             f"{'assistant turns' if bpb[models[0]][label].get('kind') == 'chat' else 'lines'}" for label in labels) + "."]
     speed = report.get("speed")
     if speed:
-        lines += ["", f"## Generation speed ({speed['mode']}, {speed['new_tokens']} new tokens × {speed['prompts']} prompts, "
-                  f"batch 1, alternating order, warm-up excluded)", ""]
-        rows = [[m, s["chars_per_s"], s["tokens_per_s"], s["chars_per_token"], s["chars_per_s_ratio"]]
+        lines += ["", f"## Generation speed ({speed['mode']}, {speed['new_tokens']} new tokens × {speed['prompts']} prompts "
+                  f"× {speed['rounds']} rounds, batch 1, rotating order, warm-up excluded)", "",
+                  "Medians over rounds ± half their range; ratios are medians of per-round ratios [lowest–highest round]. "
+                  "Decode = the steps after the first token, without the prompt's prefill; the MAC column is the decode "
+                  "ratio the models' arithmetic predicts.", ""]
+        base = speed["baseline"]
+        rows = [[m, median_spread(s, "chars_per_s"), median_spread(s, "tokens_per_s"),
+                 median_spread(s, "decode_tokens_per_s"), s["chars_per_token"], ratio_range(s, "chars_per_s_ratio"),
+                 ratio_range(s, "decode_tokens_per_s_ratio"), f"{s['mac_ratio']:.3f}"]
                 for m, s in speed["models"].items()]
-        lines += markdown_table(["model", "chars/s", "tokens/s", "chars/token", f"chars/s ÷ {speed['baseline']}"], rows)
+        lines += markdown_table(["model", "chars/s", "tokens/s", "decode tokens/s", "chars/token", f"chars/s ÷ {base}",
+                                 f"decode ÷ {base}", f"MACs predict ÷ {base}"], rows)
+        if speed.get("warnings"):
+            lines += [""] + [f"Warning: {w}." for w in speed["warnings"]]
     lm = report.get("lm_eval") or {}
     tasks = list(dict.fromkeys(t for m in lm.values() for t in m))
     if tasks:
@@ -68,7 +88,8 @@ def markdown(report: dict) -> str:
 
 
 def plots(report: dict, out: Path) -> list[str]:
-    """``bpb.png`` (grouped bars: model × text) and ``speed.png`` (chars/s per model); returns file names."""
+    """``bpb.png`` (grouped bars: model × text) and ``speed.png`` (chars/s and tokens/s per model, median with
+    the range over rounds); returns file names."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -99,11 +120,15 @@ def plots(report: dict, out: Path) -> list[str]:
         names = list(speed["models"])
         fig, axes = plt.subplots(1, 2, figsize=(2 + 1.6 * len(names), 3.4))
         for ax, key, title in ((axes[0], "chars_per_s", "characters / s"), (axes[1], "tokens_per_s", "tokens / s")):
-            bars = ax.bar(names, [speed["models"][n][key] for n in names], color=["C0", "C1", "C2", "C3", "C4"][: len(names)])
+            mid = [speed["models"][n][key] for n in names]
+            err = [[m - speed["models"][n][key + "_spread"]["min"] for m, n in zip(mid, names)],
+                   [speed["models"][n][key + "_spread"]["max"] - m for m, n in zip(mid, names)]]
+            bars = ax.bar(names, mid, yerr=err, capsize=3, color=["C0", "C1", "C2", "C3", "C4"][: len(names)])
             ax.bar_label(bars, fmt="%.1f", fontsize=8)
             ax.set_title(title)
             ax.tick_params(axis="x", labelrotation=20, labelsize=8)
-        fig.suptitle(f"Generation speed ({speed['mode']}, {speed['new_tokens']} new tokens)")
+        fig.suptitle(f"Generation speed ({speed['mode']}, {speed['new_tokens']} new tokens; median, bars: "
+                     f"range over {speed['rounds']} rounds)")
         fig.tight_layout()
         fig.savefig(out / "speed.png", dpi=120)
         plt.close(fig)

@@ -44,6 +44,7 @@ def run_eval(
     speed_prompts: int = 8,
     new_tokens: int = 64,
     speed_mode: str = "greedy",
+    speed_rounds: int = 5,
     copy_file: Path | None = None,
     task_limit: int | None = None,
     include_paths: list[Path] | None = None,
@@ -62,6 +63,9 @@ def run_eval(
     device = check_device(device)
     torch_dtype = resolve_dtype(dtype, device)
     require(speed_mode in MODES, f"--speed-mode {speed_mode}: unknown; use {' or '.join(MODES)}")
+    require(speed_rounds >= 1, f"--speed-rounds {speed_rounds}: must be at least 1")
+    require(new_tokens != 1 or speed_prompts == 0,
+            "--new-tokens 1: the speed test times the decoding steps after the first token; give at least 2")
     for label in chats:
         require(label not in texts, f"--chat {label}: the name is also used by --text; names must differ")
     readers = {name: check_model_dir(name, path) for name, path in models.items()}
@@ -135,7 +139,8 @@ def run_eval(
     if prompt_lines:
         with record.timed("speed"):
             chosen = select_prompts(prompt_lines, loaded, speed_prompts, new_tokens=new_tokens, mode=speed_mode)
-            report["speed"] = measure_speed(loaded, chosen, new_tokens=new_tokens, mode=speed_mode)
+            report["speed"] = measure_speed(loaded, chosen, new_tokens=new_tokens, mode=speed_mode,
+                                            rounds=speed_rounds)
             report["speed"]["prompt_source"] = str(prompts or texts.get("ru"))
 
     # ---- lm-eval
@@ -182,7 +187,7 @@ def failed_measures(report: dict) -> list[str]:
             if not finite(r.get("bpb")):
                 out.append(f"bits per byte of model {name} on {label} is {r.get('bpb')} (dtype {dtype})")
     for name, s in ((report.get("speed") or {}).get("models") or {}).items():
-        bad = [k for k in ("chars_per_s", "tokens_per_s") if not finite(s.get(k))]
+        bad = [k for k in ("chars_per_s", "tokens_per_s", "decode_tokens_per_s") if not finite(s.get(k))]
         if bad:
             out.append(f"speed of model {name}: {', '.join(f'{k} is {s.get(k)}' for k in bad)}")
     for name, per_task in (report.get("lm_eval") or {}).items():

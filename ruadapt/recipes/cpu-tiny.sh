@@ -34,13 +34,14 @@ BASE_TOKENIZER="${BASE_TOKENIZER:-$ROOT/tokenizers/qwen2.5-trim-ruen}"   # made 
 if [ "$TOY" = 1 ]; then   # seconds per stage: every stage runs, nothing learns much
     HIDDEN=32 LAYERS=2 HEADS=2
     PRETRAIN_DOCS=3000 BASE_STEPS=8 SFT_DOCS=600 INSTRUCT_STEPS=6 HELDOUT=40
-    NEW_TOKENS=300 CPT_STEPS=6 CALIB_STEPS=4 EVAL_LINES=40 SPEED_PROMPTS=2 SPEED_TOKENS=8
+    NEW_TOKENS=300 CPT_STEPS=6 CALIB_STEPS=4 EVAL_LINES=40 SPEED_PROMPTS=2 SPEED_TOKENS=8 SPEED_ROUNDS=2
 else
     HIDDEN="${HIDDEN:-192}" LAYERS="${LAYERS:-4}" HEADS="${HEADS:-4}"
     PRETRAIN_DOCS="${PRETRAIN_DOCS:-0}" BASE_STEPS="${BASE_STEPS:-200}" SFT_DOCS="${SFT_DOCS:-0}"
     INSTRUCT_STEPS="${INSTRUCT_STEPS:-150}" HELDOUT="${HELDOUT:-300}"
     NEW_TOKENS="${NEW_TOKENS:-8000}" CPT_STEPS="${CPT_STEPS:-150}" CALIB_STEPS="${CALIB_STEPS:-40}"
     EVAL_LINES="${EVAL_LINES:-400}" SPEED_PROMPTS="${SPEED_PROMPTS:-6}" SPEED_TOKENS="${SPEED_TOKENS:-48}"
+    SPEED_ROUNDS="${SPEED_ROUNDS:-5}"
 fi
 export RUN RU_TRAIN EN_TRAIN PRETRAIN_DOCS BASE_STEPS SFT_DOCS INSTRUCT_STEPS CALIB_STEPS
 export DS_CONFIGS="$HERE/deepspeed"
@@ -98,7 +99,7 @@ if ruadapt_step eval "$RUN/eval"; then
     [ -d "$RUN/lep-conversion-calib" ] || [ "${DRY_RUN:-0}" = 1 ] && models+=(--model "lep-conversion+calib=$RUN/lep-conversion-calib")
     ruadapt_cli eval "${models[@]}" --chat "ru_chat=$RUN/data/heldout_ru.jsonl" --text "ru=$RU_EVAL" \
         --max-lines "$EVAL_LINES" --window 256 --speed-prompts "$SPEED_PROMPTS" --new-tokens "$SPEED_TOKENS" \
-        --out "$RUN/eval"
+        --speed-rounds "$SPEED_ROUNDS" --out "$RUN/eval"
 fi
 # 9. the Table-3-shaped report with a verdict
 if ruadapt_step report "$RUN/report.md"; then

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from ruadapt.arch import arch_for_config
 from ruadapt.checkpoint import CheckpointReader
+from ruadapt.eval.report import median_spread, ratio_range
 
 ROWS = [  # (label in the table, eval model name)
     ("instruct (original tokenizer)", "instruct"),
@@ -67,22 +68,31 @@ def main() -> None:
         "LEP with each method, and a short LoRA calibration (first/last layer + embeddings) of LEP-conversion."
     )
     lines += ["", "## Russian bits per byte (lower is better) — Table 3 of the paper, in miniature", ""]
-    header = ["model", "ru_chat bpb (assistant answers)", "Δ vs instruct", "ru_eval bpb", "ru_eval chars/token", "chars/s", "speed ÷ instruct"]
+    header = ["model", "ru_chat bpb (assistant answers)", "Δ vs instruct", "ru_eval bpb", "ru_eval chars/token", "chars/s",
+              "speed ÷ instruct", "decode tokens/s ÷ instruct", "MACs predict"]
     lines += ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
     for label, m in present:
         chat, text = bpb[m].get("ru_chat", {}), bpb[m].get("ru", {})
         delta = (chat["bpb"] / inst["ru_chat"]["bpb"] - 1) * 100 if chat and "ru_chat" in inst else None
-        sp = speed.get(m, {})
+        sp = speed.get(m)
+        timing = ([median_spread(sp, "chars_per_s"), ratio_range(sp, "chars_per_s_ratio"),
+                   ratio_range(sp, "decode_tokens_per_s_ratio"), f"{sp['mac_ratio']:.3f}"] if sp else [""] * 4)
         lines.append(
             f"| {label} | {chat.get('bpb', float('nan')):.3f} | {'' if delta is None else f'{delta:+.1f} %'} | "
             f"{text.get('bpb', float('nan')):.3f} | {text.get('chars_per_token', float('nan')):.2f} | "
-            f"{sp.get('chars_per_s', float('nan')):.1f} | {sp.get('chars_per_s_ratio', float('nan')):.2f}× |"
+            + " | ".join(timing) + " |"
         )
     gen = {m: speed[m].get("chars_per_token") for _, m in present if m in speed}
     if gen:
-        lines += ["", "Speed is greedy generation on the same body (chars/s = tokens/s × generated chars/token). Tokens/s "
-                  "is the fair per-step cost; chars/s also depends on *what* each tiny model generates (generated chars/token: "
-                  + ", ".join(f"{m} {v:.2f}" for m, v in gen.items()) + "), so read it with that in mind."]
+        rounds = (ev.get("speed") or {}).get("rounds", "?")
+        lines += ["", f"Speed is greedy generation on the same body (chars/s = tokens/s × generated chars/token), median of "
+                  f"{rounds} rounds ± half their range; ratios are medians of per-round ratios [lowest–highest round]. "
+                  "Decode tokens/s (the steps after the first token) is the fair per-step cost, to be read against the "
+                  "ratio the MAC count of one step predicts; chars/s also depends on *what* each tiny model generates "
+                  "(generated chars/token: " + ", ".join(f"{m} {v:.2f}" for m, v in gen.items()) + "), so read it with "
+                  "that in mind."]
+        for w in (ev.get("speed") or {}).get("warnings") or []:
+            lines += ["", f"Warning: {w}."]
     lines += ["", "## Why the methods rank as they do", ""]
     moved = relative_change(run / "base", run / "instruct")
     lines.append("How far instruct tuning moved the vocabulary matrices: " + ", ".join(
