@@ -108,11 +108,12 @@ def work(tmp_path_factory) -> dict:
     return {"root": root, "model": model, "tasks": tasks, "rendered": rendered, "outs": outs, "answers": answers}
 
 
-def test_include_path_task_scores_equal_an_independent_computation(work, tmp_path):
+@pytest.mark.parametrize("batch", [1, 3])  # 3: prompts of different lengths padded on the left in one batch
+def test_include_path_task_scores_equal_an_independent_computation(work, tmp_path, batch):
     out = tmp_path / "report"
     rc = main(["-q", "eval", "--model", f"qwen={work['model']}", "--include-path", str(work["tasks"]),
                "--tasks", "t_plain,t_fold", "--system-instruction", SYSTEM, "--speed-prompts", "0",
-               "--window", "128", "--out", str(out)])
+               "--window", "128", "--task-batch-size", str(batch), "--out", str(out)])
     assert rc == 0
     report = json.loads((out / "report.json").read_text())
     outs, answers = work["outs"], work["answers"]

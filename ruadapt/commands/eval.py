@@ -71,6 +71,8 @@ ruadapt eval --model inst=./inst --include-path ./my_tasks --tasks ru_qa \\
                    help="rounds of the speed test (every prompt on every model each round); figures are medians "
                    "over rounds with their spread")
     p.add_argument("--copy-file", type=path_arg, metavar="FILE", help="paragraphs for copy_ru (default: --text ru)")
+    p.add_argument("--task-batch-size", type=int, default=1,
+                   help="requests per lm-eval batch (lm-eval's --batch_size); generation pads on the left")
     p.add_argument("--task-limit", type=int, default=None, help="documents per lm-eval task (default: all)")
     p.add_argument("--out", type=path_arg, required=True, help="new output directory")
     add_revision(p)
@@ -100,6 +102,7 @@ def run(args: argparse.Namespace) -> int:
         speed_rounds=args.speed_rounds,
         copy_file=args.copy_file,
         task_limit=args.task_limit,
+        task_batch_size=args.task_batch_size,
         include_paths=args.include_path,
         system_instruction=args.system_instruction,
     )

@@ -47,6 +47,7 @@ def run_eval(
     speed_rounds: int = 5,
     copy_file: Path | None = None,
     task_limit: int | None = None,
+    task_batch_size: int = 1,
     include_paths: list[Path] | None = None,
     system_instruction: str | None = None,
 ) -> dict[str, Any]:
@@ -75,6 +76,7 @@ def run_eval(
         copy_file = texts["ru"]
     include_paths = check_include_paths(include_paths)
     require(system_instruction is None or system_instruction.strip(), "--system-instruction: empty text")
+    require(task_batch_size >= 1, f"--task-batch-size {task_batch_size}: must be at least 1")
     if (include_paths or system_instruction is not None) and not tasks:
         log.warning("--include-path / --system-instruction without --tasks: no lm-eval task is run")
     offered = resolve_tasks(tasks, available_tasks(texts, copy_file), include_paths)
@@ -151,7 +153,7 @@ def run_eval(
             for em in loaded:
                 for task in tasks:
                     res = run_task(em, task, offered[task], window=window, max_lines=max_lines, limit=task_limit,
-                                   system_instruction=system_instruction)
+                                   system_instruction=system_instruction, batch_size=task_batch_size)
                     samples.setdefault(em.name, {})[task] = res.pop("samples")
                     report["lm_eval"][em.name][task] = res
         report["bpb_agreement"] = _agreement(report, task_limit)
