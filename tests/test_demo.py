@@ -1,6 +1,6 @@
 """`make demo`, the README's entry point: with a user's defaults (TOY and RUN unset) it prints every stage's command
 under DRY_RUN=1; at toy size the whole pipeline runs through `make`, the real CLI and launcher, every stage's output
-loads, the report has every row, and a relaunch resumes (skips every finished step). Every recipe script passes
+loads, every model is scored on every skill and the report has every row, and a relaunch resumes (skips every finished step). Every recipe script passes
 shellcheck."""
 
 import glob
@@ -33,9 +33,9 @@ def test_make_demo_dry_run_with_user_defaults():
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
     run = ROOT / "runs" / "demo"
     commands = [line for line in p.stdout.splitlines() if line.startswith("+ ")]
-    expected = ["make_chat_data.py", "ruadapt train --config", "ruadapt tokenizer train", "ruadapt swap",
+    expected = ["make_data.py", "ruadapt train --config", "ruadapt tokenizer train", "ruadapt swap",
                 "--method swap", "--method overlap", "--method conversion", f"--set out={run}/lep-conversion-calib",
-                "ruadapt eval", "report.py"]
+                f"--include-path {run}/data/tasks", "ruadapt eval", "report.py"]
     for want in expected:
         assert any(want in c for c in commands), f"no command with {want!r} in:\n" + "\n".join(commands)
     assert f"--out {run}/data" in commands[0] and f"--out {run}/eval" in commands[-2], "the default run dir is runs/demo"
@@ -50,7 +50,7 @@ def test_recipe_scripts_pass_shellcheck():
     p = subprocess.run([shellcheck, "--external-sources", "--source-path=SCRIPTDIR", *scripts], capture_output=True, text=True)
     assert p.returncode == 0, p.stdout[-4000:]
 
-STAGE_DIRS = ["base", "instruct", "swapped", "cpt1", "lep-swap", "lep-overlap", "lep-conversion", "lep-conversion-calib"]
+STAGE_DIRS = ["base", "instruct-body", "instruct", "swapped", "cpt1", "lep-swap", "lep-overlap", "lep-conversion", "lep-conversion-calib"]
 REPORT_ROWS = ["instruct (original tokenizer)", "CPT'd base, no LEP", "LEP-swap", "LEP-overlap", "LEP-conversion",
                "LEP-conversion + calibration"]
 
@@ -89,12 +89,65 @@ def test_report_has_every_row_and_a_verdict(demo):
     run, _ = demo
     report = (run / "report.md").read_text()
     for row in REPORT_ROWS:
-        assert f"| {row} |" in report, row
-    assert "**Verdict:** conversion ≤ overlap ≤ swap" in report
+        assert report.count(f"| {row} |") == 2, row  # the skills table and the bpb/speed table
+    verdict = report.split("## Verdict", 1)[1]
+    for target in ("Target: instruct exact match ≥ 0.5 on at least two skills", "Target: CPT'd base without LEP",
+                   "Target: best LEP + calibration ≥ 90 %"):
+        assert target in verdict, target
     ev = json.loads((run / "eval" / "report.json").read_text())
-    assert set(ev["bpb"]) == {"instruct", "cpt-no-lep", "lep-swap", "lep-overlap", "lep-conversion", "lep-conversion+calib"}
+    models = {"instruct", "cpt-no-lep", "lep-swap", "lep-overlap", "lep-conversion", "lep-conversion+calib"}
+    assert set(ev["bpb"]) == models
     for m in ev["bpb"].values():
         assert m["ru_chat"]["bpb"] > 0 and m["ru"]["bpb"] > 0
+
+
+def test_skill_scores_are_the_samples_scored_again(demo):
+    """Every model ran every skill task through its chat template with the demo's system prompt, and each exact-match
+    score in report.json is the share of held-out items whose generated answer equals the reference."""
+    run, _ = demo
+    ev = json.loads((run / "eval" / "report.json").read_text())
+    skills = ["copy", "first_word", "question", "lang"]
+    for model, per_task in ev["lm_eval"].items():
+        assert sorted(per_task) == sorted(f"demo_{s}" for s in skills), model
+        for task, res in per_task.items():
+            items = [json.loads(line) for line in (run / "data" / f"heldout_{task[5:]}.jsonl").open()]
+            rows = [json.loads(line) for line in (run / "eval" / "lm_eval_samples" / model / f"{task}.jsonl").open()]
+            assert len(rows) == len(items) == res["docs"]
+            assert all("Ты полезный ассистент." in r["prompt"] and "<|im_start|>assistant" in r["prompt"] for r in rows)
+            answers = [r["filtered"][0] if isinstance(r["filtered"], list) else r["filtered"] for r in rows]
+            hits = sum(a == r["target"] for a, r in zip(answers, rows))
+            assert res["metrics"]["exact_match"] == pytest.approx(hits / len(rows)), (model, task)
+            assert 0 <= res["metrics"]["chrf"] <= 100
+
+
+def test_make_data_holds_out_what_it_scores(tmp_path):
+    """The held-out items are never trained on: not in the SFT chats, not in the ru/en pretraining copies (the
+    parallel pairs' sentences also occur in ru_train/en_train), not in the repeats; answers are what they claim."""
+    pairs = tmp_path / "pairs.tsv"
+    ru = [f"Кошка номер {i} спит на окне{'?' if i % 3 == 0 else '.'}" for i in range(60)]
+    en = [f"Cat number {i} sleeps on the window{'?' if i % 3 == 0 else '.'}" for i in range(60)]
+    pairs.write_text("ru\ten\tsource\n" + "".join(f"{r}\t{e}\tt\n" for r, e in zip(ru, en)), encoding="utf-8")
+    (tmp_path / "ru.txt").write_text("".join(s + "\n" for s in ru + ["Просто строка текста номер один."]), encoding="utf-8")
+    (tmp_path / "en.txt").write_text("".join(s + "\n" for s in en), encoding="utf-8")
+    out = tmp_path / "data"
+    subprocess.run([sys.executable, str(ROOT / "ruadapt" / "recipes" / "cpu-tiny" / "make_data.py"), "--pairs", str(pairs),
+                    "--ru-train", str(tmp_path / "ru.txt"), "--en-train", str(tmp_path / "en.txt"), "--out", str(out),
+                    "--heldout", "10", "--repeats", "20"], check=True, capture_output=True)
+    held = {s: [json.loads(line) for line in (out / f"heldout_{s}.jsonl").open()] for s in ("copy", "first_word", "question", "lang")}
+    sentences = {r["answer"] for r in held["copy"]}
+    assert len(sentences) == 10
+    assert [r["answer"] for r in held["first_word"]] == ["Кошка"] * 10
+    assert sorted(r["answer"] for r in held["question"]) == ["да"] * 5 + ["нет"] * 5  # half and half
+    assert all((r["answer"] == "да") == r["prompt"].endswith("?") for r in held["question"])
+    assert {r["answer"] for r in held["lang"]} == {"русский", "английский"}
+    held_en = {r["prompt"].split(": ", 1)[1] for r in held["lang"] if r["answer"] == "английский"}
+    training = (out / "sft_train.jsonl").read_text() + (out / "repeats.txt").read_text()
+    training += (out / "ru_train.txt").read_text() + (out / "en_train.txt").read_text()
+    assert not any(s in training for s in sentences | held_en)
+    assert (out / "ru_train.txt").read_text().count("\n") == 51  # 50 training sentences + the plain line
+    for s in held:
+        task = (out / "tasks" / f"demo_{s}.yaml").read_text()
+        assert f"task: demo_{s}" in task and str((out / f"heldout_{s}.jsonl").resolve()) in task
 
 
 def test_relaunch_skips_finished_steps(demo):

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# cpu-tiny: the whole ruadapt pipeline shrunk to a 2-core CPU — this is `make demo` (≈ 20 min), and with
+# cpu-tiny: the whole ruadapt pipeline shrunk to a 2-core CPU — this is `make demo` (≈ 25 min), and with
 # TOY=1 the smoke run inside `make test` (≈ 2-3 min). The same recipes/lib.sh pipeline the 8-GPU recipes run,
 # with other variables, plus the steps a real adaptation gets for free (a base and an instruct model):
 #
-#   data → trimmed Qwen2.5 tokenizer → tiny Qwen2 base pretrained from scratch → "instruct" by full SFT
+#   data (skills, held-out tasks) → Qwen2.5 tokenizer trimmed to 8,000 tokens → tiny Qwen2 base pretrained from
+#   scratch → "instruct": the skills taught to the body by LoRA, then a short full SFT
 #   → [lib.sh: tokenizer extension → swap → CPT stage 1 (embeddings, DeepSpeed, 2 CPU processes)]
-#   → LEP swap / overlap / conversion → short LoRA calibration of the best LEP → eval → report.md
+#   → LEP swap / overlap / conversion → short LoRA calibration of each → eval (skills, bpb, speed) → report.md
 #
 # Hardware: any CPU (2 cores here).  Launch: make demo   (or: bash recipes/cpu-tiny.sh;  DRY_RUN=1 prints commands)
 # Relaunching resumes: finished steps are skipped (their output exists), training continues from checkpoints.
@@ -25,25 +26,28 @@ PYTHON="${PYTHON:-python}"
 NUM_GPUS="${NUM_GPUS:-2}"               # CPU processes under the DeepSpeed launcher (gloo)
 MASTER_PORT="${MASTER_PORT:-29517}"
 export DS_ACCELERATOR=cpu OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" TOKENIZERS_PARALLELISM=false
-RU_TRAIN="$SHARED/data/ru_train.txt"
-EN_TRAIN="$SHARED/data/en_train.txt"
+RU_TRAIN="$RUN/data/ru_train.txt"    # shared/data/*_train.txt without the held-out sentences (make_data.py)
+EN_TRAIN="$RUN/data/en_train.txt"
 RU_EVAL="$SHARED/data/ru_eval.txt"
 PAIRS="$SHARED/data/ru_en_parallel.tsv"
 BASE_TOKENIZER="${BASE_TOKENIZER:-$ROOT/tokenizers/qwen2.5-trim-ruen}"   # made on the spot when missing
+BASE_VOCAB="${BASE_VOCAB:-8000}"        # its size: a small softmax makes every training step cheaper
 
 if [ "$TOY" = 1 ]; then   # seconds per stage: every stage runs, nothing learns much
     HIDDEN=32 LAYERS=2 HEADS=2
-    PRETRAIN_DOCS=3000 BASE_STEPS=8 SFT_DOCS=600 INSTRUCT_STEPS=6 HELDOUT=40
-    NEW_TOKENS=300 CPT_STEPS=6 CALIB_STEPS=4 EVAL_LINES=40 SPEED_PROMPTS=2 SPEED_TOKENS=8 SPEED_ROUNDS=2
+    PRETRAIN_DOCS=3000 BASE_STEPS=8 SFT_DOCS=600 INSTRUCT_STEPS=6 INSTRUCT_FULL_STEPS=3 HELDOUT=40
+    NEW_TOKENS=300 CPT_STEPS=6 CALIB_STEPS=4 CALIB="${CALIB:-conversion}" EVAL_LINES=40 SPEED_PROMPTS=2 SPEED_TOKENS=8 SPEED_ROUNDS=2
 else
     HIDDEN="${HIDDEN:-192}" LAYERS="${LAYERS:-4}" HEADS="${HEADS:-4}"
-    PRETRAIN_DOCS="${PRETRAIN_DOCS:-0}" BASE_STEPS="${BASE_STEPS:-200}" SFT_DOCS="${SFT_DOCS:-0}"
-    INSTRUCT_STEPS="${INSTRUCT_STEPS:-150}" HELDOUT="${HELDOUT:-300}"
-    NEW_TOKENS="${NEW_TOKENS:-8000}" CPT_STEPS="${CPT_STEPS:-150}" CALIB_STEPS="${CALIB_STEPS:-40}"
+    PRETRAIN_DOCS="${PRETRAIN_DOCS:-0}" BASE_STEPS="${BASE_STEPS:-600}" SFT_DOCS="${SFT_DOCS:-20000}"
+    INSTRUCT_STEPS="${INSTRUCT_STEPS:-400}" INSTRUCT_FULL_STEPS="${INSTRUCT_FULL_STEPS:-40}" HELDOUT="${HELDOUT:-100}"
+    NEW_TOKENS="${NEW_TOKENS:-8000}" CPT_STEPS="${CPT_STEPS:-150}" CALIB_STEPS="${CALIB_STEPS:-100}"
     EVAL_LINES="${EVAL_LINES:-400}" SPEED_PROMPTS="${SPEED_PROMPTS:-6}" SPEED_TOKENS="${SPEED_TOKENS:-48}"
     SPEED_ROUNDS="${SPEED_ROUNDS:-5}"
 fi
-export RUN RU_TRAIN EN_TRAIN PRETRAIN_DOCS BASE_STEPS SFT_DOCS INSTRUCT_STEPS CALIB_STEPS
+CALIB="${CALIB:-swap overlap conversion}"   # LEP variants calibrated (step 7)
+SYSTEM="Ты полезный ассистент."        # the system prompt of the demo's chats (make_data.py)
+export RUN RU_TRAIN EN_TRAIN PRETRAIN_DOCS BASE_STEPS SFT_DOCS INSTRUCT_STEPS INSTRUCT_FULL_STEPS CALIB_STEPS
 export DS_CONFIGS="$HERE/deepspeed"
 STEPS="${STEPS:-data basetok models tokenizer swap cpt lep calib eval report}"
 
@@ -53,17 +57,19 @@ launch=(--num-gpus "$NUM_GPUS" --master-port "$MASTER_PORT")
 [ "${DRY_RUN:-0}" = 1 ] || mkdir -p "$RUN"
 echo "# cpu-tiny demo in $RUN (TOY=$TOY)" >&2
 
-# 1. chat tasks from the parallel pairs (held-out pairs fixed by hash)
+# 1. skills (copy, first/last word, language) as chats + held-out lm-eval tasks, pretraining text with repeats,
+#    and ru/en train text without the held-out sentences (held-out pairs fixed by hash)
 if ruadapt_step data "$RUN/data"; then
-    ruadapt_run "$PYTHON" "$HERE/cpu-tiny/make_chat_data.py" --pairs "$PAIRS" --out "$RUN/data" --heldout "$HELDOUT"
+    ruadapt_run "$PYTHON" "$HERE/cpu-tiny/make_data.py" --pairs "$PAIRS" --ru-train "$SHARED/data/ru_train.txt" \
+        --en-train "$SHARED/data/en_train.txt" --out "$RUN/data" --heldout "$HELDOUT"
 fi
-# 2. the base tokenizer: Qwen2.5 trimmed to the tokens of ru/en train + chat text (a tiny model cannot afford
-#    a 151,936-row softmax on CPU); the repo ships it, else it is made here
+# 2. the base tokenizer: Qwen2.5 trimmed to the BASE_VOCAB most used tokens of ru/en train (a tiny
+#    model cannot afford a 151,936-row softmax on CPU); the repo ships it, else it is made here
 if [ ! -f "$BASE_TOKENIZER/tokenizer.json" ]; then
     BASE_TOKENIZER="$RUN/tokenizer-base"
     if ruadapt_step basetok "$BASE_TOKENIZER"; then
         ruadapt_cli trim --tokenizer "$SHARED/tokenizers/qwen2.5" \
-            --corpus "$RU_TRAIN" "$EN_TRAIN" "$RUN/data/sft_train.jsonl" --out "$BASE_TOKENIZER"
+            --corpus "$RU_TRAIN" "$EN_TRAIN" --keep-top "$BASE_VOCAB" --out "$BASE_TOKENIZER"
     fi
 fi
 # 3-4. a tiny Qwen2 base pretrained from scratch on ru_train + en_train (stage full on a random init), and its
@@ -72,7 +78,8 @@ fi
 if ruadapt_step models "$RUN/instruct"; then
     [ -e "$RUN/init/config.json" ] || ruadapt_run "$PYTHON" "$HERE/cpu-tiny/init_model.py" --tokenizer "$BASE_TOKENIZER" \
         --out "$RUN/init" --hidden "$HIDDEN" --layers "$LAYERS" --heads "$HEADS"
-    ruadapt_cli train --config "$HERE/cpu-tiny/pretrain.yaml" --config "$HERE/cpu-tiny/instruct.yaml" "${launch[@]}"
+    ruadapt_cli train --config "$HERE/cpu-tiny/pretrain.yaml" --config "$HERE/cpu-tiny/instruct-body.yaml" \
+        --config "$HERE/cpu-tiny/instruct.yaml" "${launch[@]}"
 fi
 # 5. the shared pipeline: +NEW_TOKENS Russian merges → swap → CPT stage 1 (embeddings only) → $RUN/cpt1
 BASE="$RUN/base" INSTRUCT="$RUN/instruct" CORPUS="$RU_TRAIN" RECIPE="$HERE/cpu-tiny" STAGE2=0 SFT_DATA='' \
@@ -86,20 +93,27 @@ for method in swap overlap conversion; do
             --method "$method" --out "$RUN/lep-$method"
     fi
 done
-# 7. the paper's calibration: LoRA on the first/last layers + embeddings, small lr, on conversion
-if ruadapt_step calib "$RUN/lep-conversion-calib"; then
-    ruadapt_cli train --config "$HERE/cpu-tiny/sft.yaml" "${launch[@]}" \
-        --set "model=$RUN/lep-conversion" --set "out=$RUN/lep-conversion-calib" \
-        --set "data.train=[\"$RUN/data/sft_train.jsonl\"]" --set "train.max_steps=$CALIB_STEPS"
-fi
-# 8. eval: Russian bpb on held-out assistant answers (prompt as context) and on ru_eval; chars/token; speed
+# 7. the paper's calibration (its Table 4): a short LoRA on the first/last layers + embeddings, small lr, on the
+#    instruct model's own chat data, of each LEP variant in CALIB
+for method in $CALIB; do
+    if ruadapt_step calib "$RUN/lep-$method-calib"; then
+        ruadapt_cli train --config "$HERE/cpu-tiny/sft.yaml" "${launch[@]}" \
+            --set "model=$RUN/lep-$method" --set "out=$RUN/lep-$method-calib" \
+            --set "data.train=[\"$RUN/data/sft_train.jsonl\"]" --set "train.max_steps=$CALIB_STEPS"
+    fi
+done
+# 8. eval: the skills as lm-eval generate_until tasks (exact match, chrF) through the chat template; Russian bpb on
+#    held-out assistant answers (prompt as context) and on ru_eval; chars/token; generation speed
 if ruadapt_step eval "$RUN/eval"; then
     models=(--model "instruct=$RUN/instruct" --model "cpt-no-lep=$RUN/cpt1")
     for m in swap overlap conversion; do models+=(--model "lep-$m=$RUN/lep-$m"); done
-    [ -d "$RUN/lep-conversion-calib" ] || [ "${DRY_RUN:-0}" = 1 ] && models+=(--model "lep-conversion+calib=$RUN/lep-conversion-calib")
-    ruadapt_cli eval "${models[@]}" --chat "ru_chat=$RUN/data/heldout_ru.jsonl" --text "ru=$RU_EVAL" \
-        --max-lines "$EVAL_LINES" --window 256 --speed-prompts "$SPEED_PROMPTS" --new-tokens "$SPEED_TOKENS" \
-        --speed-rounds "$SPEED_ROUNDS" --out "$RUN/eval"
+    for m in $CALIB; do
+        [ -d "$RUN/lep-$m-calib" ] || [ "${DRY_RUN:-0}" = 1 ] && models+=(--model "lep-$m+calib=$RUN/lep-$m-calib")
+    done
+    ruadapt_cli eval "${models[@]}" --chat "ru_chat=$RUN/data/heldout_chat_ru.jsonl" --text "ru=$RU_EVAL" \
+        --include-path "$RUN/data/tasks" --tasks demo_copy,demo_first_word,demo_question,demo_lang \
+        --system-instruction "$SYSTEM" --task-batch-size 16 --max-lines "$EVAL_LINES" --window 256 \
+        --speed-prompts "$SPEED_PROMPTS" --new-tokens "$SPEED_TOKENS" --speed-rounds "$SPEED_ROUNDS" --out "$RUN/eval"
 fi
 # 9. the Table-3-shaped report with a verdict
 if ruadapt_step report "$RUN/report.md"; then
