@@ -109,16 +109,19 @@ def main() -> None:
 
     lines = ["# ruadapt demo (recipes/cpu-tiny.sh): LEP in miniature", ""]
     base_rec, inst_rec = load(run / "base" / "ruadapt_train.json"), load(run / "instruct" / "ruadapt_train.json")
+    body_rec = load(run / "instruct-body" / "ruadapt_train.json")
     cpt_rec, tok_rec = load(run / "cpt1" / "ruadapt_train.json"), load(run / "tokenizer" / "ruadapt_tokenizer.json")
     cfg = load(run / "base" / "config.json")
+    calibrated = [m[len("lep-"): -len("+calib")] for _, m in present if m.endswith("+calib")]
     lines.append(
         f"Tiny Qwen2 (hidden {cfg.get('hidden_size')}, {cfg.get('num_hidden_layers')} layers, "
         f"{cfg.get('vocab_size', 0):,} rows: the Qwen2.5 vocabulary trimmed to the most used tokens of ru/en train) "
         f"pretrained from scratch for {_steps(base_rec)} (half of its sequences from documents that repeat "
-        f"themselves, for copying), made an \"instruct\" model by full SFT for {_steps(inst_rec)} on four skills; then "
+        f"themselves, for copying); its \"instruct\" model learned four skills by LoRA on the body for "
+        f"{_steps(body_rec)}, then a full SFT at a small lr for {_steps(inst_rec)}; then "
         f"+{tok_rec.get('result', {}).get('new_tokens', '?')} Russian merges, swap, CPT stage 1 (embeddings only, "
         f"DeepSpeed, 2 CPU processes) for {_steps(cpt_rec)}, LEP with each method, and a short LoRA calibration "
-        "(first/last layer + embeddings, on the same chat data) of LEP."
+        f"(first/last layer + embeddings, on the same chat data) of LEP-{', LEP-'.join(calibrated) or '?'}."
     )
     lines += ["", "## Instruction skills kept (held-out items, greedy, through the chat template)", ""]
     header = (["model"] + [f"{s} exact" for s in names] + ["copy chrF"] * ("copy" in names)
@@ -194,9 +197,11 @@ def verdict(present, skills, inst_sk, saving, moved, residuals) -> list[str]:
     best = max(adapted, key=lambda m: (share[m], m.endswith("+calib")), default=None)
     plain = max((m for m in adapted if m in LEP), key=share.get, default=None)
     if best:
-        out.append(f"- **{best}** kept the most of the instruct model's skills: {share[best]:.0%} "
-                   f"(CPT'd base without LEP: {share.get('cpt-no-lep', NAN):.0%}), spending {saving.get(best, NAN):.2f}× "
-                   "fewer tokens per Russian character of the held-out answers.")
+        close = [m for m in adapted if m != best and share[best] - share[m] < 0.005]
+        out.append(f"- **{best}** kept the most of the instruct model's skills: {share[best]:.0%}"
+                   + (f" ({', '.join(close)} within half a point)" if close else "")
+                   + f"; the CPT'd base without LEP {share.get('cpt-no-lep', NAN):.0%}. It spends "
+                   f"{saving.get(best, NAN):.2f}× fewer tokens per Russian character of the held-out answers.")
     if plain:
         plain_shares = [share[m] for m in LEP if m in share and not math.isnan(share[m])]
         why = (f"Why: instruct tuning moved the input embedding by {moved.get('input', NAN):.3f} and the lm_head by "
@@ -205,7 +210,7 @@ def verdict(present, skills, inst_sk, saving, moved, residuals) -> list[str]:
             f"{m} maps explain " + ", ".join(f"{1 - r / moved[role]:.0%} of the {role} move" for role, r in v.items()
                                               if moved.get(role)) for m, v in residuals.items())
         out.append(f"- Without calibration the best method is {plain} ({share[plain]:.0%}; the three methods lie within "
-                   f"{(max(plain_shares) - min(plain_shares)) * 100:.0f} points). {why}"
+                   f"{(max(plain_shares) - min(plain_shares)) * 100:.1f} points of each other). {why}"
                    + (f"; the fitted d×d maps ({explained}, as 1 − fit residual ÷ move)" if explained else "")
                    + ". The maps correct only that move, so the methods differ little: the skills live in the instruct "
                    "body, which every variant carries, and what the variants lose is what the CPT'd embeddings (trained "
