@@ -135,8 +135,9 @@ def main() -> None:
     rng = random.Random(args.seed)
     sft = [chat(*item) for i, (ru, en) in enumerate(train) for item in skill_items(ru, en, i).values()]
     rng.shuffle(sft)
-    corpora = {name: [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip() not in held_text]
-               for name, path in (("ru_train.txt", args.ru_train), ("en_train.txt", args.en_train))}
+    given = {"ru_train.txt": args.ru_train, "en_train.txt": args.en_train}
+    original = {name: path.read_text(encoding="utf-8").splitlines() for name, path in given.items()}
+    corpora = {name: [line for line in lines if line.strip() not in held_text] for name, lines in original.items()}
     short = [s for s in (line.strip() for line in corpora["ru_train.txt"]) if 10 <= len(s) <= 120]
     repeats = [f"{s} {s}" for s in rng.sample(short, min(args.repeats, len(short)))]
 
@@ -157,8 +158,7 @@ def main() -> None:
                 TASK_YAML.format(skill=skill, path=json.dumps(str(path), ensure_ascii=False), max_gen_toks=max_gen),
                 encoding="utf-8")
         write_jsonl(tmp / "heldout_chat_ru.jsonl", chats)
-    removed = {name: sum(1 for line in path.read_text(encoding="utf-8").splitlines()) - len(corpora[name])
-               for name, path in (("ru_train.txt", args.ru_train), ("en_train.txt", args.en_train))}
+    removed = {name: len(original[name]) - len(corpora[name]) for name in given}
     print(f"{args.out}: {len(sft)} chats of {len(SKILLS)} skills from {len(train)} training pairs; "
           f"{len(held)} held-out items per skill; {len(repeats)} repeat documents; held-out lines removed from "
           + ", ".join(f"{k} {v}" for k, v in removed.items()))
