@@ -93,7 +93,8 @@ def test_failed_measures_names_every_missing_number():
     nan = float("nan")
     report = {
         "bpb": {"a": {"ru": {"bpb": 1.2}, "en": {"bpb": nan}}, "b": {"ru": {"bpb": float("inf")}}},
-        "speed": {"models": {"a": {"chars_per_s": 10.0, "tokens_per_s": 3.0}, "b": {"chars_per_s": nan, "tokens_per_s": 1.0}}},
+        "speed": {"models": {"a": {"chars_per_s": 10.0, "tokens_per_s": 3.0, "decode_tokens_per_s": 3.5},
+                             "b": {"chars_per_s": nan, "tokens_per_s": 1.0, "decode_tokens_per_s": 1.2}}},
         "lm_eval": {"a": {"bpb_ru": {"docs": 0, "metrics": {"bits_per_byte": 1.0}},
                           "copy_ru": {"docs": 2, "metrics": {}}},
                     "b": {"bpb_ru": {"docs": 3, "metrics": {"bits_per_byte": nan}}}},
@@ -105,6 +106,8 @@ def test_failed_measures_names_every_missing_number():
                  "lm-eval task bpb_ru of model b"):
         assert any(f.startswith(want) for f in failures), (want, failures)
     assert failed_measures({"bpb": {"a": {"ru": {"bpb": 1.0}}}}) == []
+    no_decode = failed_measures({"speed": {"models": {"a": {"chars_per_s": 1.0, "tokens_per_s": 1.0}}}})
+    assert no_decode == ["speed of model a: decode_tokens_per_s is None"]  # the per-step rate is a measure too
 
 
 # ------------------------------------------------------------------------------------------ --help
