@@ -106,7 +106,7 @@ def main() -> None:
     from ruadapt.eval.speed import measure_speed, select_prompts
     from ruadapt.swap import swap_model
     from ruadapt.tokenizer.report import chars_per_token
-    from ruadapt.corpus import read_documents as read_lines
+    from ruadapt.io.corpus import read_documents as read_lines
 
     args.workdir.mkdir(parents=True, exist_ok=True)
     body = {**BODY, "num_hidden_layers": args.layers}

@@ -58,7 +58,7 @@ def long_tokens(model_dir: Path) -> int:
     """Tokens whose bytes are longer than 32 (llama-cpp-python's detokenize buffer drops them)."""
     from tokenizers import Tokenizer
 
-    from ruadapt.vocab import detect_family, piece_to_bytes
+    from ruadapt.vocab.pieces import detect_family, piece_to_bytes
 
     tok = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
     family = detect_family(tok)

@@ -36,9 +36,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ROOT, SHARED, run_measured, table  # noqa: E402
 
-from ruadapt.arch import padded_rows  # noqa: E402
-from ruadapt.checkpoint import CheckpointReader, CheckpointWriter  # noqa: E402
-from ruadapt.tokdir import load_tokenizer, tokenizer_size, write_json  # noqa: E402
+from ruadapt.vocab.arch import padded_rows  # noqa: E402
+from ruadapt.io.checkpoint import CheckpointReader, CheckpointWriter  # noqa: E402
+from ruadapt.io.tokdir import load_tokenizer, tokenizer_size, write_json  # noqa: E402
 
 ROWS, D = 152064, 8192
 RANK = 32

@@ -31,8 +31,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ROOT, SHARED, run_measured, staging_dir, table  # noqa: E402
 
-from ruadapt.checkpoint import CheckpointReader, CheckpointWriter  # noqa: E402
-from ruadapt.tokdir import write_json  # noqa: E402
+from ruadapt.io.checkpoint import CheckpointReader, CheckpointWriter  # noqa: E402
+from ruadapt.io.tokdir import write_json  # noqa: E402
 
 ROWS, D, INTER, KV = 152064, 8192, 29568, 1024
 RECIPE = ROOT / "recipes" / "qwen2.5-72b" / "cpt-lora.yaml"
@@ -85,7 +85,7 @@ def child(run_dir: Path) -> None:
     """Export ``run_dir/cpt1`` + a synthetic trained LoRA state into ``run_dir/cpt2`` as rank 0 would."""
     from peft import LoraConfig
 
-    from ruadapt.record import StageRecord
+    from ruadapt.io.record import StageRecord
     from ruadapt.train.config import load_config
     from ruadapt.train.export import export_run
 

@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from common import ROOT, SHARED, run_measured, table  # noqa: E402
 from reference import piece_bytes, reference_pieces  # noqa: E402
 
-from ruadapt.checkpoint import CheckpointReader, CheckpointWriter  # noqa: E402
+from ruadapt.io.checkpoint import CheckpointReader, CheckpointWriter  # noqa: E402
 
 D, FF, ROWS, HEADS, KV = 3584, 18944, 152064, 28, 4
 
@@ -77,7 +77,7 @@ def make_donor(tok_dir: Path, out: Path) -> None:
         return
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from ruadapt.tokdir import load_tokenizer, tokenizer_size
+    from ruadapt.io.tokdir import load_tokenizer, tokenizer_size
 
     n = tokenizer_size(load_tokenizer(tok_dir))
     cfg = AutoConfig.for_model("qwen2", vocab_size=n, hidden_size=16, intermediate_size=32, num_hidden_layers=1,

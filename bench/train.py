@@ -117,7 +117,7 @@ def main() -> None:
     with open(SHARED / "data" / "ru_train.txt", encoding="utf-8") as f:
         corpus.write_text("".join(l for _, l in zip(range(args.lines), f)), encoding="utf-8")
     model = build_model(work, args.hidden, args.layers, args.keep_top, corpus)
-    from ruadapt.checkpoint import CheckpointReader
+    from ruadapt.io.checkpoint import CheckpointReader
 
     reader = CheckpointReader(model)
     vocab = sum(reader.info(n).nbytes for n in ("model.embed_tokens.weight", "lm_head.weight")) // 4

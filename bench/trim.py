@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import ROOT, SHARED, run_measured, table  # noqa: E402
 
-from ruadapt.checkpoint import CheckpointWriter  # noqa: E402
+from ruadapt.io.checkpoint import CheckpointWriter  # noqa: E402
 from ruadapt.trim import format_report  # noqa: E402
 
 D, FF, ROWS, HEADS, KV, HEAD_DIM = 896, 4864, 151936, 14, 2, 64

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .arch import arch_for_config
-from .checkpoint import CheckpointReader
-from .tokdir import chat_template, load_tokenizer, tokenizer_size
+from .vocab.arch import arch_for_config
+from .io.checkpoint import CheckpointReader
+from .io.tokdir import chat_template, load_tokenizer, tokenizer_size
 
 
 def inspect_model(model_dir: Path) -> dict:

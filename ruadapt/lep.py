@@ -6,13 +6,13 @@ B's rows to I's rows (what instruction tuning did to the vocabulary matrices) an
 stay I's. Methods differ only in which rows fit W:
 
 * ``conversion`` (default): X = T·E_b, Y = T·E_i over the new vocabulary, T the averaging map of swap
-  (:func:`ruadapt.vocab.build_vocab_map` / :func:`ruadapt.vocab.averaged_rows`);
+  (:func:`ruadapt.vocab.pieces.build_vocab_map` / :func:`ruadapt.vocab.pieces.averaged_rows`);
 * ``overlap``: rows of tokens present in both vocabularies (same bytes);
 * ``swap``: W = I (A's rows go into I's body unchanged).
 
 Special/added tokens never enter a fit; every added token of I takes I's own row, unprojected.
 
-Streaming: the fit accumulates XᵀX and XᵀY in float64 over row chunks (:mod:`ruadapt.lstsq`), reading only the
+Streaming: the fit accumulates XᵀX and XᵀY in float64 over row chunks (:mod:`ruadapt.vocab.lstsq`), reading only the
 rows a chunk needs; the output matrices are built one at a time, just when their shard is written, and every
 other tensor of I is copied through (whole shards as files). A 72B model (V = 152,064, d = 8,192, untied) needs
 two d×d float64 matrices, one chunk and one output matrix in memory: 4-5 GB (README, bench/lep.py: 4.02 GB
@@ -32,17 +32,17 @@ import torch
 from tokenizers import Tokenizer
 from tqdm.auto import tqdm
 
-from .arch import Arch, arch_for_config
-from .checkpoint import CheckpointReader, parse_size
+from .vocab.arch import Arch, arch_for_config
+from .io.checkpoint import CheckpointReader, parse_size
 from .errors import RuadaptError
-from .lora import merge_replacements, read_adapter
-from .lstsq import NormalEquations
+from .vocab.lora import merge_replacements, read_adapter
+from .vocab.lstsq import NormalEquations
 from .mistakes import refuse
-from .outdir import check_output_dir
-from .record import StageRecord, sha256_file
-from .tokdir import TokenizerFiles, load_tokenizer, remap_model_configs, same_bytes, tokenizer_json_path, tokenizer_size
-from .vocab import ROW_COPY, ROW_MEAN, TokenCodec, VocabMap, averaged_rows, build_vocab_map
-from .vocab_output import VocabOutput, write_vocab_output
+from .io.outdir import check_output_dir
+from .io.record import StageRecord, sha256_file
+from .io.tokdir import TokenizerFiles, load_tokenizer, remap_model_configs, same_bytes, tokenizer_json_path, tokenizer_size
+from .vocab.pieces import ROW_COPY, ROW_MEAN, TokenCodec, VocabMap, averaged_rows, build_vocab_map
+from .vocab.output import VocabOutput, write_vocab_output
 
 log = logging.getLogger(__name__)
 
@@ -214,7 +214,7 @@ def accumulate(
 
     Each chunk reads only the base/instruct rows its tokens are built from (input and output matrices side by
     side), remaps the chunk's sources to positions in that block and averages them all with one call of
-    :func:`ruadapt.vocab.averaged_rows` in float64, so memory is one chunk however large V is. ``chunk_rows``
+    :func:`ruadapt.vocab.pieces.averaged_rows` in float64, so memory is one chunk however large V is. ``chunk_rows``
     bounds the source rows (pieces) of a chunk. Both readers are closed after every read: the pieces of new
     tokens are spread over the whole matrix, and every touched page of a still-mapped shard counts as resident
     memory (two whole 2.5 GB matrices by the end of a tied 72B fit).
@@ -345,7 +345,7 @@ def special_pairs(adapted: Model, instruct: Model) -> list[tuple[int, int]]:
 # ---------------------------------------------------------------------------------------------- LoRA deltas
 def lora_replacements(adapter_path: Path, instruct: Model, alpha_scale: float, skip: set[str]) -> tuple[dict, dict]:
     """Replacements ``{I tensor name: callable}`` adding a peft adapter's deltas (trained on the base's body),
-    divided by ``alpha_scale``, to I's body weights (:mod:`ruadapt.lora`: built one at a time, when written)."""
+    divided by ``alpha_scale``, to I's body weights (:mod:`ruadapt.vocab.lora`: built one at a time, when written)."""
     if not alpha_scale > 0:
         raise RuadaptError(f"--alpha-scale must be positive, got {alpha_scale}")
     adapter = read_adapter(adapter_path)

@@ -20,7 +20,7 @@ repository's demo, ``make demo``) drives the repository's data and helper script
 
 Files are read through :mod:`importlib.resources`, never relative to a checkout, so an installed ruadapt finds
 them. Existing files are not overwritten without ``force``; the copy is written into a temporary folder first
-(:mod:`ruadapt.outdir`).
+(:mod:`ruadapt.io.outdir`).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ import yaml
 
 from . import __version__
 from .errors import RuadaptError
-from .outdir import atomic_files_into, atomic_output_dir
+from .io.outdir import atomic_files_into, atomic_output_dir
 
 VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")  # as ruadapt/train/config.py expands them
 SCRIPT_DEFAULT = re.compile(r'(?<![\w$])([A-Z_][A-Z0-9_]*)="\$\{\1:-([^"}]*)\}"')  # NAME="${NAME:-default}"

@@ -1,6 +1,6 @@
 """Typed, checked reading of YAML into dataclasses: the one schema mechanism of the package.
 
-A run config (:mod:`ruadapt.train.config`) and the architecture table (``archs.yaml``, :mod:`ruadapt.arch`) are
+A run config (:mod:`ruadapt.train.config`) and the architecture table (``archs.yaml``, :mod:`ruadapt.vocab.arch`) are
 both plain YAML read into dataclasses by :func:`build`: a misspelt key, a missing required key or a value of the
 wrong type is a one-line :class:`RuadaptError` naming where it is, instead of being silently ignored. A field
 with ``metadata={"schema": False}`` is set by code, never read from YAML.

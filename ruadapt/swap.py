@@ -16,15 +16,15 @@ from typing import Collection
 
 from tokenizers import Tokenizer
 
-from .arch import arch_for_config, check_vocab_tensors, padded_rows, padding_multiple
-from .checkpoint import CheckpointReader, RowBlocks, parse_size
+from .vocab.arch import arch_for_config, check_vocab_tensors, padded_rows, padding_multiple
+from .io.checkpoint import CheckpointReader, RowBlocks, parse_size
 from .errors import RuadaptError
 from .mistakes import refuse
-from .outdir import check_output_dir
-from .record import StageRecord
-from .tokdir import TokenizerFiles, load_tokenizer, remap_model_configs, tokenizer_json_path, tokenizer_pipeline
-from .vocab import TokenCodec, build_vocab_map, matrix_blocks, mean_of_rows, rows_are_finite
-from .vocab_output import VocabOutput, write_vocab_output
+from .io.outdir import check_output_dir
+from .io.record import StageRecord
+from .io.tokdir import TokenizerFiles, load_tokenizer, remap_model_configs, tokenizer_json_path, tokenizer_pipeline
+from .vocab.pieces import TokenCodec, build_vocab_map, matrix_blocks, mean_of_rows, rows_are_finite
+from .vocab.output import VocabOutput, write_vocab_output
 
 log = logging.getLogger(__name__)
 

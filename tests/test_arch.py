@@ -2,7 +2,7 @@
 
 import pytest
 
-from ruadapt.arch import Arch, INPUT, OUTPUT, _table, arch_for_config, parse_arch_table
+from ruadapt.vocab.arch import Arch, INPUT, OUTPUT, _table, arch_for_config, parse_arch_table
 from ruadapt.errors import RuadaptError
 
 

@@ -8,9 +8,9 @@ import sys
 import pytest
 import torch
 
-from ruadapt.checkpoint import CheckpointReader, CheckpointWriter, RowBlocks, parse_size, read_header, write_with_replacements
+from ruadapt.io.checkpoint import CheckpointReader, CheckpointWriter, RowBlocks, parse_size, read_header, write_with_replacements
 from ruadapt.errors import RuadaptError
-from ruadapt.outdir import atomic_output_dir, atomic_output_file
+from ruadapt.io.outdir import atomic_output_dir, atomic_output_file
 from tiny import make_tiny_model, tensor_hashes
 
 
@@ -192,7 +192,7 @@ def test_atomic_output_dir_refuses_nonempty_and_inputs(tmp_path):
 def test_sigkill_leaves_no_output_and_next_run_cleans_up(tmp_path):
     code = (
         "import os, signal, sys; sys.path.insert(0, %r)\n"
-        "from ruadapt.outdir import atomic_output_dir\n"
+        "from ruadapt.io.outdir import atomic_output_dir\n"
         "with atomic_output_dir(%r) as t:\n"
         "    (t / 'part').write_text('x')\n"
         "    os.kill(os.getpid(), signal.SIGKILL)\n"

@@ -15,7 +15,7 @@ import pytest
 
 from tiny import ROOT, SHARED_DATA, make_tiny_model
 
-from ruadapt.corpus import iter_document_blocks, iter_documents, read_documents
+from ruadapt.io.corpus import iter_document_blocks, iter_documents, read_documents
 from ruadapt.errors import RuadaptError
 
 DOCS = [l.rstrip("\n") for l in (SHARED_DATA / "ru_train.txt").open(encoding="utf-8").readlines()[:200] if l.strip()]
@@ -52,7 +52,7 @@ def test_every_format_gives_the_same_documents(tmp_path):
 
 
 def test_blocks_stream_a_big_file_in_bounded_pieces(tmp_path, monkeypatch):
-    import ruadapt.corpus as corpus
+    import ruadapt.io.corpus as corpus
 
     monkeypatch.setattr(corpus, "BLOCK_BYTES", 4096)  # a line may straddle blocks
     path = tmp_path / "a.txt.gz"
@@ -134,7 +134,7 @@ def test_tokenizer_training_and_trim_read_compressed_jsonl_like_text(tmp_path):
 
     from ruadapt.tokenizer.words import count_words
     from ruadapt.trim.corpus import count_tokens
-    from ruadapt.vocab import BYTE_LEVEL
+    from ruadapt.vocab.pieces import BYTE_LEVEL
 
     txt = tmp_path / "ru.txt"
     txt.write_text("\n".join(DOCS) + "\n", encoding="utf-8")

@@ -17,7 +17,7 @@ import pytest
 import torch
 from tokenizers import Tokenizer
 
-from ruadapt.record import check_record
+from ruadapt.io.record import check_record
 from ruadapt.cli import main
 from ruadapt.eval.bpb import chat_bpb, plan_windows, text_bpb
 from ruadapt.eval.load import load_model

@@ -21,7 +21,7 @@ import sacrebleu
 import torch
 
 from ruadapt.cli import main
-from ruadapt.record import check_record
+from ruadapt.io.record import check_record
 from tiny import ROOT, make_tiny_model
 
 SYSTEM = "Ты — внимательный помощник. Отвечай кратко и по-русски."

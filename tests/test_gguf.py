@@ -29,7 +29,7 @@ from ruadapt.llamacpp.prename import load_table, lookup
 from ruadapt.llamacpp.readback import check_gguf
 from ruadapt.llamacpp.source import find_converter
 from ruadapt.llamacpp.verify import have_llama_cpp
-from ruadapt.record import check_record
+from ruadapt.io.record import check_record
 from ruadapt.tokenizer.train import train_tokenizer
 
 UNRECOGNISED = "BPE pre-tokenizer was not recognized"  # the stock converter's error for an unknown check-text hash

@@ -1,4 +1,4 @@
-"""Models named by Hugging Face repo id (ruadapt/hub.py), resolved offline from a pre-filled hub cache."""
+"""Models named by Hugging Face repo id (ruadapt/io/hub.py), resolved offline from a pre-filled hub cache."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from ruadapt import hub
+from ruadapt.io import hub
 from ruadapt.cli import main
 from ruadapt.errors import RuadaptError
 from tiny import ROOT, SHARED_DATA, fill_hub_cache, make_tiny_model

@@ -14,15 +14,15 @@ from safetensors.torch import load_file, save_file
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-from ruadapt.record import check_record
+from ruadapt.io.record import check_record
 from tiny import SHARED_DATA, SHARED_TOKENIZERS, dir_hash, make_tiny_model, tensor_hashes
 
 from ruadapt.cli import main
 from ruadapt.lep import accumulate, fit_rows, lep_model, open_model, piece_chunks
-from ruadapt.lstsq import NormalEquations
+from ruadapt.vocab.lstsq import NormalEquations
 from ruadapt.swap import swap_model
-from ruadapt.tokdir import set_chat_template
-from ruadapt.vocab import ROW_COPY, ROW_MEAN, VocabMap, averaged_rows, build_vocab_map
+from ruadapt.io.tokdir import set_chat_template
+from ruadapt.vocab.pieces import ROW_COPY, ROW_MEAN, VocabMap, averaged_rows, build_vocab_map
 
 EMBED, HEAD = "model.embed_tokens.weight", "lm_head.weight"
 D = 16
@@ -390,7 +390,7 @@ def test_likely_mistakes_and_output_are_refused_before_any_work(qwen, tmp_path, 
 
 def test_fingerprint_tells_base_from_instruct(qwen):
     """Headers and config alone are equal for a base and its instruct model; the fingerprint is not."""
-    from ruadapt.checkpoint import CheckpointReader, read_header
+    from ruadapt.io.checkpoint import CheckpointReader, read_header
 
     rb, ri = CheckpointReader(qwen["b"]), CheckpointReader(qwen["i"])
     assert [read_header(s)[0] for s in rb.shards] == [read_header(s)[0] for s in ri.shards]

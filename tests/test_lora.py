@@ -1,4 +1,4 @@
-"""ruadapt.lora: the streaming LoRA merge equals peft's ``merge_and_unload`` (rank/alpha patterns, rsLoRA)."""
+"""ruadapt.vocab.lora: the streaming LoRA merge equals peft's ``merge_and_unload`` (rank/alpha patterns, rsLoRA)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from ruadapt.checkpoint import CheckpointReader, write_with_replacements
+from ruadapt.io.checkpoint import CheckpointReader, write_with_replacements
 from ruadapt.errors import RuadaptError
-from ruadapt.lora import merge_replacements, pattern_value, read_adapter
+from ruadapt.vocab.lora import merge_replacements, pattern_value, read_adapter
 from tiny import make_tiny_model
 
 pytestmark = pytest.mark.filterwarnings("ignore:The following alpha_pattern keys did not match")
@@ -74,9 +74,9 @@ def test_pattern_value_is_peft_get_pattern_key():
 
 @pytest.mark.parametrize("use_rslora", [True, False])
 def test_streaming_merge_equals_merge_and_unload_float32(tmp_path, monkeypatch, use_rslora):
-    import ruadapt.lora
+    import ruadapt.vocab.lora
 
-    monkeypatch.setattr(ruadapt.lora, "MERGE_BLOCK_BYTES", 4 * 32 * 5)  # blocks of 5 rows (2 for down_proj)
+    monkeypatch.setattr(ruadapt.vocab.lora, "MERGE_BLOCK_BYTES", 4 * 32 * 5)  # blocks of 5 rows (2 for down_proj)
     base, peft_model = trained_peft(tmp_path, torch.float32, use_rslora)
     adapter = read_adapter(tmp_path / "adapter")
     # r and scaling resolved from adapter_config.json are the ones peft gave each layer
@@ -152,7 +152,7 @@ def test_train_export_merges_through_the_same_code(tmp_path):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from ruadapt.record import StageRecord
+    from ruadapt.io.record import StageRecord
     from ruadapt.train.config import load_config
     from ruadapt.train.export import export_run
     from ruadapt.train.model import checkpoint_name

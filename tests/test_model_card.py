@@ -5,7 +5,7 @@ import json
 import shutil
 
 from ruadapt.cli import main
-from ruadapt.model_card import model_name, read_front_matter
+from ruadapt.io.model_card import model_name, read_front_matter
 from ruadapt.tokenizer.train import train_tokenizer
 from tiny import SHARED_DATA, SHARED_TOKENIZERS, make_tiny_model
 

@@ -11,7 +11,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from ruadapt.record import check_record
+from ruadapt.io.record import check_record
 from ruadapt.cli import main
 from reference import piece_bytes, reference_pieces
 from tiny import ARCHS, ROOT, SHARED_DATA, SHARED_TOKENIZERS, dir_hash, make_tiny_model, tensor_hashes
@@ -254,7 +254,7 @@ def test_sigkill_while_writing_leaves_nothing_and_rerun_succeeds(tmp_path, tiny)
     out = tmp_path / "out"
     killer = (
         "import os, signal, sys\n"
-        "import ruadapt.checkpoint as c\n"
+        "import ruadapt.io.checkpoint as c\n"
         "orig = c.CheckpointWriter.add_shard_file\n"
         "def add_and_die(self, *a, **k):\n"
         "    orig(self, *a, **k)\n"

@@ -12,7 +12,7 @@ from tiny import SHARED_DATA, SHARED_TOKENIZERS
 from transformers import AutoTokenizer
 
 from ruadapt.cli import main
-from ruadapt.record import check_record
+from ruadapt.io.record import check_record
 from ruadapt.tokenizer.report import chars_per_token
 
 QWEN = SHARED_TOKENIZERS / "qwen2.5"

@@ -14,14 +14,14 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from ruadapt.record import check_record
+from ruadapt.io.record import check_record
 from tiny import SHARED_DATA, SHARED_TOKENIZERS
 from tokenizers import Tokenizer
 from transformers import AutoTokenizer
 
 from ruadapt.cli import main
 from ruadapt.llamacpp.checktext import CHECK_TEXT
-from ruadapt.tokdir import chat_template
+from ruadapt.io.tokdir import chat_template
 from ruadapt.tokenizer.bpe import learn_merges, merge_word
 from ruadapt.tokenizer.report import encode_lines
 from ruadapt.tokenizer.words import WordSplitter, split_sentencepiece_words

@@ -21,8 +21,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from ruadapt.checkpoint import CheckpointReader
-from ruadapt.record import check_record, sha256_file
+from ruadapt.io.checkpoint import CheckpointReader
+from ruadapt.io.record import check_record, sha256_file
 from tiny import SHARED_DATA, dir_hash, make_tiny_model, tensor_hashes
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ruadapt.record import check_record
+from ruadapt.io.record import check_record
 from ruadapt.cli import main
 from ruadapt.tokenizer.report import chars_per_token
 from ruadapt.trim import trim_tokenizer

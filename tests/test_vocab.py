@@ -6,7 +6,7 @@ import pytest
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
-from ruadapt.vocab import (
+from ruadapt.vocab.pieces import (
     ROW_COPY,
     ROW_MEAN,
     TokenCodec,

@@ -25,7 +25,7 @@ def path_arg(text: str) -> Path:
 
 def model_arg(text: str) -> str:
     """A model directory or a Hugging Face repo id (``Qwen/Qwen2.5-7B``), kept as typed: ``Path`` would turn
-    ``./Org/Name`` (a local path) into ``Org/Name`` (a repo id). Resolved by :func:`ruadapt.hub.resolve` when the
+    ``./Org/Name`` (a local path) into ``Org/Name`` (a repo id). Resolved by :func:`ruadapt.io.hub.resolve` when the
     command runs, so parsing and ``--help`` never touch the network."""
     return text
 
@@ -39,9 +39,9 @@ def add_revision(p: argparse.ArgumentParser) -> None:
 
 def resolve_named(items: list[str], option: str, revision: str | None, what: str = "model") -> dict[str, Path]:
     """``NAME=DIR`` items (``--model``, ``--tokenizer``) with each value resolved as typed by
-    :func:`ruadapt.hub.resolve`: a directory, or a Hub repo id."""
+    :func:`ruadapt.io.hub.resolve`: a directory, or a Hub repo id."""
     from ..eval.data import parse_named
-    from ..hub import resolve
+    from ..io.hub import resolve
 
     names = parse_named(items, option)  # the format and duplicate checks
     typed = {item.partition("=")[0].strip(): item.partition("=")[2] for item in items}

@@ -25,7 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..hub import resolve
+    from ..io.hub import resolve
     from ..inspect import format_report, inspect_model
 
     info = inspect_model(resolve(args.model, "MODEL", revision=args.revision))

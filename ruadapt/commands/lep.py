@@ -39,7 +39,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..hub import resolve
+    from ..io.hub import resolve
     from ..lep import lep_model
 
     rev = args.revision

@@ -38,7 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..hub import TOKENIZER, resolve
+    from ..io.hub import TOKENIZER, resolve
     from ..swap import swap_model
 
     rec = swap_model(

@@ -65,7 +65,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from ..hub import TOKENIZER, resolve
+    from ..io.hub import TOKENIZER, resolve
     from ..tokenizer.train import train_tokenizer
 
     record = train_tokenizer(
@@ -86,7 +86,7 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_report(args: argparse.Namespace) -> int:
-    from ..hub import TOKENIZER
+    from ..io.hub import TOKENIZER
     from ..tokenizer.report import tokenizer_report
 
     tokenizers = list(resolve_named(args.tokenizer, "--tokenizer", args.revision, TOKENIZER).items())

@@ -152,7 +152,7 @@ def rank_env(configs: list, started: float) -> dict[str, str]:
     """The ranks' environment: ours, plus when the user started this launch (their records say so, not when they
     began), and offline when a model came from the Hugging Face Hub, so every rank reads the snapshot resolved
     here (through the cache's refs) instead of each asking the Hub again, which may have moved on since."""
-    from ..hub import describe
+    from ..io.hub import describe
     from ..train.rundir import STARTED_ENV
 
     env = {**os.environ, STARTED_ENV: os.environ.get(STARTED_ENV, str(started))}

@@ -44,7 +44,7 @@ ruadapt trim --tokenizer ./Qwen2.5-0.5B --corpus ru_train.txt en_train.txt --out
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..hub import TOKENIZER, resolve
+    from ..io.hub import TOKENIZER, resolve
     from ..trim import format_report, trim_model, trim_tokenizer
 
     progress = not args.quiet

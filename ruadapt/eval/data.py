@@ -29,10 +29,10 @@ def parse_named(items: list[str] | None, option: str) -> dict[str, Path]:
 
 
 def read_lines(path: Path | str, *, max_lines: int | None = None, what: str = "--text") -> list[str]:
-    """Documents of a corpus file (the project's one reader, :func:`ruadapt.corpus.read_documents`, so chars/token
+    """Documents of a corpus file (the project's one reader, :func:`ruadapt.io.corpus.read_documents`, so chars/token
     here equals ``ruadapt tokenizer report``'s), at most ``max_lines`` of them.
 
     Raises a one-line error for a missing, non-UTF-8 or empty file."""
-    from ..corpus import read_documents
+    from ..io.corpus import read_documents
 
     return read_documents(Path(path), what, limit=max_lines or 0)

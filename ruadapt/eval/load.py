@@ -14,9 +14,9 @@ from typing import Any
 
 import torch
 
-from ..checkpoint import CheckpointReader
+from ..io.checkpoint import CheckpointReader
 from ..errors import RuadaptError
-from ..tokdir import chat_template, tokenizer_json_path
+from ..io.tokdir import chat_template, tokenizer_json_path
 
 log = logging.getLogger(__name__)
 

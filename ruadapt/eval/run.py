@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import RuadaptError, require
-from ..outdir import atomic_output_dir, check_output_dir
-from ..record import StageRecord
+from ..io.outdir import atomic_output_dir, check_output_dir
+from ..io.record import StageRecord
 from .bpb import chat_bpb, common_window, text_bpb
-from ..chatdata import read_chats
+from ..io.chatdata import read_chats
 from .data import read_lines
 from .lm_eval_runner import available_tasks, run_task
 from .load import check_device, check_model_dir, load_model, resolve_dtype

@@ -21,12 +21,12 @@ from typing import Any
 
 from tokenizers import Tokenizer
 
-from ..checkpoint import CheckpointReader
+from ..io.checkpoint import CheckpointReader
 from ..errors import RuadaptError, require
-from ..outdir import atomic_output_file, check_output_file
-from ..record import StageRecord, sha256_file
-from ..tokdir import tokenizer_json_path
-from ..vocab import detect_family, piece_to_bytes
+from ..io.outdir import atomic_output_file, check_output_file
+from ..io.record import StageRecord, sha256_file
+from ..io.tokdir import tokenizer_json_path
+from ..vocab.pieces import detect_family, piece_to_bytes
 from .checktext import CHECK_TEXT, check_text_hash, check_text_ids
 from .prename import lookup
 from .readback import check_gguf

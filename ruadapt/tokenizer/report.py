@@ -16,11 +16,11 @@ from pathlib import Path
 from tokenizers import Tokenizer
 
 from ..errors import RuadaptError, require
-from ..outdir import atomic_output_dir, check_output_dir
-from ..record import StageRecord
-from ..tokdir import load_tokenizer, tokenizer_json_path, tokenizer_size
-from ..vocab import TokenCodec
-from ..corpus import read_documents
+from ..io.outdir import atomic_output_dir, check_output_dir
+from ..io.record import StageRecord
+from ..io.tokdir import load_tokenizer, tokenizer_json_path, tokenizer_size
+from ..vocab.pieces import TokenCodec
+from ..io.corpus import read_documents
 
 log = logging.getLogger(__name__)
 

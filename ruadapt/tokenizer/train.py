@@ -27,9 +27,9 @@ from typing import Any, Collection
 from tokenizers import Tokenizer
 
 from ..errors import RuadaptError, require
-from ..outdir import atomic_output_dir, check_output_dir
-from ..record import StageRecord, sha256_file
-from ..tokdir import (
+from ..io.outdir import atomic_output_dir, check_output_dir
+from ..io.record import StageRecord, sha256_file
+from ..io.tokdir import (
     copy_tokenizer_files,
     load_tokenizer,
     sync_added_tokens_decoder,
@@ -37,9 +37,9 @@ from ..tokdir import (
     tokenizer_size,
     write_json,
 )
-from ..vocab import BYTE_LEVEL, SENTENCEPIECE, detect_family
+from ..vocab.pieces import BYTE_LEVEL, SENTENCEPIECE, detect_family
 from .bpe import learn_merges
-from ..corpus import check_corpus, iter_documents, refuse_json_as_text
+from ..io.corpus import check_corpus, iter_documents, refuse_json_as_text
 from ..llamacpp.checktext import CHECK_TEXT, adjacent_pairs, check_text_words
 from .words import CorpusInfo, count_words, follows_sentencepiece_rules, sentencepiece_piece_ok
 

@@ -25,9 +25,9 @@ from typing import Iterable
 from tokenizers import Tokenizer
 from tqdm import tqdm
 
-from ..corpus import iter_documents
-from ..record import sha256_file
-from ..vocab import SENTENCEPIECE, SPACE_MARK
+from ..io.corpus import iter_documents
+from ..io.record import sha256_file
+from ..vocab.pieces import SENTENCEPIECE, SPACE_MARK
 
 log = logging.getLogger(__name__)
 

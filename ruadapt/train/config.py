@@ -109,7 +109,7 @@ class RunConfig:
     """A whole run as read from YAML (see recipes/*/ for commented examples)."""
 
     task: str
-    model: str  # a directory, or a Hugging Face repo id (resolved by ruadapt.hub into its cached snapshot)
+    model: str  # a directory, or a Hugging Face repo id (resolved by ruadapt.io.hub into its cached snapshot)
     out: str
     data: DataConfig
     deepspeed: str
@@ -228,7 +228,7 @@ def resolve_model(cfg: RunConfig) -> None:
     """``model:`` may be a Hugging Face repo id (pinned by ``revision:``): it becomes the snapshot directory in the
     hub cache. That path names the commit, so the config recorded for a resume pins the weights: a relaunch after
     the repo moved on is refused as a changed ``model`` instead of resuming on other weights."""
-    from ..hub import resolve
+    from ..io.hub import resolve
 
     path = resolve(cfg.model, f"{cfg.source or 'config'}: model", revision=cfg.revision or None)
     if path != Path(cfg.model).expanduser():  # a repo id; a local model keeps its spelling, as earlier launches recorded it
@@ -269,7 +269,7 @@ def validate(cfg: RunConfig, *, check_files: bool = True, skip_model: bool = Fal
         need(cfg.embeddings.new_rows_from > 0, "embeddings.new_rows_only needs embeddings.new_rows_from (the first new row)")
     if not check_files:
         return
-    from ..corpus import check_corpus
+    from ..io.corpus import check_corpus
 
     for section, sources in (("data.train", cfg.data.train), ("data.eval", cfg.data.eval)):
         for source in sources:
@@ -304,7 +304,7 @@ def validate(cfg: RunConfig, *, check_files: bool = True, skip_model: bool = Fal
 
 def _check_embeddings(cfg: RunConfig, model: Path) -> None:
     """The vocabulary matrices must be known to the arch table and present in the checkpoint (headers only)."""
-    from ..checkpoint import CheckpointReader
+    from ..io.checkpoint import CheckpointReader
 
     what = "stage embeddings" if cfg.stage == "embeddings" else "lora.train_embeddings"
     try:
@@ -328,8 +328,8 @@ def _check_out(cfg: RunConfig, model: Path) -> None:
 
 def embedding_names(model_dir: Path) -> tuple[list[str], bool]:
     """(tensor names of the vocabulary matrices, tied) from the arch table; a one-line error if unknown."""
-    from ..arch import arch_for_config
-    from ..checkpoint import read_json
+    from ..vocab.arch import arch_for_config
+    from ..io.checkpoint import read_json
 
     cfg_path = Path(model_dir) / "config.json"
     arch = arch_for_config(read_json(cfg_path), cfg_path)

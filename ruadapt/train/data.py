@@ -172,7 +172,7 @@ def eos_token_id(model_dir: Path) -> int:
         if isinstance(tok, dict):
             tok = tok.get("content")
         if tok:
-            from ..tokdir import load_tokenizer
+            from ..io.tokdir import load_tokenizer
 
             i = load_tokenizer(model_dir).token_to_id(tok)
             if i is not None:

@@ -2,8 +2,8 @@
 + ``loss.png``; for LoRA also ``adapter/`` (peft format) and, with ``lora.merge``, the merged weights.
 
 Only the tensors the run changed are written from memory; every other tensor is streamed from the input
-checkpoint (:func:`ruadapt.checkpoint.write_with_replacements`), so a body frozen during training is
-byte-identical in the output. LoRA is merged from the adapter just written, by :mod:`ruadapt.lora` (the merge
+checkpoint (:func:`ruadapt.io.checkpoint.write_with_replacements`), so a body frozen during training is
+byte-identical in the output. LoRA is merged from the adapter just written, by :mod:`ruadapt.vocab.lora` (the merge
 ``ruadapt lep --lora-deltas`` uses too): each merged weight is built only when its shard is written, so rank 0
 holds one weight, not the body (≈ 140 GB for Qwen2.5-72B in bf16), and needs neither a second copy of the model
 nor peft's ``merge_and_unload`` (which un-ties a tied model whose embedding was a ``modules_to_save`` copy).
@@ -18,12 +18,12 @@ from typing import Any
 
 import torch
 
-from ..arch import INPUT, arch_for_config
-from ..checkpoint import INDEX_FILE, CheckpointReader, CheckpointWriter, parse_size, read_json, write_with_replacements
-from ..lora import ADAPTER_WEIGHTS, PEFT_PREFIX, merge_replacements, read_adapter
-from ..model_card import write_model_card
-from ..outdir import atomic_output_dir
-from ..record import StageRecord
+from ..vocab.arch import INPUT, arch_for_config
+from ..io.checkpoint import INDEX_FILE, CheckpointReader, CheckpointWriter, parse_size, read_json, write_with_replacements
+from ..vocab.lora import ADAPTER_WEIGHTS, PEFT_PREFIX, merge_replacements, read_adapter
+from ..io.model_card import write_model_card
+from ..io.outdir import atomic_output_dir
+from ..io.record import StageRecord
 from .config import RunConfig
 
 log = logging.getLogger(__name__)
@@ -46,7 +46,7 @@ def gather_to_rank0(named: dict[str, torch.nn.Parameter], rank: int) -> dict[str
 
 def vocab_replacements(reader: CheckpointReader, trained: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Trained non-LoRA tensors cast to the checkpoint's dtype; every stored tensor the tie rule gives the input
-    matrix (:meth:`ruadapt.arch.Arch.matrix_roles`: tied copies, a tied lm_head stored anyway) gets the trained
+    matrix (:meth:`ruadapt.vocab.arch.Arch.matrix_roles`: tied copies, a tied lm_head stored anyway) gets the trained
     input matrix too (a stale copy would silently break the tie on load)."""
     arch = arch_for_config(reader.config)
     out = {}
@@ -76,7 +76,7 @@ def write_adapter(dst: Path, peft_config: Any, trained: dict[str, torch.Tensor])
     """peft's on-disk layout: adapter_config.json + adapter_model.safetensors (keys without the adapter name;
     trained vocabulary matrices included, as peft's ``save_embedding_layers`` does).
 
-    Written by :class:`ruadapt.checkpoint.CheckpointWriter` from the tensors' own buffers: ``save_file`` would
+    Written by :class:`ruadapt.io.checkpoint.CheckpointWriter` from the tensors' own buffers: ``save_file`` would
     first copy them all into one ``bytes`` (1.7 GB of r = 64 LoRA on 80 layers of Qwen2.5-72B, plus 5 GB of
     trained vocabulary matrices)."""
     dst.mkdir(parents=True)

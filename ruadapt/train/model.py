@@ -1,6 +1,6 @@
 """Build the model for a stage: which parameters train, and how (embeddings / LoRA / full).
 
-The vocabulary matrices are found by name through the arch table (:func:`ruadapt.arch.arch_for_config`),
+The vocabulary matrices are found by name through the arch table (:func:`ruadapt.vocab.arch.arch_for_config`),
 never by guessing module types. A tied model has one matrix: it appears once in ``named_parameters`` and is
 trained once, so the tie holds by construction (no ``modules_to_save`` copies that would split it).
 """
@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from ..errors import RuadaptError
-from ..lora import PEFT_PREFIX
+from ..vocab.lora import PEFT_PREFIX
 from .config import RunConfig, embedding_names
 
 log = logging.getLogger(__name__)

@@ -20,10 +20,10 @@ import socket
 from pathlib import Path
 from typing import Callable
 
-from ..corpus import iter_document_blocks
+from ..io.corpus import iter_document_blocks
 from ..errors import RuadaptError
-from ..record import sha256_file
-from ..tokdir import load_tokenizer, tokenizer_json_path, tokenizer_size
+from ..io.record import sha256_file
+from ..io.tokdir import load_tokenizer, tokenizer_json_path, tokenizer_size
 from .config import RunConfig, SourceConfig
 from .data import Items, eos_token_id, normalized_weights, pad_token_id
 from .tokenfile import (DamagedTokenFile, TokenFileWriter, locked, open_token_file, publish, temp_dir_for,
@@ -173,7 +173,7 @@ def _cpt_builder(cfg: RunConfig, model: Path, tokenizer_json: Path, progress: bo
 
 
 def _sft_builder(cfg: RunConfig, model: Path, progress: bool) -> Callable:
-    from ..chatdata import iter_chats
+    from ..io.chatdata import iter_chats
     from .sft import load_chat_tokenizer, write_chats
 
     holder: list = []

@@ -33,9 +33,9 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from ..checkpoint import CheckpointReader
+from ..io.checkpoint import CheckpointReader
 from ..errors import RuadaptError
-from ..record import StageRecord
+from ..io.record import StageRecord
 from .config import RunConfig, fill_deepspeed_config, load_deepspeed_json, validate_deepspeed_config
 from .data import MixSampler, normalized_weights
 from .prepare import load_run_data, manifest_path

@@ -15,7 +15,7 @@ import numpy as np
 from tokenizers import Tokenizer
 from tqdm.auto import tqdm
 
-from ..corpus import read_documents  # the one reader of corpus files
+from ..io.corpus import read_documents  # the one reader of corpus files
 
 BATCH_LINES = 4096
 

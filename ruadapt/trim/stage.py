@@ -20,15 +20,15 @@ from typing import Collection, Sequence
 import torch
 from tokenizers import Tokenizer
 
-from ..arch import arch_for_config, check_vocab_tensors, padded_rows, padding_multiple
-from ..checkpoint import CheckpointReader, parse_size, read_json
-from ..corpus import check_corpus, read_documents, refuse_json_as_text
+from ..vocab.arch import arch_for_config, check_vocab_tensors, padded_rows, padding_multiple
+from ..io.checkpoint import CheckpointReader, parse_size, read_json
+from ..io.corpus import check_corpus, read_documents, refuse_json_as_text
 from ..errors import RuadaptError
-from ..outdir import atomic_output_dir, check_output_dir
-from ..record import StageRecord
-from ..tokdir import TokenizerFiles, load_tokenizer, remap_model_configs, tokenizer_json_path, write_json, write_tokenizer
-from ..vocab import mean_row
-from ..vocab_output import VocabOutput, check_token_ids, write_vocab_output
+from ..io.outdir import atomic_output_dir, check_output_dir
+from ..io.record import StageRecord
+from ..io.tokdir import TokenizerFiles, load_tokenizer, remap_model_configs, tokenizer_json_path, write_json, write_tokenizer
+from ..vocab.pieces import mean_row
+from ..vocab.output import VocabOutput, check_token_ids, write_vocab_output
 from .corpus import TokenCounts, compare_segmentation, count_tokens
 from .tokenizer import Selection, VocabSurgeon
 

@@ -29,7 +29,7 @@ from typing import Iterable, Sequence
 from tokenizers import Tokenizer
 
 from ..errors import RuadaptError
-from ..vocab import BYTE_LEVEL, bytes_to_unicode, detect_family
+from ..vocab.pieces import BYTE_LEVEL, bytes_to_unicode, detect_family
 
 REASONS = ("special", "alphabet", "keep_tokens", "used", "closure")
 

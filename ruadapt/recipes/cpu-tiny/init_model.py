@@ -13,9 +13,9 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-from ruadapt.outdir import atomic_output_dir
-from ruadapt.arch import padded_rows
-from ruadapt.tokdir import TOKENIZER_FILES
+from ruadapt.io.outdir import atomic_output_dir
+from ruadapt.vocab.arch import padded_rows
+from ruadapt.io.tokdir import TOKENIZER_FILES
 
 
 def main() -> None:

@@ -42,7 +42,7 @@ import random
 import re
 from pathlib import Path
 
-from ruadapt.outdir import atomic_output_dir
+from ruadapt.io.outdir import atomic_output_dir
 
 SYSTEM = "Ты полезный ассистент."  # ruadapt eval --system-instruction gives the same one to the held-out tasks
 SKILLS = ("copy", "first_word", "question", "lang")

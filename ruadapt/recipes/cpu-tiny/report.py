@@ -15,8 +15,8 @@ import json
 import math
 from pathlib import Path
 
-from ruadapt.arch import arch_for_config
-from ruadapt.checkpoint import CheckpointReader
+from ruadapt.vocab.arch import arch_for_config
+from ruadapt.io.checkpoint import CheckpointReader
 from ruadapt.eval.report import median_spread, ratio_range
 
 ROWS = [  # (label in the tables, eval model name)

@@ -15,11 +15,11 @@ from typing import TYPE_CHECKING, Iterable
 
 import yaml
 
-from .errors import RuadaptError
-from .schema import build
+from ..errors import RuadaptError
+from ..schema import build
 
 if TYPE_CHECKING:
-    from .checkpoint import CheckpointReader
+    from ..io.checkpoint import CheckpointReader
 
 
 INPUT, OUTPUT = "input", "output"
@@ -95,7 +95,7 @@ def parse_arch_table(text: str, where: str = "archs.yaml") -> dict[str, ArchEntr
 
 @functools.cache
 def _table() -> dict[str, ArchEntry]:
-    return parse_arch_table(resources.files("ruadapt").joinpath("archs.yaml").read_text(encoding="utf-8"), "ruadapt/archs.yaml")
+    return parse_arch_table(resources.files("ruadapt.vocab").joinpath("archs.yaml").read_text(encoding="utf-8"), "ruadapt/vocab/archs.yaml")
 
 
 def supported_model_types() -> list[str]:

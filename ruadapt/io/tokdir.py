@@ -14,7 +14,7 @@ from pathlib import Path
 from tokenizers import Tokenizer
 
 from .checkpoint import read_json
-from .errors import RuadaptError
+from ..errors import RuadaptError
 
 TOKENIZER_FILES = (
     "tokenizer.json",

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Iterator
 
-from .errors import RuadaptError
+from ..errors import RuadaptError
 from .corpus import iter_line_blocks
 
 ROLES = ("system", "user", "assistant", "tool")

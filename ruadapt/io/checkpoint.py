@@ -28,7 +28,7 @@ import torch
 from safetensors import safe_open
 from tqdm.auto import tqdm
 
-from .errors import RuadaptError
+from ..errors import RuadaptError
 
 log = logging.getLogger(__name__)
 
@@ -233,7 +233,7 @@ class CheckpointReader:
         :data:`FINGERPRINT_WINDOWS` windows of :data:`FINGERPRINT_WINDOW_BYTES` spread evenly over the data of
         every shard: a fine-tuned model differs from its base in every weight, so a header-only hash (equal for
         a base and its instruct model) is not enough. Cost: README, ``bench/fingerprint.py``."""
-        from .arch import arch_for_config  # arch imports this module
+        from ..vocab.arch import arch_for_config  # arch imports this module
 
         h = hashlib.sha256()
         for extra in ("config.json", INDEX_FILE):
@@ -323,7 +323,7 @@ class CheckpointWriter:
 
     Shards are written under temporary names and renamed to ``model-0000k-of-0000n.safetensors`` (or
     ``model.safetensors`` when there is one) by :meth:`finish`, which also writes the index.
-    Use it inside :func:`ruadapt.outdir.atomic_output_dir` so a failure leaves nothing behind.
+    Use it inside :func:`ruadapt.io.outdir.atomic_output_dir` so a failure leaves nothing behind.
 
     The safetensors file is laid out here (8-byte header length, JSON header, data; see
     https://huggingface.co/docs/safetensors) rather than by ``safetensors.torch.save_file`` because that

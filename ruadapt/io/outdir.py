@@ -13,7 +13,7 @@ import shutil
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from .errors import RuadaptError
+from ..errors import RuadaptError
 
 log = logging.getLogger(__name__)
 

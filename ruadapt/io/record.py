@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
-from . import __version__
+from .. import __version__
 
 if TYPE_CHECKING:
     from .checkpoint import CheckpointReader
@@ -93,7 +93,7 @@ class StageRecord:
         self.input(name, path, sha256=sha256_file(Path(path)), bytes=Path(path).stat().st_size, **facts)
 
     def input_model(self, name: str, reader: "CheckpointReader", **facts: Any) -> None:
-        """An input checkpoint, identified by :meth:`ruadapt.checkpoint.CheckpointReader.fingerprint`."""
+        """An input checkpoint, identified by :meth:`ruadapt.io.checkpoint.CheckpointReader.fingerprint`."""
         self.input(name, reader.path, fingerprint=reader.fingerprint(), **facts)
 
     def set(self, key: str, value: Any) -> None:
@@ -127,7 +127,7 @@ class StageRecord:
 
 def check_record(data: dict, where: str = "record") -> dict:
     """``data`` follows :data:`SCHEMA` (every key, nothing else, the types a reader relies on); returns it."""
-    from .errors import RuadaptError
+    from ..errors import RuadaptError
 
     if not isinstance(data, dict) or tuple(data) != SCHEMA:
         keys = list(data) if isinstance(data, dict) else type(data).__name__

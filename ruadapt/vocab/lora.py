@@ -5,7 +5,7 @@ Used by the train export (``lora.merge``) and by ``ruadapt lep --lora-deltas``. 
 ``lora_alpha / √r`` with ``use_rslora``), ``r`` and ``lora_alpha`` resolved per module from ``rank_pattern`` and
 ``alpha_pattern`` exactly as peft does (:func:`pattern_value`). The result is what peft's ``merge_and_unload``
 gives, without loading the model: :func:`merge_replacements` returns zero-argument callables for
-:func:`ruadapt.checkpoint.write_with_replacements`, which calls each one only when its shard is written, so
+:func:`ruadapt.io.checkpoint.write_with_replacements`, which calls each one only when its shard is written, so
 memory holds one merged weight (plus its A and B), never the body (≈ 140 GB for a 72B model in bf16).
 
 What this cannot merge exactly is refused with a one-line error before any output exists: DoRA, fan_in_fan_out
@@ -23,9 +23,9 @@ from typing import Callable, Iterable, Mapping
 import torch
 from safetensors import safe_open
 
-from .checkpoint import CheckpointReader, read_json
-from .errors import RuadaptError
-from .record import sha256_file
+from ..io.checkpoint import CheckpointReader, read_json
+from ..errors import RuadaptError
+from ..io.record import sha256_file
 
 # how peft prefixes module names in a saved adapter (PeftModel -> LoraModel -> the transformers model)
 PEFT_PREFIX = "base_model.model."

@@ -5,15 +5,15 @@ every other tensor is copied from, the new input matrix (and lm_head of an untie
 configs with their token ids remapped and the tokenizer to write. :func:`write_vocab_output` then does what
 the stages used to repeat, in one way:
 
-* the tie rule (:meth:`ruadapt.arch.Arch.matrix_roles`): which stored tensor gets which new matrix;
+* the tie rule (:meth:`ruadapt.vocab.arch.Arch.matrix_roles`): which stored tensor gets which new matrix;
 * the vocab-size keys of the config (``vocab_size_keys`` in ``archs.yaml``), and a check that every token id
   the configs name lies inside the new rows;
-* an atomic output directory (:mod:`ruadapt.outdir`): temporary folder beside the target, renamed on success;
-* the shards (:func:`ruadapt.checkpoint.write_with_replacements`: unchanged tensors copied through), then a
+* an atomic output directory (:mod:`ruadapt.io.outdir`): temporary folder beside the target, renamed on success;
+* the shards (:func:`ruadapt.io.checkpoint.write_with_replacements`: unchanged tensors copied through), then a
   check of the written vocabulary tensors' shapes from their headers;
-* the tokenizer files, checked on reload (:func:`ruadapt.tokdir.write_tokenizer`);
-* the stage record, with the facts every stage reports under ``result`` (:mod:`ruadapt.record`);
-* the model card and lineage (:mod:`ruadapt.model_card`).
+* the tokenizer files, checked on reload (:func:`ruadapt.io.tokdir.write_tokenizer`);
+* the stage record, with the facts every stage reports under ``result`` (:mod:`ruadapt.io.record`);
+* the model card and lineage (:mod:`ruadapt.io.model_card`).
 """
 
 from __future__ import annotations
@@ -24,12 +24,12 @@ from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
 from .arch import INPUT, Arch
-from .checkpoint import CheckpointReader, Replacement, write_with_replacements
-from .errors import RuadaptError
-from .model_card import write_model_card
-from .outdir import atomic_output_dir
-from .record import StageRecord
-from .tokdir import TOKEN_ID_KEYS, TokenizerFiles, tokenizer_size, write_json, write_tokenizer
+from ..io.checkpoint import CheckpointReader, Replacement, write_with_replacements
+from ..errors import RuadaptError
+from ..io.model_card import write_model_card
+from ..io.outdir import atomic_output_dir
+from ..io.record import StageRecord
+from ..io.tokdir import TOKEN_ID_KEYS, TokenizerFiles, tokenizer_size, write_json, write_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 class VocabOutput:
     """Everything a vocabulary-changing stage decided, before anything is written.
 
-    ``input_matrix`` / ``output_matrix`` are tensors, :class:`ruadapt.checkpoint.RowBlocks` or zero-argument
+    ``input_matrix`` / ``output_matrix`` are tensors, :class:`ruadapt.io.checkpoint.RowBlocks` or zero-argument
     callables that build the matrix when its shard is written (one big matrix in memory at a time);
     ``output_matrix`` is for untied models only. ``extra`` replaces other tensors (LEP's LoRA-merged weights)
     and wins over the tie rule (trim slices each stored copy of a tied matrix by its own rows).
@@ -56,7 +56,7 @@ class VocabOutput:
     output_matrix: Replacement | None = None
     extra: Mapping[str, Replacement] = field(default_factory=dict)
     max_shard_bytes: int | None = None
-    # model card (ruadapt.model_card): the model this output continues, others it is built from, its tokenizer dir
+    # model card (ruadapt.io.model_card): the model this output continues, others it is built from, its tokenizer dir
     started_from: Path | None = None
     other_inputs: Mapping[str, Path] = field(default_factory=dict)
     tokenizer_dir: Path | None = None

@@ -29,7 +29,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import RuadaptError
+from ..errors import RuadaptError
 
 log = logging.getLogger(__name__)
 
