@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
+SHARED = Path(os.environ.get("RUADAPT_TEST_DATA") or ROOT.parent / "shared")  # the tests' data (docs/testing.md)
 
 
 def run_measured(cmd: list[str], *, env: dict | None = None, cwd: Path | None = None) -> dict:

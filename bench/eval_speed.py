@@ -40,7 +40,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
+from common import SHARED  # noqa: E402  (RUADAPT_TEST_DATA, else ../shared: the tests' data)
 
 BODY = dict(hidden_size=896, num_hidden_layers=24, intermediate_size=4864, num_attention_heads=14,
             num_key_value_heads=2, max_position_embeddings=4096, tie_word_embeddings=True)

@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
+from common import SHARED  # noqa: E402  (RUADAPT_TEST_DATA, else ../shared: the tests' data)
 sys.path.insert(0, str(ROOT / "tests"))
 
 RU_TRAIN, EN_TRAIN = SHARED / "data" / "ru_train.txt", SHARED / "data" / "en_train.txt"

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
+from common import SHARED  # noqa: E402  (RUADAPT_TEST_DATA, else ../shared: the tests' data)
 
 
 def build_model(work: Path, hidden: int, layers: int, keep_top: int, corpus: Path) -> Path:

@@ -4,6 +4,7 @@ every kind of bad input is a one-line error naming the file and the line (or row
 
 from __future__ import annotations
 
+import functools
 import gzip
 import json
 import os
@@ -13,12 +14,17 @@ from pathlib import Path
 
 import pytest
 
-from tiny import ROOT, SHARED_DATA, make_tiny_model
+from tiny import ROOT, SHARED_DATA, SHARED_TOKENIZERS, make_tiny_model
 
 from ruadapt.io.corpus import iter_document_blocks, iter_documents, read_documents
 from ruadapt.errors import RuadaptError
 
-DOCS = [l.rstrip("\n") for l in (SHARED_DATA / "ru_train.txt").open(encoding="utf-8").readlines()[:200] if l.strip()]
+
+@functools.cache
+def docs() -> list[str]:
+    """The first 200 documents of ru_train (read on first use: collection works without the test data)."""
+    lines = (SHARED_DATA / "ru_train.txt").open(encoding="utf-8").readlines()[:200]
+    return [l.rstrip("\n") for l in lines if l.strip()]
 
 
 def write_all_formats(d: Path) -> dict[str, Path]:
@@ -26,8 +32,8 @@ def write_all_formats(d: Path) -> dict[str, Path]:
     import pyarrow.parquet as pq
     import zstandard
 
-    text = "\n".join(DOCS) + "\n"
-    jsonl = "".join(json.dumps({"id": k, "body": t}, ensure_ascii=False) + "\n" for k, t in enumerate(DOCS))
+    text = "\n".join(docs()) + "\n"
+    jsonl = "".join(json.dumps({"id": k, "body": t}, ensure_ascii=False) + "\n" for k, t in enumerate(docs()))
     files = {"txt": d / "a.txt", "crlf": d / "crlf.txt", "jsonl": d / "a.jsonl", "txt.gz": d / "a.txt.gz",
              "jsonl.zst": d / "a.jsonl.zst", "parquet": d / "a.parquet"}
     files["txt"].write_text("\ufeff" + text.replace("\n", "\n\n", 3), encoding="utf-8")  # BOM and empty lines
@@ -39,7 +45,7 @@ def write_all_formats(d: Path) -> dict[str, Path]:
     cut = jsonl.index("\n", half) + 1
     z = zstandard.ZstdCompressor()
     files["jsonl.zst"].write_bytes(z.compress(jsonl[:cut].encode()) + z.compress(jsonl[cut:].encode()))
-    pq.write_table(pa.table({"body": DOCS}), files["parquet"], row_group_size=50)
+    pq.write_table(pa.table({"body": docs()}), files["parquet"], row_group_size=50)
     return files
 
 
@@ -47,8 +53,8 @@ def test_every_format_gives_the_same_documents(tmp_path):
     files = write_all_formats(tmp_path)
     for name, path in files.items():
         field = "body" if name in ("jsonl", "jsonl.zst", "parquet") else "text"
-        assert list(iter_documents(path, text_field=field)) == DOCS, name
-    assert read_documents(files["jsonl"], text_field="body", limit=7) == DOCS[:7]
+        assert list(iter_documents(path, text_field=field)) == docs(), name
+    assert read_documents(files["jsonl"], text_field="body", limit=7) == docs()[:7]
 
 
 def test_blocks_stream_a_big_file_in_bounded_pieces(tmp_path, monkeypatch):
@@ -56,9 +62,9 @@ def test_blocks_stream_a_big_file_in_bounded_pieces(tmp_path, monkeypatch):
 
     monkeypatch.setattr(corpus, "BLOCK_BYTES", 4096)  # a line may straddle blocks
     path = tmp_path / "a.txt.gz"
-    path.write_bytes(gzip.compress(("\n".join(DOCS) + "\n").encode()))
+    path.write_bytes(gzip.compress(("\n".join(docs()) + "\n").encode()))
     blocks = list(iter_document_blocks(path))
-    assert len(blocks) >= sum(len(d.encode()) + 1 for d in DOCS) // 4096 and [d for b in blocks for d in b] == DOCS
+    assert len(blocks) >= sum(len(d.encode()) + 1 for d in docs()) // 4096 and [d for b in blocks for d in b] == docs()
 
 
 def bad(path: Path, match: str, **kw) -> None:
@@ -107,7 +113,7 @@ def ruadapt(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 def test_train_refuses_bad_data_before_any_rank_starts(tmp_path):
     model = make_tiny_model(tmp_path / "m", "qwen2")
     good = tmp_path / "ru.txt"
-    good.write_text("\n".join(DOCS[:50]) + "\n", encoding="utf-8")
+    good.write_text("\n".join(docs()[:50]) + "\n", encoding="utf-8")
     broken = tmp_path / "en.jsonl"
     broken.write_text('{"text": "fine"}\n{"text": "not closed\n', encoding="utf-8")
     cfg = tmp_path / "c.yaml"
@@ -137,11 +143,11 @@ def test_tokenizer_training_and_trim_read_compressed_jsonl_like_text(tmp_path):
     from ruadapt.vocab.pieces import BYTE_LEVEL
 
     txt = tmp_path / "ru.txt"
-    txt.write_text("\n".join(DOCS) + "\n", encoding="utf-8")
+    txt.write_text("\n".join(docs()) + "\n", encoding="utf-8")
     zst = tmp_path / "ru.jsonl.zst"
     zst.write_bytes(zstandard.ZstdCompressor().compress(
-        "".join(json.dumps({"text": d}, ensure_ascii=False) + "\n" for d in DOCS).encode()))
-    tok = Tokenizer.from_file(str(ROOT.parent / "shared" / "tokenizers" / "qwen2.5" / "tokenizer.json"))
+        "".join(json.dumps({"text": d}, ensure_ascii=False) + "\n" for d in docs()).encode()))
+    tok = Tokenizer.from_file(str(SHARED_TOKENIZERS / "qwen2.5" / "tokenizer.json"))
     words_txt, _ = count_words(tok, BYTE_LEVEL, [txt], progress=False)
     words_zst, _ = count_words(tok, BYTE_LEVEL, [zst], progress=False)
     assert words_txt == words_zst and not any('"}' in w for w in words_zst)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tiny import ROOT
+from tiny import ROOT, SHARED
 
 VENV = Path(sys.prefix)  # the environment running the tests is the one `make` must use (no second install)
 
@@ -21,6 +21,7 @@ VENV = Path(sys.prefix)  # the environment running the tests is the one `make` m
 def make_demo(env: dict, timeout: int) -> subprocess.CompletedProcess:
     if not (VENV / ".ruadapt-installed").is_file():
         pytest.skip(f"{VENV} was not made by `make venv` (no .ruadapt-installed); run the tests with `make test`")
+    env = {**env, "SHARED": str(SHARED)}  # the test data folder (tiny.py): cpu-tiny.sh reads it as SHARED
     return subprocess.run(["make", "-s", "-C", str(ROOT), "demo", f"VENV={VENV}"], env=env, capture_output=True,
                           text=True, timeout=timeout)
 

@@ -1,24 +1,71 @@
-"""Tiny models of real architectures with the *real* base tokenizers from ../shared/tokenizers.
+"""Tiny models of real architectures with the *real* base tokenizers, and where the tests' data lives.
 
 Shared by the test modules (import as ``from tiny import ...``). Weights are random but seeded; the embedding
 matrices have the padded row counts of the released checkpoints (e.g. Qwen2.5: 151,665 tokens, 151,936 rows).
+
+The test data (base tokenizers and real text, never copied into the repository: see their licences) is read from
+one folder, ``$RUADAPT_TEST_DATA``, default ``../shared`` beside the repository; this module is the one place
+that reads the variable. Without the files, conftest.py skips the tests that use them, with ``data_skip_reason()``
+saying where each one comes from publicly (docs/testing.md has the same list with checksums).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 from pathlib import Path
 
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
+DATA_VAR = "RUADAPT_TEST_DATA"
+SHARED = Path(os.environ.get(DATA_VAR) or ROOT.parent / "shared").resolve()
 SHARED_TOKENIZERS = SHARED / "tokenizers"
 SHARED_DATA = SHARED / "data"
 
-# model_type -> (tokenizer folder in ../shared/tokenizers, matrix rows as in the released checkpoints, tied default)
+# every file the tests read below SHARED -> where it comes from publicly. The tokenizer files are byte-identical to
+# the Hub's (the sha256 pins the file where no Hub revision was recorded); the texts are extracted from the named
+# corpora's public GitHub repositories, as docs/testing.md lists with commits, licences and each file's sha256.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+FIXTURES: dict[str, str] = {
+    **{f"tokenizers/qwen2.5/{f}": "Hub Qwen/Qwen2.5-1.5B-Instruct (revision not recorded; tokenizer.json "
+       "sha256 c0382117ea329cdf…, as in every Qwen2.5 repo)" for f in TOKENIZER_FILES},
+    **{f"tokenizers/llama-3/{f}": "Hub meta-llama/Meta-Llama-3-8B (gated; mirror NousResearch/Meta-Llama-3-8B; "
+       "revision not recorded; tokenizer.json sha256 e134af98b985517b…)" for f in TOKENIZER_FILES},
+    **{f"tokenizers/mistral-nemo/{f}": "Hub mistralai/Mistral-Nemo-Instruct-2407 at revision "
+       "04d8a90549d23fc6bd7f642064003592df51e9b3 (tokenizer.json sha256 e11c71726323d33d…)" for f in TOKENIZER_FILES},
+    **{f"tokenizers/gemma-3/{f}": "Hub google/gemma-3-27b-it or unsloth/gemma-3-1b-it (revision not recorded; "
+       "tokenizer.json sha256 4667f2089529e8e7…)" for f in TOKENIZER_FILES},
+    **{f"tokenizers/testvectors/llama.cpp/ggml-vocab-{v}.gguf.{x}": "llama.cpp commit 0c1e57098bba43ac29e6e3b677cdc"
+       "eebdd22334f, models/ (as vendored in PyPI llama_cpp_python-0.3.36)"
+       for v in ("qwen2", "llama-bpe", "gemma-4") for x in ("inp", "out")},
+    "data/ru_train.txt": "UD Russian-Taiga/GSD/Poetry, XQuAD ru, Tatoeba (OPUS-MT-testsets), NEREL v1.1, WMT ru",
+    "data/ru_eval.txt": "UD Russian-GSD/Taiga/Poetry test, TICO-19 test ru, NTREX-128 ru",
+    "data/en_eval.txt": "UD English-EWT dev+test, TICO-19 test en, NTREX-128 en",
+    "data/en_train.txt": "Tatoeba eng-rus, XQuAD en, WMT newstest en",
+    "data/ru_en_parallel.tsv": "NTREX-128, TICO-19 test, Tatoeba eng-rus v2021-08-07, XQuAD (ru/en pairs)",
+}
+
+
+def missing_fixtures() -> list[str]:
+    """The FIXTURES files that are not below SHARED (all of them when the folder does not exist)."""
+    return [rel for rel in FIXTURES if not (SHARED / rel).is_file()]
+
+
+def data_skip_reason(missing: list[str]) -> str:
+    """One skip reason: which folder was looked in, how to point elsewhere, and the public source of each missing
+    file (tokenizer folders and test vectors collapsed to one entry each)."""
+    sources: dict[str, str] = {}
+    for rel in missing:
+        key = rel.rsplit("/", 1)[0] if rel.startswith("tokenizers/") else rel
+        sources.setdefault(key, FIXTURES[rel])
+    where = f"{DATA_VAR}={os.environ[DATA_VAR]}" if os.environ.get(DATA_VAR) else f"{SHARED} (default; set {DATA_VAR})"
+    listed = "; ".join(f"{k}: {v}" for k, v in sources.items())
+    return f"test data not found in {where}: {len(missing)} files missing; public sources: {listed} (docs/testing.md)"
+
+# model_type -> (tokenizer folder in SHARED/tokenizers, matrix rows as in the released checkpoints, tied default)
 ARCHS: dict[str, tuple[str, int]] = {
     "qwen2": ("qwen2.5", 151936),
     "qwen3": ("qwen2.5", 151936),
@@ -27,11 +74,10 @@ ARCHS: dict[str, tuple[str, int]] = {
     "gemma2": ("gemma-3", 262208),
     "gemma3_text": ("gemma-3", 262208),
 }
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 
 
 def copy_tokenizer(name: str, dst: Path) -> Path:
-    """Copy a real base tokenizer from ../shared (read-only there) into ``dst``."""
+    """Copy a real base tokenizer from SHARED (read-only there) into ``dst``."""
     dst.mkdir(parents=True, exist_ok=True)
     for f in TOKENIZER_FILES:
         shutil.copyfile(SHARED_TOKENIZERS / name / f, dst / f)

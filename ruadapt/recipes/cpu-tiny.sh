@@ -14,9 +14,9 @@ set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)"  # ruadapt/recipes, also when started as recipes/cpu-tiny.sh
 ROOT="${ROOT:-$(cd "$HERE/../.." && pwd)}"               # the repository: runs/, tokenizers/, and ../shared beside it
-SHARED="${SHARED:-$ROOT/../shared}"
+SHARED="${SHARED:-${RUADAPT_TEST_DATA:-$ROOT/../shared}}"   # the test data folder the tests read (docs/testing.md)
 if [ ! -d "$SHARED/data" ]; then
-    echo "cpu-tiny: $SHARED/data not found (the team's shared/ folder beside the repository); set SHARED=/path/to/shared" >&2
+    echo "cpu-tiny: $SHARED/data not found (the test data folder, docs/testing.md); set RUADAPT_TEST_DATA=/path/to/it" >&2
     exit 2
 fi
 TOY="${TOY:-0}"
