@@ -1,6 +1,8 @@
-"""README.md's command examples work as written.
+"""The command examples of README.md and docs/*.md work as written.
 
-Every ``ruadapt ...`` line of a ```bash/```sh block must parse with the real argument parser (fast). The
+Every ``ruadapt ...`` line of a ```bash/```sh block of README.md and of every docs/*.md must parse with the real
+argument parser, docs/commands.md has an example of every command the parser knows, and every bench script
+docs/benchmarks.md names exists (fast). The
 Quickstart section runs end to end (slow): its blocks, in order, as one bash script in an empty directory, with
 tiny random models stored in an offline hub cache under the repo ids it names, small files in the
 variables it reads, DeepSpeed on 2 CPU processes. A block preceded by ``<!-- readme-test: skip (why) -->``
@@ -9,6 +11,7 @@ variables it reads, DeepSpeed on 2 CPU processes. A block preceded by ``<!-- rea
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
@@ -23,6 +26,7 @@ import pytest
 from tiny import ROOT, SHARED_DATA, fill_hub_cache, make_tiny_model
 
 README = ROOT / "README.md"
+DOCS = ROOT / "docs"
 QUICKSTART = "## Quickstart from a Hugging Face model"
 SKIP = re.compile(r"<!--\s*readme-test:\s*skip\b(.*?)-->")
 ENV_ASSIGNMENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*=")
@@ -38,7 +42,7 @@ class Block:
     skip: str | None  # the reason given in a skip marker, or None
 
 
-def bash_blocks(text: str) -> list[Block]:
+def bash_blocks(text: str, name: str = "README.md") -> list[Block]:
     """The ```bash / ```sh blocks of a Markdown text, with the section they are in and their skip marker."""
     blocks, section, last, fence = [], "", "", None
     lines = text.splitlines()
@@ -57,7 +61,7 @@ def bash_blocks(text: str) -> list[Block]:
             fence = (i + 1, marker.group(1).strip(" ()") if marker else None, [])
         if line.strip():
             last = line
-    assert fence is None, f"README.md:{fence[0]}: a code block is not closed"
+    assert fence is None, f"{name}:{fence[0]}: a code block is not closed"
     return blocks
 
 
@@ -121,28 +125,63 @@ def expand(command: str, values: dict[str, str]) -> str:
     return SHELL_VAR.sub(sub, command)
 
 
-def readme_commands() -> list[tuple[int, str, list[str]]]:
-    blocks = bash_blocks(README.read_text(encoding="utf-8"))
-    values = exported_defaults(blocks)
+def doc_files() -> list[Path]:
+    """README.md and every docs/*.md: the files whose command examples are checked."""
+    return [README, *sorted(DOCS.glob("*.md"))]
+
+
+def readme_commands(path: Path = README) -> list[tuple[int, str, list[str]]]:
+    """(line, command, argv after ``ruadapt``) of every ruadapt command in the bash blocks of ``path``, with the
+    variables the README's quickstart exports (and the file's own exports) expanded."""
+    blocks = bash_blocks(path.read_text(encoding="utf-8"), path.relative_to(ROOT).as_posix())
+    values = exported_defaults(bash_blocks(README.read_text(encoding="utf-8")) + blocks)
     return [(n, c, argv) for b in blocks for n, c in commands(b) if (argv := ruadapt_argv(expand(c, values))) is not None]
 
 
 def test_every_readme_command_parses(capsys):
     from ruadapt.cli import build_parser
 
-    found = readme_commands()
-    assert len(found) >= 30, "README.md lost its command examples?"
     parser = build_parser()
+    found = {path.relative_to(ROOT).as_posix(): readme_commands(path) for path in doc_files()}
+    assert {"README.md", "docs/commands.md", "docs/benchmarks.md"} <= set(found), sorted(found)
+    assert len(found["README.md"]) >= 8, "README.md lost its quickstart commands?"
+    assert len(found["docs/commands.md"]) >= 30, "docs/commands.md lost its command examples?"
     failures = []
-    for line, command, argv in found:
-        try:
-            parser.parse_args(argv)
-        except SystemExit as e:
-            if e.code == 0:  # --help, --version
-                continue
-            err = capsys.readouterr().err.strip().splitlines()
-            failures.append(f"README.md:{line}: {command}\n    {err[-1] if err else ''}")
-    assert not failures, "README examples that fail as written:\n" + "\n".join(failures)
+    for name, cmds in found.items():
+        for line, command, argv in cmds:
+            try:
+                parser.parse_args(argv)
+            except SystemExit as e:
+                if e.code == 0:  # --help, --version
+                    continue
+                err = capsys.readouterr().err.strip().splitlines()
+                failures.append(f"{name}:{line}: {command}\n    {err[-1] if err else ''}")
+    assert not failures, "examples that fail as written:\n" + "\n".join(failures)
+
+
+def _subcommands(parser: argparse.ArgumentParser, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    """Every runnable command path of the real parser: ("swap",), ("tokenizer", "train"), ..."""
+    subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if not subs:
+        return [prefix]
+    return [p for a in subs for name, sub in a.choices.items() for p in _subcommands(sub, prefix + (name,))]
+
+
+def test_commands_doc_has_an_example_of_every_command():
+    from ruadapt.cli import build_parser
+
+    every = _subcommands(build_parser())
+    assert ("tokenizer", "report") in every and ("recipe", "ls") in every and len(every) >= 12
+    examples = [tuple(a for a in argv if not a.startswith("-")) for _, _, argv in readme_commands(DOCS / "commands.md")]
+    missing = [" ".join(path) for path in every if not any(words[:len(path)] == path for words in examples)]
+    assert not missing, f"docs/commands.md has no example of: {', '.join(missing)}"
+
+
+def test_every_bench_script_the_benchmarks_name_exists():
+    text = (DOCS / "benchmarks.md").read_text(encoding="utf-8")
+    scripts = set(re.findall(r"\bbench/[\w-]+\.py\b", text))
+    assert len(scripts) >= 8, scripts
+    assert not [s for s in sorted(scripts) if not (ROOT / s).is_file()]
 
 
 def test_block_and_command_extraction():
