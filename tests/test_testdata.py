@@ -16,8 +16,8 @@ import pytest
 from tiny import DATA_VAR, FIXTURES, ROOT
 
 # a few tests of both kinds, picked by name; the whole tests/ folder is collected all the same
-PICK = ("test_sentencepiece_word_split or test_segment_matches_naive_bpe or test_every_format_gives_the_same_documents"
-        " or test_normal_equations_match_lstsq_chunked")
+PICK = ("test_block_and_command_extraction or test_every_readme_command_parses or test_segment_matches_naive_bpe"
+        " or test_every_format_gives_the_same_documents")
 
 
 @pytest.mark.slow  # ≈ 40 s: a second pytest collects the whole suite
