@@ -92,9 +92,10 @@ class StageRecord:
         """An input file, identified by the sha256 of its bytes."""
         self.input(name, path, sha256=sha256_file(Path(path)), bytes=Path(path).stat().st_size, **facts)
 
-    def input_model(self, name: str, reader: "CheckpointReader", **facts: Any) -> None:
-        """An input checkpoint, identified by :meth:`ruadapt.io.checkpoint.CheckpointReader.fingerprint`."""
-        self.input(name, reader.path, fingerprint=reader.fingerprint(), **facts)
+    def input_model(self, name: str, reader: "CheckpointReader", fingerprint: str, **facts: Any) -> None:
+        """An input checkpoint, identified by its fingerprint (:func:`ruadapt.vocab.arch.model_fingerprint`,
+        computed by the caller: which tensors it hashes whole is a fact of the architecture, above this layer)."""
+        self.input(name, reader.path, fingerprint=fingerprint, **facts)
 
     def set(self, key: str, value: Any) -> None:
         """One entry of ``result``."""

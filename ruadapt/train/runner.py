@@ -36,6 +36,7 @@ import torch
 from ..io.checkpoint import CheckpointReader
 from ..errors import RuadaptError
 from ..io.record import StageRecord
+from ..vocab.arch import model_fingerprint
 from .config import RunConfig, fill_deepspeed_config, load_deepspeed_json, validate_deepspeed_config
 from .data import MixSampler, normalized_weights
 from .prepare import load_run_data, manifest_path
@@ -333,7 +334,8 @@ class TrainingRun:
         record = StageRecord("train", cfg.to_dict(), started=self.started)
         if cfg.source:
             record.input_file("config", cfg.source)
-        record.input_model("model", CheckpointReader(cfg.model))
+        reader = CheckpointReader(cfg.model)
+        record.input_model("model", reader, model_fingerprint(reader))
         manifest = json.loads(manifest_path(cfg).read_text(encoding="utf-8"))
         record.input("tokenizer", Path(cfg.model) / "tokenizer.json", sha256=manifest.get("tokenizer_sha256"))
         for section in ("train", "eval"):
