@@ -12,6 +12,7 @@ import logging
 import os
 import sys
 
+from .commands import HelpFormatter
 from .errors import EXIT_USAGE, RuadaptError
 
 # subcommand name -> module with ``register(subparsers)``; order = order in ``ruadapt --help``
@@ -27,31 +28,6 @@ COMMANDS: tuple[str, ...] = (
     "ruadapt.commands.eval",
     "ruadapt.commands.gguf",
 )
-
-
-class HelpFormatter(argparse.RawDescriptionHelpFormatter):
-    """Keeps the example blocks of epilogs as written and shows each option's default once.
-
-    ArgumentDefaultsHelpFormatter appends "(default: X)" to every option, also where the help text already
-    explains the default in words ("default: the input's largest shard") and where there is none to show
-    (None, False of a flag, an empty list): "(default: None) (default: None)" noise. Here the default is
-    appended only when it is a value and the help text does not mention it.
-    """
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        text = action.help or ""
-        default = action.default
-        if (
-            "default" in text.lower()
-            or default is None
-            or default is argparse.SUPPRESS
-            or isinstance(default, bool)
-            or default in ("", [], ())
-            or action.required
-            or not (action.option_strings or action.nargs in (argparse.OPTIONAL, argparse.ZERO_OR_MORE))
-        ):
-            return text
-        return text + " (default: %(default)s)"
 
 
 class _VersionAction(argparse.Action):

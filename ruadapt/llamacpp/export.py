@@ -28,7 +28,7 @@ from ..io.record import StageRecord, sha256_file
 from ..io.tokdir import tokenizer_json_path
 from ..vocab.arch import model_fingerprint
 from ..vocab.pieces import detect_family, piece_to_bytes
-from .checktext import CHECK_TEXT, check_text_hash, check_text_ids
+from ..vocab.checktext import CHECK_TEXT, check_text_hash, check_text_ids
 from .prename import lookup
 from .readback import check_gguf
 from .source import OUTTYPES, find_converter
