@@ -12,6 +12,7 @@ import logging
 import os
 import sys
 
+from . import __version__
 from .commands import HelpFormatter
 from .errors import EXIT_USAGE, RuadaptError
 
@@ -45,8 +46,6 @@ class _VersionAction(argparse.Action):
 def version_line() -> str:
     """``ruadapt 0.1.0 (python 3.11.7, torch 2.13.0, transformers 5.24.0, ...)``."""
     from importlib import metadata
-
-    from . import __version__
 
     libs = [f"python {sys.version.split()[0]}"]
     for dist in ("torch", "transformers", "tokenizers", "deepspeed", "peft"):

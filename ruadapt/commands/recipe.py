@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from . import add_parser, path_arg
+from ..recipe import copy_recipe, list_recipes
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -57,8 +58,6 @@ ruadapt recipe cp cpu-tiny /tmp/tiny --set CPT_STEPS=20                 # the de
 
 
 def run_ls(args: argparse.Namespace) -> int:
-    from ..recipe import list_recipes
-
     recipes = list_recipes()
     rows = [("NAME", "HARDWARE", "DESCRIPTION")] + [(r.name, r.hardware or "-", r.description or "-") for r in recipes]
     w0, w1 = (max(len(row[i]) for row in rows) for i in (0, 1))
@@ -69,8 +68,6 @@ def run_ls(args: argparse.Namespace) -> int:
 
 
 def run_cp(args: argparse.Namespace) -> int:
-    from ..recipe import copy_recipe
-
     r = copy_recipe(args.name, args.dest, args.set, force=args.force)
     dest = r["dest"]
     print(f"{r['recipe']} -> {dest}: {' '.join(r['files'])}" + (f" ({len(r['replaced'])} replaced)" if r["replaced"] else ""))

@@ -17,6 +17,10 @@ from pathlib import Path
 
 from ..errors import RuadaptError
 from . import add_parser, path_arg
+from ..train.rundir import STARTED_ENV, check_rerun, discard_run, last_complete
+from ..train.config import fill_deepspeed_config, load_configs, load_deepspeed_json, validate_deepspeed_config
+from ..train.supervise import master_port, supervise
+from ..io.hub import describe
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -87,8 +91,6 @@ def launch_command(args: argparse.Namespace, configs: list[Path], port: int | No
 def check_reruns(configs: list, overwrite: bool, dry_run: bool) -> list:
     """The configs still to run. A config whose earlier launch recorded other values is refused, or with
     ``--overwrite`` discarded together with every later config that trains on its output."""
-    from ..train.rundir import check_rerun, discard_run
-
     redo: set[Path] = set()
     pending = []
     for cfg in configs:
@@ -112,10 +114,6 @@ def check_reruns(configs: list, overwrite: bool, dry_run: bool) -> list:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..train.config import fill_deepspeed_config, load_configs, load_deepspeed_json, validate_deepspeed_config
-    from ..train.rundir import last_complete
-    from ..train.supervise import master_port, supervise
-
     started = time.time()
     if args.stop_grace < 0:
         raise RuadaptError(f"--stop-grace {args.stop_grace}: must not be negative")
@@ -152,9 +150,6 @@ def rank_env(configs: list, started: float) -> dict[str, str]:
     """The ranks' environment: ours, plus when the user started this launch (their records say so, not when they
     began), and offline when a model came from the Hugging Face Hub, so every rank reads the snapshot resolved
     here (through the cache's refs) instead of each asking the Hub again, which may have moved on since."""
-    from ..io.hub import describe
-    from ..train.rundir import STARTED_ENV
-
     env = {**os.environ, STARTED_ENV: os.environ.get(STARTED_ENV, str(started))}
     if any(describe(c.model) for c in configs):
         env["HF_HUB_OFFLINE"] = "1"
@@ -164,8 +159,6 @@ def rank_env(configs: list, started: float) -> dict[str, str]:
 def stop_message(pending: list, sig: int) -> str:
     """The one line after a stop: what was kept and the command that continues."""
     import signal
-
-    from ..train.rundir import last_complete
 
     again = "ruadapt " + shlex.join(sys.argv[1:]) if sys.argv[1:2] == ["train"] else "the same ruadapt train command"
     name = signal.Signals(sig).name

@@ -25,6 +25,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
 from .. import __version__
+from ..errors import RuadaptError
+from .hub import describe
 
 if TYPE_CHECKING:
     from .checkpoint import CheckpointReader
@@ -83,8 +85,6 @@ class StageRecord:
     def input(self, name: str, path: Path | str, **facts: Any) -> None:
         """An input by its absolute path, symlinks not followed (a file of a hub snapshot keeps its name, not
         ``blobs/<sha>``); a hub snapshot directory adds its repo id, revision and commit."""
-        from .hub import describe
-
         path = Path(os.path.abspath(Path(path).expanduser()))
         self.data["inputs"][name] = {"path": str(path), **describe(path), **{k: _plain(v) for k, v in facts.items()}}
 
@@ -128,8 +128,6 @@ class StageRecord:
 
 def check_record(data: dict, where: str = "record") -> dict:
     """``data`` follows :data:`SCHEMA` (every key, nothing else, the types a reader relies on); returns it."""
-    from ..errors import RuadaptError
-
     if not isinstance(data, dict) or tuple(data) != SCHEMA:
         keys = list(data) if isinstance(data, dict) else type(data).__name__
         raise RuadaptError(f"{where}: keys {keys} are not the stage record schema {list(SCHEMA)}")

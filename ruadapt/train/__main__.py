@@ -14,6 +14,8 @@ import os
 import sys
 
 from ..errors import EXIT_USAGE, RuadaptError
+from .config import load_configs, validate
+from .rundir import check_rerun
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,8 +27,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--resume", action="store_true", help="require a complete checkpoint to resume from")
     p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    from .config import load_configs, validate
-    from .rundir import check_rerun
     from .runner import StopRequested, install_stop_handlers, run
 
     install_stop_handlers()

@@ -22,6 +22,8 @@ import yaml
 
 from ..errors import RuadaptError
 from ..schema import build
+from ..io.hub import resolve
+from ..io.corpus import check_corpus
 
 TASKS = ("cpt", "sft")
 STAGES = ("embeddings", "lora", "full")
@@ -228,8 +230,6 @@ def resolve_model(cfg: RunConfig) -> None:
     """``model:`` may be a Hugging Face repo id (pinned by ``revision:``): it becomes the snapshot directory in the
     hub cache. That path names the commit, so the config recorded for a resume pins the weights: a relaunch after
     the repo moved on is refused as a changed ``model`` instead of resuming on other weights."""
-    from ..io.hub import resolve
-
     path = resolve(cfg.model, f"{cfg.source or 'config'}: model", revision=cfg.revision or None)
     if path != Path(cfg.model).expanduser():  # a repo id; a local model keeps its spelling, as earlier launches recorded it
         cfg.model = str(path)
@@ -269,7 +269,6 @@ def validate(cfg: RunConfig, *, check_files: bool = True, skip_model: bool = Fal
         need(cfg.embeddings.new_rows_from > 0, "embeddings.new_rows_only needs embeddings.new_rows_from (the first new row)")
     if not check_files:
         return
-    from ..io.corpus import check_corpus
 
     for section, sources in (("data.train", cfg.data.train), ("data.eval", cfg.data.eval)):
         for source in sources:
