@@ -102,7 +102,8 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.flush()  # a piped stdout is block-buffered: a closed pipe shows here, not at exit
         return code
     except RuadaptError as e:
-        print(f"ruadapt {command}: error: {e}", file=sys.stderr)
+        for line in e.lines:
+            print(f"ruadapt {command}: error: {line}", file=sys.stderr)
         return EXIT_USAGE
     except BrokenPipeError:  # `ruadapt inspect ... | head`: the reader has all it wanted; before OSError, its base
         _stdout_to_devnull()

@@ -10,6 +10,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import get_args
 
 import pytest
 import yaml
@@ -133,6 +134,43 @@ def test_bad_config_is_one_line_error_before_any_process(good, case, edit, expec
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and expect in err[0] and str(path) in err[0], err
     assert not (tmp / "out.work").exists() and not (tmp / "out").exists()
+
+
+@pytest.mark.parametrize("case,edit,expect", [
+    ("schema", lambda b, t: {**b, "trian": {}, "stage": "adapter", "train": {"max_steps": "lots"}},
+     ["unknown key 'trian'", "stage 'adapter' is not one of embeddings, lora, full",
+      "train.max_steps: expected an integer, got 'lots'"]),
+    ("values", lambda b, t: {**b, "block_size": 4096, "data": {"train": [str(t / "nope.txt")]}, "train": {"lr": -1}},
+     ["train.lr must be positive", "nope.txt: data.train file not found",
+      "block_size 4096 is above the model's max_position_embeddings 256"]),
+])
+def test_three_mistakes_are_three_lines(good, case, edit, expect, capsys):
+    """Every problem of a config at once, one line each naming the file, exit 2, nothing started or written."""
+    tmp, base = good
+    path = write(tmp, f"three-{case}.yaml", edit(base, tmp))
+    assert main(["train", "--config", str(path), "--dry-run"]) == 2
+    captured = capsys.readouterr()
+    err = captured.err.strip().splitlines()
+    assert len(err) == 3 and not captured.out, err
+    for line, want in zip(err, expect):
+        assert line.startswith(f"ruadapt train: error: {path}: ") and want in line, (line, want)
+    assert not (tmp / "out.work").exists() and not (tmp / "out").exists()
+
+
+def test_literal_choices_are_the_schema():
+    """The choices a config accepts are the Literal types of its dataclasses: the schema refuses what they do not
+    list and lists what they do (one place for both)."""
+    from ruadapt.schema import coerce
+    from ruadapt.train.config import Stage, TrainConfig
+
+    assert coerce("lora", Stage, "stage") == "lora" and get_args(Stage) == ("embeddings", "lora", "full")
+    with pytest.raises(RuadaptError) as e:
+        coerce({"scheduler": "cosin", "bf16": "maybe", "report_to": ["tensorbored"]}, TrainConfig, "train")
+    assert e.value.lines == [
+        "train.scheduler 'cosin' is not one of cosine, linear, constant",
+        "train.report_to[0] 'tensorbored' is not one of tensorboard, wandb",
+        "train.bf16 'maybe' is not one of auto, true, false",
+    ]
 
 
 def test_bad_config_through_the_installed_command(good):

@@ -42,7 +42,8 @@ def main(argv: list[str] | None = None) -> int:
             run(cfg, resume=resume)
             resume = False  # --resume concerns the run that was interrupted, not the ones after it
     except RuadaptError as e:
-        print(f"ruadapt train: error: {e}", file=sys.stderr)
+        for line in e.lines:
+            print(f"ruadapt train: error: {line}", file=sys.stderr)
         return EXIT_USAGE
     except StopRequested as e:
         return 128 + e.signum
