@@ -82,7 +82,8 @@ def test_cp_then_train_runs_the_copies_as_written(data, tmp_path, capsys):
     stages = [str(dest / "cpt-embeddings.yaml"), str(dest / "cpt-lora.yaml")]  # stage 2 trains stage 1's output
     assert main(["train", "--config", stages[0], "--config", stages[1], "--num-gpus", "1", "--master-port", "29998", "--dry-run"]) == 0
     out = capsys.readouterr().out
-    assert "--module ruadapt.train" in out and f"--config {stages[0]} --config {stages[1]}" in out
+    launch = load_config(stages[0], check_files=False).work_dir.resolve() / "launch.json"  # both runs, in order
+    assert out.strip().endswith(f"--module ruadapt.train --launch {launch}") and not launch.exists()  # dry: unwritten
 
 
 def test_an_input_left_out_is_one_line_naming_file_key_and_variable(tmp_path, capsys):

@@ -19,7 +19,8 @@ from tiny import SHARED_DATA, make_tiny_model
 
 from ruadapt.cli import main
 from ruadapt.errors import RuadaptError
-from ruadapt.train.config import fill_deepspeed_config, load_config, load_deepspeed_json, validate_deepspeed_config
+from ruadapt.train.config import (deepspeed_for_world, fill_deepspeed_config, load_config, load_configs, load_deepspeed_json,
+                                  read_launch, validate_deepspeed_config, write_launch)
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "recipes"
@@ -51,9 +52,10 @@ def test_every_recipe_yaml_validates_with_deepspeed(yml, monkeypatch):
         nodes = 4 if "72b" in yml.parent.name else 1
         assert gb * 8 * nodes == 256  # LEP paper: global batch ≈ 256 sequences
         assert 1024 <= cfg.block_size <= 4096 and cfg.train.warmup_steps == 100 and cfg.train.weight_decay == 0.1
-    for world in (1, 8):
-        ds = fill_deepspeed_config(load_deepspeed_json(Path(cfg.deepspeed)), cfg, world_size=world, bf16=world > 1)
-        assert "auto" not in json.dumps(ds)
+    filled = fill_deepspeed_config(load_deepspeed_json(Path(cfg.deepspeed)), cfg)  # once, by the launcher
+    for world in (1, 8):  # each rank adds its world
+        ds = deepspeed_for_world(filled, cfg, world_size=world, bf16=world > 1)
+        assert "auto" not in json.dumps(ds) and ds["train_batch_size"] == gb * world
         if world == 1:
             validate_deepspeed_config(ds, cfg.deepspeed)
 
@@ -187,7 +189,26 @@ def test_good_config_dry_run_prints_launcher_command(good, capsys):
     assert main(["train", "--config", str(path), "--num-gpus", "2", "--master-port", "29999", "--dry-run"]) == 0
     out = capsys.readouterr().out.strip()
     assert out.split()[0].endswith("deepspeed") and "--num_gpus 2 --master_port 29999 --module ruadapt.train" in out
-    assert f"--config {path.resolve()}" in out
+    launch = tmp / "out.work" / "launch.json"
+    assert out.endswith(f"--module ruadapt.train --launch {launch.resolve()}") and not launch.exists()
+
+
+def test_launch_json_round_trips_what_the_launcher_resolved(good, monkeypatch):
+    """What the ranks read is what the launcher checked: configs with ${VAR} and --set applied, the DeepSpeed
+    config filled once; read back, the same dataclasses and dicts, with no YAML and no environment needed."""
+    tmp, base = good
+    monkeypatch.setenv("TINY_STEPS", "3")
+    first = write(tmp, "launch-a.yaml", {**base, "out": str(tmp / "la"), "train": {"max_steps": "${TINY_STEPS}"}})
+    second = write(tmp, "launch-b.yaml", {**base, "model": str(tmp / "la"), "out": str(tmp / "lb"), "stage": "full"})
+    configs = load_configs([str(first), str(second)], ["train.lr=0.25"])
+    runs = [(c, fill_deepspeed_config(load_deepspeed_json(Path(c.deepspeed)), c)) for c in configs]
+    launch = write_launch(tmp / "la.work" / "launch.json", runs, resume=True)
+    monkeypatch.delenv("TINY_STEPS")
+    first.unlink(), second.unlink()  # the ranks never read the YAMLs
+    back, resume = read_launch(launch)
+    assert resume and [c for c, _ in back] == configs and [d for _, d in back] == [d for _, d in runs]
+    assert back[0][0].train.max_steps == 3 and back[1][0].train.lr == 0.25 and back[1][0].source == str(second)
+    assert [p.name for p in launch.parent.iterdir()] == ["launch.json"]  # renamed into place, no temporary left
 
 
 def test_env_variables_and_overrides(good, monkeypatch):

@@ -18,7 +18,8 @@ from pathlib import Path
 from ..errors import RuadaptError
 from . import add_parser, path_arg
 from ..train.rundir import STARTED_ENV, check_rerun, discard_run, last_complete
-from ..train.config import fill_deepspeed_config, load_configs, load_deepspeed_json, validate_deepspeed_config
+from ..train.config import (LAUNCH_JSON, deepspeed_for_world, fill_deepspeed_config, load_configs, load_deepspeed_json,
+                            validate_deepspeed_config, write_launch)
 from ..train.supervise import master_port, supervise
 from ..io.hub import describe
 
@@ -62,8 +63,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def launch_command(args: argparse.Namespace, configs: list[Path], port: int | None) -> list[str]:
-    """The DeepSpeed launcher's command line for ``configs`` (the runs still to do)."""
+def launch_command(args: argparse.Namespace, launch: Path, port: int | None) -> list[str]:
+    """The DeepSpeed launcher's command line: every rank reads the runs still to do from ``launch``."""
     launcher = shutil.which("deepspeed", path=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
     if launcher is None:
         raise RuadaptError("the `deepspeed` launcher is not on PATH; install deepspeed in this environment")
@@ -78,13 +79,7 @@ def launch_command(args: argparse.Namespace, configs: list[Path], port: int | No
         cmd += ["--num_gpus", str(args.num_gpus)]
     if port is not None:
         cmd += ["--master_port", str(port)]
-    cmd += ["--module", "ruadapt.train"]
-    for c in configs:
-        cmd += ["--config", str(Path(c).resolve())]
-    for s in args.set:
-        cmd += ["--set", s]
-    if args.resume:
-        cmd.append("--resume")
+    cmd += ["--module", "ruadapt.train", "--launch", str(launch.resolve())]
     return cmd
 
 
@@ -117,19 +112,22 @@ def run(args: argparse.Namespace) -> int:
     started = time.time()
     if args.stop_grace < 0:
         raise RuadaptError(f"--stop-grace {args.stop_grace}: must not be negative")
-    configs = load_configs([str(c) for c in args.config], args.set)
-    for cfg in configs:  # DeepSpeed's own check, with this run's values in place of "auto"
+    configs = load_configs([str(c) for c in args.config], args.set)  # every problem of every config, or none
+    filled = []
+    for cfg in configs:  # filled once here for every rank; DeepSpeed's own check with this run's values
+        ds = fill_deepspeed_config(load_deepspeed_json(Path(cfg.deepspeed)), cfg)
         # world_size 1: with no process group DeepSpeed checks train_batch_size against a world of one
-        ds = fill_deepspeed_config(load_deepspeed_json(Path(cfg.deepspeed)), cfg, world_size=1, bf16=False)
-        validate_deepspeed_config(ds, cfg.deepspeed)
-    pending = check_reruns(configs, args.overwrite, args.dry_run)
+        validate_deepspeed_config(deepspeed_for_world(ds, cfg, world_size=1, bf16=False), cfg.deepspeed)
+        filled.append((cfg, ds))
+    pending = check_reruns(configs, args.overwrite, args.dry_run)  # the one rerun check of the launch
     if not pending:
         return 0
     if args.resume:
         ckpt = pending[0].work_dir / "checkpoints"
         if last_complete(ckpt) is None:
             raise RuadaptError(f"{ckpt}: --resume given but there is no complete checkpoint; run without --resume")
-    cmd = launch_command(args, [Path(c.source) for c in pending], master_port(args.master_port, args.hostfile))
+    launch = pending[0].work_dir / LAUNCH_JSON
+    cmd = launch_command(args, launch, master_port(args.master_port, args.hostfile))
     if args.dry_run:
         print(shlex.join(cmd))
         return 0
@@ -138,6 +136,7 @@ def run(args: argparse.Namespace) -> int:
     from ..train.prepare import prepare_configs
 
     prepare_configs(pending, overwrite=args.overwrite)
+    write_launch(launch, [(cfg, ds) for cfg, ds in filled if any(cfg is p for p in pending)], resume=args.resume)
     sys.stdout.flush()
     sys.stderr.flush()
     code, sig = supervise(cmd, grace_s=args.stop_grace, env=rank_env(pending, started))

@@ -381,12 +381,10 @@ def load_deepspeed_json(path: Path) -> dict:
     return data
 
 
-def fill_deepspeed_config(ds: dict, cfg: RunConfig, *, world_size: int, bf16: bool) -> dict:
-    """Replace "auto" with the run's values, so the YAML is the one place a hyperparameter is set.
-
-    train_batch_size is derived (micro × accum × world) rather than taken from the JSON: on CPU the HF
-    integration sees world size 1 and computes it wrong, and one number in one place avoids the mismatch.
-    """
+def fill_deepspeed_config(ds: dict, cfg: RunConfig) -> dict:
+    """Replace "auto" with the run's values, so the YAML is the one place a hyperparameter is set. Done once, by
+    the launcher, into ``launch.json``; what depends on the ranks (world size, bf16 support of the device) is left
+    for :func:`deepspeed_for_world`."""
     ds = json.loads(json.dumps(ds))
     t = cfg.train
     values = {
@@ -399,10 +397,6 @@ def fill_deepspeed_config(ds: dict, cfg: RunConfig, *, world_size: int, bf16: bo
             ds[k] = v
         elif ds[k] != v:
             raise RuadaptError(f"{cfg.deepspeed}: {k} is {ds[k]} but the YAML says {v}; set it to \"auto\"")
-    ds["train_batch_size"] = t.micro_batch_size * t.grad_accum * world_size
-    for key in ("bf16", "fp16"):
-        if isinstance(ds.get(key), dict) and ds[key].get("enabled") == "auto":
-            ds[key]["enabled"] = bf16 if key == "bf16" else False
     zero = ds.get("zero_optimization", {})
     for k, v in list(zero.items()):
         if v == "auto":  # bucket sizes: DeepSpeed's defaults are fine for every size we ship
@@ -410,6 +404,60 @@ def fill_deepspeed_config(ds: dict, cfg: RunConfig, *, world_size: int, bf16: bo
     ds.setdefault("zero_allow_untested_optimizer", True)  # torch AdamW, not DeepSpeed's cpu_adam
     ds.setdefault("steps_per_print", 10**9)
     return ds
+
+
+def deepspeed_for_world(ds: dict, cfg: RunConfig, *, world_size: int, bf16: bool) -> dict:
+    """A filled config (:func:`fill_deepspeed_config`) with the two values only a rank knows.
+
+    train_batch_size is derived (micro × accum × world) rather than taken from the JSON: on CPU the HF
+    integration sees world size 1 and computes it wrong, and one number in one place avoids the mismatch.
+    """
+    ds = json.loads(json.dumps(ds))
+    ds["train_batch_size"] = cfg.train.micro_batch_size * cfg.train.grad_accum * world_size
+    for key in ("bf16", "fp16"):
+        if isinstance(ds.get(key), dict) and ds[key].get("enabled") == "auto":
+            ds[key]["enabled"] = bf16 if key == "bf16" else False
+    return ds
+
+
+LAUNCH_JSON = "launch.json"  # in the first run's work dir: what `ruadapt train` resolved, read by every rank
+
+
+def write_launch(path: Path, runs: list[tuple[RunConfig, dict]], *, resume: bool) -> Path:
+    """The one resolved description of a launch: each run's config (``${VAR}``, ``--set`` and a Hub model already
+    resolved) with its filled DeepSpeed config. Every check ran in the launcher; the ranks only read this file,
+    so N ranks neither re-read the YAMLs nor re-validate them (and cannot see another environment than the
+    launcher's). Written to a temporary name and renamed: a rank never reads half a file."""
+    data = {
+        "format": 1,
+        "resume": resume,  # concerns the first run (the interrupted one), not those after it
+        "runs": [{"source": cfg.source, "config": cfg.to_dict(), "deepspeed": ds} for cfg, ds in runs],
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def read_launch(path: Path) -> tuple[list[tuple[RunConfig, dict]], bool]:
+    """The runs of a ``launch.json`` (:func:`write_launch`) and whether the first must resume. Typed through the
+    schema (it is the same dataclass), not validated again: the launcher did that once for every rank."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise RuadaptError(f"{path}: cannot read the launch file ({e}); start runs with `ruadapt train`") from None
+    if not isinstance(data, dict) or data.get("format") != 1:
+        raise RuadaptError(f"{path}: not a launch file of this ruadapt version; start runs with `ruadapt train`")
+    runs = []
+    for i, run in enumerate(data["runs"]):
+        try:
+            cfg = build(RunConfig, run["config"], "")
+        except RuadaptError as e:
+            raise RuadaptError(*(f"{path}: runs[{i}]: {line}" for line in e.lines)) from None
+        cfg.source = run["source"]
+        runs.append((cfg, run["deepspeed"]))
+    return runs, bool(data["resume"])
 
 
 def validate_deepspeed_config(ds: dict, source: str) -> None:
