@@ -19,14 +19,16 @@ from tiny import SHARED_DATA, make_tiny_model
 
 from ruadapt.cli import main
 from ruadapt.errors import RuadaptError
+from ruadapt.recipe import read_spec
 from ruadapt.train.config import (deepspeed_for_world, fill_deepspeed_config, load_config, load_configs, load_deepspeed_json,
                                   read_launch, validate_deepspeed_config, write_launch)
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "recipes"
 MODEL_RECIPES = sorted(p for p in RECIPES.glob("*.sh") if p.name not in ("lib.sh", "cpu-tiny.sh"))
-YAMLS = sorted(RECIPES.glob("*/*.yaml"))
+YAMLS = sorted(p for p in RECIPES.glob("*/*.yaml") if p.name != "recipe.yaml")  # run YAMLs
 DS_JSONS = sorted((RECIPES / "deepspeed").glob("*.json"))
+BIN = Path(sys.executable).parent  # the venv whose `ruadapt` the recipes call
 
 
 def test_recipe_set_is_complete():
@@ -79,8 +81,11 @@ def test_deepspeed_jsons_validate(path):
 def test_recipe_bash_syntax_and_dry_run(recipe, tmp_path):
     subprocess.run(["bash", "-n", str(recipe)], check=True)
     text = recipe.read_text()
-    assert "set -euo pipefail" in text and "# Hardware:" in text and "# Launch:" in text
-    env = dict(os.environ, DRY_RUN="1", RUN=str(tmp_path / "run"))
+    assert "set -euo pipefail" in text and "# Launch:" in text and len(text.splitlines()) <= 8  # the model is data:
+    spec = read_spec(RECIPES / recipe.stem / "recipe.yaml")  # recipe.yaml, through the schema
+    assert "GPU" in spec.hardware and spec.base.startswith("/models/") and spec.instruct.startswith("/models/")
+    # lib.sh reads recipe.yaml through `ruadapt recipe env`: the environment's ruadapt (the venv's) must be on PATH
+    env = dict(os.environ, DRY_RUN="1", RUN=str(tmp_path / "run"), PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}")
     r = subprocess.run(["bash", str(recipe)], env=env, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     lines = [l for l in r.stdout.splitlines() if l.startswith("+ ")]
@@ -190,7 +195,7 @@ def test_good_config_dry_run_prints_launcher_command(good, capsys):
     out = capsys.readouterr().out.strip()
     assert out.split()[0].endswith("deepspeed") and "--num_gpus 2 --master_port 29999 --module ruadapt.train" in out
     launch = tmp / "out.work" / "launch.json"
-    assert out.endswith(f"--module ruadapt.train --launch {launch.resolve()}") and not launch.exists()
+    assert out.endswith(f"--module ruadapt.train --launch-json {launch.resolve()}") and not launch.exists()
 
 
 def test_launch_json_round_trips_what_the_launcher_resolved(good, monkeypatch):

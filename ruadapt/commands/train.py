@@ -79,7 +79,7 @@ def launch_command(args: argparse.Namespace, launch: Path, port: int | None) -> 
         cmd += ["--num_gpus", str(args.num_gpus)]
     if port is not None:
         cmd += ["--master_port", str(port)]
-    cmd += ["--module", "ruadapt.train", "--launch", str(launch.resolve())]
+    cmd += ["--module", "ruadapt.train", "--launch-json", str(launch.resolve())]
     return cmd
 
 

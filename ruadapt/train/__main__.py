@@ -1,4 +1,4 @@
-"""Entry point of each DeepSpeed rank: ``deepspeed ... --module ruadapt.train --launch OUT.work/launch.json``
+"""Entry point of each DeepSpeed rank: ``deepspeed ... --module ruadapt.train --launch-json OUT.work/launch.json``
 (the launcher spells it ``--module``; it has no ``-m``).
 
 Start runs with ``ruadapt train``: it reads and validates the YAMLs once, checks an earlier launch's config once,
@@ -22,7 +22,7 @@ from .config import read_launch
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m ruadapt.train", description=__doc__)
-    p.add_argument("--launch", required=True, type=Path,
+    p.add_argument("--launch-json", required=True, type=Path,  # not --launch: the deepspeed launcher takes that for --launcher
                    help="the launch.json `ruadapt train` wrote: the resolved runs, in order, with their DeepSpeed configs")
     p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
 
     install_stop_handlers()
     try:
-        runs, resume = read_launch(args.launch)
+        runs, resume = read_launch(args.launch_json)
         for cfg, ds in runs:
             run(cfg, deepspeed=ds, resume=resume)
             resume = False  # --resume concerns the run that was interrupted, not the ones after it
