@@ -20,8 +20,8 @@ from tiny import SHARED_DATA, make_tiny_model
 from ruadapt.cli import main
 from ruadapt.errors import RuadaptError
 from ruadapt.recipe import read_spec
-from ruadapt.train.config import (deepspeed_for_world, fill_deepspeed_config, load_config, load_configs, load_deepspeed_json,
-                                  read_launch, validate_deepspeed_config, write_launch)
+from ruadapt.train.config import (deepspeed_for_world, fill_deepspeed_config, load_config, load_configs,
+                                  load_deepspeed_json, read_launch, validate_deepspeed_config, write_launch)
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "recipes"

@@ -22,8 +22,9 @@ from .config import read_launch
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m ruadapt.train", description=__doc__)
-    p.add_argument("--launch-json", required=True, type=Path,  # not --launch: the deepspeed launcher takes that for --launcher
-                   help="the launch.json `ruadapt train` wrote: the resolved runs, in order, with their DeepSpeed configs")
+    # not --launch: the deepspeed launcher would take it for an abbreviation of its --launcher
+    p.add_argument("--launch-json", required=True, type=Path,
+                   help="the launch.json `ruadapt train` wrote: the resolved runs, in order, with DeepSpeed configs")
     p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     from .runner import StopRequested, install_stop_handlers, run
