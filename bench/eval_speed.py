@@ -105,7 +105,7 @@ def main() -> None:
     from ruadapt.eval.report import markdown_table, median_spread, ratio_range
     from ruadapt.eval.speed import measure_speed, select_prompts
     from ruadapt.swap import swap_model
-    from ruadapt.tokenizer.report import chars_per_token
+    from ruadapt.vocab.measure import chars_per_token
     from ruadapt.io.corpus import read_documents as read_lines
 
     args.workdir.mkdir(parents=True, exist_ok=True)

@@ -4,7 +4,7 @@ Writes a synthetic checkpoint with the tensor shapes of Qwen2.5-7B (28 layers, h
 untied 152,064-row embed_tokens and lm_head; bf16, ≈ 15.2 GB in 4 shards; contents are arbitrary, the cost does
 not depend on them) and times, each with a cold page cache (``/proc/sys/vm/drop_caches``, when allowed) and warm:
 
-* ``fingerprint``: :meth:`ruadapt.io.checkpoint.CheckpointReader.fingerprint` (config, index, headers, the two
+* ``fingerprint``: :func:`ruadapt.vocab.arch.model_fingerprint` (config, index, headers, the two
   vocabulary matrices in full, 64 windows of 64 KiB per shard);
 * ``headers only``: what the fingerprint hashed before (equal for a base and its fine-tuned instruct model);
 * ``every byte``: sha256 of every shard, the cost of hashing whole checkpoints.
@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ROOT, staging_dir, table  # noqa: E402
 
 from ruadapt.io.checkpoint import CheckpointReader, CheckpointWriter, read_header  # noqa: E402
+from ruadapt.vocab.arch import model_fingerprint  # noqa: E402
 
 ROWS, D, FF, LAYERS, KV = 152064, 3584, 18944, 28, 512
 
@@ -110,7 +111,7 @@ def main() -> None:
     size = sum(s.stat().st_size for s in reader.shards)
     vocab = sum(reader.info(n).nbytes for n in ("model.embed_tokens.weight", "lm_head.weight"))
     rows, can_drop = [], None
-    for label, fn in (("fingerprint", CheckpointReader.fingerprint), ("headers only", headers_only), ("every byte", every_byte)):
+    for label, fn in (("fingerprint", model_fingerprint), ("headers only", headers_only), ("every byte", every_byte)):
         for cache in ("cold", "warm"):
             if cache == "cold":
                 can_drop = drop_caches()

@@ -85,7 +85,7 @@ def run_case(name: str, converter, work: Path, lines: dict[str, list[str]]) -> d
     from ruadapt.llamacpp.export import export_gguf
     from ruadapt.llamacpp.verify import compare_ids, compare_logits
     from ruadapt.swap import swap_model
-    from ruadapt.tokenizer.report import chars_per_token
+    from ruadapt.vocab.measure import chars_per_token
     from ruadapt.tokenizer.train import train_tokenizer
     from ruadapt.trim import trim_model
 

@@ -34,7 +34,7 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     args = p.parse_args()
 
-    from ruadapt.tokenizer.report import chars_per_token
+    from ruadapt.vocab.measure import chars_per_token
     from ruadapt.tokenizer.train import train_tokenizer
 
     ru, en = SHARED / "data" / "ru_eval.txt", SHARED / "data" / "en_eval.txt"

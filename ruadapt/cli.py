@@ -12,6 +12,8 @@ import logging
 import os
 import sys
 
+from . import __version__
+from .commands import HelpFormatter
 from .errors import EXIT_USAGE, RuadaptError
 
 # subcommand name -> module with ``register(subparsers)``; order = order in ``ruadapt --help``
@@ -29,31 +31,6 @@ COMMANDS: tuple[str, ...] = (
 )
 
 
-class HelpFormatter(argparse.RawDescriptionHelpFormatter):
-    """Keeps the example blocks of epilogs as written and shows each option's default once.
-
-    ArgumentDefaultsHelpFormatter appends "(default: X)" to every option, also where the help text already
-    explains the default in words ("default: the input's largest shard") and where there is none to show
-    (None, False of a flag, an empty list): "(default: None) (default: None)" noise. Here the default is
-    appended only when it is a value and the help text does not mention it.
-    """
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        text = action.help or ""
-        default = action.default
-        if (
-            "default" in text.lower()
-            or default is None
-            or default is argparse.SUPPRESS
-            or isinstance(default, bool)
-            or default in ("", [], ())
-            or action.required
-            or not (action.option_strings or action.nargs in (argparse.OPTIONAL, argparse.ZERO_OR_MORE))
-        ):
-            return text
-        return text + " (default: %(default)s)"
-
-
 class _VersionAction(argparse.Action):
     """``--version``: ruadapt's version and the libraries that decide its numbers, read from package metadata
     (importing torch would add seconds to every command)."""
@@ -69,8 +46,6 @@ class _VersionAction(argparse.Action):
 def version_line() -> str:
     """``ruadapt 0.1.0 (python 3.11.7, torch 2.13.0, transformers 5.24.0, ...)``."""
     from importlib import metadata
-
-    from . import __version__
 
     libs = [f"python {sys.version.split()[0]}"]
     for dist in ("torch", "transformers", "tokenizers", "deepspeed", "peft"):
@@ -127,7 +102,8 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.flush()  # a piped stdout is block-buffered: a closed pipe shows here, not at exit
         return code
     except RuadaptError as e:
-        print(f"ruadapt {command}: error: {e}", file=sys.stderr)
+        for line in e.lines:
+            print(f"ruadapt {command}: error: {line}", file=sys.stderr)
         return EXIT_USAGE
     except BrokenPipeError:  # `ruadapt inspect ... | head`: the reader has all it wanted; before OSError, its base
         _stdout_to_devnull()

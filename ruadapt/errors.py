@@ -13,10 +13,12 @@ EXIT_USAGE = 2
 
 
 class RuadaptError(Exception):
-    """Bad input or an impossible request, explained in one line for the user."""
+    """Bad input or an impossible request, explained in one line for the user, or in one line per problem when
+    a check finds several at once (a config with three mistakes: three lines, so one edit fixes them all)."""
 
-    def __init__(self, message: str):
-        super().__init__(" ".join(str(message).split()))
+    def __init__(self, message: str, *more: str):
+        self.lines = [" ".join(str(m).split()) for m in (message, *more)]
+        super().__init__("\n".join(self.lines))
 
 
 def require(condition: object, message: str) -> None:

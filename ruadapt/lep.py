@@ -32,7 +32,7 @@ import torch
 from tokenizers import Tokenizer
 from tqdm.auto import tqdm
 
-from .vocab.arch import Arch, arch_for_config
+from .vocab.arch import Arch, arch_for_config, model_fingerprint
 from .io.checkpoint import CheckpointReader, parse_size
 from .errors import RuadaptError
 from .vocab.lora import merge_replacements, read_adapter
@@ -398,7 +398,8 @@ def lep_model(
     if lora_deltas is not None:
         lora, lora_summary = lora_replacements(Path(lora_deltas), i, alpha_scale, set(i.arch.vocab_tensor_names()))
     for m in (b, i, a):
-        record.input_model(m.option.lstrip("-"), m.reader, model_type=m.arch.model_type, tied=m.arch.tied, rows=m.rows,
+        record.input_model(m.option.lstrip("-"), m.reader, model_fingerprint(m.reader),
+                           model_type=m.arch.model_type, tied=m.arch.tied, rows=m.rows,
                            hidden=m.hidden, tokenizer_sha256=sha256_file(tokenizer_json_path(m.path)))
     check_likely_mistakes(b, i, a, record.data["inputs"], allow)
     with record.timed("check_adapted"):

@@ -1,22 +1,25 @@
 """The recipes that ship inside the package (``ruadapt/recipes``): list them, and copy one into a directory of
 its own with the ``${VAR}`` values its run YAMLs read filled in, so that the copies run as written.
 
-A recipe NAME is ``recipes/NAME/*.yaml`` (the run YAMLs of its training stages) and, where there is one,
-``recipes/NAME.sh``: the whole pipeline (tokenizer → swap → CPT → LEP → SFT → eval) as variables plus
-``recipes/lib.sh``'s ``ruadapt_pipeline``. Its header comment gives the one-line description and the hardware
-(``# Hardware: ...``). In the package the YAMLs read paths and step counts from the environment, which the
-script exports; a copy has them written in:
+A recipe NAME is ``recipes/NAME/*.yaml`` (the run YAMLs of its training stages) and, for a model recipe,
+``recipes/NAME/recipe.yaml`` (:class:`RecipeSpec`: description, hardware, base and instruct model, the defaults
+where it differs from :class:`ModelDefaults`) with ``recipes/NAME.sh`` that runs the whole pipeline
+(tokenizer → swap → CPT → LEP → SFT → eval) of ``recipes/lib.sh`` on it. lib.sh reads the recipe through
+``ruadapt recipe env``, which prints shell assignments (:func:`shell_assignments`): the defaults live here, once,
+and a new model is one recipe.yaml plus its run YAMLs. In the package the YAMLs read paths and step counts from
+the environment, which lib.sh exports; a copy has them written in:
 
 - ``RUN`` (where every output goes) = DEST, and ``DS_CONFIGS`` = DEST/deepspeed, where the DeepSpeed configs
   the YAMLs name are copied;
-- a variable whose default in the script (or in lib.sh) is a number (step counts, document caps) = that number;
-- ``--set VAR=VALUE`` = VALUE (also for the script's own variables: BASE, INSTRUCT, NUM_GPUS, ...);
+- a variable whose default (:class:`ModelDefaults`) is a number (step counts, document caps) = that number;
+- ``--set VAR=VALUE`` = VALUE (also for the recipe's own variables: BASE, INSTRUCT, NUM_GPUS, ...);
 - data the user brings (``CORPUS``, ``SFT_DATA``, ...) stays ``${VAR}``: ``ruadapt train`` reads it from the
   environment and names file, key and variable in one line when it is not set.
 
-The script is copied too (beside lib.sh) when it is such a pipeline; there the filled-in variables are fixed to
-the values in the YAMLs, so script and YAMLs cannot disagree about where the outputs are. ``cpu-tiny.sh`` (the
-repository's demo, ``make demo``) drives the repository's data and helper scripts and is not copied.
+The script and recipe.yaml are copied too (beside lib.sh) for a model recipe; in the copied recipe.yaml the
+filled-in variables are ``fixed`` to the values in the YAMLs, so script and YAMLs cannot disagree about where the
+outputs are. ``cpu-tiny.sh`` (the repository's demo, ``make demo``) drives the repository's data and helper
+scripts and is not copied.
 
 Files are read through :mod:`importlib.resources`, never relative to a checkout, so an installed ruadapt finds
 them. Existing files are not overwritten without ``force``; the copy is written into a temporary folder first
@@ -25,24 +28,118 @@ them. Existing files are not overwritten without ``force``; the copy is written 
 
 from __future__ import annotations
 
+import os
 import re
-from dataclasses import dataclass, field
+import shlex
+from dataclasses import dataclass, field, fields
 from importlib import resources
 from importlib.resources.abc import Traversable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
 from . import __version__
 from .errors import RuadaptError
 from .io.outdir import atomic_files_into, atomic_output_dir
+from .schema import build
 
 VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")  # as ruadapt/train/config.py expands them
-SCRIPT_DEFAULT = re.compile(r'(?<![\w$])([A-Z_][A-Z0-9_]*)="\$\{\1:-([^"}]*)\}"')  # NAME="${NAME:-default}"
-LIB_DEFAULT = re.compile(r'"\$\{([A-Z_][A-Z0-9_]*):=([^"}]*)\}"')  # lib.sh: : "${NAME:=default}"
 FIXED = ("RUN", "DS_CONFIGS")  # written by recipe cp itself
-SHELL_UNSAFE = set('"$`\\}\n')  # cannot stand inside "${NAME:-...}" as they are
+SPEC_FILE = "recipe.yaml"
+
+
+@dataclass
+class PipelineDefaults:
+    """The defaults of lib.sh's ``ruadapt_pipeline`` for every caller (the demo's cpu-tiny.sh too): printed by
+    ``ruadapt recipe env``, applied to each variable the environment leaves empty."""
+
+    MODE: Literal["extend", "replace"] = "extend"
+    NEW_TOKENS: int = 48000
+    NUM_GPUS: int = 8
+    STAGE2: Literal["0", "1"] = "1"
+    CPT_STEPS: int = 2000  # × 256 sequences × 2048 tokens ≈ 1.0B tokens
+    CPT2_STEPS: int = 1000
+    SFT_STEPS: int = 300
+    STEPS: str = "tokenizer swap cpt lep sft eval"
+
+
+@dataclass
+class ModelDefaults(PipelineDefaults):
+    """What a model recipe adds: where the data is, where the run goes, the eval options for a GPU node.
+    ``RUN`` empty = ``runs/NAME``."""
+
+    CORPUS: str = "/data/ru_train.txt"
+    SFT_DATA: str = "/data/ru_chat.jsonl"
+    EVAL_RU: str = "/data/ru_eval.txt"
+    EVAL_EN: str = "/data/en_eval.txt"
+    RUN: str = ""
+    HOSTFILE: str = ""
+    EVAL_ARGS: str = "--device cuda --dtype bfloat16"
+
+
+@dataclass
+class RecipeSpec:
+    """``recipes/NAME/recipe.yaml``, through the schema (a misspelt key or variable is an error)."""
+
+    description: str
+    hardware: str
+    base: str
+    instruct: str
+    notes: list[str] = field(default_factory=list)  # shown by `ruadapt recipe ls`-readers and the docs, not used
+    defaults: ModelDefaults = field(default_factory=ModelDefaults)  # only where this model differs
+    fixed: list[str] = field(default_factory=list)  # variables the environment may not override (a copy's RUN)
+
+    def values(self, name: str) -> dict[str, str]:
+        """Every variable the recipe gives lib.sh, as text: BASE, INSTRUCT and the defaults."""
+        out = {"BASE": self.base, "INSTRUCT": self.instruct}
+        out.update({f.name: str(getattr(self.defaults, f.name)) for f in fields(self.defaults)})
+        out["RUN"] = out["RUN"] or f"runs/{name}"
+        return out
+
+
+def read_spec(path: Path | Traversable) -> RecipeSpec:
+    """A recipe.yaml as :class:`RecipeSpec`; every problem one line naming the file."""
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as e:
+        raise RuadaptError(f"{path}: cannot read it as YAML ({' '.join(str(e).split())})") from None
+    if not isinstance(raw, dict):
+        raise RuadaptError(f"{path}: expected a mapping (description, hardware, base, instruct, defaults)")
+    try:
+        return build(RecipeSpec, raw, "")
+    except RuadaptError as e:
+        raise RuadaptError(*(f"{path}: {line}" for line in e.lines)) from None
+
+
+def shell_assignments(values: dict[str, str], fixed: set[str] = frozenset(), recipe_dir: str | None = None) -> str:
+    """``values`` as bash that lib.sh evaluates: a default only where the variable is empty (the environment
+    wins), a fixed one always; quoted by :func:`shlex.quote`, so any value survives as written."""
+    lines = [f"{var}={shlex.quote(value)}" if var in fixed else f'[ -n "${{{var}:-}}" ] || {var}={shlex.quote(value)}'
+             for var, value in values.items()]
+    if recipe_dir is not None:
+        lines.append(f"RECIPE={shlex.quote(recipe_dir)}")
+    return "\n".join(lines) + "\n"
+
+
+def recipe_env(recipe: str | None) -> str:
+    """What ``ruadapt recipe env [RECIPE]`` prints: without one, lib.sh's pipeline defaults; with a shipped
+    recipe's name or a directory holding recipe.yaml (a copy), its model, its defaults and ``RECIPE`` = that
+    directory (where its run YAMLs are)."""
+    if recipe is None:
+        return shell_assignments({f.name: str(f.default) for f in fields(PipelineDefaults)})
+    folder = Path(recipe).expanduser()
+    if (folder / SPEC_FILE).is_file():
+        where = os.path.abspath(folder)  # as given: a checkout's recipes/ is a link, and its path is the one shown
+        spec, name = read_spec(folder / SPEC_FILE), Path(where).name
+    else:
+        if recipe not in recipe_names():
+            raise RuadaptError(f"{recipe}: neither a directory holding {SPEC_FILE} nor a recipe; recipes: "
+                               f"{', '.join(recipe_names())} (ruadapt recipe ls)")
+        if not (recipes_dir() / recipe / SPEC_FILE).is_file():
+            raise RuadaptError(f"recipe {recipe} has no {SPEC_FILE}: it is not a model recipe for lib.sh")
+        spec, name, where = read_spec(recipes_dir() / recipe / SPEC_FILE), recipe, str(recipes_dir() / recipe)
+    return shell_assignments(spec.values(name), set(spec.fixed), where)
 
 
 def recipes_dir() -> Traversable:
@@ -59,9 +156,10 @@ class Recipe:
     hardware: str
     yamls: dict[str, str]  # file name -> text
     deepspeed: list[str]  # file names in recipes/deepspeed
-    script: str | None  # NAME.sh, when it is a lib.sh pipeline that can run from a copy
-    defaults: dict[str, str] = field(default_factory=dict)  # VAR -> default in NAME.sh (or lib.sh)
-    script_vars: list[str] = field(default_factory=list)  # VARs NAME.sh itself gives a default: VAR="${VAR:-x}"
+    script: str | None  # NAME.sh, when it is a lib.sh pipeline that can run from a copy (it has a recipe.yaml)
+    defaults: dict[str, str] = field(default_factory=dict)  # VAR -> default (recipe.yaml over ModelDefaults)
+    script_vars: list[str] = field(default_factory=list)  # the variables recipe.yaml gives lib.sh (BASE, ...)
+    spec: RecipeSpec | None = None
 
     @property
     def variables(self) -> list[str]:
@@ -102,15 +200,8 @@ def _header(text: str, name: str) -> tuple[str, str]:
     return description, hardware
 
 
-def _defaults(script: str, lib: str) -> dict[str, str]:
-    """VAR -> default: lib.sh's ``: "${VAR:=x}"``, then the script's own ``VAR="${VAR:-x}"`` over them."""
-    out = {m.group(1): m.group(2) for m in LIB_DEFAULT.finditer(lib)}
-    out.update({m.group(1): m.group(2) for m in SCRIPT_DEFAULT.finditer(script)})
-    return out
-
-
 def _recipe_line(name: str) -> str:
-    return f'RECIPE="$(cd "$(dirname "${{BASH_SOURCE[0]}}")" && pwd)/{name}"'
+    return f'ruadapt_recipe "$(cd "$(dirname "${{BASH_SOURCE[0]}}")" && pwd)/{name}"'
 
 
 def load_recipe(name: str) -> Recipe:
@@ -119,17 +210,16 @@ def load_recipe(name: str) -> Recipe:
     if name not in names:
         raise RuadaptError(f"recipe {name!r} not found; recipes: {', '.join(names)} (ruadapt recipe ls)")
     root = recipes_dir()
-    files = sorted((f for f in (root / name).iterdir() if f.name.endswith(".yaml")), key=lambda f: f.name)
+    files = sorted((f for f in (root / name).iterdir() if f.name.endswith(".yaml") and f.name != SPEC_FILE),
+                   key=lambda f: f.name)
     yamls = {f.name: f.read_text(encoding="utf-8") for f in files}
-    script_file = root / f"{name}.sh"
-    script_text = script_file.read_text(encoding="utf-8") if script_file.is_file() else ""
-    description, hardware = _header(script_text or next(iter(yamls.values())), name)
     ds = sorted({m for text in yamls.values() for m in re.findall(r"\$\{DS_CONFIGS\}/([\w.-]+)", text)})
-    pipeline = _recipe_line(name) in script_text.splitlines()
-    lib = (root / "lib.sh").read_text(encoding="utf-8")
-    defaults = _defaults(script_text, lib) if script_text else {}
-    script_vars = list(dict.fromkeys(m.group(1) for m in SCRIPT_DEFAULT.finditer(script_text)))
-    return Recipe(name, description, hardware, yamls, ds, f"{name}.sh" if pipeline else None, defaults, script_vars)
+    if not (root / name / SPEC_FILE).is_file():  # the demo: its description is its first YAML's header
+        description, hardware = _header(next(iter(yamls.values())), name)
+        return Recipe(name, description, hardware, yamls, ds, None)
+    spec = read_spec(root / name / SPEC_FILE)
+    values = spec.values(name)
+    return Recipe(name, spec.description, spec.hardware, yamls, ds, f"{name}.sh", values, list(values), spec)
 
 
 def recipe_names() -> list[str]:
@@ -229,29 +319,48 @@ def copy_yaml(recipe: Recipe, file: str, dest: Path, values: dict[str, str]) -> 
     return text
 
 
-def copy_script(recipe: Recipe, dest: Path, values: dict[str, str], own: dict[str, str]) -> str:
-    """NAME.sh for the copy: its YAMLs are the ones beside it; the variables the YAMLs now hold are fixed to those
-    values (script and YAMLs cannot disagree on RUN); ``own`` (``--set`` of the script's own variables, e.g.
-    BASE) become the script's defaults, still overridable from the environment."""
+def copy_script(recipe: Recipe, dest: Path) -> str:
+    """NAME.sh for the copy: it runs the recipe.yaml and run YAMLs beside it."""
     text = (recipes_dir() / f"{recipe.name}.sh").read_text(encoding="utf-8")
-    here = 'RECIPE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"  # the YAMLs beside this script'
+    here = 'ruadapt_recipe "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"  # recipe.yaml and the YAMLs beside this'
     text = text.replace(_recipe_line(recipe.name), here)
-    held = {v: values[v] for v in recipe.script_vars if v in values and (v in recipe.variables or v == "RUN")}
-    fixed = []
-    for var, value in {**held, **own}.items():
-        bad = sorted(set(value) & SHELL_UNSAFE)
-        if bad:
-            raise RuadaptError(f"--set {var}={value!r}: the character {bad[0]!r} cannot be written into "
-                               f"{recipe.name}.sh as it is")
-        new = f'{var}="{value}"' if var in held else f'{var}="${{{var}:-{value}}}"'
-        text, n = re.subn(rf'(?<![\w$]){var}="\$\{{{var}:-[^"}}]*\}}"', lambda m: new, text)
-        if n and var in held:
-            fixed.append(var)
-    note = (f"# copied by `ruadapt recipe cp {recipe.name}` (ruadapt {__version__}): the run YAMLs are the ones "
-            f"beside this script;\n# {', '.join(fixed)} below are fixed to what they hold (edit the YAMLs, or copy "
-            "again with --set).\n")
+    note = (f"# copied by `ruadapt recipe cp {recipe.name}` (ruadapt {__version__}): recipe.yaml and the run YAMLs "
+            "beside this script are the ones it runs.\n")
     first, rest = text.split("\n", 1)
     return _rewrite_paths(f"{first}\n{note}{rest}", recipe, dest)
+
+
+def copy_spec(recipe: Recipe, values: dict[str, str], own: dict[str, str]) -> str:
+    """recipe.yaml for the copy: the variables the YAMLs now hold are ``fixed`` to those values (script and YAMLs
+    cannot disagree on RUN); ``own`` (``--set`` of the recipe's own variables, e.g. BASE) become its defaults,
+    still overridable from the environment. Dumped by yaml and read back through the schema, so any value
+    survives as written."""
+    assert recipe.spec is not None
+    held = {v: values[v] for v in recipe.script_vars if v in values and (v in recipe.variables or v == "RUN")}
+    given = {**held, **own}
+    data = {
+        "description": recipe.spec.description,
+        "hardware": recipe.spec.hardware,
+        "base": given.pop("BASE", recipe.spec.base),
+        "instruct": given.pop("INSTRUCT", recipe.spec.instruct),
+        "notes": recipe.spec.notes,
+        "defaults": {k: v for k, v in {**recipe.defaults, **given}.items() if k not in ("BASE", "INSTRUCT")},
+        "fixed": sorted(held),
+    }
+    head = (f"# copied by `ruadapt recipe cp {recipe.name}` (ruadapt {__version__}); {', '.join(sorted(held))} are "
+            "fixed to what the run YAMLs beside it hold (edit them, or copy again with --set)\n")
+    text = head + yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=1000)
+    read_spec_text(text, f"recipe {recipe.name}/{SPEC_FILE}")
+    return text
+
+
+def read_spec_text(text: str, where: str) -> RecipeSpec:
+    """:func:`read_spec` of text not yet written (the copy's recipe.yaml is checked before it exists)."""
+    raw = yaml.safe_load(text)
+    try:
+        return build(RecipeSpec, raw, "")
+    except RuadaptError as e:
+        raise RuadaptError(*(f"{where}: {line}" for line in e.lines)) from None
 
 
 def copy_recipe(name: str, dest: Path, settings: list[str] | tuple[str, ...] = (), *, force: bool = False) -> dict:
@@ -268,7 +377,8 @@ def copy_recipe(name: str, dest: Path, settings: list[str] | tuple[str, ...] = (
         files[f"deepspeed/{ds}"] = (root / "deepspeed" / ds).read_text(encoding="utf-8")
     if recipe.script:
         own = {k: v for k, v in given.items() if k not in recipe.variables and k != "RUN"}
-        files[recipe.script] = copy_script(recipe, dest, values, own)
+        files[SPEC_FILE] = copy_spec(recipe, values, own)
+        files[recipe.script] = copy_script(recipe, dest)
         files["lib.sh"] = _rewrite_paths((root / "lib.sh").read_text(encoding="utf-8"), recipe, dest)
     existing = [f for f in files if (dest / f).exists()]
     if existing and not force:

@@ -2,22 +2,34 @@
 
 A run config (:mod:`ruadapt.train.config`) and the architecture table (``archs.yaml``, :mod:`ruadapt.vocab.arch`) are
 both plain YAML read into dataclasses by :func:`build`: a misspelt key, a missing required key or a value of the
-wrong type is a one-line :class:`RuadaptError` naming where it is, instead of being silently ignored. A field
-with ``metadata={"schema": False}`` is set by code, never read from YAML.
+wrong type is a :class:`RuadaptError` line naming where it is, instead of being silently ignored. Every problem of
+the mapping is collected before anything is raised, one line each, so a config with three mistakes needs one
+round trip, not three. A choice is a ``Literal[...]`` in the dataclass: the schema checks it, and the CLI or the
+docs can list the choices from the same type. A field with ``metadata={"schema": False}`` is set by code, never
+read from YAML.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import fields
-from typing import Any, get_args, get_origin, get_type_hints
+from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 from .errors import RuadaptError
 
 
 def coerce(value: Any, typ: Any, where: str) -> Any:
-    """``value`` as type ``typ`` (a dataclass, ``list[...]``, bool, int, float or str); ``where`` names it in errors.
-    A scalar where a list is expected becomes a one-element list (``train: corpus.txt``)."""
+    """``value`` as type ``typ`` (a dataclass, ``list[...]``, ``Literal[...]`` of strings, bool, int, float or str);
+    ``where`` names it in errors. A scalar where a list is expected becomes a one-element list (``train: a.txt``)."""
+    problems: list[str] = []
+    out = _coerce(value, typ, where, problems)
+    if problems:
+        raise RuadaptError(*problems)
+    return out
+
+
+def _coerce(value: Any, typ: Any, where: str, problems: list[str]) -> Any:
+    """:func:`coerce`, appending problems (every item of a list, every key of a mapping) instead of raising."""
     origin = get_origin(typ)
     if dataclasses.is_dataclass(typ):
         if value is None:
@@ -25,15 +37,36 @@ def coerce(value: Any, typ: Any, where: str) -> Any:
         if isinstance(value, str) and getattr(typ, "SHORTHAND", None):
             value = {typ.SHORTHAND: value}
         if not isinstance(value, dict):
-            raise RuadaptError(f"{where}: expected a mapping, got {value!r}")
-        return build(typ, value, where)
+            problems.append(f"{where}: expected a mapping, got {value!r}")
+            return None
+        return _build(typ, value, where, problems)
     if origin is list:
         (inner,) = get_args(typ)
         if isinstance(value, (str, int, float)):
             value = [value]
         if not isinstance(value, list):
-            raise RuadaptError(f"{where}: expected a list, got {value!r}")
-        return [coerce(v, inner, f"{where}[{i}]") for i, v in enumerate(value)]
+            problems.append(f"{where}: expected a list, got {value!r}")
+            return None
+        return [_coerce(v, inner, f"{where}[{i}]", problems) for i, v in enumerate(value)]
+    if origin is Literal:
+        choices = get_args(typ)
+        try:
+            text = _scalar(value, str, where)
+        except RuadaptError as e:
+            problems.append(str(e))
+            return None
+        if text not in choices:
+            problems.append(f"{where} {text!r} is not one of {', '.join(choices)}")
+        return text
+    try:
+        return _scalar(value, typ, where)
+    except RuadaptError as e:
+        problems.append(str(e))
+        return None
+
+
+def _scalar(value: Any, typ: Any, where: str) -> Any:
+    """One scalar as ``typ``; raises, and the caller collects the line."""
     if typ is bool:
         if isinstance(value, bool):
             return value
@@ -62,21 +95,30 @@ def coerce(value: Any, typ: Any, where: str) -> Any:
 
 
 def build(cls: type, raw: dict, where: str) -> Any:
-    """An instance of dataclass ``cls`` from the mapping ``raw``: unknown keys and missing required keys are errors."""
+    """An instance of dataclass ``cls`` from the mapping ``raw``: unknown keys, missing required keys and values of
+    the wrong type or outside their ``Literal`` choices are errors, all of them in one :class:`RuadaptError`."""
+    problems: list[str] = []
+    obj = _build(cls, raw, where, problems)
+    if problems:
+        raise RuadaptError(*problems)
+    return obj
+
+
+def _build(cls: type, raw: dict, where: str, problems: list[str]) -> Any:
+    """:func:`build`, appending each problem to ``problems``; returns None when any was found."""
+    before = len(problems)
     hints = get_type_hints(cls)
     known = {f.name for f in fields(cls) if f.metadata.get("schema", True)}
-    unknown = sorted(set(raw) - known)
-    if unknown:
-        section = f" in {where}" if where else ""
-        raise RuadaptError(f"unknown key {unknown[0]!r}{section}; known keys: {', '.join(sorted(known))}")
+    section = f" in {where}" if where else ""
+    for key in sorted(set(raw) - known, key=str):
+        problems.append(f"unknown key {key!r}{section}; known keys: {', '.join(sorted(known))}")
     kwargs = {}
     for f in fields(cls):
         if f.name not in known:
             continue
         if f.name not in raw:
             if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:  # type: ignore[misc]
-                section = f" in {where}" if where else ""
-                raise RuadaptError(f"missing required key {f.name!r}{section}")
+                problems.append(f"missing required key {f.name!r}{section}")
             continue
-        kwargs[f.name] = coerce(raw[f.name], hints[f.name], f"{where}.{f.name}" if where else f.name)
-    return cls(**kwargs)
+        kwargs[f.name] = _coerce(raw[f.name], hints[f.name], f"{where}.{f.name}" if where else f.name, problems)
+    return None if len(problems) > before else cls(**kwargs)

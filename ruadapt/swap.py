@@ -16,7 +16,7 @@ from typing import Collection
 
 from tokenizers import Tokenizer
 
-from .vocab.arch import arch_for_config, check_vocab_tensors, padded_rows, padding_multiple
+from .vocab.arch import arch_for_config, check_vocab_tensors, model_fingerprint, padded_rows, padding_multiple
 from .io.checkpoint import CheckpointReader, RowBlocks, parse_size
 from .errors import RuadaptError
 from .mistakes import refuse
@@ -81,7 +81,7 @@ def swap_model(
         reader.path.name, n_base, base_rows, n_new, n_rows, multiple, counts,
     )
 
-    record.input_model("model", reader, model_type=arch.model_type, tied=arch.tied)
+    record.input_model("model", reader, model_fingerprint(reader), model_type=arch.model_type, tied=arch.tied)
     record.input_file("base_tokenizer", tokenizer_json_path(model_dir))
     record.input_file("tokenizer", tokenizer_json_path(tokenizer_dir))
 

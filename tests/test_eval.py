@@ -23,7 +23,7 @@ from ruadapt.eval.bpb import chat_bpb, plan_windows, text_bpb
 from ruadapt.eval.load import load_model
 from ruadapt.eval.macs import macs_per_token
 from ruadapt.eval.speed import Prompt, measure_speed
-from ruadapt.tokenizer.report import chars_per_token
+from ruadapt.vocab.measure import chars_per_token
 from tiny import SHARED_DATA, dir_hash, make_tiny_model
 
 LN2 = math.log(2)

@@ -23,7 +23,7 @@ from tokenizers import Tokenizer
 
 from ruadapt.cli import main
 from ruadapt.errors import RuadaptError
-from ruadapt.llamacpp.checktext import CHECK_TEXT, check_text_hash, check_text_ids
+from ruadapt.vocab.checktext import CHECK_TEXT, check_text_hash, check_text_ids
 from ruadapt.llamacpp.export import record_path
 from ruadapt.llamacpp.prename import load_table, lookup
 from ruadapt.llamacpp.readback import check_gguf

@@ -13,7 +13,7 @@ from transformers import AutoTokenizer
 
 from ruadapt.cli import main
 from ruadapt.io.record import check_record
-from ruadapt.tokenizer.report import chars_per_token
+from ruadapt.vocab.measure import chars_per_token
 
 QWEN = SHARED_TOKENIZERS / "qwen2.5"
 

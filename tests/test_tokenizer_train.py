@@ -20,10 +20,10 @@ from tokenizers import Tokenizer
 from transformers import AutoTokenizer
 
 from ruadapt.cli import main
-from ruadapt.llamacpp.checktext import CHECK_TEXT
+from ruadapt.vocab.checktext import CHECK_TEXT
 from ruadapt.io.tokdir import chat_template
 from ruadapt.tokenizer.bpe import learn_merges, merge_word
-from ruadapt.tokenizer.report import encode_lines
+from ruadapt.vocab.measure import encode_lines
 from ruadapt.tokenizer.words import WordSplitter, split_sentencepiece_words
 
 FAMILIES = ["qwen2.5", "llama-3", "mistral-nemo", "gemma-3"]

@@ -10,6 +10,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import get_args
 
 import pytest
 import yaml
@@ -18,13 +19,16 @@ from tiny import SHARED_DATA, make_tiny_model
 
 from ruadapt.cli import main
 from ruadapt.errors import RuadaptError
-from ruadapt.train.config import fill_deepspeed_config, load_config, load_deepspeed_json, validate_deepspeed_config
+from ruadapt.recipe import read_spec
+from ruadapt.train.config import (deepspeed_for_world, fill_deepspeed_config, load_config, load_configs,
+                                  load_deepspeed_json, read_launch, validate_deepspeed_config, write_launch)
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "recipes"
 MODEL_RECIPES = sorted(p for p in RECIPES.glob("*.sh") if p.name not in ("lib.sh", "cpu-tiny.sh"))
-YAMLS = sorted(RECIPES.glob("*/*.yaml"))
+YAMLS = sorted(p for p in RECIPES.glob("*/*.yaml") if p.name != "recipe.yaml")  # run YAMLs
 DS_JSONS = sorted((RECIPES / "deepspeed").glob("*.json"))
+BIN = Path(sys.executable).parent  # the venv whose `ruadapt` the recipes call
 
 
 def test_recipe_set_is_complete():
@@ -50,9 +54,10 @@ def test_every_recipe_yaml_validates_with_deepspeed(yml, monkeypatch):
         nodes = 4 if "72b" in yml.parent.name else 1
         assert gb * 8 * nodes == 256  # LEP paper: global batch ≈ 256 sequences
         assert 1024 <= cfg.block_size <= 4096 and cfg.train.warmup_steps == 100 and cfg.train.weight_decay == 0.1
-    for world in (1, 8):
-        ds = fill_deepspeed_config(load_deepspeed_json(Path(cfg.deepspeed)), cfg, world_size=world, bf16=world > 1)
-        assert "auto" not in json.dumps(ds)
+    filled = fill_deepspeed_config(load_deepspeed_json(Path(cfg.deepspeed)), cfg)  # once, by the launcher
+    for world in (1, 8):  # each rank adds its world
+        ds = deepspeed_for_world(filled, cfg, world_size=world, bf16=world > 1)
+        assert "auto" not in json.dumps(ds) and ds["train_batch_size"] == gb * world
         if world == 1:
             validate_deepspeed_config(ds, cfg.deepspeed)
 
@@ -76,8 +81,11 @@ def test_deepspeed_jsons_validate(path):
 def test_recipe_bash_syntax_and_dry_run(recipe, tmp_path):
     subprocess.run(["bash", "-n", str(recipe)], check=True)
     text = recipe.read_text()
-    assert "set -euo pipefail" in text and "# Hardware:" in text and "# Launch:" in text
-    env = dict(os.environ, DRY_RUN="1", RUN=str(tmp_path / "run"))
+    assert "set -euo pipefail" in text and "# Launch:" in text and len(text.splitlines()) <= 8  # the model is data:
+    spec = read_spec(RECIPES / recipe.stem / "recipe.yaml")  # recipe.yaml, through the schema
+    assert "GPU" in spec.hardware and spec.base.startswith("/models/") and spec.instruct.startswith("/models/")
+    # lib.sh reads recipe.yaml through `ruadapt recipe env`: the environment's ruadapt (the venv's) must be on PATH
+    env = dict(os.environ, DRY_RUN="1", RUN=str(tmp_path / "run"), PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}")
     r = subprocess.run(["bash", str(recipe)], env=env, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     lines = [l for l in r.stdout.splitlines() if l.startswith("+ ")]
@@ -135,6 +143,43 @@ def test_bad_config_is_one_line_error_before_any_process(good, case, edit, expec
     assert not (tmp / "out.work").exists() and not (tmp / "out").exists()
 
 
+@pytest.mark.parametrize("case,edit,expect", [
+    ("schema", lambda b, t: {**b, "trian": {}, "stage": "adapter", "train": {"max_steps": "lots"}},
+     ["unknown key 'trian'", "stage 'adapter' is not one of embeddings, lora, full",
+      "train.max_steps: expected an integer, got 'lots'"]),
+    ("values", lambda b, t: {**b, "block_size": 4096, "data": {"train": [str(t / "nope.txt")]}, "train": {"lr": -1}},
+     ["train.lr must be positive", "nope.txt: data.train file not found",
+      "block_size 4096 is above the model's max_position_embeddings 256"]),
+])
+def test_three_mistakes_are_three_lines(good, case, edit, expect, capsys):
+    """Every problem of a config at once, one line each naming the file, exit 2, nothing started or written."""
+    tmp, base = good
+    path = write(tmp, f"three-{case}.yaml", edit(base, tmp))
+    assert main(["train", "--config", str(path), "--dry-run"]) == 2
+    captured = capsys.readouterr()
+    err = captured.err.strip().splitlines()
+    assert len(err) == 3 and not captured.out, err
+    for line, want in zip(err, expect):
+        assert line.startswith(f"ruadapt train: error: {path}: ") and want in line, (line, want)
+    assert not (tmp / "out.work").exists() and not (tmp / "out").exists()
+
+
+def test_literal_choices_are_the_schema():
+    """The choices a config accepts are the Literal types of its dataclasses: the schema refuses what they do not
+    list and lists what they do (one place for both)."""
+    from ruadapt.schema import coerce
+    from ruadapt.train.config import Stage, TrainConfig
+
+    assert coerce("lora", Stage, "stage") == "lora" and get_args(Stage) == ("embeddings", "lora", "full")
+    with pytest.raises(RuadaptError) as e:
+        coerce({"scheduler": "cosin", "bf16": "maybe", "report_to": ["tensorbored"]}, TrainConfig, "train")
+    assert e.value.lines == [
+        "train.scheduler 'cosin' is not one of cosine, linear, constant",
+        "train.report_to[0] 'tensorbored' is not one of tensorboard, wandb",
+        "train.bf16 'maybe' is not one of auto, true, false",
+    ]
+
+
 def test_bad_config_through_the_installed_command(good):
     tmp, base = good
     path = write(tmp, "bad-cli.yaml", {**base, "block_size": 100000})
@@ -149,7 +194,26 @@ def test_good_config_dry_run_prints_launcher_command(good, capsys):
     assert main(["train", "--config", str(path), "--num-gpus", "2", "--master-port", "29999", "--dry-run"]) == 0
     out = capsys.readouterr().out.strip()
     assert out.split()[0].endswith("deepspeed") and "--num_gpus 2 --master_port 29999 --module ruadapt.train" in out
-    assert f"--config {path.resolve()}" in out
+    launch = tmp / "out.work" / "launch.json"
+    assert out.endswith(f"--module ruadapt.train --launch-json {launch.resolve()}") and not launch.exists()
+
+
+def test_launch_json_round_trips_what_the_launcher_resolved(good, monkeypatch):
+    """What the ranks read is what the launcher checked: configs with ${VAR} and --set applied, the DeepSpeed
+    config filled once; read back, the same dataclasses and dicts, with no YAML and no environment needed."""
+    tmp, base = good
+    monkeypatch.setenv("TINY_STEPS", "3")
+    first = write(tmp, "launch-a.yaml", {**base, "out": str(tmp / "la"), "train": {"max_steps": "${TINY_STEPS}"}})
+    second = write(tmp, "launch-b.yaml", {**base, "model": str(tmp / "la"), "out": str(tmp / "lb"), "stage": "full"})
+    configs = load_configs([str(first), str(second)], ["train.lr=0.25"])
+    runs = [(c, fill_deepspeed_config(load_deepspeed_json(Path(c.deepspeed)), c)) for c in configs]
+    launch = write_launch(tmp / "la.work" / "launch.json", runs, resume=True)
+    monkeypatch.delenv("TINY_STEPS")
+    first.unlink(), second.unlink()  # the ranks never read the YAMLs
+    back, resume = read_launch(launch)
+    assert resume and [c for c, _ in back] == configs and [d for _, d in back] == [d for _, d in runs]
+    assert back[0][0].train.max_steps == 3 and back[1][0].train.lr == 0.25 and back[1][0].source == str(second)
+    assert [p.name for p in launch.parent.iterdir()] == ["launch.json"]  # renamed into place, no temporary left
 
 
 def test_env_variables_and_overrides(good, monkeypatch):

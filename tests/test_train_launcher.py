@@ -22,6 +22,7 @@ import torch
 from safetensors.torch import load_file
 
 from ruadapt.io.checkpoint import CheckpointReader
+from ruadapt.vocab.arch import model_fingerprint
 from ruadapt.io.record import check_record, sha256_file
 from tiny import SHARED_DATA, dir_hash, make_tiny_model, tensor_hashes
 
@@ -175,7 +176,7 @@ def test_resume_after_sigkill_matches_uninterrupted_run(runs):
     t_first, t_second = runs["launched"]
     started = datetime.strptime(rec["started"], "%Y-%m-%dT%H:%M:%S%z").timestamp()
     assert int(t_first) <= started < t_second, (rec["started"], t_first, t_second)
-    assert rec["inputs"]["model"]["fingerprint"] == CheckpointReader(runs["untied"]).fingerprint()
+    assert rec["inputs"]["model"]["fingerprint"] == model_fingerprint(CheckpointReader(runs["untied"]))
     assert rec["inputs"]["config"]["sha256"] == sha256_file(Path(runs["configs"]["killed"]))
     data = [v for k, v in rec["inputs"].items() if k.startswith("data.train:")]
     assert data and all(d["sha256"] == sha256_file(Path(d["path"])) and d["tokens"] > 0 for d in data)

@@ -96,14 +96,16 @@ def interrupted(base):
     while not (step_file.is_file() and int(step_file.read_text() or 0) >= 3):
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
         time.sleep(0.1)
-    members = processes_mentioning(str(sig))  # launcher (launch.py) and both ranks
+    # `ruadapt train` names the YAML; the launcher (launch.py) and both ranks name the launch.json it wrote
+    launch_json = str(tmp / "out_sig.work" / "launch.json")
+    members = processes_mentioning(str(sig)) + processes_mentioning(launch_json)
     proc.send_signal(signal.SIGINT)  # what `timeout -s INT`, a scheduler's cancel or `kill -INT` does
     t0 = time.monotonic()
     out, err = proc.communicate(timeout=60)
     state = {
         "rc": proc.returncode, "stop_s": time.monotonic() - t0, "stdout": out, "stderr": err,
         "members": len(members), "alive": [p.pid for p in members if p.is_running() and p.status() != psutil.STATUS_ZOMBIE],
-        "alive_by_cmdline": [p.pid for p in processes_mentioning(str(sig))],
+        "alive_by_cmdline": [p.pid for p in processes_mentioning(str(sig)) + processes_mentioning(launch_json)],
         "out_exists": (tmp / "out_sig").exists(),
         "complete": (tmp / "out_sig.work" / "checkpoints" / "complete").read_text().strip(),
         "steps_logged": re.findall(r"step (\d+)/6 ", out + err),

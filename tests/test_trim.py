@@ -15,7 +15,7 @@ import torch
 
 from ruadapt.io.record import check_record
 from ruadapt.cli import main
-from ruadapt.tokenizer.report import chars_per_token
+from ruadapt.vocab.measure import chars_per_token
 from ruadapt.trim import trim_tokenizer
 from tiny import SHARED_DATA, SHARED_TOKENIZERS, copy_tokenizer, dir_hash, make_tiny_model, tensor_hashes
 

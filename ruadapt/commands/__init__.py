@@ -5,11 +5,37 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..eval.data import parse_named
+from ..io.hub import resolve
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the example blocks of epilogs as written and shows each option's default once.
+
+    ArgumentDefaultsHelpFormatter appends "(default: X)" to every option, also where the help text already
+    explains the default in words ("default: the input's largest shard") and where there is none to show
+    (None, False of a flag, an empty list): "(default: None) (default: None)" noise. Here the default is
+    appended only when it is a value and the help text does not mention it.
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if (
+            "default" in text.lower()
+            or default is None
+            or default is argparse.SUPPRESS
+            or isinstance(default, bool)
+            or default in ("", [], ())
+            or action.required
+            or not (action.option_strings or action.nargs in (argparse.OPTIONAL, argparse.ZERO_OR_MORE))
+        ):
+            return text
+        return text + " (default: %(default)s)"
+
 
 def add_parser(sub: argparse._SubParsersAction, name: str, *, help: str, description: str, examples: str) -> argparse.ArgumentParser:
     """A subcommand parser whose ``--help`` ends with worked examples."""
-    from ..cli import HelpFormatter
-
     return sub.add_parser(
         name,
         help=help,
@@ -40,9 +66,6 @@ def add_revision(p: argparse.ArgumentParser) -> None:
 def resolve_named(items: list[str], option: str, revision: str | None, what: str = "model") -> dict[str, Path]:
     """``NAME=DIR`` items (``--model``, ``--tokenizer``) with each value resolved as typed by
     :func:`ruadapt.io.hub.resolve`: a directory, or a Hub repo id."""
-    from ..eval.data import parse_named
-    from ..io.hub import resolve
-
     names = parse_named(items, option)  # the format and duplicate checks
     typed = {item.partition("=")[0].strip(): item.partition("=")[2] for item in items}
     return {name: resolve(typed[name], f"{option} {name}=", revision=revision, what=what) for name in names}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from . import add_parser, path_arg
+from ..train.config import load_configs
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -38,7 +39,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..train.config import load_configs
     from ..train.prepare import prepare_configs
 
     configs = load_configs([str(c) for c in args.config], args.set)

@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from . import add_parser, add_revision, path_arg, resolve_named
+from ..eval.data import parse_named
 
 EXIT_FAILED = 1  # the report was written but a measure in it has no number (2 = bad input, nothing written)
 
@@ -80,7 +81,6 @@ ruadapt eval --model inst=./inst --include-path ./my_tasks --tasks ru_qa \\
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..eval.data import parse_named
     from ..eval.run import run_eval
 
     report = run_eval(

@@ -6,11 +6,10 @@ import argparse
 import json
 
 from . import add_parser, path_arg
+from ..llamacpp.source import OUTTYPES
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from ..llamacpp.source import OUTTYPES  # stdlib only: --help stays fast
-
     p = add_parser(
         sub,
         "gguf",

@@ -6,6 +6,7 @@ import argparse
 import json
 
 from . import add_parser, add_revision, model_arg
+from ..io.hub import resolve
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -25,7 +26,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..io.hub import resolve
     from ..inspect import format_report, inspect_model
 
     info = inspect_model(resolve(args.model, "MODEL", revision=args.revision))

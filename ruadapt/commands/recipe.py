@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from . import add_parser, path_arg
+from ..recipe import SPEC_FILE, copy_recipe, list_recipes, recipe_env
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -55,10 +56,25 @@ ruadapt recipe cp cpu-tiny /tmp/tiny --set CPT_STEPS=20                 # the de
                     help="replace the recipe's files where DEST already has them (other files in DEST stay)")
     cp.set_defaults(func=run_cp)
 
+    env = add_parser(
+        rsub,
+        "env",
+        help="print a recipe's model and defaults as shell assignments (what recipes/lib.sh evaluates)",
+        description="The variables of a model recipe (recipes/NAME/recipe.yaml, or DIR/recipe.yaml of a copy) as "
+        "bash: each default only where the variable is empty, so the environment wins; a copy's fixed ones always; "
+        "RECIPE = the directory of its run YAMLs. Without RECIPE: the pipeline's own defaults (MODE, NEW_TOKENS, "
+        "NUM_GPUS, STAGE2, CPT_STEPS, CPT2_STEPS, SFT_STEPS, STEPS). recipes/lib.sh runs this; the defaults live "
+        "in ruadapt/recipe.py, once.",
+        examples="ruadapt recipe env qwen2.5-7b\n"
+        "ruadapt recipe env runs/qwen7b          # a copy made by ruadapt recipe cp\n"
+        'eval "$(ruadapt recipe env qwen2.5-72b)"; echo "$HOSTFILE"',
+    )
+    env.add_argument("recipe", metavar="RECIPE", nargs="?", default=None,
+                     help="a recipe name or a directory holding recipe.yaml (default: the pipeline's defaults only)")
+    env.set_defaults(func=run_env)
+
 
 def run_ls(args: argparse.Namespace) -> int:
-    from ..recipe import list_recipes
-
     recipes = list_recipes()
     rows = [("NAME", "HARDWARE", "DESCRIPTION")] + [(r.name, r.hardware or "-", r.description or "-") for r in recipes]
     w0, w1 = (max(len(row[i]) for row in rows) for i in (0, 1))
@@ -69,8 +85,6 @@ def run_ls(args: argparse.Namespace) -> int:
 
 
 def run_cp(args: argparse.Namespace) -> int:
-    from ..recipe import copy_recipe
-
     r = copy_recipe(args.name, args.dest, args.set, force=args.force)
     dest = r["dest"]
     print(f"{r['recipe']} -> {dest}: {' '.join(r['files'])}" + (f" ({len(r['replaced'])} replaced)" if r["replaced"] else ""))
@@ -80,8 +94,13 @@ def run_cp(args: argparse.Namespace) -> int:
     print("next:")
     if r["environment"]:
         print("  export " + " ".join(f"{v}=..." for v in r["environment"]))
-    yamls = [f for f in r["files"] if f.endswith(".yaml")]
+    yamls = [f for f in r["files"] if f.endswith(".yaml") and f != SPEC_FILE]
     print(f"  ruadapt train --config {dest}/{yamls[0]} --dry-run    # check it, then drop --dry-run")
     if r["script"]:
         print(f"  DRY_RUN=1 BASE=... INSTRUCT=... bash {dest}/{r['script']}    # the whole pipeline's commands")
+    return 0
+
+
+def run_env(args: argparse.Namespace) -> int:
+    print(recipe_env(args.recipe), end="")
     return 0

@@ -6,6 +6,7 @@ import argparse
 
 from ..mistakes import add_allow_argument
 from . import add_parser, add_revision, model_arg, path_arg
+from ..io.hub import TOKENIZER, resolve
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -38,7 +39,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..io.hub import TOKENIZER, resolve
     from ..swap import swap_model
 
     rec = swap_model(

@@ -8,6 +8,7 @@ import os
 
 from ..mistakes import add_allow_argument
 from . import add_parser, add_revision, model_arg, path_arg, resolve_named
+from ..io.hub import TOKENIZER, resolve
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -65,7 +66,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from ..io.hub import TOKENIZER, resolve
     from ..tokenizer.train import train_tokenizer
 
     record = train_tokenizer(
@@ -86,7 +86,6 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_report(args: argparse.Namespace) -> int:
-    from ..io.hub import TOKENIZER
     from ..tokenizer.report import tokenizer_report
 
     tokenizers = list(resolve_named(args.tokenizer, "--tokenizer", args.revision, TOKENIZER).items())

@@ -17,6 +17,11 @@ from pathlib import Path
 
 from ..errors import RuadaptError
 from . import add_parser, path_arg
+from ..train.rundir import STARTED_ENV, check_rerun, discard_run, last_complete
+from ..train.config import (LAUNCH_JSON, deepspeed_for_world, fill_deepspeed_config, load_configs, load_deepspeed_json,
+                            validate_deepspeed_config, write_launch)
+from ..train.supervise import master_port, supervise
+from ..io.hub import describe
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -58,8 +63,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def launch_command(args: argparse.Namespace, configs: list[Path], port: int | None) -> list[str]:
-    """The DeepSpeed launcher's command line for ``configs`` (the runs still to do)."""
+def launch_command(args: argparse.Namespace, launch: Path, port: int | None) -> list[str]:
+    """The DeepSpeed launcher's command line: every rank reads the runs still to do from ``launch``."""
     launcher = shutil.which("deepspeed", path=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
     if launcher is None:
         raise RuadaptError("the `deepspeed` launcher is not on PATH; install deepspeed in this environment")
@@ -74,21 +79,13 @@ def launch_command(args: argparse.Namespace, configs: list[Path], port: int | No
         cmd += ["--num_gpus", str(args.num_gpus)]
     if port is not None:
         cmd += ["--master_port", str(port)]
-    cmd += ["--module", "ruadapt.train"]
-    for c in configs:
-        cmd += ["--config", str(Path(c).resolve())]
-    for s in args.set:
-        cmd += ["--set", s]
-    if args.resume:
-        cmd.append("--resume")
+    cmd += ["--module", "ruadapt.train", "--launch-json", str(launch.resolve())]
     return cmd
 
 
 def check_reruns(configs: list, overwrite: bool, dry_run: bool) -> list:
     """The configs still to run. A config whose earlier launch recorded other values is refused, or with
     ``--overwrite`` discarded together with every later config that trains on its output."""
-    from ..train.rundir import check_rerun, discard_run
-
     redo: set[Path] = set()
     pending = []
     for cfg in configs:
@@ -112,26 +109,25 @@ def check_reruns(configs: list, overwrite: bool, dry_run: bool) -> list:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..train.config import fill_deepspeed_config, load_configs, load_deepspeed_json, validate_deepspeed_config
-    from ..train.rundir import last_complete
-    from ..train.supervise import master_port, supervise
-
     started = time.time()
     if args.stop_grace < 0:
         raise RuadaptError(f"--stop-grace {args.stop_grace}: must not be negative")
-    configs = load_configs([str(c) for c in args.config], args.set)
-    for cfg in configs:  # DeepSpeed's own check, with this run's values in place of "auto"
+    configs = load_configs([str(c) for c in args.config], args.set)  # every problem of every config, or none
+    filled = []
+    for cfg in configs:  # filled once here for every rank; DeepSpeed's own check with this run's values
+        ds = fill_deepspeed_config(load_deepspeed_json(Path(cfg.deepspeed)), cfg)
         # world_size 1: with no process group DeepSpeed checks train_batch_size against a world of one
-        ds = fill_deepspeed_config(load_deepspeed_json(Path(cfg.deepspeed)), cfg, world_size=1, bf16=False)
-        validate_deepspeed_config(ds, cfg.deepspeed)
-    pending = check_reruns(configs, args.overwrite, args.dry_run)
+        validate_deepspeed_config(deepspeed_for_world(ds, cfg, world_size=1, bf16=False), cfg.deepspeed)
+        filled.append((cfg, ds))
+    pending = check_reruns(configs, args.overwrite, args.dry_run)  # the one rerun check of the launch
     if not pending:
         return 0
     if args.resume:
         ckpt = pending[0].work_dir / "checkpoints"
         if last_complete(ckpt) is None:
             raise RuadaptError(f"{ckpt}: --resume given but there is no complete checkpoint; run without --resume")
-    cmd = launch_command(args, [Path(c.source) for c in pending], master_port(args.master_port, args.hostfile))
+    launch = pending[0].work_dir / LAUNCH_JSON
+    cmd = launch_command(args, launch, master_port(args.master_port, args.hostfile))
     if args.dry_run:
         print(shlex.join(cmd))
         return 0
@@ -140,6 +136,7 @@ def run(args: argparse.Namespace) -> int:
     from ..train.prepare import prepare_configs
 
     prepare_configs(pending, overwrite=args.overwrite)
+    write_launch(launch, [(cfg, ds) for cfg, ds in filled if any(cfg is p for p in pending)], resume=args.resume)
     sys.stdout.flush()
     sys.stderr.flush()
     code, sig = supervise(cmd, grace_s=args.stop_grace, env=rank_env(pending, started))
@@ -152,9 +149,6 @@ def rank_env(configs: list, started: float) -> dict[str, str]:
     """The ranks' environment: ours, plus when the user started this launch (their records say so, not when they
     began), and offline when a model came from the Hugging Face Hub, so every rank reads the snapshot resolved
     here (through the cache's refs) instead of each asking the Hub again, which may have moved on since."""
-    from ..io.hub import describe
-    from ..train.rundir import STARTED_ENV
-
     env = {**os.environ, STARTED_ENV: os.environ.get(STARTED_ENV, str(started))}
     if any(describe(c.model) for c in configs):
         env["HF_HUB_OFFLINE"] = "1"
@@ -164,8 +158,6 @@ def rank_env(configs: list, started: float) -> dict[str, str]:
 def stop_message(pending: list, sig: int) -> str:
     """The one line after a stop: what was kept and the command that continues."""
     import signal
-
-    from ..train.rundir import last_complete
 
     again = "ruadapt " + shlex.join(sys.argv[1:]) if sys.argv[1:2] == ["train"] else "the same ruadapt train command"
     name = signal.Signals(sig).name

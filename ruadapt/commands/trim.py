@@ -6,6 +6,8 @@ import argparse
 
 from ..mistakes import add_allow_argument
 from . import add_parser, add_revision, model_arg, path_arg
+from ..io.hub import TOKENIZER, resolve
+from ..errors import RuadaptError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -44,7 +46,6 @@ ruadapt trim --tokenizer ./Qwen2.5-0.5B --corpus ru_train.txt en_train.txt --out
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..io.hub import TOKENIZER, resolve
     from ..trim import format_report, trim_model, trim_tokenizer
 
     progress = not args.quiet
@@ -53,8 +54,6 @@ def run(args: argparse.Namespace) -> int:
         data = trim_model(resolve(args.model, "--model", revision=args.revision), args.corpus, args.out, pad_to_multiple_of=args.pad_to_multiple_of, max_shard_size=args.max_shard_size, **common)
     else:
         if args.pad_to_multiple_of is not None or args.max_shard_size is not None:
-            from ..errors import RuadaptError
-
             raise RuadaptError("--pad-to-multiple-of and --max-shard-size need --model (there are no weights with --tokenizer)")
         data = trim_tokenizer(resolve(args.tokenizer, "--tokenizer", revision=args.revision, what=TOKENIZER), args.corpus, args.out, **common)
     print(format_report(data))

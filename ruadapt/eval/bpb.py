@@ -25,6 +25,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import RuadaptError
+from ..vocab.measure import measure
 from .load import EvalModel
 
 log = logging.getLogger(__name__)
@@ -97,7 +98,7 @@ def score_windows(em: EvalModel, windows: list[Window], *, batch_tokens: int = 4
 @dataclass
 class BpbResult:
     """Totals over a text (or the assistant turns of a chat file) for one model. ``counts`` holds the
-    chars/bytes/words/tokens measures of ``ruadapt.tokenizer.report.measure`` (the project's one definition of
+    chars/bytes/words/tokens measures of ``ruadapt.vocab.measure.measure`` (the project's one definition of
     chars/token) over exactly the tokens that were scored."""
 
     docs: int
@@ -129,7 +130,6 @@ class BpbResult:
 
 def _result(em: EvalModel, texts: Sequence[str], targets: Sequence[Sequence[int]], windows: list[Window],
             nll: list[float]) -> BpbResult:
-    from ..tokenizer.report import measure
 
     doc_nll = [0.0] * len(texts)
     for w, x in zip(windows, nll):

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import RuadaptError
+from ..io.corpus import read_documents
 
 
 
@@ -33,6 +34,4 @@ def read_lines(path: Path | str, *, max_lines: int | None = None, what: str = "-
     here equals ``ruadapt tokenizer report``'s), at most ``max_lines`` of them.
 
     Raises a one-line error for a missing, non-UTF-8 or empty file."""
-    from ..io.corpus import read_documents
-
     return read_documents(Path(path), what, limit=max_lines or 0)

@@ -17,6 +17,7 @@ import torch
 from ..io.checkpoint import CheckpointReader
 from ..errors import RuadaptError
 from ..io.tokdir import chat_template, tokenizer_json_path
+from ..vocab.arch import model_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +112,7 @@ def load_model(name: str, path: Path, *, device: str = "cpu", dtype: torch.dtype
     max_positions = getattr(text_cfg, "max_position_embeddings", None)
     facts = {
         "path": str(path),
-        "fingerprint": reader.fingerprint(),
+        "fingerprint": model_fingerprint(reader),
         "model_type": model.config.model_type,
         "parameters": sum(p.numel() for p in model.parameters()),
         "dtype": str(dtype).replace("torch.", ""),

@@ -17,6 +17,7 @@ from ..io.outdir import atomic_output_dir, check_output_dir
 from ..io.record import StageRecord
 from .bpb import chat_bpb, common_window, text_bpb
 from ..io.chatdata import read_chats
+from ..vocab.arch import model_fingerprint
 from .data import read_lines
 from .lm_eval_runner import available_tasks, run_task
 from .load import check_device, check_model_dir, load_model, resolve_dtype
@@ -100,7 +101,7 @@ def run_eval(
 
     record = StageRecord("eval", options)
     for name, reader in readers.items():
-        record.input_model(f"model:{name}", reader)
+        record.input_model(f"model:{name}", reader, model_fingerprint(reader))
     for label, path in {**texts, **chats}.items():
         record.input_file(f"data:{label}", path)
     for name, spec in offered.items():

@@ -225,25 +225,22 @@ class CheckpointReader:
         self._handle = None
         self._open_shard = None
 
-    def fingerprint(self) -> str:
+    def fingerprint(self, *, whole: Iterable[str]) -> str:
         """sha256 that tells checkpoints apart at a cost of seconds, not of reading 100s of GB.
 
         It covers config.json, the index and every shard header (names, shapes, dtypes, layout), the whole bytes
-        of the vocabulary matrices (what ruadapt's stages change; 2.2 GB for Qwen2.5-7B) and
-        :data:`FINGERPRINT_WINDOWS` windows of :data:`FINGERPRINT_WINDOW_BYTES` spread evenly over the data of
-        every shard: a fine-tuned model differs from its base in every weight, so a header-only hash (equal for
-        a base and its instruct model) is not enough. Cost: README, ``bench/fingerprint.py``."""
-        from ..vocab.arch import arch_for_config  # arch imports this module
-
+        of the tensors named in ``whole`` that the checkpoint holds, and :data:`FINGERPRINT_WINDOWS` windows of
+        :data:`FINGERPRINT_WINDOW_BYTES` spread evenly over the data of every shard: a fine-tuned model differs
+        from its base in every weight, so a header-only hash (equal for a base and its instruct model) is not
+        enough. Which tensors are hashed whole (the vocabulary matrices, what ruadapt's stages change) is a fact
+        of the architecture, so the caller names them: :func:`ruadapt.vocab.arch.model_fingerprint`. Keyword-only
+        and required, so no caller gets a different hash by forgetting them. Cost: ``bench/fingerprint.py``."""
         h = hashlib.sha256()
         for extra in ("config.json", INDEX_FILE):
             p = self.path / extra
             if p.is_file():
                 h.update(p.read_bytes())
-        try:
-            full = [n for n in arch_for_config(self.config).vocab_tensor_names() if n in self]
-        except RuadaptError:  # unknown model type: headers and samples only
-            full = []
+        full = [n for n in whole if n in self]
         for shard in self.shards:
             header, data_start = read_header(shard)
             size = shard.stat().st_size

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import BinaryIO, Collection, Iterator
 
 from ..errors import RuadaptError
+from ..mistakes import refuse
 
 BLOCK_BYTES = 4 << 20  # bytes read at a time from a (decompressed) stream
 _JSON_SNIFF_LINES = 20  # lines looked at by refuse_json_as_text
@@ -159,8 +160,6 @@ def refuse_json_as_text(path: Path | str, option: str = "--corpus", allow: Colle
     """A corpus read as plain text whose first lines are all JSON objects is JSON Lines under another name:
     trained on as text, a tokenizer learns merges such as ``."}`` and ``{"text":``. Refused unless
     ``--allow json-text`` (:mod:`ruadapt.mistakes`)."""
-    from ..mistakes import refuse
-
     path = Path(path).expanduser()
     if corpus_format(path)[0] != "text":
         return

@@ -25,6 +25,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
 from .. import __version__
+from ..errors import RuadaptError
+from .hub import describe
 
 if TYPE_CHECKING:
     from .checkpoint import CheckpointReader
@@ -83,8 +85,6 @@ class StageRecord:
     def input(self, name: str, path: Path | str, **facts: Any) -> None:
         """An input by its absolute path, symlinks not followed (a file of a hub snapshot keeps its name, not
         ``blobs/<sha>``); a hub snapshot directory adds its repo id, revision and commit."""
-        from .hub import describe
-
         path = Path(os.path.abspath(Path(path).expanduser()))
         self.data["inputs"][name] = {"path": str(path), **describe(path), **{k: _plain(v) for k, v in facts.items()}}
 
@@ -92,9 +92,10 @@ class StageRecord:
         """An input file, identified by the sha256 of its bytes."""
         self.input(name, path, sha256=sha256_file(Path(path)), bytes=Path(path).stat().st_size, **facts)
 
-    def input_model(self, name: str, reader: "CheckpointReader", **facts: Any) -> None:
-        """An input checkpoint, identified by :meth:`ruadapt.io.checkpoint.CheckpointReader.fingerprint`."""
-        self.input(name, reader.path, fingerprint=reader.fingerprint(), **facts)
+    def input_model(self, name: str, reader: "CheckpointReader", fingerprint: str, **facts: Any) -> None:
+        """An input checkpoint, identified by its fingerprint (:func:`ruadapt.vocab.arch.model_fingerprint`,
+        computed by the caller: which tensors it hashes whole is a fact of the architecture, above this layer)."""
+        self.input(name, reader.path, fingerprint=fingerprint, **facts)
 
     def set(self, key: str, value: Any) -> None:
         """One entry of ``result``."""
@@ -127,8 +128,6 @@ class StageRecord:
 
 def check_record(data: dict, where: str = "record") -> dict:
     """``data`` follows :data:`SCHEMA` (every key, nothing else, the types a reader relies on); returns it."""
-    from ..errors import RuadaptError
-
     if not isinstance(data, dict) or tuple(data) != SCHEMA:
         keys = list(data) if isinstance(data, dict) else type(data).__name__
         raise RuadaptError(f"{where}: keys {keys} are not the stage record schema {list(SCHEMA)}")

@@ -1,6 +1,6 @@
-"""llama.cpp: GGUF export with llama.cpp's own converter, and the check text that keeps a vocabulary recognisable.
+"""llama.cpp: GGUF export with llama.cpp's own converter. The check text that keeps a vocabulary recognisable
+is :mod:`ruadapt.vocab.checktext` (the tokenizer stage uses it too, so it sits below both).
 
-* :mod:`.checktext` – llama.cpp's check text; the merges ``tokenizer train --mode extend`` must not learn;
 * :mod:`.prename`   – the pre-tokenizer name for a tokenizer, from ``pre_names.yaml``;
 * :mod:`.source`    – the converter on disk (checkout or llama-cpp-python sdist) and its own name table;
 * :mod:`.export`    – ``ruadapt gguf``: run the converter (:mod:`.convert_child`), check, record;

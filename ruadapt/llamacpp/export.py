@@ -26,8 +26,9 @@ from ..errors import RuadaptError, require
 from ..io.outdir import atomic_output_file, check_output_file
 from ..io.record import StageRecord, sha256_file
 from ..io.tokdir import tokenizer_json_path
+from ..vocab.arch import model_fingerprint
 from ..vocab.pieces import detect_family, piece_to_bytes
-from .checktext import CHECK_TEXT, check_text_hash, check_text_ids
+from ..vocab.checktext import CHECK_TEXT, check_text_hash, check_text_ids
 from .prename import lookup
 from .readback import check_gguf
 from .source import OUTTYPES, find_converter
@@ -130,7 +131,7 @@ def export_gguf(
     record = StageRecord("gguf", {"outtype": outtype, "pre": pre, "overwrite": overwrite,
                                   "verify_texts": [str(p) for p in verify_texts], "verify_lines": verify_lines,
                                   "logit_lines": logit_lines, "logits_tolerance": logits_tolerance})
-    record.input_model("model", reader, tokenizer_json_sha256=sha256_file(tj))
+    record.input_model("model", reader, model_fingerprint(reader), tokenizer_json_sha256=sha256_file(tj))
     record.input("converter", converter.root, **converter.fingerprint())
     for i, p in enumerate(verify_texts):
         record.input_file(f"verify_text_{i}", p)

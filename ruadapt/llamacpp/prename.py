@@ -1,8 +1,8 @@
 """Which llama.cpp pre-tokenizer name (``tokenizer.ggml.pre``) a tokenizer gets, without llama.cpp's hash.
 
-llama.cpp's converter recognises a BPE tokenizer by the ids of a check text (:mod:`.checktext`); any renumbered
-vocabulary (replace, trim) changes them although the text is cut exactly as before. What decides how llama.cpp
-cuts text is the normalizer and pre-tokenizer, which every ruadapt mode keeps identical to the base's. So the
+llama.cpp's converter recognises a BPE tokenizer by the ids of a check text (:mod:`ruadapt.vocab.checktext`); any
+renumbered vocabulary (replace, trim) changes them although the text is cut exactly as before. What decides how
+llama.cpp cuts text is the normalizer and pre-tokenizer, which every ruadapt mode keeps identical to the base's. So the
 name is looked up by a hash of those two (:func:`pipeline_sha256`) in ``pre_names.yaml``, which lists each
 base family with the name llama.cpp's converter gives the base itself, and the BPE flags llama.cpp hard-codes for
 that name (``ignore_merges``, byte fallback): a tokenizer whose flags differ is refused, because llama.cpp would

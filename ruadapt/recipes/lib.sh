@@ -1,21 +1,22 @@
 # shellcheck shell=bash
-# recipes/lib.sh — the one pipeline every recipe runs; a recipe = variables + `source lib.sh` + `ruadapt_pipeline`.
+# recipes/lib.sh — the one pipeline every recipe runs; a model recipe = recipes/NAME/recipe.yaml (model, hardware,
+# defaults) + its run YAMLs, started by recipes/NAME.sh (`source lib.sh; ruadapt_recipe DIR`).
 #
 #   tokenizer train → swap → CPT stage 1 (embeddings) [→ CPT stage 2 (LoRA)] → LEP → SFT/calibration → eval
 #
-# Required variables (set them in the recipe, or in the environment before running it):
+# Required variables (a recipe.yaml gives them defaults; or set them in the environment before running):
 #   BASE       base model dir (HF, safetensors)          INSTRUCT   its instruct model dir
 #   CORPUS     Russian training text (one doc per line)  RUN        run directory (everything goes below it)
 #   RECIPE     dir of the run YAMLs (cpt-embeddings.yaml, cpt-lora.yaml, sft.yaml)
-# Optional (defaults below):
-#   MODE=extend NEW_TOKENS=48000 VOCAB_SIZE=          tokenizer (replace mode uses VOCAB_SIZE)
-#   NUM_GPUS=8 HOSTFILE= MASTER_PORT=                 DeepSpeed launch (HOSTFILE = multi-node)
-#   CPT_STEPS=2000 CPT2_STEPS=1000 SFT_STEPS=300      optimizer steps (read by the YAMLs as ${CPT_STEPS} ...)
-#   STAGE2=1                                          0 = skip CPT stage 2 (LoRA); LEP then uses stage 1
+# Optional, with their defaults in one place, ruadapt/recipe.py (`ruadapt recipe env [NAME]` prints them):
+#   MODE NEW_TOKENS VOCAB_SIZE                        tokenizer (replace mode uses VOCAB_SIZE)
+#   NUM_GPUS HOSTFILE MASTER_PORT                     DeepSpeed launch (HOSTFILE = multi-node)
+#   CPT_STEPS CPT2_STEPS SFT_STEPS                    optimizer steps (read by the YAMLs as ${CPT_STEPS} ...)
+#   STAGE2                                            0 = skip CPT stage 2 (LoRA); LEP then uses stage 1
 #   LEP_LORA_DELTAS=0                                 1 = LEP also adds the stage-2 LoRA deltas to the instruct body
-#   SFT_DATA=                                         chat JSONL; empty = skip SFT/calibration
-#   EVAL_RU= EVAL_EN= EVAL_CHAT= EVAL_ARGS=           eval inputs (empty = that part skipped)
-#   STEPS="tokenizer swap cpt lep sft eval"           run only some steps (their inputs must exist)
+#   SFT_DATA                                          chat JSONL; empty = skip SFT/calibration
+#   EVAL_RU EVAL_EN EVAL_CHAT= EVAL_ARGS              eval inputs (empty = that part skipped)
+#   STEPS                                             run only some steps (their inputs must exist)
 #   DRY_RUN=0                                         1 = print every command, run nothing
 #   RUADAPT=ruadapt                                   the command to call (".venv/bin/ruadapt", "python -m ruadapt")
 # Relaunching a recipe resumes: finished steps are skipped (their output exists), CPT/SFT continue from
@@ -55,11 +56,23 @@ ruadapt_step() {  # ruadapt_step NAME OUTPUT : true when step NAME is selected a
     return 0
 }
 
+ruadapt_env() {  # ruadapt_env [RECIPE]: each variable the environment leaves empty gets its default, printed as
+    local -a cmd  #   shell assignments by `ruadapt recipe env` (RECIPE: a name or a dir holding recipe.yaml)
+    local assignments
+    read -r -a cmd <<< "${RUADAPT:-ruadapt}"
+    assignments="$("${cmd[@]}" recipe env "$@")" || exit 2  # the CLI has said what is wrong, in one line
+    eval "$assignments"
+}
+
+ruadapt_recipe() {  # ruadapt_recipe DIR: the pipeline with DIR/recipe.yaml's model, defaults and run YAMLs
+    ruadapt_env "$1"
+    ruadapt_pipeline
+}
+
 ruadapt_pipeline() {
+    : "${DRY_RUN:=0}" "${RUADAPT:=ruadapt}"
+    ruadapt_env  # the pipeline's own defaults (MODE, NEW_TOKENS, NUM_GPUS, STAGE2, *_STEPS, STEPS)
     ruadapt_need BASE INSTRUCT CORPUS RUN RECIPE
-    : "${MODE:=extend}" "${NEW_TOKENS:=48000}" "${NUM_GPUS:=8}" "${STAGE2:=1}" "${DRY_RUN:=0}"
-    : "${CPT_STEPS:=2000}" "${CPT2_STEPS:=1000}" "${SFT_STEPS:=300}" "${RUADAPT:=ruadapt}"
-    : "${STEPS:=tokenizer swap cpt lep sft eval}"
     RECIPES_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
     # the YAMLs read these as ${VAR}
     export BASE INSTRUCT CORPUS RUN SFT_DATA="${SFT_DATA:-}" CPT_STEPS CPT2_STEPS SFT_STEPS

@@ -1,30 +1,8 @@
 #!/usr/bin/env bash
-# qwen2.5-3b: Russian vocabulary adaptation of Qwen/Qwen2.5-3B (+ Qwen/Qwen2.5-3B-Instruct).
-# Hardware: 1 node × 8 GPUs (A100/H100 80 GB).
-# Launch:   bash recipes/qwen2.5-3b.sh                 (DRY_RUN=1 bash recipes/qwen2.5-3b.sh prints the commands)
-# Multi-node: set HOSTFILE=/path/hostfile (lines 'host slots=8') and adjust grad_accum in the YAMLs.
-# Pipeline: tokenizer → swap → CPT stage 1 (embeddings) → CPT stage 2 (LoRA) → LEP → calibration → eval
-# (recipes/lib.sh); a relaunch skips finished steps and resumes training from the last checkpoint.
+# qwen2.5-3b: recipes/lib.sh's pipeline (tokenizer → swap → CPT → LEP → calibration → eval) with the model, hardware
+# and defaults of recipes/qwen2.5-3b/recipe.yaml; a relaunch skips finished steps and resumes training.
+# Launch: bash recipes/qwen2.5-3b.sh    (DRY_RUN=1 prints the commands; BASE=... or any variable before it overrides)
 set -euo pipefail
-
-BASE="${BASE:-/models/Qwen2.5-3B}"
-INSTRUCT="${INSTRUCT:-/models/Qwen2.5-3B-Instruct}"
-CORPUS="${CORPUS:-/data/ru_train.txt}"
-SFT_DATA="${SFT_DATA:-/data/ru_chat.jsonl}"
-EVAL_RU="${EVAL_RU:-/data/ru_eval.txt}"
-EVAL_EN="${EVAL_EN:-/data/en_eval.txt}"
-RUN="${RUN:-runs/qwen2.5-3b}"
-MODE="${MODE:-extend}"
-NEW_TOKENS="${NEW_TOKENS:-48000}"
-NUM_GPUS="${NUM_GPUS:-8}"
-HOSTFILE="${HOSTFILE:-}"
-CPT_STEPS="${CPT_STEPS:-2000}"    # × 256 sequences × 2048 tokens ≈ 1.0B tokens
-CPT2_STEPS="${CPT2_STEPS:-1000}"
-SFT_STEPS="${SFT_STEPS:-300}"
-STAGE2="${STAGE2:-1}"
-EVAL_ARGS="${EVAL_ARGS:---device cuda --dtype bfloat16}"
-RECIPE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/qwen2.5-3b"
-
 # shellcheck source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
-ruadapt_pipeline
+ruadapt_recipe "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/qwen2.5-3b"

@@ -76,7 +76,7 @@ def learn_merges(
     ``word_strings`` enables the ``ignore_merges`` rule (a word equal to a new token becomes that token);
     ``allowed(piece)`` can veto a merge result (the base's own piece rules, e.g. SentencePiece's digits and scripts);
     ``forbidden_pairs`` (id pairs) are never merged and ``forbidden_results`` (strings) never become tokens: a text
-    that must keep its base segmentation (llama.cpp's check text, :mod:`ruadapt.llamacpp.checktext`).
+    that must keep its base segmentation (llama.cpp's check text, :mod:`ruadapt.vocab.checktext`).
     ``words`` is modified in place and returned in the result.
     """
     base_vocab = base_vocab or {}

@@ -5,7 +5,7 @@
   (:mod:`ruadapt.tokenizer.bpe`). New merges rank after all base merges, new ids start at ``len(base)``,
   everything else (normalizer, pre-tokenizer, decoder, post-processor, ``ignore_merges``, byte fallback,
   special tokens, chat template) is the base's, byte for byte. llama.cpp's check text keeps the base's
-  segmentation (:mod:`ruadapt.llamacpp.checktext`), so llama.cpp's stock converter still recognises the tokenizer.
+  segmentation (:mod:`ruadapt.vocab.checktext`), so llama.cpp's stock converter still recognises the tokenizer.
 * **replace** — a new BPE trained by ``tokenizers`` on the same training words, with the base's
   normalizer/pre-tokenizer/decoder; the base's added (special, chat) tokens appended with the same strings and
   the old → new id of each written to ``token_id_map.json`` for the later stages.
@@ -40,7 +40,7 @@ from ..io.tokdir import (
 from ..vocab.pieces import BYTE_LEVEL, SENTENCEPIECE, detect_family
 from .bpe import learn_merges
 from ..io.corpus import check_corpus, iter_documents, refuse_json_as_text
-from ..llamacpp.checktext import CHECK_TEXT, adjacent_pairs, check_text_words
+from ..vocab.checktext import CHECK_TEXT, adjacent_pairs, check_text_words
 from .words import CorpusInfo, count_words, follows_sentencepiece_rules, sentencepiece_piece_ok
 
 log = logging.getLogger(__name__)

@@ -1,8 +1,10 @@
-"""Entry point of each DeepSpeed rank: ``deepspeed --num_gpus N --module ruadapt.train --config X.yaml [--resume]``
+"""Entry point of each DeepSpeed rank: ``deepspeed ... --module ruadapt.train --launch-json OUT.work/launch.json``
 (the launcher spells it ``--module``; it has no ``-m``).
 
-Use ``ruadapt train`` on the command line: it validates the config first, starts the launcher and supervises
-it (signals, exit codes). Exit codes here: 0 done, 2 bad input, 128+signal when stopped by SIGTERM/SIGINT
+Start runs with ``ruadapt train``: it reads and validates the YAMLs once, checks an earlier launch's config once,
+fills the DeepSpeed config once, writes all of it to ``launch.json`` (:func:`ruadapt.train.config.write_launch`),
+starts the launcher and supervises it (signals, exit codes). A rank reads that file and trains; it checks
+nothing the launcher checked. Exit codes here: 0 done, 2 bad input, 128+signal when stopped by SIGTERM/SIGINT
 (every rank stops after the same step; the last complete checkpoint stays, nothing else is written).
 """
 
@@ -12,37 +14,30 @@ import argparse
 import logging
 import os
 import sys
+from pathlib import Path
 
 from ..errors import EXIT_USAGE, RuadaptError
+from .config import read_launch
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m ruadapt.train", description=__doc__)
-    p.add_argument("--config", required=True, action="append",
-                   help="run YAML (see recipes/*/); repeat to run several configs one after another in the same "
-                   "processes (one launcher start-up for, e.g., CPT stage 1 and stage 2)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a YAML value")
-    p.add_argument("--resume", action="store_true", help="require a complete checkpoint to resume from")
+    # not --launch: the deepspeed launcher would take it for an abbreviation of its --launcher
+    p.add_argument("--launch-json", required=True, type=Path,
+                   help="the launch.json `ruadapt train` wrote: the resolved runs, in order, with DeepSpeed configs")
     p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    from .config import load_configs, validate
-    from .rundir import check_rerun
     from .runner import StopRequested, install_stop_handlers, run
 
     install_stop_handlers()
     try:
-        configs = load_configs(args.config, args.set)
-        resume = args.resume
-        for cfg in configs:
-            if cfg.done:
-                check_rerun(cfg)  # a finished run with another config is an error, not a skip
-                print(f"ruadapt train: {cfg.out} is already finished (ruadapt_train.json); skipping", file=sys.stderr)
-                continue
-            validate(cfg, check_files=True)  # an earlier run may just have produced its model
-            run(cfg, resume=resume)
+        runs, resume = read_launch(args.launch_json)
+        for cfg, ds in runs:
+            run(cfg, deepspeed=ds, resume=resume)
             resume = False  # --resume concerns the run that was interrupted, not the ones after it
     except RuadaptError as e:
-        print(f"ruadapt train: error: {e}", file=sys.stderr)
+        for line in e.lines:
+            print(f"ruadapt train: error: {line}", file=sys.stderr)
         return EXIT_USAGE
     except StopRequested as e:
         return 128 + e.signum

@@ -16,17 +16,22 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Literal
 
 import yaml
 
 from ..errors import RuadaptError
 from ..schema import build
+from ..io.hub import resolve
+from ..io.corpus import check_corpus
 
-TASKS = ("cpt", "sft")
-STAGES = ("embeddings", "lora", "full")
-SCHEDULERS = ("cosine", "linear", "constant")
-REPORTERS = {"tensorboard": "tensorboard", "wandb": "wandb"}  # train.report_to value -> module it needs
+# The choices of a config, as types: the schema (ruadapt/schema.py) checks a value against them, and anything that
+# lists them (errors, docs) reads them with typing.get_args, so a choice is written down once.
+Task = Literal["cpt", "sft"]
+Stage = Literal["embeddings", "lora", "full"]
+Scheduler = Literal["cosine", "linear", "constant"]
+Bf16 = Literal["auto", "true", "false"]
+Reporter = Literal["tensorboard", "wandb"]  # each is also the module it needs installed
 
 
 @dataclass
@@ -92,15 +97,15 @@ class TrainConfig:
     warmup_steps: int = 100
     weight_decay: float = 0.1
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
-    scheduler: str = "cosine"
+    scheduler: Scheduler = "cosine"
     max_grad_norm: float = 1.0
     seed: int = 42
     save_steps: int = 500  # checkpoint every N steps (and at the end)
     keep_checkpoints: int = 2
     eval_steps: int = 0  # 0 = eval only at the end
     log_steps: int = 10  # a progress line (loss, lr, tokens/s, elapsed, ETA) every N steps
-    report_to: list[str] = field(default_factory=list)  # also write the logged scalars to: tensorboard, wandb
-    bf16: str = "auto"  # auto = on when the accelerator supports it; "true"/"false"
+    report_to: list[Reporter] = field(default_factory=list)  # also write the logged scalars to: tensorboard, wandb
+    bf16: Bf16 = "auto"  # auto = on when the accelerator supports it; "true"/"false"
     gradient_checkpointing: bool = False
 
 
@@ -108,13 +113,13 @@ class TrainConfig:
 class RunConfig:
     """A whole run as read from YAML (see recipes/*/ for commented examples)."""
 
-    task: str
+    task: Task
     model: str  # a directory, or a Hugging Face repo id (resolved by ruadapt.io.hub into its cached snapshot)
     out: str
     data: DataConfig
     deepspeed: str
     revision: str = ""  # branch, tag or commit when model is a repo id; "" = main
-    stage: str = "embeddings"
+    stage: Stage = "embeddings"
     block_size: int = 2048
     max_shard_size: str = ""  # "" = the input's shard size (layout kept); else e.g. "5GB"
     embeddings: EmbeddingsConfig = field(default_factory=EmbeddingsConfig)
@@ -185,22 +190,46 @@ def _apply_override(raw: dict, assignment: str, source: str) -> None:
 
 def load_configs(paths: list[str], overrides: list[str] | tuple[str, ...] = ()) -> list[RunConfig]:
     """Several runs meant to execute in sequence: a later run's model may be an earlier run's ``out``
-    (CPT stage 2 on stage 1), so that model is checked when its run starts, everything else now."""
+    (CPT stage 2 on stage 1), so that model is checked when its run starts, everything else now.
+
+    Every problem of every config is collected first and raised together, one line each."""
     configs = []
+    problems: list[str] = []
     produced: set[Path] = set()
     for p in paths:
-        cfg = load_config(p, overrides, check_files=False)
+        try:
+            cfg = read_config(p, overrides)
+        except RuadaptError as e:
+            problems += e.lines
+            continue
         made_here = Path(cfg.model).resolve() in produced
-        if not made_here:
-            resolve_model(cfg)
-        validate(cfg, check_files=True, skip_model=made_here)
+        try:
+            if not made_here:
+                resolve_model(cfg)
+            validate(cfg, check_files=True, skip_model=made_here)
+        except RuadaptError as e:
+            problems += e.lines
         produced.add(cfg.out_path.resolve())
         configs.append(cfg)
+    if problems:
+        raise RuadaptError(*problems)
     return configs
 
 
 def load_config(path: Path | str, overrides: list[str] | tuple[str, ...] = (), *, check_files: bool = True) -> RunConfig:
-    """Read, expand and validate a run YAML; every problem is a one-line :class:`RuadaptError`."""
+    """Read, expand and validate a run YAML; its problems are one :class:`RuadaptError`, a line each.
+
+    The schema's problems (unknown or missing keys, wrong types, a value outside its choices) come first, all of
+    them; the checks of values together need a typed config, so they follow once the schema is satisfied."""
+    cfg = read_config(path, overrides)
+    if check_files:
+        resolve_model(cfg)
+    validate(cfg, check_files=check_files)
+    return cfg
+
+
+def read_config(path: Path | str, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """A run YAML through the schema (``${VAR}`` expanded, ``--set`` applied), not yet validated."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise RuadaptError(f"{path}: --config file not found")
@@ -216,11 +245,8 @@ def load_config(path: Path | str, overrides: list[str] | tuple[str, ...] = (), *
     try:
         cfg = build(RunConfig, raw, "")
     except RuadaptError as e:
-        raise RuadaptError(f"{path}: {e}") from None
+        raise RuadaptError(*(f"{path}: {line}" for line in e.lines)) from None
     cfg.source = str(path)
-    if check_files:
-        resolve_model(cfg)
-    validate(cfg, check_files=check_files)
     return cfg
 
 
@@ -228,27 +254,26 @@ def resolve_model(cfg: RunConfig) -> None:
     """``model:`` may be a Hugging Face repo id (pinned by ``revision:``): it becomes the snapshot directory in the
     hub cache. That path names the commit, so the config recorded for a resume pins the weights: a relaunch after
     the repo moved on is refused as a changed ``model`` instead of resuming on other weights."""
-    from ..io.hub import resolve
-
     path = resolve(cfg.model, f"{cfg.source or 'config'}: model", revision=cfg.revision or None)
     if path != Path(cfg.model).expanduser():  # a repo id; a local model keeps its spelling, as earlier launches recorded it
         cfg.model = str(path)
 
 
 def validate(cfg: RunConfig, *, check_files: bool = True, skip_model: bool = False) -> None:
-    """Checks that need the values together (and, with ``check_files``, the model and data on disk)."""
+    """Checks that need the values together (and, with ``check_files``, the model and data on disk).
+
+    Every problem found is collected and raised together, one line each naming the YAML; a check that depends on
+    an earlier one's success (the model's config.json before its positions) is skipped when that one failed."""
     src = cfg.source or "config"
     t = cfg.train
+    problems: list[str] = []
 
-    def need(cond: object, msg: str) -> None:
+    def need(cond: object, msg: str) -> bool:
         if not cond:
-            raise RuadaptError(f"{src}: {msg}")
+            problems.append(f"{src}: {msg}")
+        return bool(cond)
 
-    need(cfg.task in TASKS, f"task {cfg.task!r} is not one of {', '.join(TASKS)}")
-    need(cfg.stage in STAGES, f"stage {cfg.stage!r} is not one of {', '.join(STAGES)}")
     need(cfg.block_size >= 8, f"block_size {cfg.block_size} is too small (at least 8)")
-    need(t.scheduler in SCHEDULERS, f"train.scheduler {t.scheduler!r} is not one of {', '.join(SCHEDULERS)}")
-    need(t.bf16 in ("auto", "true", "false"), f"train.bf16 {t.bf16!r} must be auto, true or false")
     for key in ("micro_batch_size", "grad_accum", "max_steps", "save_steps", "log_steps", "keep_checkpoints"):
         need(getattr(t, key) >= 1, f"train.{key} must be at least 1")
     need(t.lr > 0, "train.lr must be positive")
@@ -261,45 +286,54 @@ def validate(cfg: RunConfig, *, check_files: bool = True, skip_model: bool = Fal
     need(all(w == 0 for w in weights) or all(w > 0 for w in weights),
          "data.train: give every source a weight, or none (then each file counts by its size)")
     for r in t.report_to:
-        need(r in REPORTERS, f"train.report_to {r!r} is not one of {', '.join(REPORTERS)}")
-        need(importlib.util.find_spec(REPORTERS[r]) is not None,
+        need(importlib.util.find_spec(r) is not None,
              f"train.report_to lists {r} but it is not installed; pip install {r} (or remove it from train.report_to)")
     if cfg.embeddings.new_rows_only:
         need(cfg.stage == "embeddings", "embeddings.new_rows_only needs stage: embeddings")
         need(cfg.embeddings.new_rows_from > 0, "embeddings.new_rows_only needs embeddings.new_rows_from (the first new row)")
-    if not check_files:
-        return
-    from ..io.corpus import check_corpus
+    if check_files:
+        _check_files(cfg, skip_model, need)
+    if problems:
+        raise RuadaptError(*problems)
 
+
+def _check_files(cfg: RunConfig, skip_model: bool, need: Callable[[object, str], bool]) -> None:
+    """The data files, the DeepSpeed JSON, the model directory and the output of ``cfg``, on disk."""
     for section, sources in (("data.train", cfg.data.train), ("data.eval", cfg.data.eval)):
         for source in sources:
             try:
                 check_corpus(Path(source.path), section)
             except RuadaptError as e:
-                raise RuadaptError(f"{src}: {e}") from None
+                need(False, str(e))
     ds = Path(cfg.deepspeed)
-    if not ds.is_file():
-        raise RuadaptError(f"{src}: deepspeed config {ds} not found")
-    load_deepspeed_json(ds)
+    if need(ds.is_file(), f"deepspeed config {ds} not found"):
+        try:
+            load_deepspeed_json(ds)
+        except RuadaptError as e:
+            need(False, str(e))
     model = Path(cfg.model)
-    if skip_model:
+    if not skip_model and need((model / "config.json").is_file(),
+                               f"model {model} has no config.json (expected a Hugging Face model directory)"):
+        mcfg = json.loads((model / "config.json").read_text(encoding="utf-8"))
+        mcfg = mcfg.get("text_config", mcfg) if "max_position_embeddings" not in mcfg else mcfg
+        positions = mcfg.get("max_position_embeddings")
+        if positions:
+            need(cfg.block_size <= positions,
+                 f"block_size {cfg.block_size} is above the model's max_position_embeddings {positions} "
+                 f"({model}/config.json)")
+        if cfg.stage == "embeddings" or (cfg.stage == "lora" and cfg.lora.train_embeddings):
+            try:
+                _check_embeddings(cfg, model)
+            except RuadaptError as e:
+                need(False, str(e).removeprefix(f"{cfg.source}: "))
+        rows = mcfg.get("vocab_size")
+        if cfg.embeddings.new_rows_only and rows:
+            need(cfg.embeddings.new_rows_from < rows,
+                 f"embeddings.new_rows_from {cfg.embeddings.new_rows_from} is not below the model's {rows} rows")
+    try:
         _check_out(cfg, model)
-        return
-    if not (model / "config.json").is_file():
-        raise RuadaptError(f"{src}: model {model} has no config.json (expected a Hugging Face model directory)")
-    mcfg = json.loads((model / "config.json").read_text(encoding="utf-8"))
-    mcfg = mcfg.get("text_config", mcfg) if "max_position_embeddings" not in mcfg else mcfg
-    positions = mcfg.get("max_position_embeddings")
-    if positions:
-        need(cfg.block_size <= positions,
-             f"block_size {cfg.block_size} is above the model's max_position_embeddings {positions} ({model}/config.json)")
-    if cfg.stage == "embeddings" or (cfg.stage == "lora" and cfg.lora.train_embeddings):
-        _check_embeddings(cfg, model)
-    rows = mcfg.get("vocab_size")
-    if cfg.embeddings.new_rows_only and rows:
-        need(cfg.embeddings.new_rows_from < rows,
-             f"embeddings.new_rows_from {cfg.embeddings.new_rows_from} is not below the model's {rows} rows")
-    _check_out(cfg, model)
+    except RuadaptError as e:
+        need(False, str(e))
 
 
 def _check_embeddings(cfg: RunConfig, model: Path) -> None:
@@ -347,12 +381,10 @@ def load_deepspeed_json(path: Path) -> dict:
     return data
 
 
-def fill_deepspeed_config(ds: dict, cfg: RunConfig, *, world_size: int, bf16: bool) -> dict:
-    """Replace "auto" with the run's values, so the YAML is the one place a hyperparameter is set.
-
-    train_batch_size is derived (micro × accum × world) rather than taken from the JSON: on CPU the HF
-    integration sees world size 1 and computes it wrong, and one number in one place avoids the mismatch.
-    """
+def fill_deepspeed_config(ds: dict, cfg: RunConfig) -> dict:
+    """Replace "auto" with the run's values, so the YAML is the one place a hyperparameter is set. Done once, by
+    the launcher, into ``launch.json``; what depends on the ranks (world size, bf16 support of the device) is left
+    for :func:`deepspeed_for_world`."""
     ds = json.loads(json.dumps(ds))
     t = cfg.train
     values = {
@@ -365,10 +397,6 @@ def fill_deepspeed_config(ds: dict, cfg: RunConfig, *, world_size: int, bf16: bo
             ds[k] = v
         elif ds[k] != v:
             raise RuadaptError(f"{cfg.deepspeed}: {k} is {ds[k]} but the YAML says {v}; set it to \"auto\"")
-    ds["train_batch_size"] = t.micro_batch_size * t.grad_accum * world_size
-    for key in ("bf16", "fp16"):
-        if isinstance(ds.get(key), dict) and ds[key].get("enabled") == "auto":
-            ds[key]["enabled"] = bf16 if key == "bf16" else False
     zero = ds.get("zero_optimization", {})
     for k, v in list(zero.items()):
         if v == "auto":  # bucket sizes: DeepSpeed's defaults are fine for every size we ship
@@ -376,6 +404,60 @@ def fill_deepspeed_config(ds: dict, cfg: RunConfig, *, world_size: int, bf16: bo
     ds.setdefault("zero_allow_untested_optimizer", True)  # torch AdamW, not DeepSpeed's cpu_adam
     ds.setdefault("steps_per_print", 10**9)
     return ds
+
+
+def deepspeed_for_world(ds: dict, cfg: RunConfig, *, world_size: int, bf16: bool) -> dict:
+    """A filled config (:func:`fill_deepspeed_config`) with the two values only a rank knows.
+
+    train_batch_size is derived (micro × accum × world) rather than taken from the JSON: on CPU the HF
+    integration sees world size 1 and computes it wrong, and one number in one place avoids the mismatch.
+    """
+    ds = json.loads(json.dumps(ds))
+    ds["train_batch_size"] = cfg.train.micro_batch_size * cfg.train.grad_accum * world_size
+    for key in ("bf16", "fp16"):
+        if isinstance(ds.get(key), dict) and ds[key].get("enabled") == "auto":
+            ds[key]["enabled"] = bf16 if key == "bf16" else False
+    return ds
+
+
+LAUNCH_JSON = "launch.json"  # in the first run's work dir: what `ruadapt train` resolved, read by every rank
+
+
+def write_launch(path: Path, runs: list[tuple[RunConfig, dict]], *, resume: bool) -> Path:
+    """The one resolved description of a launch: each run's config (``${VAR}``, ``--set`` and a Hub model already
+    resolved) with its filled DeepSpeed config. Every check ran in the launcher; the ranks only read this file,
+    so N ranks neither re-read the YAMLs nor re-validate them (and cannot see another environment than the
+    launcher's). Written to a temporary name and renamed: a rank never reads half a file."""
+    data = {
+        "format": 1,
+        "resume": resume,  # concerns the first run (the interrupted one), not those after it
+        "runs": [{"source": cfg.source, "config": cfg.to_dict(), "deepspeed": ds} for cfg, ds in runs],
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def read_launch(path: Path) -> tuple[list[tuple[RunConfig, dict]], bool]:
+    """The runs of a ``launch.json`` (:func:`write_launch`) and whether the first must resume. Typed through the
+    schema (it is the same dataclass), not validated again: the launcher did that once for every rank."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise RuadaptError(f"{path}: cannot read the launch file ({e}); start runs with `ruadapt train`") from None
+    if not isinstance(data, dict) or data.get("format") != 1:
+        raise RuadaptError(f"{path}: not a launch file of this ruadapt version; start runs with `ruadapt train`")
+    runs = []
+    for i, run in enumerate(data["runs"]):
+        try:
+            cfg = build(RunConfig, run["config"], "")
+        except RuadaptError as e:
+            raise RuadaptError(*(f"{path}: runs[{i}]: {line}" for line in e.lines)) from None
+        cfg.source = run["source"]
+        runs.append((cfg, run["deepspeed"]))
+    return runs, bool(data["resume"])
 
 
 def validate_deepspeed_config(ds: dict, source: str) -> None:

@@ -28,6 +28,9 @@ from .config import RunConfig, SourceConfig
 from .data import Items, eos_token_id, normalized_weights, pad_token_id
 from .tokenfile import (DamagedTokenFile, TokenFileWriter, locked, open_token_file, publish, temp_dir_for,
                         token_dtype)
+from .rundir import discard_run, last_complete
+from .cpt import BlockSource, write_documents
+from ..io.chatdata import iter_chats
 
 log = logging.getLogger(__name__)
 
@@ -126,8 +129,6 @@ def ensure_entry(entry: Path, key: dict, build: Callable[[TokenFileWriter], dict
 def _refuse_changed_data(cfg: RunConfig, plan: list, overwrite: bool) -> None:
     """A run with checkpoints continues only on the tokens it started with: a data file or tokenizer that changed
     since (another key) would silently change what the resumed steps train on."""
-    from .rundir import discard_run, last_complete
-
     old_path = manifest_path(cfg)
     if not old_path.is_file() or last_complete(cfg.work_dir / "checkpoints") is None:
         return
@@ -159,8 +160,6 @@ def _usable(entry: Path) -> bool:
 
 
 def _cpt_builder(cfg: RunConfig, model: Path, tokenizer_json: Path, progress: bool) -> Callable:
-    from .cpt import write_documents
-
     eos = eos_token_id(model)
 
     def build(writer: TokenFileWriter, src: SourceConfig, field: str, section: str) -> dict:
@@ -173,7 +172,6 @@ def _cpt_builder(cfg: RunConfig, model: Path, tokenizer_json: Path, progress: bo
 
 
 def _sft_builder(cfg: RunConfig, model: Path, progress: bool) -> Callable:
-    from ..io.chatdata import iter_chats
     from .sft import load_chat_tokenizer, write_chats
 
     holder: list = []
@@ -216,8 +214,6 @@ def load_run_data(cfg: RunConfig) -> tuple[Items, Items | None, list[float]]:
             except DamagedTokenFile as err:
                 raise RuadaptError(f"{err}; rerun `ruadapt data prepare --config {cfg.source}` to rebuild it") from None
             if cfg.task == "cpt":
-                from .cpt import BlockSource
-
                 out.append(BlockSource(tf, cfg.block_size))
             else:
                 from .sft import ChatSource

@@ -36,11 +36,12 @@ import torch
 from ..io.checkpoint import CheckpointReader
 from ..errors import RuadaptError
 from ..io.record import StageRecord
-from .config import RunConfig, fill_deepspeed_config, load_deepspeed_json, validate_deepspeed_config
+from ..vocab.arch import model_fingerprint
+from .config import RunConfig, deepspeed_for_world
 from .data import MixSampler, normalized_weights
 from .prepare import load_run_data, manifest_path
 from .progress import Progress
-from .rundir import COMPLETE, RUN_JSON, STARTED_ENV, STATE, check_rerun, comparable, last_complete
+from .rundir import COMPLETE, RUN_JSON, STARTED_ENV, STATE, comparable, last_complete
 
 log = logging.getLogger("ruadapt.train")
 
@@ -117,8 +118,10 @@ def evaluate(engine, dataset, *, rank: int, world: int, micro: int, device: torc
 class TrainingRun:
     """One run (one YAML) in this rank. :meth:`run` calls the steps in order; each is usable on its own."""
 
-    def __init__(self, cfg: RunConfig, *, resume: bool = False, callbacks: list[StepCallback] | None = None):
+    def __init__(self, cfg: RunConfig, *, deepspeed: dict, resume: bool = False,
+                 callbacks: list[StepCallback] | None = None):
         self.cfg, self.t = cfg, cfg.train
+        self.deepspeed = deepspeed  # filled and validated by the launcher (launch.json); the world is added here
         self.require_checkpoint = resume
         self.on_step_end: list[StepCallback] = load_callbacks() if callbacks is None else callbacks
         self.ckpt_dir = cfg.work_dir / "checkpoints"
@@ -146,7 +149,7 @@ class TrainingRun:
 
     # ------------------------------------------------------------------------------------------ setup
     def setup(self) -> None:
-        """Process group, device, logging, the filled DeepSpeed config; rank 0 checks and records run.json."""
+        """Process group, device, logging, the DeepSpeed config for this world; rank 0 records run.json."""
         import deepspeed
         import torch.distributed as dist
         from deepspeed.accelerator import get_accelerator
@@ -162,14 +165,11 @@ class TrainingRun:
         logging.basicConfig(level=logging.INFO if self.rank == 0 else logging.WARNING,
                             format=f"%(asctime)s [rank {self.rank}] %(name)s: %(message)s", datefmt="%H:%M:%S")
         self.bf16 = {"true": True, "false": False}.get(self.t.bf16, self.device.type != "cpu" and acc.is_bf16_supported())
-        self.ds_cfg = fill_deepspeed_config(load_deepspeed_json(Path(self.cfg.deepspeed)), self.cfg,
-                                            world_size=self.world, bf16=self.bf16)
-        validate_deepspeed_config(self.ds_cfg, self.cfg.deepspeed)
+        self.ds_cfg = deepspeed_for_world(self.deepspeed, self.cfg, world_size=self.world, bf16=self.bf16)
         self.zero_stage = int(self.ds_cfg.get("zero_optimization", {}).get("stage", 0))
         if self.rank == 0:
             work = self.cfg.work_dir
             work.mkdir(parents=True, exist_ok=True)
-            check_rerun(self.cfg)  # also under a direct `deepspeed` launch; `ruadapt train` checked it already
             (work / RUN_JSON).write_text(json.dumps(comparable(self.cfg), indent=2) + "\n")
         self.barrier()
         if self.require_checkpoint and last_complete(self.ckpt_dir) is None:
@@ -333,7 +333,8 @@ class TrainingRun:
         record = StageRecord("train", cfg.to_dict(), started=self.started)
         if cfg.source:
             record.input_file("config", cfg.source)
-        record.input_model("model", CheckpointReader(cfg.model))
+        reader = CheckpointReader(cfg.model)
+        record.input_model("model", reader, model_fingerprint(reader))
         manifest = json.loads(manifest_path(cfg).read_text(encoding="utf-8"))
         record.input("tokenizer", Path(cfg.model) / "tokenizer.json", sha256=manifest.get("tokenizer_sha256"))
         for section in ("train", "eval"):
@@ -373,9 +374,10 @@ class TrainingRun:
         gc.collect()
 
 
-def run(cfg: RunConfig, *, resume: bool = False) -> Path | None:
-    """Train according to ``cfg`` in this process (one of the launcher's ranks); rank 0 exports."""
-    return TrainingRun(cfg, resume=resume).run()
+def run(cfg: RunConfig, *, deepspeed: dict, resume: bool = False) -> Path | None:
+    """Train according to ``cfg`` with the launcher's filled DeepSpeed config in this process (one of the
+    launcher's ranks); rank 0 exports."""
+    return TrainingRun(cfg, deepspeed=deepspeed, resume=resume).run()
 
 
 def _peak_rss() -> int:

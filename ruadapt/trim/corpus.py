@@ -1,7 +1,7 @@
 """Corpus side of ``ruadapt trim``: read text files, count token use, and compare segmentations before/after.
 
 chars/token follows docs/design.md §5: Σ len(line) / Σ len(encode(line, add_special_tokens=False)) over the lines, as
-:func:`ruadapt.tokenizer.report.measure` computes it; here it is accumulated batch by batch while the same ids
+:func:`ruadapt.vocab.measure.measure` computes it; here it is accumulated batch by batch while the same ids
 are compared old vs new, so a 14M-character corpus is encoded once per tokenizer and never held as id lists.
 """
 

@@ -20,7 +20,7 @@ from typing import Collection, Sequence
 import torch
 from tokenizers import Tokenizer
 
-from ..vocab.arch import arch_for_config, check_vocab_tensors, padded_rows, padding_multiple
+from ..vocab.arch import arch_for_config, check_vocab_tensors, model_fingerprint, padded_rows, padding_multiple
 from ..io.checkpoint import CheckpointReader, parse_size, read_json
 from ..io.corpus import check_corpus, read_documents, refuse_json_as_text
 from ..errors import RuadaptError
@@ -236,7 +236,7 @@ def trim_model(
 
     with record.timed("measure"):
         measured = _measure(plan, corpora, eval_texts, progress)
-    record.input_model("model", reader, model_type=arch.model_type, tied=arch.tied)
+    record.input_model("model", reader, model_fingerprint(reader), model_type=arch.model_type, tied=arch.tied)
 
     index = torch.tensor(plan.selection.kept, dtype=torch.long)
 

@@ -171,3 +171,16 @@ def check_vocab_tensors(reader: "CheckpointReader", arch: Arch, n_tokens: int) -
             f"{reader.path}: embedding has {rows} rows but its tokenizer has {n_tokens} tokens; ids past the rows "
             "have no embedding"
         )
+
+
+def model_fingerprint(reader: "CheckpointReader") -> str:
+    """The fingerprint of a checkpoint as every stage record stores it: headers, sampled windows and the whole
+    vocabulary matrices of its architecture (:meth:`ruadapt.io.checkpoint.CheckpointReader.fingerprint`).
+
+    Here and not in the reader, because which tensors are the vocabulary is this module's knowledge and io sits
+    below it. An unknown model type is not an error for a fingerprint: headers and windows only."""
+    try:
+        names = arch_for_config(reader.config).vocab_tensor_names()
+    except RuadaptError:
+        names = ()
+    return reader.fingerprint(whole=names)
