@@ -147,3 +147,24 @@ def test_tokenizer_training_and_trim_read_compressed_jsonl_like_text(tmp_path):
     assert words_txt == words_zst and not any('"}' in w for w in words_zst)
     a, b = count_tokens(tok, [txt], tok.get_vocab_size()), count_tokens(tok, [zst], tok.get_vocab_size())
     assert (a.counts == b.counts).all() and a.tokens == b.tokens > 0
+
+
+@pytest.mark.parametrize("suffix", ["txt.gz", "txt.zst"])
+def test_truncated_stream_names_the_last_complete_line(tmp_path, suffix):
+    """A cut-short .gz/.zst of a few hundred lines (one read block) names the line where the damage starts: the
+    reference count comes from decompressing the same bytes with zlib/zstandard directly."""
+    import zlib
+
+    import zstandard
+
+    text = "".join(f"{k} {d}\n" for k, d in enumerate(DOCS * 20)).encode()  # 1.4 MB: under one 4 MB block
+    packed = gzip.compress(text) if suffix.endswith("gz") else zstandard.ZstdCompressor().compress(text)
+    cut = tmp_path / f"cut.{suffix}"
+    cut.write_bytes(packed[: len(packed) * 3 // 4])
+    if suffix.endswith("gz"):
+        readable = zlib.decompressobj(wbits=31).decompress(cut.read_bytes())
+    else:
+        readable = zstandard.ZstdDecompressor().decompressobj().decompress(cut.read_bytes())
+    good = readable.count(b"\n")
+    assert 100 < good < text.count(b"\n")  # neither the first line nor the whole file
+    bad(cut, rf"stream is damaged or truncated after line {good} ")
