@@ -238,3 +238,34 @@ def test_resuming_on_changed_data_is_refused(tmp_path):
         prepare_run(cfg, progress=False)
     prepare_run(cfg, progress=False, overwrite=True)
     assert not ckpt.exists()  # started over on the new data
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 7, 64, 1000, 4097])
+def test_index_permutation_is_a_seeded_bijection(n):
+    from ruadapt.train.data import IndexPermutation
+
+    p = IndexPermutation(n, (5, 0, 0))
+    order = [p(j) for j in range(n)]
+    assert sorted(order) == list(range(n))  # every item exactly once
+    assert order == [IndexPermutation(n, (5, 0, 0))(j) for j in range(n)]  # a function of the key
+    if n >= 64:
+        other = [IndexPermutation(n, (5, 0, 1))(j) for j in range(n)]  # the next epoch: another order
+        assert sum(a == b for a, b in zip(order, other)) < n // 8
+        assert sum(a == j for j, a in enumerate(order)) < n // 8  # shuffled, not near the identity
+        # a uniform shuffle puts item j in the first half about half of the time
+        assert abs(sum(a < n // 2 for a in order[: n // 2]) - n // 4) < 4 * (n ** 0.5)
+
+
+def test_sampler_memory_does_not_grow_with_the_number_of_items():
+    """10**12 items (a corpus far larger than memory): the sampler still gives disjoint batches at once; a stored
+    permutation would need 8 TB on every rank."""
+    import tracemalloc
+
+    items = Items([(_Fixed(10**12, 0), 0, 10**12)], pad_id=0, names=["huge"])
+    tracemalloc.start()
+    samplers = [MixSampler(items, [0.0], micro=4, accum=2, world=2, rank=r, seed=3) for r in range(2)]
+    got = [np.concatenate(s.micro_batches(12345)) for s in samplers]
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 1 << 20
+    assert not set(got[0]) & set(got[1]) and all(0 <= i < 10**12 for g in got for i in g)
