@@ -131,6 +131,12 @@ def run(args: argparse.Namespace) -> int:
         ckpt = pending[0].work_dir / "checkpoints"
         if last_complete(ckpt) is None:
             raise RuadaptError(f"{ckpt}: --resume given but there is no complete checkpoint; run without --resume")
+    if args.num_gpus is not None and args.hostfile is None:  # the world size is known here: refuse before launch
+        from ..train.rundir import check_world_size
+
+        for cfg in pending:
+            zero = load_deepspeed_json(Path(cfg.deepspeed)).get("zero_optimization", {})
+            check_world_size(cfg, args.num_gpus, int(zero.get("stage", 0)))
     cmd = launch_command(args, [Path(c.source) for c in pending], master_port(args.master_port, args.hostfile))
     if args.dry_run:
         print(shlex.join(cmd))
