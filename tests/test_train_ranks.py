@@ -99,3 +99,16 @@ def test_rank_log_names_the_signal_the_user_sent(tmp_path):
     from ruadapt.train.runner import stop_signal_name
 
     assert os.environ.get("RUADAPT_STOP_SIGNAL_FILE") is None and stop_signal_name(signal.SIGTERM) == "SIGTERM"
+
+
+def test_mix_lines_show_the_recorded_shares():
+    from ruadapt.train.runner import mix_lines
+
+    sources = [{"path": "/d/ru.txt", "weight": 0.7, "target_share": 0.7, "sequences": 141, "tokens": 9024,
+                "sequence_share": 141 / 200, "token_share": 9024 / 12800, "available_sequences": 5000},
+               {"path": "/d/en.jsonl", "weight": 0.3, "target_share": 0.3, "sequences": 59, "tokens": 3776,
+                "sequence_share": 59 / 200, "token_share": 3776 / 12800, "available_sequences": 40}]
+    lines = mix_lines(sources)
+    assert lines[0] == "data mix over 2 sources:"
+    assert lines[1] == "  ru.txt: target 70.0%, trained 70.5% of sequences (141), 70.5% of tokens (9,024); 5,000 available"
+    assert lines[2].startswith("  en.jsonl: target 30.0%, trained 29.5% of sequences (59)")

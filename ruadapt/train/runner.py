@@ -197,6 +197,9 @@ class TrainingRun:
         self.sampler = MixSampler(self.train_ds, self.weights, micro=self.t.micro_batch_size, accum=self.t.grad_accum,
                                   world=self.world, rank=self.rank, seed=self.t.seed)
         self.source_seen = np.zeros((2, len(self.train_ds.parts)))  # sequences, tokens per source (all ranks)
+        if self.rank == 0:
+            shares = ", ".join(f"{Path(n).name} {float(w):.1%}" for n, w in zip(self.train_ds.names, self.sampler.weights))
+            log.info("data: %s training sequences; target shares of the mix: %s", f"{len(self.train_ds):,}", shares)
 
     # ------------------------------------------------------------------------------------------ model
     def _setup_model(self) -> None:
@@ -338,6 +341,8 @@ class TrainingRun:
         if self.rank == 0:
             record = self._record()
             peft_config = self.engine.module.peft_config["default"] if self.cfg.stage == "lora" else None
+            for line in mix_lines(record.data["result"]["data"]["sources"]):
+                log.info(line)
             out = export_run(self.cfg, self.trained, record, self.history, self.evals, peft_config)
             shutil.rmtree(self.ckpt_dir, ignore_errors=True)  # the export is complete; optimizer states are not needed
             log.info("wrote %s", out)
@@ -387,6 +392,17 @@ class TrainingRun:
         self.engine.destroy()
         del self.engine, self.trainable, self.trained
         gc.collect()
+
+
+def mix_lines(sources: list[dict]) -> list[str]:
+    """The console view of ``ruadapt_train.json`` → ``data.sources``: per source the share it should have had and
+    the shares of sequences and tokens it got (a mix that drifted from its weights is seen without opening JSON)."""
+    lines = [f"data mix over {len(sources)} source{'s' if len(sources) != 1 else ''}:"]
+    for s in sources:
+        lines.append(f"  {Path(s['path']).name}: target {s['target_share']:.1%}, trained {s['sequence_share']:.1%} of "
+                     f"sequences ({s['sequences']:,}), {s['token_share']:.1%} of tokens ({s['tokens']:,}); "
+                     f"{s['available_sequences']:,} available")
+    return lines
 
 
 def run(cfg: RunConfig, *, resume: bool = False) -> Path | None:
