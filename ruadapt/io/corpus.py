@@ -162,10 +162,12 @@ def _decode(block: bytes, path: Path, option: str, first_line: int) -> str:
     return text.replace("\r\n", "\n") if "\r" in text else text
 
 
-def refuse_json_as_text(path: Path | str, option: str = "--corpus", allow: Collection[str] = ()) -> None:
+def refuse_json_as_text(path: Path | str, option: str = "--corpus", allow: Collection[str] = (),
+                        how: str = "") -> None:
     """A corpus read as plain text whose first lines are all JSON objects is JSON Lines under another name:
-    trained on as text, a tokenizer learns merges such as ``."}`` and ``{"text":``. Refused unless
-    ``--allow json-text`` (:mod:`ruadapt.mistakes`)."""
+    trained on as text, a tokenizer learns merges such as ``."}`` and ``{"text":``, a model learns the JSON syntax
+    and a report measures it. Refused unless ``--allow json-text`` (:mod:`ruadapt.mistakes`; ``how`` names the
+    switch where it is not that option, e.g. ``data.allow`` of a training YAML)."""
     from ..mistakes import refuse
 
     path = Path(path).expanduser()
@@ -187,7 +189,7 @@ def refuse_json_as_text(path: Path | str, option: str = "--corpus", allow: Colle
     refuse("json-text", allow,
            f"{path}: {option} is read as plain text, but its first {len(sample)} lines are JSON objects (JSON Lines); "
            "the JSON syntax would be learned as text",
-           "name it .jsonl so the documents are read from its \"text\" field")
+           "name it .jsonl so the documents are read from its \"text\" field", how)
 
 
 def iter_line_blocks(path: Path | str, option: str = "--corpus") -> Iterator[list[tuple[int, str]]]:

@@ -51,6 +51,7 @@ class DataConfig:
     text_field: str = "text"  # key of JSONL records / Parquet column for cpt
     max_documents: int = 0  # 0 = all; a cap per file for smoke runs
     cache_dir: str = ""  # token files (see ruadapt/train/tokenfile.py); "" = <dir of out>/.ruadapt-cache/tokens
+    allow: list[str] = field(default_factory=list)  # likely mistakes to go on with: json-text (ruadapt/mistakes.py)
 
     @property
     def cache_path(self) -> Path | None:
@@ -256,6 +257,7 @@ def validate(cfg: RunConfig, *, check_files: bool = True, skip_model: bool = Fal
     need(len(t.betas) == 2, "train.betas must be two numbers, e.g. [0.9, 0.95]")
     need(cfg.lora.r >= 1, "lora.r must be at least 1")
     need(cfg.data.train, "data.train lists no files")
+    need(set(cfg.data.allow) <= {"json-text"}, f"data.allow {cfg.data.allow}: the only likely mistake it can allow is json-text")
     weights = [src.weight for src in cfg.data.train]
     need(all(w >= 0 for w in weights), "data.train: a weight must not be negative")
     need(all(w == 0 for w in weights) or all(w > 0 for w in weights),
@@ -269,12 +271,14 @@ def validate(cfg: RunConfig, *, check_files: bool = True, skip_model: bool = Fal
         need(cfg.embeddings.new_rows_from > 0, "embeddings.new_rows_only needs embeddings.new_rows_from (the first new row)")
     if not check_files:
         return
-    from ..io.corpus import check_corpus
+    from ..io.corpus import check_corpus, refuse_json_as_text
 
     for section, sources in (("data.train", cfg.data.train), ("data.eval", cfg.data.eval)):
         for source in sources:
             try:
                 check_corpus(Path(source.path), section)
+                if cfg.task == "cpt":  # SFT files are chat JSONL whatever their name; the chat reader checks them
+                    refuse_json_as_text(Path(source.path), section, cfg.data.allow, "add `allow: [json-text]` under data")
             except RuadaptError as e:
                 raise RuadaptError(f"{src}: {e}") from None
     ds = Path(cfg.deepspeed)
