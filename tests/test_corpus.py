@@ -153,3 +153,54 @@ def test_tokenizer_training_and_trim_read_compressed_jsonl_like_text(tmp_path):
     assert words_txt == words_zst and not any('"}' in w for w in words_zst)
     a, b = count_tokens(tok, [txt], tok.get_vocab_size()), count_tokens(tok, [zst], tok.get_vocab_size())
     assert (a.counts == b.counts).all() and a.tokens == b.tokens > 0
+
+
+@pytest.mark.parametrize("suffix", ["txt.gz", "txt.zst"])
+def test_truncated_stream_names_the_last_complete_line(tmp_path, suffix):
+    """A cut-short .gz/.zst of a few hundred lines (one read block) names the line where the damage starts: the
+    reference count comes from decompressing the same bytes with zlib/zstandard directly."""
+    import zlib
+
+    import zstandard
+
+    text = "".join(f"{k} {d}\n" for k, d in enumerate(docs() * 20)).encode()  # 1.4 MB: under one 4 MB block
+    packed = gzip.compress(text) if suffix.endswith("gz") else zstandard.ZstdCompressor().compress(text)
+    cut = tmp_path / f"cut.{suffix}"
+    cut.write_bytes(packed[: len(packed) * 3 // 4])
+    if suffix.endswith("gz"):
+        readable = zlib.decompressobj(wbits=31).decompress(cut.read_bytes())
+    else:
+        readable = zstandard.ZstdDecompressor().decompressobj().decompress(cut.read_bytes())
+    good = readable.count(b"\n")
+    assert 100 < good < text.count(b"\n")  # neither the first line nor the whole file
+    bad(cut, rf"stream is damaged or truncated after line {good} ")
+
+
+def test_json_lines_saved_as_txt_are_refused_by_training_and_the_report(tmp_path):
+    """The check tokenizer train and trim have: a .txt whose lines are JSON objects would train (or be measured)
+    on `{"id": …, "text": …}`. One line, exit 2, before anything is tokenized; data.allow / --allow go on."""
+    from ruadapt.cli import main
+    from ruadapt.train.config import load_config
+    from ruadapt.train.prepare import prepare_run
+
+    model = make_tiny_model(tmp_path / "m", "qwen2")
+    jsonish = tmp_path / "ru.txt"
+    jsonish.write_text("".join(json.dumps({"id": k, "text": d}, ensure_ascii=False) + "\n" for k, d in enumerate(docs())),
+                       encoding="utf-8")
+    data = {"train": [str(jsonish)], "eval_blocks": 0}
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(json.dumps({"task": "cpt", "model": str(model), "out": str(tmp_path / "out"),
+                               "deepspeed": str(ROOT / "recipes/deepspeed/zero2.json"), "block_size": 32, "data": data}))
+    p = ruadapt("data", "prepare", "--config", str(cfg), cwd=tmp_path)
+    assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr[-2000:]
+    last = p.stderr.strip().splitlines()[-1]
+    assert f"{jsonish}: data.train is read as plain text, but its first 20 lines are JSON objects" in last, last
+    assert "name it .jsonl" in last and "add `allow: [json-text]` under data" in last
+    assert not (tmp_path / ".ruadapt-cache").exists()  # nothing tokenized
+    cfg.write_text(cfg.read_text().replace('"eval_blocks": 0', '"eval_blocks": 0, "allow": ["json-text"]'))
+    entry = Path(prepare_run(load_config(cfg), progress=False)["train"][0]["entry"])
+    assert (entry / "tokens.bin").stat().st_size > 0  # allowed: trained as the text it is
+
+    args = ["tokenizer", "report", "--tokenizer", f"base={model}", "--text", f"ru={jsonish}"]
+    assert main([*args, "--out", str(tmp_path / "rep")]) == 2 and not (tmp_path / "rep").exists()
+    assert main([*args, "--out", str(tmp_path / "rep"), "--allow", "json-text"]) == 0

@@ -140,6 +140,12 @@ def _http_error(cls, status: int):
     return cls("boom", response=httpx2.Response(status, request=httpx2.Request("GET", "https://huggingface.co/api/models/x")))
 
 
+_HF_OFFLINE_MESSAGE = (
+    "An error happened while trying to locate the files on the Hub and we cannot find the appropriate snapshot folder "
+    "for the specified revision on the local disk. Please check your internet connection and try again."
+)
+
+
 @pytest.mark.parametrize("make, expected", [
     (lambda: _http_error(__import__("huggingface_hub.errors").errors.RepositoryNotFoundError, 404),
      "the Hugging Face Hub has no repo Org/Name this machine may read"),
@@ -147,6 +153,9 @@ def _http_error(cls, status: int):
      "the Hugging Face repo Org/Name has no revision 'main'"),
     (lambda: __import__("huggingface_hub.errors").errors.LocalEntryNotFoundError("connection refused"),
      "the Hub could not be reached: connection refused); run with network access"),
+    # huggingface_hub's own message when the Hub is unreachable (211 characters) comes through whole
+    (lambda: __import__("huggingface_hub.errors").errors.LocalEntryNotFoundError(_HF_OFFLINE_MESSAGE),
+     f"the Hub could not be reached: {_HF_OFFLINE_MESSAGE}); run with network access"),
 ])
 def test_online_failures_are_named(monkeypatch, hub_cache, make, expected):
     import huggingface_hub
@@ -157,3 +166,11 @@ def test_online_failures_are_named(monkeypatch, hub_cache, make, expected):
     with pytest.raises(RuadaptError, match="^--model Org/Name: ") as e:
         hub.resolve("Org/Name", "--model")
     assert expected in str(e.value)
+
+
+def test_a_long_library_message_is_cut_after_a_whole_word():
+    long = " ".join([_HF_OFFLINE_MESSAGE] * 3)
+    short = hub.clip(long)
+    assert len(short) <= 240 and short.endswith("…")
+    words = short[:-1].split()
+    assert words == long.split()[: len(words)]  # every word whole, the last one included

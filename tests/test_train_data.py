@@ -131,23 +131,23 @@ def test_truncated_token_file_is_rebuilt_and_never_used(tmp_path):
 
 
 def test_killed_preparation_leaves_nothing_trusted(tmp_path, monkeypatch):
-    import ruadapt.train.cpt as cpt
+    import ruadapt.train.prepare as prepare
 
     model = make_tiny_model(tmp_path / "m", "qwen2")
     text = tmp_path / "ru.txt"
     text.write_text("".join((SHARED_DATA / "ru_train.txt").open(encoding="utf-8").readlines()[:30]), encoding="utf-8")
     cfg = load_config(cpt_config(tmp_path, model, [str(text)]))
-    real = cpt.write_documents
+    real = prepare.write_documents
 
     def interrupted(*a, **kw):
         real(*a, **kw)
         raise KeyboardInterrupt  # after every token was written, before meta.json and the rename
 
-    monkeypatch.setattr(cpt, "write_documents", interrupted)
+    monkeypatch.setattr(prepare, "write_documents", interrupted)
     with pytest.raises(KeyboardInterrupt):
         prepare_run(cfg, progress=False)
     assert not [p for p in cfg.token_cache.iterdir() if not p.name.endswith(".lock")]
-    monkeypatch.setattr(cpt, "write_documents", real)
+    monkeypatch.setattr(prepare, "write_documents", real)
     # a SIGKILLed preparation leaves its temp dir behind: the next one removes it and builds the entry
     entry = Path(prepare_run(cfg, progress=False)["train"][0]["entry"])
     good = (entry / "tokens.bin").read_bytes()
@@ -238,3 +238,34 @@ def test_resuming_on_changed_data_is_refused(tmp_path):
         prepare_run(cfg, progress=False)
     prepare_run(cfg, progress=False, overwrite=True)
     assert not ckpt.exists()  # started over on the new data
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 7, 64, 1000, 4097])
+def test_index_permutation_is_a_seeded_bijection(n):
+    from ruadapt.train.data import IndexPermutation
+
+    p = IndexPermutation(n, (5, 0, 0))
+    order = [p(j) for j in range(n)]
+    assert sorted(order) == list(range(n))  # every item exactly once
+    assert order == [IndexPermutation(n, (5, 0, 0))(j) for j in range(n)]  # a function of the key
+    if n >= 64:
+        other = [IndexPermutation(n, (5, 0, 1))(j) for j in range(n)]  # the next epoch: another order
+        assert sum(a == b for a, b in zip(order, other)) < n // 8
+        assert sum(a == j for j, a in enumerate(order)) < n // 8  # shuffled, not near the identity
+        # a uniform shuffle puts item j in the first half about half of the time
+        assert abs(sum(a < n // 2 for a in order[: n // 2]) - n // 4) < 4 * (n ** 0.5)
+
+
+def test_sampler_memory_does_not_grow_with_the_number_of_items():
+    """10**12 items (a corpus far larger than memory): the sampler still gives disjoint batches at once; a stored
+    permutation would need 8 TB on every rank."""
+    import tracemalloc
+
+    items = Items([(_Fixed(10**12, 0), 0, 10**12)], pad_id=0, names=["huge"])
+    tracemalloc.start()
+    samplers = [MixSampler(items, [0.0], micro=4, accum=2, world=2, rank=r, seed=3) for r in range(2)]
+    got = [np.concatenate(s.micro_batches(12345)) for s in samplers]
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 1 << 20
+    assert not set(got[0]) & set(got[1]) and all(0 <= i < 10**12 for g in got for i in g)

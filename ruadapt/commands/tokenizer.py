@@ -61,6 +61,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--text", action="append", required=True, metavar="LANG=FILE", help="UTF-8 text, one document per line (repeat)")
     r.add_argument("--top-unused", type=int, default=20, metavar="K", help="list the first K unused new tokens per text")
     r.add_argument("--out", type=path_arg, required=True, help="new (or empty) output directory")
+    add_allow_argument(r, ("json-text",))
     add_revision(r)
     r.set_defaults(func=run_report)
 
@@ -89,6 +90,6 @@ def run_report(args: argparse.Namespace) -> int:
     from ..tokenizer.report import tokenizer_report
 
     tokenizers = list(resolve_named(args.tokenizer, "--tokenizer", args.revision, TOKENIZER).items())
-    tokenizer_report(tokenizers, args.text, args.out, top_unused=args.top_unused)
+    tokenizer_report(tokenizers, args.text, args.out, top_unused=args.top_unused, allow=args.allow)
     print((args.out / "report.md").read_text(encoding="utf-8"), end="")
     return 0

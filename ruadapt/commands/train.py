@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ..errors import RuadaptError
 from . import add_parser, path_arg
-from ..train.rundir import STARTED_ENV, check_rerun, discard_run, last_complete
+from ..train.rundir import STARTED_ENV, check_rerun, check_world_size, discard_run, last_complete
 from ..train.config import (LAUNCH_JSON, deepspeed_for_world, fill_deepspeed_config, load_configs, load_deepspeed_json,
                             validate_deepspeed_config, write_launch)
 from ..train.supervise import master_port, supervise
@@ -126,6 +126,10 @@ def run(args: argparse.Namespace) -> int:
         ckpt = pending[0].work_dir / "checkpoints"
         if last_complete(ckpt) is None:
             raise RuadaptError(f"{ckpt}: --resume given but there is no complete checkpoint; run without --resume")
+    if args.num_gpus is not None and args.hostfile is None:  # the world size is known here: refuse before launch
+        for cfg, ds in filled:
+            if any(cfg is p for p in pending):
+                check_world_size(cfg, args.num_gpus, int(ds.get("zero_optimization", {}).get("stage", 0)))
     launch = pending[0].work_dir / LAUNCH_JSON
     cmd = launch_command(args, launch, master_port(args.master_port, args.hostfile))
     if args.dry_run:

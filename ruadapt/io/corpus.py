@@ -117,30 +117,37 @@ def _line_blocks(path: Path, option: str) -> Iterator[tuple[int, list[str]]]:
     """(number of the first line, the block's lines) over the decoded lines of a text or JSONL file, a few MB a block.
 
     Decoding a whole block at once is several times faster than line by line; the line number of a bad byte is
-    still exact. A UTF-8 BOM at the start is dropped; CRLF line ends are accepted.
+    still exact. A UTF-8 BOM at the start is dropped; CRLF line ends are accepted. The stream is read with
+    ``read1`` (what one decompression step gives), so a compressed file that ends early still hands over every
+    byte before the damage and the error names the last complete line (a ``read(4 MB)`` that fails loses the
+    whole block: a 789-line file cut short was reported "after line 1").
     """
     _, compression = corpus_format(path)
     lineno = 1
-    tail = b""
+    pending = bytearray()  # read, not yet yielded
     try:
         with _open_binary(path, compression) as f:
             while True:
-                raw = f.read(BLOCK_BYTES)
-                if not raw:
+                piece = f.read1(BLOCK_BYTES)
+                pending += piece
+                if pending and (not piece or len(pending) >= BLOCK_BYTES):
+                    cut = len(pending) if not piece else pending.rfind(b"\n") + 1
+                    if cut:
+                        block = bytes(pending[:cut])
+                        del pending[:cut]
+                        text = _decode(block, path, option, lineno)
+                        lines = text.split("\n")
+                        yield lineno, lines[:-1] if text.endswith("\n") else lines
+                        lineno += block.count(b"\n")
+                if not piece:
                     break
-                block = tail + raw
-                cut = block.rfind(b"\n") + 1
-                block, tail = block[:cut], block[cut:]
-                if block:
-                    yield lineno, _decode(block, path, option, lineno).split("\n")[:-1]
-                    lineno += block.count(b"\n")
-            if tail:
-                yield lineno, [_decode(tail, path, option, lineno)]
     except (EOFError, OSError, zlib.error) as e:
         if isinstance(e, OSError) and not isinstance(e, gzip.BadGzipFile) and e.errno is not None:
             raise
         what = "gzip" if compression == "gzip" else "Zstandard" if compression == "zstd" else "compressed"
-        raise RuadaptError(f"{path}: {option}: the {what} stream is damaged or truncated after line {lineno} "
+        good = lineno - 1 + pending.count(b"\n")  # complete lines that decompressed fine
+        where = f"after line {good}" if good else "before the end of its first line"
+        raise RuadaptError(f"{path}: {option}: the {what} stream is damaged or truncated {where} "
                            f"({' '.join(str(e).split())}); download or compress it again") from None
 
 
@@ -156,10 +163,12 @@ def _decode(block: bytes, path: Path, option: str, first_line: int) -> str:
     return text.replace("\r\n", "\n") if "\r" in text else text
 
 
-def refuse_json_as_text(path: Path | str, option: str = "--corpus", allow: Collection[str] = ()) -> None:
+def refuse_json_as_text(path: Path | str, option: str = "--corpus", allow: Collection[str] = (),
+                        how: str = "") -> None:
     """A corpus read as plain text whose first lines are all JSON objects is JSON Lines under another name:
-    trained on as text, a tokenizer learns merges such as ``."}`` and ``{"text":``. Refused unless
-    ``--allow json-text`` (:mod:`ruadapt.mistakes`)."""
+    trained on as text, a tokenizer learns merges such as ``."}`` and ``{"text":``, a model learns the JSON syntax
+    and a report measures it. Refused unless ``--allow json-text`` (:mod:`ruadapt.mistakes`; ``how`` names the
+    switch where it is not that option, e.g. ``data.allow`` of a training YAML)."""
     path = Path(path).expanduser()
     if corpus_format(path)[0] != "text":
         return
@@ -179,7 +188,7 @@ def refuse_json_as_text(path: Path | str, option: str = "--corpus", allow: Colle
     refuse("json-text", allow,
            f"{path}: {option} is read as plain text, but its first {len(sample)} lines are JSON objects (JSON Lines); "
            "the JSON syntax would be learned as text",
-           "name it .jsonl so the documents are read from its \"text\" field")
+           "name it .jsonl so the documents are read from its \"text\" field", how)
 
 
 def iter_line_blocks(path: Path | str, option: str = "--corpus") -> Iterator[list[tuple[int, str]]]:

@@ -141,7 +141,7 @@ def snapshot(repo_id: str, revision: str | None, *, option: str, text: str, what
             "(check the name; a gated or private repo needs `hf auth login` or HF_TOKEN)"
         ) from None
     except (LocalEntryNotFoundError, HfHubHTTPError) as e:  # offline or unreachable, nothing usable cached
-        why = "HF_HUB_OFFLINE is set" if local_only else f"the Hub could not be reached: {' '.join(str(e).split())[:160]}"
+        why = "HF_HUB_OFFLINE is set" if local_only else f"the Hub could not be reached: {clip(str(e))}"
         raise RuadaptError(
             f"{where}: not a directory, and not found in the hub cache at {cache} "
             f"(revision {rev}{_cached_note(cache, repo_id)}; {why}); run with network access, or "
@@ -152,6 +152,17 @@ def snapshot(repo_id: str, revision: str | None, *, option: str, text: str, what
     _resolved[path.resolve()] = found
     log.info("%s: %s (commit %s)", where, path, found.commit)
     return found
+
+
+def clip(text: str, limit: int = 240) -> str:
+    """``text`` on one line, at most ``limit`` characters, cut after a whole word with "…" when shortened: a
+    library's message cut mid-word (``cannot find the appropriate snapsh``) reads as a garbled error."""
+    flat = " ".join(text.split())
+    if len(flat) <= limit:
+        return flat
+    head = flat[: limit - 1]
+    cut = head.rfind(" ")
+    return (head[:cut] if cut > limit // 2 else head).rstrip(" ,;:") + "…"
 
 
 def _cached_note(cache: Path, repo_id: str) -> str:

@@ -34,6 +34,15 @@ def model_name(path: Path | str) -> str:
     return describe(path).get("repo_id") or str(Path(path).resolve())
 
 
+def card_name(root: str) -> str:
+    """How a lineage root appears in the card: a hub repo id as it is; a local path by its folder name only.
+
+    The lineage keeps full paths (provenance on this machine), but a card travels with the model: an absolute
+    path of the machine that made it (``/home/me/runs/base``) means nothing where the model is published, and the
+    Hub expects ``base_model`` to be a name, not a path."""
+    return Path(root).name if root.startswith(("/", "~", ".")) or "\\" in root else root
+
+
 def read_front_matter(card: Path) -> dict:
     """The YAML metadata block at the top of a model card (``{}`` when there is none or it does not parse)."""
     if not card.is_file():
@@ -122,11 +131,12 @@ def render_card(lineage: dict) -> str:
     """README.md: Hugging Face metadata, then what was done, in words and as a table."""
     meta: dict[str, Any] = {}
     meta.update(lineage.get("license") or {})
-    meta["base_model"] = lineage["roots"] if len(lineage["roots"]) > 1 else lineage["roots"][0]
+    names = [card_name(r) for r in lineage["roots"]]
+    meta["base_model"] = names if len(names) > 1 else names[0]
     meta.update({"language": ["ru"], "library_name": "transformers", "pipeline_tag": "text-generation",
                  "tags": ["ruadapt", "russian", "vocabulary-adaptation"]})
     lines = ["---", yaml.safe_dump(meta, allow_unicode=True, sort_keys=False).strip(), "---", ""]
-    lines += [f"# {' + '.join(lineage['roots'])}, adapted to Russian with ruadapt", ""]
+    lines += [f"# {' + '.join(names)}, adapted to Russian with ruadapt", ""]
     lines.append("Made with ruadapt by the stages below (each stage's full record, `ruadapt_<stage>.json`, stays next "
                  "to that stage's output; `ruadapt_lineage.json` here lists them all).")
     if not lineage.get("license"):

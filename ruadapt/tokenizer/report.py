@@ -10,6 +10,7 @@ import json
 import logging
 from collections import Counter
 from pathlib import Path
+from typing import Collection
 
 from tokenizers import Tokenizer
 
@@ -19,7 +20,7 @@ from ..io.record import StageRecord
 from ..io.tokdir import load_tokenizer, tokenizer_json_path, tokenizer_size
 from ..vocab.measure import encode_lines, measure
 from ..vocab.pieces import TokenCodec
-from ..io.corpus import read_documents
+from ..io.corpus import read_documents, refuse_json_as_text
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +80,7 @@ def tokenizer_report(
     out: Path,
     *,
     top_unused: int = TOP_UNUSED,
+    allow: Collection[str] = (),
 ) -> dict:
     """``report.json`` ({NAME: {LANG: measures}}), ``usage.json``, ``report.md`` and ``chars_per_token.png``
     into ``out`` (atomic). The first tokenizer is the reference for ratios and for which tokens are new."""
@@ -86,6 +88,8 @@ def tokenizer_report(
     txts = _named(texts, "--text")
     out = Path(out).expanduser()
     loaded = {name: load_tokenizer(path, "--tokenizer") for name, path in toks}
+    for _, path in txts:  # JSON Lines saved as .txt would be measured on its {"id": ..., "text": ...} syntax
+        refuse_json_as_text(path, "--text", allow)
     lines = {lang: read_documents(path, "--text") for lang, path in txts}
     inputs = [p for _, p in toks] + [p for _, p in txts]
     check_output_dir(out, inputs)

@@ -23,7 +23,7 @@ import yaml
 from ..errors import RuadaptError
 from ..schema import build
 from ..io.hub import resolve
-from ..io.corpus import check_corpus
+from ..io.corpus import check_corpus, refuse_json_as_text
 
 # The choices of a config, as types: the schema (ruadapt/schema.py) checks a value against them, and anything that
 # lists them (errors, docs) reads them with typing.get_args, so a choice is written down once.
@@ -56,6 +56,7 @@ class DataConfig:
     text_field: str = "text"  # key of JSONL records / Parquet column for cpt
     max_documents: int = 0  # 0 = all; a cap per file for smoke runs
     cache_dir: str = ""  # token files (see ruadapt/train/tokenfile.py); "" = <dir of out>/.ruadapt-cache/tokens
+    allow: list[str] = field(default_factory=list)  # likely mistakes to go on with: json-text (ruadapt/mistakes.py)
 
     @property
     def cache_path(self) -> Path | None:
@@ -281,6 +282,7 @@ def validate(cfg: RunConfig, *, check_files: bool = True, skip_model: bool = Fal
     need(len(t.betas) == 2, "train.betas must be two numbers, e.g. [0.9, 0.95]")
     need(cfg.lora.r >= 1, "lora.r must be at least 1")
     need(cfg.data.train, "data.train lists no files")
+    need(set(cfg.data.allow) <= {"json-text"}, f"data.allow {cfg.data.allow}: the only likely mistake it can allow is json-text")
     weights = [src.weight for src in cfg.data.train]
     need(all(w >= 0 for w in weights), "data.train: a weight must not be negative")
     need(all(w == 0 for w in weights) or all(w > 0 for w in weights),
@@ -303,6 +305,8 @@ def _check_files(cfg: RunConfig, skip_model: bool, need: Callable[[object, str],
         for source in sources:
             try:
                 check_corpus(Path(source.path), section)
+                if cfg.task == "cpt":  # SFT files are chat JSONL whatever their name; the chat reader checks them
+                    refuse_json_as_text(Path(source.path), section, cfg.data.allow, "add `allow: [json-text]` under data")
             except RuadaptError as e:
                 need(False, str(e))
     ds = Path(cfg.deepspeed)

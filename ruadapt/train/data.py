@@ -102,13 +102,70 @@ def normalized_weights(weights: list[float], sizes: list[int]) -> list[Fraction]
     return [w / total for w in raw]
 
 
+_MASK64 = (1 << 64) - 1
+
+
+def _mix64(x: int) -> int:
+    """SplitMix64's finaliser: a bijection of 64-bit integers whose output bits each depend on every input bit."""
+    x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9 & _MASK64
+    x = (x ^ (x >> 27)) * 0x94D049BB133111EB & _MASK64
+    return x ^ (x >> 31)
+
+
+class IndexPermutation:
+    """A seeded pseudo-random permutation of ``range(n)`` evaluated one index at a time, in O(1) memory.
+
+    Why not ``rng.permutation(n)``: that array is 8 bytes per item on every rank — per document for SFT, per
+    block for CPT — so rank memory would grow with the corpus (issue 25, point 7). Here ``perm(j)`` is a balanced
+    Feistel network over the smallest even number of bits covering ``n`` (a bijection of that power-of-two
+    range for any round function), with cycle-walking: values ≥ ``n`` are fed through again until one lands
+    in range, which keeps it a bijection of ``range(n)`` (fewer than 4 passes expected, since the power of two is
+    < 4n). The round keys come from ``key`` (seed, source, epoch), so each epoch of each source has its own order.
+    """
+
+    ROUNDS = 6
+
+    def __init__(self, n: int, key: tuple[int, ...]):
+        if n < 1:
+            raise ValueError("a permutation of no items")
+        self.n = n
+        bits = max(2, (n - 1).bit_length())
+        self.half = (bits + 1) // 2
+        self.low = (1 << self.half) - 1
+        k = 0x9E3779B97F4A7C15
+        for part in key:
+            k = _mix64(k ^ (int(part) & _MASK64))
+        self.keys = []
+        for _ in range(self.ROUNDS):
+            k = _mix64(k + 0x9E3779B97F4A7C15 & _MASK64)
+            self.keys.append(k)
+
+    def _feistel(self, x: int) -> int:
+        left, right = x >> self.half, x & self.low
+        for k in self.keys:
+            left, right = right, left ^ (_mix64(right ^ k) & self.low)
+        return (left << self.half) | right
+
+    def __call__(self, j: int) -> int:
+        if not 0 <= j < self.n:
+            raise IndexError(f"index {j} outside a permutation of {self.n}")
+        x = self._feistel(j)
+        while x >= self.n:
+            x = self._feistel(x)
+        return x
+
+    def __len__(self) -> int:
+        return self.n
+
+
 class MixSampler:
     """Which items each rank processes at each optimizer step.
 
     One optimizer step consumes ``global_batch = micro × accum × world`` items: source s contributes its
     :func:`apportion` share, read in a seeded per-epoch permutation of that source (an epoch of a source ends
     when its items are used up, independently of the others: a small source with a big weight repeats, as
-    upsampling should). The step's items are shuffled (seeded by the step) and rank ``r`` takes a contiguous
+    upsampling should); the permutation is :class:`IndexPermutation`, computed per item, never stored. The step's
+    items are shuffled (seeded by the step) and rank ``r`` takes a contiguous
     slice of ``micro × accum`` of them. Everything depends only on (seed, step, rank, world).
     """
 
@@ -125,14 +182,15 @@ class MixSampler:
         for s, (w, n) in enumerate(zip(self.weights, items.sizes)):
             if w > 0 and n == 0:
                 raise RuadaptError(f"data.train: {items.names[s]} gives no training sequence (too short for one block?)")
-        self._perms: dict[tuple[int, int], np.ndarray] = {}
+        self._perms: dict[int, tuple[int, IndexPermutation]] = {}  # source -> (epoch, its permutation)
 
-    def _perm(self, source: int, epoch: int) -> np.ndarray:
-        key = (source, epoch)
-        if key not in self._perms:
-            self._perms = {k: v for k, v in self._perms.items() if k[0] != source}  # one epoch per source in memory
-            self._perms[key] = np.random.default_rng([self.seed, source, epoch]).permutation(int(self.items.sizes[source]))
-        return self._perms[key]
+    def _perm(self, source: int, epoch: int) -> IndexPermutation:
+        """The order of ``source``'s items in ``epoch``: a function, not an array (O(1) memory per source)."""
+        got = self._perms.get(source)
+        if got is None or got[0] != epoch:
+            order = IndexPermutation(int(self.items.sizes[source]), (self.seed, source, epoch))
+            got = self._perms[source] = (epoch, order)
+        return got[1]
 
     def step_items(self, step: int) -> np.ndarray:
         """Global ids of all ``global_batch`` items of optimizer ``step`` (0-based), in the order ranks split them."""
@@ -143,7 +201,7 @@ class MixSampler:
             n = int(self.items.sizes[s])
             for p in range(a, b):
                 epoch, j = divmod(p, n)
-                chosen.append(int(self.items.starts[s]) + int(self._perm(s, epoch)[j]))
+                chosen.append(int(self.items.starts[s]) + self._perm(s, epoch)(j))
         out = np.array(chosen, dtype=np.int64)
         np.random.default_rng([self.seed, 1 << 30, step]).shuffle(out)
         return out

@@ -125,3 +125,36 @@ def discard_run(cfg: RunConfig) -> list[Path]:
             continue
         removed.append(p)
     return removed
+
+
+def checkpoint_world_size(ckpt_dir: Path, tag: str) -> int | None:
+    """How many processes wrote checkpoint ``tag``: ``world_size`` in its state file, else the number of DeepSpeed
+    ZeRO optimizer partitions in it (``zero_pp_rank_R_mp_rank_00_optim_states.pt``, one per data-parallel
+    process); None when neither says (a checkpoint without ZeRO partitions loads at any world size)."""
+    d = Path(ckpt_dir) / tag
+    state = _read(d / STATE) if (d / STATE).is_file() else {}
+    if isinstance(state.get("world_size"), int):
+        return state["world_size"]
+    parts = list(d.glob("*zero_pp_rank_*_optim_states.pt"))
+    return len(parts) or None
+
+
+def check_world_size(cfg: RunConfig, world: int, zero_stage: int) -> None:
+    """Refuse, in one line and before anything is loaded, to resume a ZeRO checkpoint at another world size.
+
+    ZeRO (stages 1–3) splits the optimizer state (and with stage 3 the weights) into one partition per
+    data-parallel process; DeepSpeed then fails deep inside ``load_checkpoint`` with a 36-line
+    ``ZeRORuntimeException``. Re-sharding (DeepSpeed's universal checkpoint) is not wired in yet, so the
+    relaunch must use the world size the checkpoint was written with. Without ZeRO the state is whole and any
+    world size resumes."""
+    ckpt = cfg.work_dir / "checkpoints"
+    tag = last_complete(ckpt)
+    if tag is None or zero_stage < 1:
+        return
+    saved = checkpoint_world_size(ckpt, tag)
+    if saved is not None and saved != world:
+        raise RuadaptError(
+            f"{ckpt / tag}: written by {saved} processes under ZeRO stage {zero_stage}, which splits the optimizer "
+            f"state per process; it cannot be resumed by {world} — relaunch with {saved} processes in all "
+            f"(e.g. --num-gpus {saved} on one node), or delete {ckpt} to start the run over"
+        )

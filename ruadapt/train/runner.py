@@ -41,7 +41,8 @@ from .config import RunConfig, deepspeed_for_world
 from .data import MixSampler, normalized_weights
 from .prepare import load_run_data, manifest_path
 from .progress import Progress
-from .rundir import COMPLETE, RUN_JSON, STARTED_ENV, STATE, comparable, last_complete
+from .rundir import COMPLETE, RUN_JSON, STARTED_ENV, STATE, check_world_size, comparable, last_complete
+from .supervise import STOP_SIGNAL_ENV
 
 log = logging.getLogger("ruadapt.train")
 
@@ -71,6 +72,19 @@ def install_stop_handlers() -> None:
     signal.signal(signal.SIGINT, _request_stop)
 
 
+def stop_signal_name(signum: int) -> str:
+    """The signal the user sent, for the log. ``ruadapt train`` turns every stop into SIGTERM to the launcher's
+    group (a SIGINT would make DeepSpeed's runner print a KeyboardInterrupt traceback), so what this rank got is
+    SIGTERM even after a Ctrl-C; the supervisor writes the signal it received into the file named by
+    ``RUADAPT_STOP_SIGNAL_FILE``. Without that file (a direct ``deepspeed`` launch, another node) the rank's own."""
+    note = os.environ.get(STOP_SIGNAL_ENV, "")
+    try:
+        name = Path(note).read_text().strip() if note else ""
+    except OSError:
+        name = ""
+    return name if name.startswith("SIG") else signal.Signals(signum).name
+
+
 def load_callbacks(spec: str | None = None) -> list[StepCallback]:
     """``module:function`` entries of ``RUADAPT_TRAIN_CALLBACKS``; a bad entry is a one-line error."""
     spec = os.environ.get(CALLBACKS_ENV, "") if spec is None else spec
@@ -96,14 +110,14 @@ def evaluate(engine, dataset, *, rank: int, world: int, micro: int, device: torc
     """Mean token loss over the held-out set; every rank runs the same number of forwards (ZeRO-3 needs it)."""
     n = len(dataset)
     per_rank = -(-n // world)
-    idx = [i for i in range(rank, n, world)]
-    weights = [1.0] * len(idx) + [0.0] * (per_rank - len(idx))
-    idx += [0] * (per_rank - len(idx))
+    mine = range(rank, n, world)  # a range, not a list: no per-item memory, whatever the size of data.eval
     total = count = 0.0
     engine.eval()
     with torch.no_grad():
         for k in range(0, per_rank, micro):
-            sel, w = idx[k:k + micro], weights[k:k + micro]
+            # a rank short of items repeats item 0 with weight 0, so every rank runs the same forwards
+            sel = [mine[i] if i < len(mine) else 0 for i in range(k, min(k + micro, per_rank))]
+            w = [1.0 if i < len(mine) else 0.0 for i in range(k, min(k + micro, per_rank))]
             batch = {key: v.to(device) for key, v in dataset.collate(sel).items()}
             loss = engine(**batch).loss.float().item()
             tokens = float((batch["labels"][:, 1:] != -100).sum().item())
@@ -183,6 +197,9 @@ class TrainingRun:
         self.sampler = MixSampler(self.train_ds, self.weights, micro=self.t.micro_batch_size, accum=self.t.grad_accum,
                                   world=self.world, rank=self.rank, seed=self.t.seed)
         self.source_seen = np.zeros((2, len(self.train_ds.parts)))  # sequences, tokens per source (all ranks)
+        if self.rank == 0:
+            shares = ", ".join(f"{Path(n).name} {float(w):.1%}" for n, w in zip(self.train_ds.names, self.sampler.weights))
+            log.info("data: %s training sequences; target shares of the mix: %s", f"{len(self.train_ds):,}", shares)
 
     # ------------------------------------------------------------------------------------------ model
     def _setup_model(self) -> None:
@@ -216,6 +233,7 @@ class TrainingRun:
         tag = last_complete(self.ckpt_dir)
         if tag is None:
             return
+        check_world_size(self.cfg, self.world, self.zero_stage)  # before DeepSpeed's 36-line failure
         load_path, _ = self.engine.load_checkpoint(str(self.ckpt_dir), tag=tag, load_module_strict=False)
         if load_path is None:
             raise RuadaptError(f"{self.ckpt_dir / tag}: DeepSpeed could not load this checkpoint")
@@ -279,7 +297,7 @@ class TrainingRun:
             tag = last_complete(self.ckpt_dir)
             if self.rank == 0:
                 log.warning("stopping after step %d (%s); last complete checkpoint: %s; nothing else written",
-                            step, signal.Signals(signum).name, tag or "none")
+                            step, stop_signal_name(signum), tag or "none")
             raise StopRequested(step, tag, signum)
         loss = loss_sum / (self.t.grad_accum * self.world)
         self.tokens_done += int(tokens_all)
@@ -302,7 +320,8 @@ class TrainingRun:
         self.barrier()
         if self.rank == 0:
             state = {"step": step, "history": self.history, "evals": self.evals, "tokens": self.tokens_done,
-                     "source_seen": self.source_seen.tolist(), "started": self.started}
+                     "source_seen": self.source_seen.tolist(), "started": self.started, "world_size": self.world,
+                     "zero_stage": self.zero_stage}
             (self.ckpt_dir / tag / STATE).write_text(json.dumps(state) + "\n")
             tmp = self.ckpt_dir / f".{COMPLETE}.tmp"
             tmp.write_text(tag + "\n")
@@ -322,6 +341,8 @@ class TrainingRun:
         if self.rank == 0:
             record = self._record()
             peft_config = self.engine.module.peft_config["default"] if self.cfg.stage == "lora" else None
+            for line in mix_lines(record.data["result"]["data"]["sources"]):
+                log.info(line)
             out = export_run(self.cfg, self.trained, record, self.history, self.evals, peft_config)
             shutil.rmtree(self.ckpt_dir, ignore_errors=True)  # the export is complete; optimizer states are not needed
             log.info("wrote %s", out)
@@ -372,6 +393,17 @@ class TrainingRun:
         self.engine.destroy()
         del self.engine, self.trainable, self.trained
         gc.collect()
+
+
+def mix_lines(sources: list[dict]) -> list[str]:
+    """The console view of ``ruadapt_train.json`` → ``data.sources``: per source the share it should have had and
+    the shares of sequences and tokens it got (a mix that drifted from its weights is seen without opening JSON)."""
+    lines = [f"data mix over {len(sources)} source{'s' if len(sources) != 1 else ''}:"]
+    for s in sources:
+        lines.append(f"  {Path(s['path']).name}: target {s['target_share']:.1%}, trained {s['sequence_share']:.1%} of "
+                     f"sequences ({s['sequences']:,}), {s['token_share']:.1%} of tokens ({s['tokens']:,}); "
+                     f"{s['available_sequences']:,} available")
+    return lines
 
 
 def run(cfg: RunConfig, *, deepspeed: dict, resume: bool = False) -> Path | None:

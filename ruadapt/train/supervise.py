@@ -20,7 +20,9 @@ import os
 import signal
 import socket
 import subprocess
+import tempfile
 import time
+from pathlib import Path
 
 from ..errors import RuadaptError
 
@@ -91,6 +93,9 @@ def _killpg(pgid: int, sig: int) -> None:
         pass
 
 
+STOP_SIGNAL_ENV = "RUADAPT_STOP_SIGNAL_FILE"  # where the ranks read which signal stopped the run (see below)
+
+
 def supervise(cmd: list[str], *, grace_s: float, env: dict[str, str] | None = None) -> tuple[int, int | None]:
     """Run ``cmd`` in a new session and wait until every process of its group is gone.
 
@@ -108,6 +113,10 @@ def supervise(cmd: list[str], *, grace_s: float, env: dict[str, str] | None = No
     # without us. Under nohup SIGHUP is ignored, and stays so.
     stops = [signal.SIGINT, signal.SIGTERM] + ([signal.SIGHUP] if signal.getsignal(signal.SIGHUP) != signal.SIG_IGN else [])
     previous = {s: signal.signal(s, on_signal) for s in stops}
+    # every stop reaches the ranks as SIGTERM; this file tells their log which signal the user sent
+    fd, note = tempfile.mkstemp(prefix="ruadapt-stop-signal-")
+    os.close(fd)
+    env = {**(os.environ if env is None else env), STOP_SIGNAL_ENV: note}
     try:
         proc = subprocess.Popen(cmd, start_new_session=True, env=env)
         pgid = proc.pid
@@ -116,6 +125,7 @@ def supervise(cmd: list[str], *, grace_s: float, env: dict[str, str] | None = No
         while True:
             if len(received) > forwarded:
                 if forwarded == 0:
+                    Path(note).write_text(signal.Signals(received[0]).name + "\n")
                     _killpg(pgid, signal.SIGTERM)
                     deadline = time.monotonic() + grace_s
                 else:
@@ -135,6 +145,7 @@ def supervise(cmd: list[str], *, grace_s: float, env: dict[str, str] | None = No
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
+        Path(note).unlink(missing_ok=True)
     if received:
         return 128 + received[0], received[0]
     return (rc if rc >= 0 else 128 - rc), None
