@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 
 from ..errors import EXIT_USAGE, RuadaptError
@@ -28,8 +29,14 @@ def main(argv: list[str] | None = None) -> int:
     from .config import load_configs, validate
     from .rundir import check_rerun
     from .runner import StopRequested, install_stop_handlers, run
+    from .supervise import PORT_IN_USE_EXIT, is_port_in_use, keep_ignored, watch_supervisor
 
+    # a SIGINT inherited as ignored (`ruadapt train` started as a script's background job) stays ignored here too;
+    # SIGTERM is always honoured: it is how `ruadapt train` stops the ranks
+    inherited = [signal.SIGINT] if signal.getsignal(signal.SIGINT) == signal.SIG_IGN else []
     install_stop_handlers()
+    keep_ignored(inherited)
+    watch_supervisor()  # stop when `ruadapt train` is gone, SIGKILL included
     try:
         configs = load_configs(args.config, args.set)
         resume = args.resume
@@ -46,6 +53,13 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     except StopRequested as e:
         return 128 + e.signum
+    except Exception as e:
+        if not is_port_in_use(e):
+            raise
+        # another job bound the rendezvous port after `ruadapt train` checked it: a code it re-picks the port on
+        print(f"ruadapt train: error: the rendezvous port {os.environ.get('MASTER_PORT', '?')} is taken by another "
+              f"process ({type(e).__name__})", file=sys.stderr)
+        return PORT_IN_USE_EXIT
     finally:
         import torch.distributed as dist
 
