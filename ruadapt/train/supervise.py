@@ -337,7 +337,8 @@ def prepare_extension(env: dict[str, str]) -> str | None:
     env["TORCH_EXTENSIONS_DIR"] = str(ext)
     if not runs_on_cpu(env):
         return None
-    if glob.glob(str(ext / "*" / SHM_EXTENSION / f"{SHM_EXTENSION}*.so")):
+    # with TORCH_EXTENSIONS_DIR set, torch builds into DIR/NAME (no per-python/cuda subfolder)
+    if glob.glob(str(ext / SHM_EXTENSION / f"{SHM_EXTENSION}*.so")):
         return None
     compiler = env.get("CXX") or "c++"
     if shutil.which(compiler, path=env.get("PATH")) is None:
