@@ -122,6 +122,11 @@ def interrupted(base):
     sig = write_yaml(tmp / "sig.yaml", {**cfg, "out": str(tmp / "out_sig")})
     ref = write_yaml(tmp / "ref.yaml", {**cfg, "out": str(tmp / "out_ref")})
     step_file = tmp / "step.txt"
+    import contextlib
+    import io
+
+    with contextlib.redirect_stdout(io.StringIO()):  # warm up: the refused launch below must not wait for imports
+        assert main(["train", "--config", str(sig), "--dry-run"]) == 0
     t_start = time.monotonic()
     hooked = rank_env(RUADAPT_TRAIN_CALLBACKS="train_hooks:mark_step", RUADAPT_TEST_STEP_FILE=str(step_file),
                       RUADAPT_TEST_STEP_SLEEP="1")
@@ -465,7 +470,8 @@ def stop_preparation(cmd: list[str], stop) -> dict:
     family = main_p.children(recursive=True)  # two workers and multiprocessing's resource tracker
     t0 = time.monotonic()
     stop(proc)
-    out, err = proc.communicate(timeout=60)
+    _, err = proc.communicate(timeout=60)
+    print(f"{' '.join(cmd[-4:])}: exit {proc.returncode} {time.monotonic() - t0:.1f} s after the signal")
     return {"rc": proc.returncode, "stop_s": time.monotonic() - t0, "stderr": err, "family": len(family),
             "alive": [f"{p.pid} {status(p)} {' '.join(cmdline(p))[:120]}" for p in family if alive(p)]}
 

@@ -206,7 +206,6 @@ def rank_env(configs: list, started: float) -> dict[str, str]:
     here (through the cache's refs) instead of each asking the Hub again, which may have moved on since."""
     from ..io.hub import describe
     from ..train.rundir import STARTED_ENV
-
     from ..train.supervise import supervisor_env
 
     env = {**os.environ, STARTED_ENV: os.environ.get(STARTED_ENV, str(started)), **supervisor_env()}

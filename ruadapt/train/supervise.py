@@ -38,10 +38,10 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from multiprocessing.context import SpawnContext, SpawnProcess
 from pathlib import Path
-from typing import Iterator
 
 from ..errors import RuadaptError
 
