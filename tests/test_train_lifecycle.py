@@ -87,7 +87,8 @@ def write_yaml(path: Path, data: dict) -> Path:
     return path
 
 
-def wait_for_step(step_file: Path, step: int, proc: subprocess.Popen, timeout: float = 300) -> None:
+def wait_for_step(step_file: Path, step: int, proc: subprocess.Popen, timeout: float = 900) -> None:
+    """Until rank 0 has finished ``step`` (a guard against a run that died; start-up takes minutes on a busy CPU)."""
     deadline = time.monotonic() + timeout
     while not (step_file.is_file() and int(step_file.read_text() or 0) >= step):
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
