@@ -1,8 +1,10 @@
-"""``ruadapt train`` as a supervisor (issue 15): signals stop every process and keep the last checkpoint,
-a relaunch with a changed config is refused by key name, the master port is a free one, progress lines.
+"""``ruadapt train`` as a supervisor (issues 15, 25): signals stop every process in every phase and keep the last
+checkpoint, a run owns its folder, `kill -9` of `ruadapt train` ends its launcher and ranks, two launches at once
+get different ports, a relaunch with a changed config is refused by key name, progress lines.
 
-One interrupted launch (SIGINT to `ruadapt train` while step 4 runs) and one relaunch that resumes it and,
-in the same processes, trains an uninterrupted reference run; everything else runs without DeepSpeed.
+Three launches of one run (SIGINT during step 4; a relaunch SIGKILLed; a relaunch that finishes) beside an
+uninterrupted reference run started 2 s after the first; data preparation of a 116 MB corpus stopped by SIGINT
+to the group and by SIGTERM; everything else runs without DeepSpeed.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -41,8 +44,10 @@ def tensors(model_dir: Path) -> dict[str, torch.Tensor]:
     return out
 
 
-def train_cmd(*configs: Path, port: int) -> list[str]:
-    cmd = [sys.executable, "-m", "ruadapt.cli", "train", "--num-gpus", "2", "--master-port", str(port)]
+def train_cmd(*configs: Path, port: int | None = None) -> list[str]:
+    """The `ruadapt train` command line; without ``port`` the default (a random free port) is used."""
+    cmd = [sys.executable, "-m", "ruadapt.cli", "train", "--num-gpus", "2"]
+    cmd += ["--master-port", str(port)] if port is not None else []
     for c in configs:
         cmd += ["--config", str(c)]
     return cmd
@@ -51,6 +56,8 @@ def train_cmd(*configs: Path, port: int) -> list[str]:
 def rank_env(**extra: str) -> dict[str, str]:
     env = dict(os.environ, DS_ACCELERATOR="cpu", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1", **extra)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "tests"), env.get("PYTHONPATH")]))
+    # DeepSpeed's CPU op: the user's cache, not the default inside the (shared) virtual environment
+    env.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "torch_extensions"))
     return env
 
 
@@ -80,52 +87,113 @@ def write_yaml(path: Path, data: dict) -> Path:
     return path
 
 
+def wait_for_step(step_file: Path, step: int, proc: subprocess.Popen, timeout: float = 900) -> None:
+    """Until rank 0 has finished ``step`` (a guard against a run that died; start-up takes minutes on a busy CPU)."""
+    deadline = time.monotonic() + timeout
+    while not (step_file.is_file() and int(step_file.read_text() or 0) >= step):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.1)
+
+
+def ports_of(members: list[psutil.Process]) -> set[int]:
+    """The ``--master_port`` values on the command lines of a run's processes (the launcher's)."""
+    ports = set()
+    for p in members:
+        try:
+            cmd = p.cmdline()
+        except psutil.Error:
+            continue
+        ports |= {int(cmd[i + 1]) for i, a in enumerate(cmd[:-1]) if a == "--master_port"}
+    return ports
+
+
+def ignoring_sigint(cmd: list[str]) -> list[str]:
+    """``cmd`` started with SIGINT ignored, as a POSIX shell starts a script's background job."""
+    code = "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_IGN); os.execv(sys.argv[1], sys.argv[1:])"
+    return [sys.executable, "-c", code, *cmd]
+
+
 @pytest.fixture(scope="module")
 def interrupted(base):
-    """SIGINT to `ruadapt train` during step 4 (step-2 checkpoint complete), then checks, then the relaunch."""
+    """Two runs started 2 s apart with the default port: ``sig`` (slowed by a step hook) and ``ref`` (SIGINT
+    ignored, as a background job; SIGINT sent to it twice). While ``sig`` trains, a second launch of it is
+    refused; then SIGINT stops it during step 4, a relaunch is SIGKILLed during a later step, and a third
+    launch resumes and finishes. ``ref`` is the uninterrupted reference."""
     tmp, cfg = base
     sig = write_yaml(tmp / "sig.yaml", {**cfg, "out": str(tmp / "out_sig")})
     ref = write_yaml(tmp / "ref.yaml", {**cfg, "out": str(tmp / "out_ref")})
     step_file = tmp / "step.txt"
+    import contextlib
+    import io
+
+    with contextlib.redirect_stdout(io.StringIO()):  # warm up: the refused launch below must not wait for imports
+        assert main(["train", "--config", str(sig), "--dry-run"]) == 0
     t_start = time.monotonic()
-    env = rank_env(RUADAPT_TRAIN_CALLBACKS="train_hooks:mark_step", RUADAPT_TEST_STEP_FILE=str(step_file),
-                   RUADAPT_TEST_STEP_SLEEP="1")
-    proc = subprocess.Popen(train_cmd(sig, port=29671), cwd=ROOT, env=env, stdout=subprocess.PIPE,
+    hooked = rank_env(RUADAPT_TRAIN_CALLBACKS="train_hooks:mark_step", RUADAPT_TEST_STEP_FILE=str(step_file),
+                      RUADAPT_TEST_STEP_SLEEP="1")
+    proc = subprocess.Popen(train_cmd(sig), cwd=ROOT, env=hooked, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 240
-    while not (step_file.is_file() and int(step_file.read_text() or 0) >= 3):
-        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
-        time.sleep(0.1)
+    time.sleep(2)
+    ref_proc = subprocess.Popen(ignoring_sigint(train_cmd(ref)), cwd=ROOT, env=rank_env(), stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+    time.sleep(3)
+    ref_proc.send_signal(signal.SIGINT)  # ignored while it prepares or launches
+    wait_for_step(step_file, 3, proc)
+    ref_proc.send_signal(signal.SIGINT)  # ... and while it trains (or as it finishes)
     # `ruadapt train` names the YAML; the launcher (launch.py) and both ranks name the launch.json it wrote
     launch_json = str(tmp / "out_sig.work" / "launch.json")
     members = processes_mentioning(str(sig)) + processes_mentioning(launch_json)
+    ref_members = processes_mentioning(str(ref)) + processes_mentioning(str(tmp / "out_ref.work" / "launch.json"))
+    state: dict = {"ports": (ports_of(members), ports_of(ref_members))}
+    # a second launch of the live run: refused, and it touches nothing of the run
+    work = tmp / "out_sig.work"
+    before = {f: (work / f).read_bytes() for f in ("data.json", RUN_JSON)}
+    state["second"] = refused(sig)
+    state["second_touched"] = [f for f, b in before.items() if (work / f).read_bytes() != b]
+    state["holder"] = proc.pid
     proc.send_signal(signal.SIGINT)  # what `timeout -s INT`, a scheduler's cancel or `kill -INT` does
     t0 = time.monotonic()
     out, err = proc.communicate(timeout=60)
-    state = {
+    state.update({
         "rc": proc.returncode, "stop_s": time.monotonic() - t0, "stdout": out, "stderr": err,
         "members": len(members), "alive": [p.pid for p in members if p.is_running() and p.status() != psutil.STATUS_ZOMBIE],
         "alive_by_cmdline": [p.pid for p in processes_mentioning(str(sig)) + processes_mentioning(launch_json)],
         "out_exists": (tmp / "out_sig").exists(),
-        "complete": (tmp / "out_sig.work" / "checkpoints" / "complete").read_text().strip(),
+        "complete": (work / "checkpoints" / "complete").read_text().strip(),
         "steps_logged": re.findall(r"step (\d+)/6 ", out + err),
-    }
+    })
     # a relaunch with a changed value is refused while the checkpoints exist (and nothing starts)
     state["changed"] = refused(sig, "train.lr=0.1", "block_size=32")
     state["t_first"] = time.monotonic() - t_start
+    # the relaunch resumes; `kill -9` of `ruadapt train` during the step after the checkpoint
+    step_file.unlink()
+    killed = subprocess.Popen(train_cmd(sig), cwd=ROOT, env=hooked, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True)
+    wait_for_step(step_file, int(state["complete"][-2:]) + 1, killed)
+    members = processes_mentioning(str(sig)) + processes_mentioning(launch_json)
+    killed.kill()
+    killed.communicate(timeout=60)
+    t0 = time.monotonic()
+    while any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in members) and time.monotonic() - t0 < 15:
+        time.sleep(0.2)
+    state["killed"] = {"members": len(members), "gone_s": time.monotonic() - t0,
+                       "alive_15s": [" ".join(p.cmdline())[:200]
+                                     for p in processes_mentioning(str(sig)) + processes_mentioning(launch_json)],
+                       "complete": (work / "checkpoints" / "complete").read_text().strip()}
+    # the third launch resumes and finishes
     t_start = time.monotonic()
-    # the same command resumes; the reference run trains uninterrupted in the same processes
-    second = subprocess.run(train_cmd(sig, ref, port=29672), cwd=ROOT, env=rank_env(), capture_output=True,
-                            text=True, timeout=600)
-    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
-    state["log2"] = second.stdout + second.stderr
+    third = subprocess.run(train_cmd(sig), cwd=ROOT, env=rank_env(), capture_output=True, text=True, timeout=600)
+    assert third.returncode == 0, third.stdout[-3000:] + third.stderr[-3000:]
+    state["log3"] = third.stdout + third.stderr
+    ref_out, ref_err = ref_proc.communicate(timeout=600)
+    state["ref_rc"], state["log2"] = ref_proc.returncode, ref_out + ref_err
     state["t_second"] = time.monotonic() - t_start
-    print(f"launch 1 (to the stop) {state['t_first']:.1f} s, SIGINT to exit {state['stop_s']:.1f} s, "
-          f"launch 2 {state['t_second']:.1f} s")
+    print(f"launch 1 (to the stop) {state['t_first']:.1f} s, SIGINT to exit {state['stop_s']:.1f} s, kill -9 to no "
+          f"process left {state['killed']['gone_s']:.1f} s, launch 3 {state['t_second']:.1f} s")
     return tmp, sig, ref, state
 
 
-@pytest.mark.slow  # shares the two DeepSpeed launches of the `interrupted` fixture
+@pytest.mark.slow  # shares the DeepSpeed launches of the `interrupted` fixture
 def test_sigint_stops_every_process_and_writes_no_output(interrupted):
     _, _, _, s = interrupted
     assert s["rc"] == 130, s["stderr"][-2000:]
@@ -138,12 +206,37 @@ def test_sigint_stops_every_process_and_writes_no_output(interrupted):
     assert f"checkpoints/{s['complete']} is the last complete checkpoint" in last
 
 
-@pytest.mark.slow  # shares the two DeepSpeed launches of the `interrupted` fixture
+@pytest.mark.slow  # shares the DeepSpeed launches of the `interrupted` fixture
+def test_second_launch_on_a_live_run_is_refused_naming_the_holder(interrupted):
+    _, _, _, s = interrupted
+    rc, err = s["second"]
+    assert rc == 2 and len(err) == 1, err
+    assert f"pid {s['holder']} on host {socket.gethostname()}" in err[0] and "another launch is running" in err[0], err
+    assert not s["second_touched"]  # and the run's weights end as the uninterrupted run's (next tests)
+
+
+@pytest.mark.slow  # shares the DeepSpeed launches of the `interrupted` fixture
+def test_sigkill_of_ruadapt_train_ends_launcher_and_ranks(interrupted):
+    k = interrupted[3]["killed"]
+    assert k["members"] >= 3, k  # launcher, launch.py, two ranks
+    assert not k["alive_15s"] and k["gone_s"] < 15, k
+
+
+@pytest.mark.slow  # shares the DeepSpeed launches of the `interrupted` fixture
+def test_two_runs_started_together_with_the_default_port_both_finish(interrupted):
+    tmp, _, _, s = interrupted
+    (p_sig,), (p_ref,) = s["ports"]  # each run has one rendezvous port ...
+    assert p_sig != p_ref  # ... not the same "first free one" (both runs trained: sig to step 3 and on, ref to the end)
+    # ref ran as a background job with SIGINT ignored, and two SIGINTs (while launching and training) changed nothing
+    assert s["ref_rc"] == 0 and (tmp / "out_ref" / "ruadapt_train.json").is_file(), s["log2"][-2000:]
+
+
+@pytest.mark.slow  # shares the DeepSpeed launches of the `interrupted` fixture
 def test_relaunch_resumes_to_the_weights_of_an_uninterrupted_run(interrupted):
     tmp, _, _, s = interrupted
-    assert "resumed from" in s["log2"]
+    assert "resumed from" in s["log3"]
     rec = json.loads((tmp / "out_sig" / "ruadapt_train.json").read_text())
-    assert rec["result"]["resumed_from_step"] == int(s["complete"][-2:])
+    assert rec["result"]["resumed_from_step"] == int(s["killed"]["complete"][-2:])
     assert [x["step"] for x in rec["result"]["losses"]] == list(range(1, STEPS + 1))
     ref, res = tensors(tmp / "out_ref"), tensors(tmp / "out_sig")
     assert set(ref) == set(res)
@@ -163,7 +256,7 @@ def refused(config: Path, *overrides: str) -> tuple[int, list[str]]:
     return rc, err.getvalue().strip().splitlines()
 
 
-@pytest.mark.slow  # shares the two DeepSpeed launches of the `interrupted` fixture
+@pytest.mark.slow  # shares the DeepSpeed launches of the `interrupted` fixture
 def test_changed_config_refused_naming_the_keys(interrupted, capsys):
     tmp, sig, _, s = interrupted
     rc, err = s["changed"]  # unfinished run with checkpoints
@@ -176,7 +269,7 @@ def test_changed_config_refused_naming_the_keys(interrupted, capsys):
     assert "already finished with this config; skipping" in capsys.readouterr().err
 
 
-@pytest.mark.slow  # shares the two DeepSpeed launches of the `interrupted` fixture
+@pytest.mark.slow  # shares the DeepSpeed launches of the `interrupted` fixture
 def test_progress_lines_have_rate_elapsed_and_eta(interrupted):
     _, _, _, s = interrupted
     lines = [l for l in s["log2"].splitlines() if "ruadapt.train: step " in l and "/6 " in l]
@@ -352,3 +445,180 @@ def test_tensorboard_gets_the_logged_scalars(base, tmp_path):
     assert [e.step for e in acc.Scalars("train/loss")] == [1, 2, 4, 6]  # first step, every log_steps, last step
     assert acc.Scalars("train/loss")[-1].value == pytest.approx(4.4)
     assert acc.Scalars("eval/loss")[0].value == pytest.approx(4.2)
+
+
+# ------------------------------------------------------------------ stopping data preparation (issue 25)
+@pytest.fixture(scope="module")
+def big_config(base) -> Path:
+    """A run on a 116 MB corpus (the shared Russian training text, six times): preparation takes minutes here."""
+    tmp, cfg = base
+    big = tmp / "big.txt"
+    data = (SHARED_DATA / "ru_train.txt").read_bytes()
+    with open(big, "wb") as f:
+        for _ in range(6):
+            f.write(data)
+    assert big.stat().st_size >= 100_000_000
+    return write_yaml(tmp / "big.yaml", {**cfg, "out": str(tmp / "out_big"), "data": {"train": [str(big)], "eval_blocks": 0}})
+
+
+def stop_preparation(cmd: list[str], stop) -> dict:
+    """Start ``cmd`` as a terminal's foreground job (its own process group), wait until its tokenizer workers
+    run, call ``stop(proc)``; exit code, seconds to exit, stderr, and which of its processes outlived it."""
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=rank_env(RUADAPT_PREPARE_WORKERS="2"), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    main_p = psutil.Process(proc.pid)
+    deadline = time.monotonic() + 180
+    while len([c for c in main_p.children() if "spawn_main" in " ".join(c.cmdline())]) < 2:
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.2)
+    time.sleep(1.0)  # the workers are encoding now
+    family = main_p.children(recursive=True)  # two workers and multiprocessing's resource tracker
+    t0 = time.monotonic()
+    stop(proc)
+    _, err = proc.communicate(timeout=60)
+    print(f"{' '.join(cmd[-4:])}: exit {proc.returncode} {time.monotonic() - t0:.1f} s after the signal")
+    return {"rc": proc.returncode, "stop_s": time.monotonic() - t0, "stderr": err, "family": len(family),
+            "alive": [f"{p.pid} {status(p)} {' '.join(cmdline(p))[:120]}" for p in family if alive(p)]}
+
+
+def status(p: psutil.Process) -> str:
+    try:
+        return p.status()
+    except psutil.Error:
+        return "gone"
+
+
+def cmdline(p: psutil.Process) -> list[str]:
+    try:
+        return p.cmdline()
+    except psutil.Error:
+        return []
+
+
+def alive(p: psutil.Process) -> bool:
+    """Still running: not gone, not a zombie or dead process that only waits to be reaped."""
+    return p.is_running() and status(p) not in ("gone", psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD)
+
+
+def assert_nothing_trusted(config: Path) -> None:
+    """No token file of the big corpus is in the cache: no entry, no half-written temp dir (lock files may stay)."""
+    cache = config.parent / ".ruadapt-cache" / "tokens"
+    assert not [p.name for p in cache.iterdir() if p.is_dir()] if cache.is_dir() else True
+    assert not (config.parent / "out_big.work" / "data.json").exists()
+
+
+@pytest.mark.slow  # two preparations of a 116 MB corpus, each stopped after its workers started
+def test_signals_stop_data_preparation_with_its_workers(big_config):
+    # a terminal's Ctrl-C: SIGINT to the whole group of `ruadapt data prepare`
+    s = stop_preparation([sys.executable, "-m", "ruadapt.cli", "data", "prepare", "--config", str(big_config)],
+                         lambda p: os.killpg(p.pid, signal.SIGINT))
+    assert s["rc"] == 130 and s["stop_s"] < 10 and s["family"] >= 3 and not s["alive"], s
+    assert "Traceback" not in s["stderr"], s["stderr"][-3000:]
+    last = s["stderr"].strip().splitlines()[-1]
+    assert last.startswith("ruadapt data prepare: stopped by SIGINT;") and "to continue" in last, last
+    assert_nothing_trusted(big_config)
+    # `ruadapt train` started as a script's background job (SIGINT ignored): SIGINT changes nothing, SIGTERM to the
+    # main process (a scheduler's cancel, `timeout`) stops it and its workers
+
+    def int_then_term(p: subprocess.Popen) -> None:
+        p.send_signal(signal.SIGINT)
+        time.sleep(1.5)
+        assert p.poll() is None  # ignored
+        p.send_signal(signal.SIGTERM)
+
+    s = stop_preparation(ignoring_sigint(train_cmd(big_config)), int_then_term)
+    assert s["rc"] == 143 and s["stop_s"] < 10 + 1.5 and s["family"] >= 3 and not s["alive"], s
+    assert "Traceback" not in s["stderr"], s["stderr"][-3000:]
+    last = s["stderr"].strip().splitlines()[-1]
+    assert last.startswith("ruadapt train: stopped by SIGTERM; no checkpoint had been written yet;"), last
+    assert_nothing_trusted(big_config)
+
+
+# ------------------------------------------------------------------ a run owns its folder; launch checks (issue 25)
+def test_run_lock_names_its_holder_and_dies_with_it(base, tmp_path, capsys):
+    from ruadapt.train.config import load_configs
+    from ruadapt.train.rundir import hold_runs
+
+    _, cfg = base
+    path = write_yaml(tmp_path / "r.yaml", {**cfg, "out": str(tmp_path / "out")})
+    code = ("import sys, time\nfrom ruadapt.train.config import load_configs\nfrom ruadapt.train.rundir import hold_runs\n"
+            "with hold_runs(load_configs([sys.argv[1]])):\n    print('held', flush=True)\n    time.sleep(120)\n")
+    holder = subprocess.Popen([sys.executable, "-c", code, str(path)], cwd=ROOT, env=rank_env(), stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        for argv in (["train", "--config", str(path), "--num-gpus", "2"], ["data", "prepare", "--config", str(path)]):
+            assert main(argv) == 2
+            err = capsys.readouterr().err.strip().splitlines()
+            assert len(err) == 1 and f"pid {holder.pid} on host {socket.gethostname()}" in err[0], err
+            assert str(tmp_path / "out.work" / "lock") in err[0]
+        assert not (tmp_path / "out.work" / "data.json").exists()  # refused before anything was prepared
+    finally:
+        holder.kill()  # a crash: the kernel releases the lock
+        holder.wait()
+    with hold_runs(load_configs([str(path)])):
+        pass
+
+
+def test_cpu_launch_without_a_compiler_is_one_line(base, tmp_path, monkeypatch, capsys):
+    from ruadapt.train.supervise import SHM_EXTENSION, extension_dir, prepare_extension
+
+    _, cfg = base
+    path = write_yaml(tmp_path / "c.yaml", {**cfg, "out": str(tmp_path / "out")})
+    (tmp_path / "bin").mkdir()
+    ext = tmp_path / "ext"
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))  # no c++ here (deepspeed is found beside sys.executable)
+    monkeypatch.delenv("CXX", raising=False)
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(ext))
+    monkeypatch.setenv("DS_ACCELERATOR", "cpu")
+    assert main(["train", "--config", str(path), "--num-gpus", "2"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no C++ compiler was found" in err[0] and SHM_EXTENSION in err[0], err
+    assert not (tmp_path / "out.work" / "data.json").exists()  # before the data was prepared
+    built = ext / SHM_EXTENSION / f"{SHM_EXTENSION}.so"  # where torch builds it under TORCH_EXTENSIONS_DIR
+    built.parent.mkdir(parents=True)
+    built.write_bytes(b"")
+    env = {"PATH": str(tmp_path / "bin"), "DS_ACCELERATOR": "cpu", "TORCH_EXTENSIONS_DIR": str(ext)}
+    assert prepare_extension(env) is None  # built once: no compiler needed any more
+    # the default cache belongs to the environment, not to the user's home shared by every venv
+    default = extension_dir({})
+    assert default == Path(sys.prefix) / "var" / "cache" / "torch_extensions" or not os.access(sys.prefix, os.W_OK)
+    env = {"PATH": os.defpath, "DS_ACCELERATOR": "cpu", "TORCH_EXTENSIONS_DIR": str(tmp_path / "empty")}
+    if shutil.which("c++", path=os.defpath):
+        assert "building its CPU op" in prepare_extension(env)
+
+
+def test_port_taken_at_the_rendezvous_is_recognised(tmp_path):
+    from datetime import timedelta
+
+    import torch.distributed as dist
+
+    from ruadapt.train.supervise import is_port_in_use, port_range
+
+    port = pick_master_port()
+    low, high = port_range()
+    ephemeral = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    assert 29500 == low <= port <= high < ephemeral  # never one the kernel may hand to a client meanwhile
+    with socket.socket() as s:  # another job's store took the port after it was picked
+        s.bind(("", port))
+        s.listen()
+        with pytest.raises(Exception) as info:
+            dist.TCPStore("127.0.0.1", port, 1, True, timeout=timedelta(seconds=5))
+    assert is_port_in_use(info.value), info.value  # torch's own error, as rank 0 meets it
+    assert not is_port_in_use(RuntimeError("Connection closed by peer"))
+
+
+def test_supervisor_keeps_an_inherited_ignored_sigint_ignored(tmp_path):
+    import threading
+
+    from ruadapt.train.supervise import supervise
+
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # a script's background job
+    timer = threading.Timer(1.0, lambda: os.kill(os.getpid(), signal.SIGINT))
+    timer.start()
+    try:
+        code, sig = supervise([sys.executable, "-c", "import time; time.sleep(3)"], grace_s=1.0)
+    finally:
+        timer.join()
+        signal.signal(signal.SIGINT, previous)
+    assert (code, sig) == (0, None)

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import shlex
+import signal
+import sys
 
 from . import add_parser, path_arg
 from ..train.config import load_configs
+from ..train.rundir import hold_runs
+from ..train.supervise import Stopped, stop_on_signals
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -39,12 +44,23 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..train.prepare import prepare_configs
+    """Under ``ruadapt train``'s signal rule: SIGINT/SIGTERM/SIGHUP stop the workers too, with one line and
+    128 + signal; a token file being written is removed, never published. Holds each run's lock meanwhile."""
+    from ..train.prepare import prepare_configs  # numpy, tokenizers: not for every `ruadapt` command
 
-    configs = load_configs([str(c) for c in args.config], args.set)
-    for cfg, manifest in prepare_configs(configs, skip_done=False):
-        print(f"{cfg.source}: data of {cfg.out} -> {cfg.work_dir / 'data.json'}")
-        for section in ("train", "eval"):
-            for e in manifest[section]:
-                print(f"  {section:5s} {e['path']}: {e['n_docs']:,} documents, {e['n_tokens']:,} tokens  [{e['entry']}]")
+    with stop_on_signals():
+        try:
+            configs = load_configs([str(c) for c in args.config], args.set)
+            with hold_runs(configs, "ruadapt data prepare"):
+                for cfg, manifest in prepare_configs(configs, skip_done=False):
+                    print(f"{cfg.source}: data of {cfg.out} -> {cfg.work_dir / 'data.json'}")
+                    for section in ("train", "eval"):
+                        for e in manifest[section]:
+                            print(f"  {section:5s} {e['path']}: {e['n_docs']:,} documents, {e['n_tokens']:,} tokens  "
+                                  f"[{e['entry']}]")
+        except Stopped as e:
+            again = "ruadapt " + shlex.join(sys.argv[1:]) if sys.argv[1:3] == ["data", "prepare"] else "the same command"
+            print(f"ruadapt data prepare: stopped by {signal.Signals(e.signum).name}; no half-written token file was "
+                  f"kept (finished ones stay in the cache); run `{again}` to continue", file=sys.stderr)
+            return 128 + e.signum
     return 0

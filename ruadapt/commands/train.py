@@ -13,14 +13,16 @@ import shlex
 import shutil
 import sys
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 from ..errors import RuadaptError
 from . import add_parser, path_arg
-from ..train.rundir import STARTED_ENV, check_rerun, check_world_size, discard_run, last_complete
+from ..train.rundir import STARTED_ENV, check_rerun, check_world_size, discard_run, hold_runs, last_complete
 from ..train.config import (LAUNCH_JSON, deepspeed_for_world, fill_deepspeed_config, load_configs, load_deepspeed_json,
                             validate_deepspeed_config, write_launch)
-from ..train.supervise import master_port, supervise
+from ..train.supervise import (PORT_IN_USE_EXIT, PORT_RELAUNCHES, Stopped, master_port, pick_master_port,
+                               prepare_extension, stop_on_signals, supervise, supervisor_env)
 from ..io.hub import describe
 
 
@@ -33,8 +35,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "supervise it. Checkpoints go to OUT.work/checkpoints every train.save_steps; relaunching the same command "
         "resumes from the last complete one (a changed config is refused: --overwrite starts over). SIGINT/SIGTERM "
         "stop every rank after its current step (exit 130/143), keeping the last complete checkpoint. The output "
-        "is a plain Hugging Face model dir with ruadapt_train.json and loss.png. On a machine without GPUs set "
-        "DS_ACCELERATOR=cpu (2 processes = --num-gpus 2).",
+        "is a plain Hugging Face model dir with ruadapt_train.json and loss.png. A live run holds OUT.work/lock: a "
+        "second launch on the same out is refused. On a machine without GPUs set DS_ACCELERATOR=cpu (2 processes = "
+        "--num-gpus 2; DeepSpeed then builds a C++ op once per environment, so a C++ compiler is needed).",
         examples="ruadapt recipe cp qwen2.5-7b runs/q7 --set CORPUS=/data/ru.txt   # a shipped recipe's YAMLs to start from\n"
         "ruadapt train --config runs/q7/cpt-embeddings.yaml --num-gpus 8\n"
         "ruadapt train --config stage1.yaml --config stage2.yaml --num-gpus 8   # one start-up, two runs\n"
@@ -48,7 +51,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--num-gpus", type=int, default=None, help="processes per node (default: all visible GPUs)")
     p.add_argument("--hostfile", type=path_arg, default=None, help="DeepSpeed hostfile for multi-node runs")
     p.add_argument("--master-port", type=int, default=None,
-                   help="rendezvous port (default: the first free one from 29500 up; with --hostfile DeepSpeed's 29500)")
+                   help="rendezvous port (default: a random free one from 29500 up to the kernel's ephemeral ports, re-picked "
+                   "if taken at the rendezvous; with --hostfile DeepSpeed's 29500)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a YAML value, e.g. --set train.max_steps=10")
     p.add_argument("--resume", action="store_true",
@@ -109,62 +113,110 @@ def check_reruns(configs: list, overwrite: bool, dry_run: bool) -> list:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Every phase under one signal rule (:func:`ruadapt.train.supervise.stop_on_signals`): a stop while
+    validating or preparing data ends here with the same one line and 128 + signal as a stop while training."""
+    state: dict = {"configs": None}  # the runs of this launch, once known (for the stop message)
+    with stop_on_signals():
+        try:
+            return _run(args, state)
+        except Stopped as e:
+            print(stop_message(state["configs"], e.signum), file=sys.stderr)
+            return 128 + e.signum
+
+
+def _run(args: argparse.Namespace, state: dict) -> int:
     started = time.time()
     if args.stop_grace < 0:
         raise RuadaptError(f"--stop-grace {args.stop_grace}: must not be negative")
     configs = load_configs([str(c) for c in args.config], args.set)  # every problem of every config, or none
+    state["configs"] = configs
     filled = []
     for cfg in configs:  # filled once here for every rank; DeepSpeed's own check with this run's values
         ds = fill_deepspeed_config(load_deepspeed_json(Path(cfg.deepspeed)), cfg)
         # world_size 1: with no process group DeepSpeed checks train_batch_size against a world of one
         validate_deepspeed_config(deepspeed_for_world(ds, cfg, world_size=1, bf16=False), cfg.deepspeed)
         filled.append((cfg, ds))
-    pending = check_reruns(configs, args.overwrite, args.dry_run)  # the one rerun check of the launch
-    if not pending:
-        return 0
-    if args.resume:
-        ckpt = pending[0].work_dir / "checkpoints"
-        if last_complete(ckpt) is None:
-            raise RuadaptError(f"{ckpt}: --resume given but there is no complete checkpoint; run without --resume")
-    if args.num_gpus is not None and args.hostfile is None:  # the world size is known here: refuse before launch
-        for cfg, ds in filled:
-            if any(cfg is p for p in pending):
+    with ExitStack() as stack:
+        if not args.dry_run:  # a run owns its folder from here on: before anything is discarded or prepared
+            stack.enter_context(hold_runs(configs))
+        pending = check_reruns(configs, args.overwrite, args.dry_run)  # the one rerun check of the launch
+        state["configs"] = pending
+        if not pending:
+            return 0
+        if args.resume:
+            ckpt = pending[0].work_dir / "checkpoints"
+            if last_complete(ckpt) is None:
+                raise RuadaptError(f"{ckpt}: --resume given but there is no complete checkpoint; run without --resume")
+        todo = [(cfg, ds) for cfg, ds in filled if any(cfg is p for p in pending)]
+        if args.num_gpus is not None and args.hostfile is None:  # the world size is known here: refuse before launch
+            for cfg, ds in todo:
                 check_world_size(cfg, args.num_gpus, int(ds.get("zero_optimization", {}).get("stage", 0)))
-    launch = pending[0].work_dir / LAUNCH_JSON
-    cmd = launch_command(args, launch, master_port(args.master_port, args.hostfile))
-    if args.dry_run:
-        print(shlex.join(cmd))
-        return 0
-    # tokenize (or reuse) every run's data here, after every check and before any rank exists: ranks only map the
-    # token files, so none waits at a barrier while another one tokenizes
-    from ..train.prepare import prepare_configs
+        launch_json = pending[0].work_dir / LAUNCH_JSON
+        port = master_port(args.master_port, args.hostfile)
+        cmd = launch_command(args, launch_json, port)
+        if args.dry_run:
+            print(shlex.join(cmd))
+            return 0
+        env = rank_env(pending, started)
+        building = prepare_extension(env)  # a missing compiler fails here, before the data is prepared
+        # tokenize (or reuse) every run's data here, after every check and before any rank exists: ranks only map
+        # the token files, so none waits at a barrier while another one tokenizes
+        from ..train.prepare import prepare_configs  # numpy, tokenizers: not for every `ruadapt` command
 
-    prepare_configs(pending, overwrite=args.overwrite)
-    write_launch(launch, [(cfg, ds) for cfg, ds in filled if any(cfg is p for p in pending)], resume=args.resume)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    code, sig = supervise(cmd, grace_s=args.stop_grace, env=rank_env(pending, started))
-    if sig is not None:
-        print(stop_message(pending, sig), file=sys.stderr)
-    return code
+        prepare_configs(pending, overwrite=args.overwrite)
+        write_launch(launch_json, todo, resume=args.resume)
+        return launch(args, pending, launch_json, port, env, building)
+
+
+def launch(args: argparse.Namespace, pending: list, launch_json: Path, port: int | None, env: dict[str, str],
+           building: str | None) -> int:
+    """Supervise the launcher; when rank 0 found a default port taken at the rendezvous (another job bound it
+    after we checked it), relaunch on a new random port, a few times."""
+    cmd = launch_command(args, launch_json, port)
+    for attempt in range(PORT_RELAUNCHES + 1):
+        if building:
+            print(building, file=sys.stderr)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        code, sig = supervise(cmd, grace_s=args.stop_grace, env=env)
+        if sig is not None:
+            print(stop_message(pending, sig), file=sys.stderr)
+            return code
+        if code != PORT_IN_USE_EXIT or port is None:
+            return code
+        if args.master_port is not None:
+            raise RuadaptError(f"--master-port {port}: another process took the port before the rendezvous bound it; "
+                               "choose another or leave --master-port out to get a free one")
+        if attempt == PORT_RELAUNCHES:
+            break
+        old, port = port, pick_master_port(avoid={port})
+        print(f"ruadapt train: the rendezvous port {old} was taken by another process before rank 0 bound it; "
+              f"relaunching on port {port}", file=sys.stderr)
+        cmd = launch_command(args, launch_json, port)
+        building = None
+    raise RuadaptError(f"the rendezvous port was taken {PORT_RELAUNCHES + 1} times in a row by other processes; "
+                       "pass a --master-port reserved for this run")
 
 
 def rank_env(configs: list, started: float) -> dict[str, str]:
     """The ranks' environment: ours, plus when the user started this launch (their records say so, not when they
     began), and offline when a model came from the Hugging Face Hub, so every rank reads the snapshot resolved
     here (through the cache's refs) instead of each asking the Hub again, which may have moved on since."""
-    env = {**os.environ, STARTED_ENV: os.environ.get(STARTED_ENV, str(started))}
+    env = {**os.environ, STARTED_ENV: os.environ.get(STARTED_ENV, str(started)), **supervisor_env()}
     if any(describe(c.model) for c in configs):
         env["HF_HUB_OFFLINE"] = "1"
     return env
 
 
-def stop_message(pending: list, sig: int) -> str:
-    """The one line after a stop: what was kept and the command that continues."""
+def stop_message(pending: list | None, sig: int) -> str:
+    """The one line after a stop in any phase: what was kept and the command that continues (``pending`` None:
+    stopped before the configs were read)."""
     import signal
 
     again = "ruadapt " + shlex.join(sys.argv[1:]) if sys.argv[1:2] == ["train"] else "the same ruadapt train command"
     name = signal.Signals(sig).name
+    if pending is None:
+        return f"ruadapt train: stopped by {name} before any run started; nothing was written"
     left = [c for c in pending if not c.done]
     if not left:
         return f"ruadapt train: {name} came after every run had finished; nothing to resume"

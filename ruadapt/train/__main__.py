@@ -13,11 +13,13 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 
 from ..errors import EXIT_USAGE, RuadaptError
 from .config import read_launch
+from .supervise import PORT_IN_USE_EXIT, is_port_in_use, keep_ignored, watch_supervisor
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,7 +31,12 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     from .runner import StopRequested, install_stop_handlers, run
 
+    # a SIGINT inherited as ignored (`ruadapt train` started as a script's background job) stays ignored here too;
+    # SIGTERM is always honoured: it is how `ruadapt train` stops the ranks
+    inherited = [signal.SIGINT] if signal.getsignal(signal.SIGINT) == signal.SIG_IGN else []
     install_stop_handlers()
+    keep_ignored(inherited)
+    watch_supervisor()  # stop when `ruadapt train` is gone, SIGKILL included
     try:
         runs, resume = read_launch(args.launch_json)
         for cfg, ds in runs:
@@ -41,6 +48,13 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     except StopRequested as e:
         return 128 + e.signum
+    except Exception as e:
+        if not is_port_in_use(e):
+            raise
+        # another job bound the rendezvous port after `ruadapt train` checked it: a code it re-picks the port on
+        print(f"ruadapt train: error: the rendezvous port {os.environ.get('MASTER_PORT', '?')} is taken by another "
+              f"process ({type(e).__name__})", file=sys.stderr)
+        return PORT_IN_USE_EXIT
     finally:
         import torch.distributed as dist
 

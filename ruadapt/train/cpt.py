@@ -7,7 +7,6 @@ the memory-mapped stream, so blocks run across document boundaries (the EOS mark
 from __future__ import annotations
 
 import itertools
-import multiprocessing
 import os
 import time
 from collections import deque
@@ -20,6 +19,7 @@ from tokenizers import Tokenizer
 from tqdm.auto import tqdm
 
 from ..errors import RuadaptError
+from .supervise import tokenizer_worker_init, worker_context
 from .tokenfile import TokenFile, TokenFileWriter
 
 
@@ -54,6 +54,7 @@ def prepare_workers() -> int:
 
 
 def _init_worker(tokenizer_json: str, eos_id: int, dtype: str) -> None:
+    tokenizer_worker_init()  # Ctrl-C is the parent's to handle; die with the parent, SIGKILL included
     os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one thread per process: the processes are the parallelism
     _worker.update(tok=Tokenizer.from_file(tokenizer_json), eos=eos_id, dtype=np.dtype(dtype))
 
@@ -87,7 +88,7 @@ def write_documents(tokenizer_json: Path, blocks: Iterator[list[str]], writer: T
     chars = 0
     if limit:
         blocks = _first(blocks, limit)
-    ctx = multiprocessing.get_context("spawn")
+    ctx = worker_context()  # spawn, SIGINT blocked until the worker ignores it (see _init_worker)
     pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
                                initargs=(str(tokenizer_json), eos_id, writer.dtype.str))
     try:

@@ -5,12 +5,24 @@ finished one. A relaunch with a different config must not silently resume someon
 silently skip a finished run the user meant to change (issue 15): :func:`check_rerun` compares the two and
 names the keys that differ. Bookkeeping keys (how often to log, save, evaluate, how many checkpoints to keep,
 where to report) may change between launches because they do not change the weights.
+
+A run owns its folder (issue 25): :func:`hold_runs` takes an exclusive ``flock`` on ``OUT.work/lock`` before
+anything is prepared or discarded, and keeps it until ``ruadapt train`` (or ``ruadapt data prepare``) ends. A
+second launch on the same ``out`` is refused in one line naming the holder's pid and host; the kernel releases
+the lock when the holder dies, however it dies, so a crashed run never blocks its own relaunch.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import shutil
+import socket
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +33,7 @@ from .config import RunConfig, TrainConfig
 COMPLETE = "complete"
 STATE = "ruadapt_state.json"
 RUN_JSON = "run.json"
+LOCK = "lock"  # in OUT.work: held (flock) by the live launch of the run; its text names the holder
 TRAIN_RECORD = "ruadapt_train.json"
 STARTED_ENV = "RUADAPT_TRAIN_STARTED"  # set by `ruadapt train` for the ranks: when the user launched the run
 # train.* settings that may differ between launches of one run (they do not change the weights)
@@ -158,3 +171,49 @@ def check_world_size(cfg: RunConfig, world: int, zero_stage: int) -> None:
             f"state per process; it cannot be resumed by {world} — relaunch with {saved} processes in all "
             f"(e.g. --num-gpus {saved} on one node), or delete {ckpt} to start the run over"
         )
+
+
+@contextmanager
+def hold_runs(configs: list[RunConfig], command: str = "ruadapt train") -> Iterator[None]:
+    """Hold the lock of every run of ``configs`` (distinct work dirs, in sorted order) for the block; a run that
+    another live process holds is a one-line error naming its pid and host, raised before anything is locked
+    for long, prepared or deleted. The lock files stay (removing one would let two processes lock two files)."""
+    held: list[int] = []
+    try:
+        for work in sorted({cfg.work_dir.resolve(): cfg for cfg in configs}.items()):
+            held.append(_lock_run(work[0], work[1], command))
+        yield
+    finally:
+        for fd in held:
+            os.close(fd)  # closing the only descriptor releases the flock
+
+
+def _lock_run(work: Path, cfg: RunConfig, command: str) -> int:
+    work.mkdir(parents=True, exist_ok=True)
+    path = work / LOCK
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)  # not inherited by the launcher
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = _read_holder(fd)
+        os.close(fd)
+        raise RuadaptError(
+            f"{cfg.out}: another launch is running this run ({holder}; lock {path}); wait for it to end or stop it "
+            "(kill -INT its pid), or choose another out") from None
+    except BaseException:
+        os.close(fd)
+        raise
+    text = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "command": command,
+                       "argv": sys.argv[1:], "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, (text + "\n").encode(), 0)
+    return fd
+
+
+def _read_holder(fd: int) -> str:
+    """``pid N on host H since T (command)`` from a held lock file (the holder wrote it after locking)."""
+    try:
+        d = json.loads(os.pread(fd, 65536, 0).decode() or "{}")
+        return f"{d['command']} pid {d['pid']} on host {d['host']} since {d['since']}"
+    except (ValueError, KeyError, TypeError, OSError):
+        return "a process that has not yet written its pid"
