@@ -12,6 +12,7 @@ set -euo pipefail
 BASE="${BASE:-/models/gemma-3-12b-pt}"
 INSTRUCT="${INSTRUCT:-/models/gemma-3-12b-it}"
 CORPUS="${CORPUS:-/data/ru_train.txt}"
+REPLAY_CORPUS="${REPLAY_CORPUS:-/data/en_train.txt}"   # the base's own languages (English, code): CPT replays them
 SFT_DATA="${SFT_DATA:-/data/ru_chat.jsonl}"
 EVAL_RU="${EVAL_RU:-/data/ru_eval.txt}"
 EVAL_EN="${EVAL_EN:-/data/en_eval.txt}"

@@ -6,6 +6,7 @@
 # Required variables (set them in the recipe, or in the environment before running it):
 #   BASE       base model dir (HF, safetensors)          INSTRUCT   its instruct model dir
 #   CORPUS     Russian training text (one doc per line)  RUN        run directory (everything goes below it)
+#   REPLAY_CORPUS  text in the base's own languages (English, code): the CPT YAMLs mix a share of it (docs/replay.md)
 #   RECIPE     dir of the run YAMLs (cpt-embeddings.yaml, cpt-lora.yaml, sft.yaml)
 # Optional (defaults below):
 #   MODE=extend NEW_TOKENS=48000 VOCAB_SIZE=          tokenizer (replace mode uses VOCAB_SIZE)
@@ -56,13 +57,13 @@ ruadapt_step() {  # ruadapt_step NAME OUTPUT : true when step NAME is selected a
 }
 
 ruadapt_pipeline() {
-    ruadapt_need BASE INSTRUCT CORPUS RUN RECIPE
+    ruadapt_need BASE INSTRUCT CORPUS REPLAY_CORPUS RUN RECIPE
     : "${MODE:=extend}" "${NEW_TOKENS:=48000}" "${NUM_GPUS:=8}" "${STAGE2:=1}" "${DRY_RUN:=0}"
     : "${CPT_STEPS:=2000}" "${CPT2_STEPS:=1000}" "${SFT_STEPS:=300}" "${RUADAPT:=ruadapt}"
     : "${STEPS:=tokenizer swap cpt lep sft eval}"
     RECIPES_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
     # the YAMLs read these as ${VAR}
-    export BASE INSTRUCT CORPUS RUN SFT_DATA="${SFT_DATA:-}" CPT_STEPS CPT2_STEPS SFT_STEPS
+    export BASE INSTRUCT CORPUS REPLAY_CORPUS RUN SFT_DATA="${SFT_DATA:-}" CPT_STEPS CPT2_STEPS SFT_STEPS
     export DS_CONFIGS="$RECIPES_DIR/deepspeed"
     local launch=()
     [ -n "${NUM_GPUS:-}" ] && [ -z "${HOSTFILE:-}" ] && launch+=(--num-gpus "$NUM_GPUS")

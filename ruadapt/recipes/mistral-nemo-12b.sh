@@ -10,6 +10,7 @@ set -euo pipefail
 BASE="${BASE:-/models/Mistral-Nemo-Base-2407}"
 INSTRUCT="${INSTRUCT:-/models/Mistral-Nemo-Instruct-2407}"
 CORPUS="${CORPUS:-/data/ru_train.txt}"
+REPLAY_CORPUS="${REPLAY_CORPUS:-/data/en_train.txt}"   # the base's own languages (English, code): CPT replays them
 SFT_DATA="${SFT_DATA:-/data/ru_chat.jsonl}"
 EVAL_RU="${EVAL_RU:-/data/ru_eval.txt}"
 EVAL_EN="${EVAL_EN:-/data/en_eval.txt}"
