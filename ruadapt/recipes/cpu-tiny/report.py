@@ -248,9 +248,10 @@ def verdict(present, skills, inst_sk, saving, moved, residuals) -> list[str]:
     cal = [m for _, m in present if m.endswith("+calib") and m != CONTROL]
     if cal and CONTROL in share:
         best_cal = max(cal, key=lambda m: -1.0 if math.isnan(share[m]) else share[m])
-        out.append(f"- The control (the CPT'd base calibrated the same way) kept {share[CONTROL]:.0%} against "
-                   f"{share[best_cal]:.0%} for {best_cal}: {(share[best_cal] - share[CONTROL]) * 100:+.0f} points "
-                   "that the instruct body brings, since everything else (embeddings, calibration) is the same.")
+        out.append(f"- The control (the CPT'd base calibrated the same way) kept {fmt(share[CONTROL] * 100, '.0f')} % "
+                   f"against {fmt(share[best_cal] * 100, '.0f')} % for {best_cal}: "
+                   f"{fmt((share[best_cal] - share[CONTROL]) * 100, '+.0f')} points that the instruct body brings, "
+                   "since everything else (embeddings, calibration) is the same.")
     if cal:
         c = max(cal, key=lambda m: -1.0 if math.isnan(share[m]) else share[m])
         ok = share[c] >= 0.9 and saving.get(c, 0) >= 1.3
