@@ -70,6 +70,7 @@ class ModelDefaults(PipelineDefaults):
     ``RUN`` empty = ``runs/NAME``."""
 
     CORPUS: str = "/data/ru_train.txt"
+    REPLAY_CORPUS: str = "/data/en_train.txt"  # the base's own languages (English, code): CPT replays them
     SFT_DATA: str = "/data/ru_chat.jsonl"
     EVAL_RU: str = "/data/ru_eval.txt"
     EVAL_EN: str = "/data/en_eval.txt"

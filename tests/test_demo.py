@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tiny import ROOT, SHARED
 
@@ -36,10 +37,11 @@ def test_make_demo_dry_run_with_user_defaults():
     commands = [line for line in p.stdout.splitlines() if line.startswith("+ ")]
     expected = ["make_data.py", "ruadapt train --config", "ruadapt tokenizer train", "ruadapt swap",
                 "--method swap", "--method overlap", "--method conversion", f"--set out={run}/lep-conversion-calib",
+                f"--set model={run}/cpt1 --set out={run}/cpt1-calib", f"--out {run}/eval-start",
                 f"--include-path {run}/data/tasks", "ruadapt eval", "report.py"]
     for want in expected:
         assert any(want in c for c in commands), f"no command with {want!r} in:\n" + "\n".join(commands)
-    assert f"--out {run}/data" in commands[0] and f"--out {run}/eval" in commands[-2], "the default run dir is runs/demo"
+    assert f"--out {run}/data" in commands[0] and f"--out {run}/eval-start" in commands[-2], "the default run dir is runs/demo"
     assert "TOY=0" in p.stderr and not (ROOT / "runs" / "demo-toy").exists()
 
 
@@ -51,15 +53,16 @@ def test_recipe_scripts_pass_shellcheck():
     p = subprocess.run([shellcheck, "--external-sources", "--source-path=SCRIPTDIR", *scripts], capture_output=True, text=True)
     assert p.returncode == 0, p.stdout[-4000:]
 
-STAGE_DIRS = ["base", "instruct-body", "instruct", "swapped", "cpt1", "lep-swap", "lep-overlap", "lep-conversion", "lep-conversion-calib"]
+STAGE_DIRS = ["base", "instruct-body", "instruct", "swapped", "cpt1", "lep-swap", "lep-overlap", "lep-conversion",
+              "lep-conversion-calib", "cpt1-calib"]
 REPORT_ROWS = ["instruct (original tokenizer)", "CPT'd base, no LEP", "LEP-swap", "LEP-overlap", "LEP-conversion",
-               "LEP-conversion + calibration"]
+               "LEP-conversion + calibration", "CPT'd base, no LEP + calibration (control)"]
 
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     run = tmp_path_factory.mktemp("demo") / "run"
-    env = {**os.environ, "TOY": "1", "RUN": str(run), "MASTER_PORT": "29533"}
+    env = {**os.environ, "TOY": "1", "RUN": str(run), "MASTER_PORT": "29547"}
     env.pop("DRY_RUN", None)
     p = make_demo(env, timeout=900)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-5000:]
@@ -96,10 +99,38 @@ def test_report_has_every_row_and_a_verdict(demo):
                    "Target: best LEP + calibration ≥ 90 %"):
         assert target in verdict, target
     ev = json.loads((run / "eval" / "report.json").read_text())
-    models = {"instruct", "cpt-no-lep", "lep-swap", "lep-overlap", "lep-conversion", "lep-conversion+calib"}
+    models = {"instruct", "cpt-no-lep", "lep-swap", "lep-overlap", "lep-conversion", "lep-conversion+calib",
+              "cpt-no-lep+calib"}
     assert set(ev["bpb"]) == models
     for m in ev["bpb"].values():
-        assert m["ru_chat"]["bpb"] > 0 and m["ru"]["bpb"] > 0
+        assert m["ru_chat"]["bpb"] > 0 and m["ru"]["bpb"] > 0 and m["en"]["bpb"] > 0
+    assert "The control (the CPT'd base calibrated the same way) kept" in verdict
+    assert "Target: English bits per byte after CPT within 3 % of the base's" in verdict
+
+
+def test_start_table_is_the_start_eval_and_cpt_replayed_english(demo):
+    """The report's start table holds eval-start's bits per byte (base, swapped before CPT, after CPT; ru and en)
+    to the printed digit, each Δ is computed from them, and the CPT it reports trained on English as well as
+    Russian, at the YAML's replay share (the record's trained sequences, within one global batch)."""
+    run, _ = demo
+    start = json.loads((run / "eval-start" / "report.json").read_text())["bpb"]
+    assert set(start) == {"base", "swapped", "cpt1"}
+    table = run.joinpath("report.md").read_text().split("## The start", 1)[1].split("\n## ", 1)[0]
+    rows = {line.split(" | ")[0].lstrip("| "): line.strip("| ").split(" | ")[1:] for line in table.splitlines()
+            if line.startswith("| ") and not line.startswith("| model")}
+    assert len(rows) == 3
+    for (label, cells), m in zip(rows.items(), ("base", "swapped", "cpt1")):
+        for k, lang in enumerate(("ru", "en")):
+            v, b = start[m][lang]["bpb"], start["base"][lang]["bpb"]
+            assert cells[2 * k] == f"{v:.3f}", (label, lang)
+            assert cells[2 * k + 1] == f"{(v / b - 1) * 100:+.1f} %", (label, lang)
+    sources = json.loads((run / "cpt1" / "ruadapt_train.json").read_text())["result"]["data"]["sources"]
+    assert [Path(s["path"]).name for s in sources] == ["ru_train.txt", "en_train.txt"]
+    mix = yaml.safe_load((ROOT / "recipes" / "cpu-tiny" / "cpt-embeddings.yaml").read_text())["data"]["train"]
+    share = mix[1]["weight"] / (mix[0]["weight"] + mix[1]["weight"])
+    trained = sum(s["sequences"] for s in sources)
+    assert abs(sources[1]["sequences"] - share * trained) <= 8, (sources, share)  # 8 = one global batch (4 × 2)
+    assert any(f"{sources[1]['sequence_share']:.0%} en_train.txt" in label for label in rows), list(rows)
 
 
 def test_skill_scores_are_the_samples_scored_again(demo):

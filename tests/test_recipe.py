@@ -23,7 +23,7 @@ from tiny import ROOT, SHARED_DATA, make_tiny_model
 
 PACKAGE_RECIPES = ROOT / "ruadapt" / "recipes"
 PATH = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"  # lib.sh calls this venv's `ruadapt recipe env`
-RECIPE_VARS = ("RUN", "DS_CONFIGS", "CORPUS", "SFT_DATA", "CPT_STEPS", "CPT2_STEPS", "SFT_STEPS", "RU_TRAIN", "EN_TRAIN")
+RECIPE_VARS = ("RUN", "DS_CONFIGS", "CORPUS", "REPLAY_CORPUS", "SFT_DATA", "CPT_STEPS", "CPT2_STEPS", "SFT_STEPS", "RU_TRAIN", "EN_TRAIN")
 
 
 @pytest.fixture(autouse=True)
@@ -38,10 +38,12 @@ def data(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("recipe-data")
     corpus = root / "ru.txt"
     corpus.write_text("".join((SHARED_DATA / "ru_train.txt").open(encoding="utf-8").readlines()[:50]), encoding="utf-8")
+    english = root / "en.txt"  # the replay of the base's own language every CPT YAML mixes in
+    english.write_text("".join((SHARED_DATA / "en_train.txt").open(encoding="utf-8").readlines()[:50]), encoding="utf-8")
     chat = root / "chat.jsonl"
     chat.write_text(json.dumps({"messages": [{"role": "user", "content": "Привет"},
                                              {"role": "assistant", "content": "Здравствуйте"}]}, ensure_ascii=False) + "\n")
-    return {"corpus": corpus, "chat": chat}
+    return {"corpus": corpus, "english": english, "chat": chat}
 
 
 def cp(name: str, dest: Path, *sets: str, force: bool = False) -> int:
@@ -66,7 +68,8 @@ def test_ls_lists_every_recipe_dir(capsys):
 
 def test_cp_then_train_runs_the_copies_as_written(data, tmp_path, capsys):
     dest = tmp_path / "qwen7b"
-    assert cp("qwen2.5-7b", dest, f"CORPUS={data['corpus']}", f"SFT_DATA={data['chat']}") == 0
+    assert cp("qwen2.5-7b", dest, f"CORPUS={data['corpus']}", f"REPLAY_CORPUS={data['english']}",
+              f"SFT_DATA={data['chat']}") == 0
     assert sorted(str(p.relative_to(dest)) for p in dest.rglob("*") if p.is_file()) == [
         "cpt-embeddings.yaml", "cpt-lora.yaml", "deepspeed/zero2.json", "lib.sh", "qwen2.5-7b.sh", "recipe.yaml", "sft.yaml"]
     for yml in (p for p in dest.glob("*.yaml") if p.name != "recipe.yaml"):
@@ -75,6 +78,7 @@ def test_cp_then_train_runs_the_copies_as_written(data, tmp_path, capsys):
         assert cfg.deepspeed == str(dest / "deepspeed" / "zero2.json") and Path(cfg.out).parent == dest
     cfg = load_config(dest / "cpt-embeddings.yaml", check_files=False)
     assert cfg.model == str(dest / "swapped") and cfg.train.max_steps == 2000 and cfg.data.train[0].path == str(data["corpus"])
+    assert cfg.data.train[1].path == str(data["english"]) and cfg.data.train[1].weight > 0
     # a stand-in for what `ruadapt swap` writes at RUN/swapped (positions raised to the recipe's block size)
     model = make_tiny_model(dest / "swapped", "qwen2")
     config = json.loads((model / "config.json").read_text())
@@ -90,11 +94,11 @@ def test_cp_then_train_runs_the_copies_as_written(data, tmp_path, capsys):
 def test_an_input_left_out_is_one_line_naming_file_key_and_variable(tmp_path, capsys):
     dest = tmp_path / "noinput"
     assert cp("qwen2.5-7b", dest) == 0
-    assert "read from the environment when ruadapt train runs: CORPUS SFT_DATA" in capsys.readouterr().out
+    assert "read from the environment when ruadapt train runs: CORPUS REPLAY_CORPUS SFT_DATA" in capsys.readouterr().out
     yml = dest / "cpt-embeddings.yaml"
     assert main(["train", "--config", str(yml), "--dry-run"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and str(yml) in err[0] and "data.train[0] uses ${CORPUS}" in err[0] and "export CORPUS=" in err[0]
+    assert len(err) == 1 and str(yml) in err[0] and "data.train[0].path uses ${CORPUS}" in err[0] and "export CORPUS=" in err[0]
 
 
 def test_second_cp_refuses_and_force_replaces_only_the_recipe_files(data, tmp_path, capsys):
@@ -138,9 +142,9 @@ def test_every_recipe_copies_and_loads(tmp_path, monkeypatch, capsys):
         assert set(texts) | {"recipe.yaml"} == {p.name for p in (PACKAGE_RECIPES / name).glob("*.yaml")} | {"recipe.yaml"}
         left = set(re.findall(r"\$\{(\w+)\}", "\n".join(content(t) for t in texts.values())))
         if name != "cpu-tiny":  # a model recipe's numbers come from recipe.yaml; the demo's live in cpu-tiny.sh
-            assert left <= {"CORPUS", "SFT_DATA", "RU_TRAIN", "EN_TRAIN"}, (name, left)  # data the user brings
+            assert left <= {"CORPUS", "REPLAY_CORPUS", "SFT_DATA", "RU_TRAIN", "EN_TRAIN"}, (name, left)  # data the user brings
         for var in left:
-            monkeypatch.setenv(var, f"/data/{var.lower()}" if var in ("CORPUS", "SFT_DATA", "RU_TRAIN", "EN_TRAIN") else "7")
+            monkeypatch.setenv(var, f"/data/{var.lower()}" if var in ("CORPUS", "REPLAY_CORPUS", "SFT_DATA", "RU_TRAIN", "EN_TRAIN") else "7")
         for file in texts:
             cfg = load_config(dest / file, check_files=False)
             assert Path(cfg.deepspeed).is_file() and Path(cfg.deepspeed).parent == dest / "deepspeed"

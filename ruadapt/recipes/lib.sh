@@ -7,6 +7,7 @@
 # Required variables (a recipe.yaml gives them defaults; or set them in the environment before running):
 #   BASE       base model dir (HF, safetensors)          INSTRUCT   its instruct model dir
 #   CORPUS     Russian training text (one doc per line)  RUN        run directory (everything goes below it)
+#   REPLAY_CORPUS  text in the base's own languages (English, code): the CPT YAMLs mix a share of it (docs/replay.md)
 #   RECIPE     dir of the run YAMLs (cpt-embeddings.yaml, cpt-lora.yaml, sft.yaml)
 # Optional, with their defaults in one place, ruadapt/recipe.py (`ruadapt recipe env [NAME]` prints them):
 #   MODE NEW_TOKENS VOCAB_SIZE                        tokenizer (replace mode uses VOCAB_SIZE)
@@ -72,10 +73,10 @@ ruadapt_recipe() {  # ruadapt_recipe DIR: the pipeline with DIR/recipe.yaml's mo
 ruadapt_pipeline() {
     : "${DRY_RUN:=0}" "${RUADAPT:=ruadapt}"
     ruadapt_env  # the pipeline's own defaults (MODE, NEW_TOKENS, NUM_GPUS, STAGE2, *_STEPS, STEPS)
-    ruadapt_need BASE INSTRUCT CORPUS RUN RECIPE
+    ruadapt_need BASE INSTRUCT CORPUS REPLAY_CORPUS RUN RECIPE
     RECIPES_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
     # the YAMLs read these as ${VAR}
-    export BASE INSTRUCT CORPUS RUN SFT_DATA="${SFT_DATA:-}" CPT_STEPS CPT2_STEPS SFT_STEPS
+    export BASE INSTRUCT CORPUS REPLAY_CORPUS RUN SFT_DATA="${SFT_DATA:-}" CPT_STEPS CPT2_STEPS SFT_STEPS
     export DS_CONFIGS="$RECIPES_DIR/deepspeed"
     local launch=()
     [ -n "${NUM_GPUS:-}" ] && [ -z "${HOSTFILE:-}" ] && launch+=(--num-gpus "$NUM_GPUS")

@@ -1,9 +1,12 @@
 """The demo's report: did the adapted models keep the instruct model's skills, at what token saving, and why.
 
-Skills first (the measure LEP is about: the paper scores it with instruction tasks), then bits per byte and speed
-(Table 3 of the paper in miniature), then the embedding drift and LEP fit residuals that explain the ranking, and
-the issue's targets, each met or not with its numbers. Reads only what the stages wrote (ruadapt_*.json,
-eval/report.json) plus the base/instruct embedding rows (streamed) for ‖E_i − E_b‖/‖E_b‖.
+Skills first (the measure LEP is about: the paper scores it with instruction tasks), with the control row (the CPT'd
+base calibrated like the LEP variants: what the instruct body brings), then the start (base, swapped before CPT,
+after CPT: Russian and English bits per byte), then bits per byte and speed (Table 3 of the paper in miniature),
+English next to Russian wherever bits per byte appear, then the embedding drift and LEP fit residuals that explain
+the ranking, and the issue's targets, each met or not with its numbers. Reads only what the stages wrote
+(ruadapt_*.json, eval/report.json, eval-start/report.json) plus the base/instruct embedding rows (streamed) for
+‖E_i − E_b‖/‖E_b‖.
 
     python report.py --run runs/demo        → runs/demo/report.md
 """
@@ -27,6 +30,12 @@ ROWS = [  # (label in the tables, eval model name)
     ("LEP-conversion", "lep-conversion"),
 ]
 LEP = ("lep-swap", "lep-overlap", "lep-conversion")
+CONTROL = "cpt-no-lep+calib"  # the CPT'd base calibrated with the LEP variants' config and steps (no instruct body)
+START = [  # (label, eval-start model name): the start table
+    ("base (its own tokenizer)", "base"),
+    ("swapped, before CPT", "swapped"),
+    ("after CPT stage 1", "cpt1"),
+]
 NAN = float("nan")
 
 
@@ -99,7 +108,9 @@ def main() -> None:
     ev = load(run / "eval" / "report.json")
     bpb, speed = ev.get("bpb", {}), (ev.get("speed") or {}).get("models", {})
     labels = dict((m, label) for label, m in ROWS)
-    rows = list(ROWS) + [(f"{labels.get(m[: -len('+calib')], m)} + calibration", m) for m in bpb if m.endswith("+calib")]
+    rows = list(ROWS) + [(f"{labels.get(m[: -len('+calib')], m)} + calibration", m) for m in bpb
+                         if m.endswith("+calib") and m != CONTROL]
+    rows += [(f"{labels['cpt-no-lep']} + calibration (control)", CONTROL)] if CONTROL in bpb else []
     present = [(label, m) for label, m in rows if m in bpb]
     skills = skill_scores(ev)
     inst_sk = skills.get("instruct", {})
@@ -112,7 +123,7 @@ def main() -> None:
     body_rec = load(run / "instruct-body" / "ruadapt_train.json")
     cpt_rec, tok_rec = load(run / "cpt1" / "ruadapt_train.json"), load(run / "tokenizer" / "ruadapt_tokenizer.json")
     cfg = load(run / "base" / "config.json")
-    calibrated = [m[len("lep-"): -len("+calib")] for _, m in present if m.endswith("+calib")]
+    calibrated = [m[len("lep-"): -len("+calib")] for _, m in present if m.endswith("+calib") and m != CONTROL]
     lines.append(
         f"Tiny Qwen2 (hidden {cfg.get('hidden_size')}, {cfg.get('num_hidden_layers')} layers, "
         f"{cfg.get('vocab_size', 0):,} rows: the Qwen2.5 vocabulary trimmed to the most used tokens of ru/en train) "
@@ -120,8 +131,10 @@ def main() -> None:
         f"themselves, for copying); its \"instruct\" model learned four skills by LoRA on the body for "
         f"{_steps(body_rec)}, then a full SFT at a small lr for {_steps(inst_rec)}; then "
         f"+{tok_rec.get('result', {}).get('new_tokens', '?')} Russian merges, swap, CPT stage 1 (embeddings only, "
-        f"DeepSpeed, 2 CPU processes) for {_steps(cpt_rec)}, LEP with each method, and a short LoRA calibration "
-        f"(first/last layer + embeddings, on the same chat data) of LEP-{', LEP-'.join(calibrated) or '?'}."
+        f"DeepSpeed, 2 CPU processes{_replay(cpt_rec)}) for {_steps(cpt_rec)}, LEP with each method, and a short "
+        f"LoRA calibration (first/last layer + embeddings, on the same chat data) of "
+        f"LEP-{', LEP-'.join(calibrated) or '?'}"
+        + (" and, as the control, of the CPT'd base with the same config and steps" if CONTROL in bpb else "") + "."
     )
     lines += ["", "## Instruction skills kept (held-out items, greedy, through the chat template)", ""]
     header = (["model"] + [f"{s} exact" for s in names] + ["copy chrF"] * ("copy" in names)
@@ -136,16 +149,25 @@ def main() -> None:
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     lines += ["", "Exact match: the answer up to the end of its line equals the reference; chrF: sacrebleu's corpus "
               "chrF (lm-eval's `chrf`). Items: `data/heldout_<skill>.jsonl`, sentences no training stage saw."]
+    if CONTROL in bpb:
+        lines += ["", ("The control row is the CPT'd base (no LEP, no instruct body) calibrated with the same config, "
+                       "data and steps as the LEP variants: the gap between it and LEP + calibration is what the "
+                       "instruct body brings, not what the calibration teaches.")]
 
-    lines += ["", "## Russian bits per byte and speed — Table 3 of the paper, in miniature", ""]
-    header = ["model", "ru_chat bpb (assistant answers)", "Δ vs instruct", "ru_eval bpb", "ru_eval chars/token",
-              "decode tokens/s", "decode ÷ instruct", "MACs predict"]
+    start = load(run / "eval-start" / "report.json").get("bpb", {})
+    lines += start_table(run, start, cpt_rec)
+
+    lines += ["", "## Russian and English bits per byte and speed — Table 3 of the paper, in miniature", ""]
+    header = ["model", "ru_chat bpb (assistant answers)", "Δ vs instruct", "ru_eval bpb", "en_eval bpb",
+              "Δ en vs instruct", "ru_eval chars/token", "decode tokens/s", "decode ÷ instruct", "MACs predict"]
     lines += ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
     inst = bpb.get("instruct", {})
     for label, m in present:
-        chat, text, sp = bpb[m].get("ru_chat", {}), bpb[m].get("ru", {}), speed.get(m, {})
+        chat, text, en, sp = bpb[m].get("ru_chat", {}), bpb[m].get("ru", {}), bpb[m].get("en", {}), speed.get(m, {})
         delta = (chat["bpb"] / inst["ru_chat"]["bpb"] - 1) * 100 if chat and "ru_chat" in inst else None
+        en_delta = (en["bpb"] / inst["en"]["bpb"] - 1) * 100 if en and "en" in inst else None
         lines.append(f"| {label} | {fmt(chat.get('bpb'))} | {fmt(delta, '+.1f')} % | {fmt(text.get('bpb'))} | "
+                     f"{fmt(en.get('bpb'))} | {fmt(en_delta, '+.1f')} % | "
                      f"{fmt(text.get('chars_per_token'), '.2f')} | " + " | ".join(_timing(sp)) + " |")
     rounds = (ev.get("speed") or {}).get("rounds", "?")
     lines += ["", f"Decode tokens/s: greedy generation steps after the first token, median of {rounds} rounds ± half "
@@ -177,7 +199,8 @@ def main() -> None:
                   f"{first:.1%} of the tokens of the first S and {second:.1%} of the second (a model that copies gets "
                   "nearly all of the second)."]
 
-    lines += ["", "## Verdict", ""] + verdict(present, skills, inst_sk, saving, moved, residuals) + [""]
+    lines += ["", "## Verdict", ""] + verdict(present, skills, inst_sk, saving, moved, residuals)
+    lines += start_targets(start) + [""]
     tmp = run / ".report.md.tmp"  # renamed into place: a relaunch skips only a complete report
     tmp.write_text("\n".join(lines), encoding="utf-8")
     tmp.replace(run / "report.md")
@@ -222,13 +245,69 @@ def verdict(present, skills, inst_sk, saving, moved, residuals) -> list[str]:
     cpt_share = share.get("cpt-no-lep", NAN)
     out.append(f"- Target: CPT'd base without LEP ≤ half the instruct model's scores — "
                f"{'met' if cpt_share <= 0.5 else 'NOT met'} ({cpt_share:.0%}).")
-    cal = [m for _, m in present if m.endswith("+calib")]
+    cal = [m for _, m in present if m.endswith("+calib") and m != CONTROL]
+    if cal and CONTROL in share:
+        best_cal = max(cal, key=lambda m: -1.0 if math.isnan(share[m]) else share[m])
+        out.append(f"- The control (the CPT'd base calibrated the same way) kept {fmt(share[CONTROL] * 100, '.0f')} % "
+                   f"against {fmt(share[best_cal] * 100, '.0f')} % for {best_cal}: "
+                   f"{fmt((share[best_cal] - share[CONTROL]) * 100, '+.0f')} points that the instruct body brings, "
+                   "since everything else (embeddings, calibration) is the same.")
     if cal:
         c = max(cal, key=lambda m: -1.0 if math.isnan(share[m]) else share[m])
         ok = share[c] >= 0.9 and saving.get(c, 0) >= 1.3
         out.append(f"- Target: best LEP + calibration ≥ 90 % of the instruct scores at ≥ 1.3× fewer tokens per Russian "
                    f"character — {'met' if ok else 'NOT met'} ({c}: {share[c]:.0%}, {saving.get(c, NAN):.2f}×).")
     return out
+
+
+def start_table(run: Path, start: dict, cpt_rec: dict) -> list[str]:
+    """Where CPT starts and where it ends, on the same held-out Russian and English text (bits per byte are
+    tokenizer-independent): the swapped model's gap to the base is what the new rows' initialisation costs, the
+    CPT'd model's English what stage 1 kept of the base's other language."""
+    if "base" not in start:
+        return []
+    base = start["base"]
+    any_model = base.get("ru") or base.get("en") or {}
+    out = ["", "## The start: base, swapped before CPT, after CPT (held-out ru_eval / en_eval)", "",
+           "| model | ru bpb | Δ ru vs base | en bpb | Δ en vs base |", "|---|---:|---:|---:|---:|"]
+    for label, m in START:
+        r = start.get(m)
+        if not r:
+            continue
+        if m == "swapped":
+            label += f" (swap --init {load(run / 'swapped' / 'ruadapt_swap.json').get('options', {}).get('init', '?')})"
+        if m == "cpt1":
+            label += f" ({cpt_rec.get('result', {}).get('steps', '?')} steps{_replay(cpt_rec)})"
+        cells = []
+        for lang in ("ru", "en"):
+            v, b = (r.get(lang) or {}).get("bpb"), (base.get(lang) or {}).get("bpb")
+            cells += [fmt(v), fmt((v / b - 1) * 100 if v and b else None, "+.1f") + " %"]
+        out.append(f"| {label} | " + " | ".join(cells) + " |")
+    out += ["", (f"`ruadapt eval --window 256`, first {any_model.get('docs', '?'):,} lines of each file "
+                 "(eval-start/report.json). Bits per byte count the same bytes for every tokenizer.")]
+    return out
+
+
+def start_targets(start: dict) -> list[str]:
+    """Issue 23's must-show for the demo's CPT: the base's English kept within 3 %, its Russian not lost."""
+    try:
+        b, c = start["base"], start["cpt1"]
+        en, ru = c["en"]["bpb"] / b["en"]["bpb"] - 1, c["ru"]["bpb"] / b["ru"]["bpb"] - 1
+    except (KeyError, TypeError, ZeroDivisionError):
+        return []
+    ru_ok = round(c["ru"]["bpb"], 3) <= round(b["ru"]["bpb"], 3)  # at the printed precision
+    return [(f"- Target: English bits per byte after CPT within 3 % of the base's — "
+             f"{'met' if en <= 0.03 else 'NOT met'} "
+             f"({c['en']['bpb']:.3f} vs {b['en']['bpb']:.3f}, {en:+.1%}); Russian no worse than the base's — "
+             f"{'met' if ru_ok else 'NOT met'} ({c['ru']['bpb']:.3f} vs {b['ru']['bpb']:.3f}, {ru:+.1%}).")]
+
+
+def _replay(rec: dict) -> str:
+    """', N % English replay' from the CPT record's mix (the share of sequences the run trained on per source)."""
+    sources = (rec.get("result", {}).get("data") or {}).get("sources") or []
+    if len(sources) < 2:
+        return ", Russian text only" if sources else ""
+    return ", " + " + ".join(f"{s['sequence_share']:.0%} {Path(s['path']).name}" for s in sources)
 
 
 def _timing(sp: dict | None) -> list[str]:
