@@ -221,7 +221,8 @@ def test_quickstart_runs_as_written(tmp_path):
         model = make_tiny_model(tmp_path / "src" / repo, "qwen2", tied=False, seed=seed, max_shard_size="2MB")
         fill_hub_cache(cache, repo, model)
     files = {}
-    for var, name, n in (("CORPUS", "ru_train", 200), ("EVAL_RU", "ru_eval", 3), ("EVAL_EN", "en_eval", 3)):
+    for var, name, n in (("CORPUS", "ru_train", 200), ("REPLAY_CORPUS", "en_train", 100), ("EVAL_RU", "ru_eval", 3),
+                         ("EVAL_EN", "en_eval", 3)):
         with open(SHARED_DATA / f"{name}.txt", encoding="utf-8") as f:
             lines = [next(f) for _ in range(n)]
         files[var] = tmp_path / f"{name}.txt"
