@@ -54,12 +54,24 @@ def swapped(tmp_path_factory) -> dict:
         lines = [next(f) for _ in range(3000)]
     corpus.write_text("".join(lines), encoding="utf-8")
     train_tokenizer(SHARED_TOKENIZERS / "qwen2.5", [corpus], root / "ext", mode="extend", new_tokens=300, progress=False)
-    base = make_tiny_model(root / "base", "qwen2", tied=False)
+    base = smooth(make_tiny_model(root / "base", "qwen2", tied=False))
     swap_model(base, root / "ext", root / "swapped", progress=False)
-    text = root / "ru.txt"  # the training text: short enough that 8 steps see most of its blocks
+    text = root / "ru.txt"  # the training text: short enough that 8 steps see each of its blocks a few times
     text.write_text("".join(lines[:40]), encoding="utf-8")
     return {"root": root, "base": base, "model": root / "swapped", "text": text, "lines": [x.strip()[:200] for x in lines[:40]],
             "hash": dir_hash(root / "swapped")}
+
+
+def smooth(model_dir: Path, scale: float = 0.1) -> Path:
+    """The body's matrices × ``scale``: tiny.py's N(0, 0.5) weights make a chaotic function of the input rows, in
+    which 8 steps of any optimiser wander; a pretrained-like scale gives the objective a slope to follow."""
+    from safetensors.torch import save_file
+
+    for f in sorted(Path(model_dir).glob("*.safetensors")):
+        t = load_file(f)
+        t = {n: v * scale if v.ndim == 2 and n not in (EMBED, HEAD) else v for n, v in t.items()}
+        save_file(t, f, metadata={"format": "pt"})
+    return Path(model_dir)
 
 
 def byte_ends(codec: TokenCodec, ids: list[int]) -> np.ndarray:
@@ -203,14 +215,17 @@ def test_distill_lowers_its_objective_and_moves_only_new_input_rows(swapped, run
     src, out = swapped["model"], runs["root"] / "out_ref"
     before = reference_objective(swapped["base"], src, swapped["lines"])
     after = reference_objective(swapped["base"], out, swapped["lines"])
-    assert after < 0.8 * before, (before, after)
+    assert after < 0.7 * before, (before, after)
     a, b = tensors(src), tensors(out)
     assert set(a) == set(b)
     h_in, h_out = tensor_hashes(src), tensor_hashes(out)
     assert all(h_in[n] == h_out[n] for n in a if n != EMBED)  # body and lm_head bit-identical
     assert torch.equal(a[EMBED][:FIRST_NEW], b[EMBED][:FIRST_NEW])  # old rows bit-identical
-    moved = (a[EMBED][FIRST_NEW:] != b[EMBED][FIRST_NEW:]).any(-1)
-    assert moved.sum() >= 20  # new rows of the tokens the text uses changed
+    moved = set((FIRST_NEW + (a[EMBED][FIRST_NEW:] != b[EMBED][FIRST_NEW:]).any(-1).nonzero().flatten()).tolist())
+    new_tok = Tokenizer.from_file(str(src / "tokenizer.json"))
+    used = {i for x in swapped["text"].read_text(encoding="utf-8").splitlines()
+            for i in new_tok.encode(x, add_special_tokens=False).ids if i >= FIRST_NEW}
+    assert len(moved) >= 10 and moved <= used  # rows of new tokens the text uses moved, no other row did
     rec = record(out)["result"]
     assert rec["zero_stage"] == 2 and rec["world_size"] == 2 and rec["steps"] == STEPS
     d = rec["distill"]
