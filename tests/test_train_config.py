@@ -170,7 +170,7 @@ def test_literal_choices_are_the_schema():
     from ruadapt.schema import coerce
     from ruadapt.train.config import Stage, TrainConfig
 
-    assert coerce("lora", Stage, "stage") == "lora" and get_args(Stage) == ("embeddings", "lora", "full")
+    assert coerce("lora", Stage, "stage") == "lora" and get_args(Stage) == ("embeddings", "lora", "full", "distill")
     with pytest.raises(RuadaptError) as e:
         coerce({"scheduler": "cosin", "bf16": "maybe", "report_to": ["tensorbored"]}, TrainConfig, "train")
     assert e.value.lines == [

@@ -28,7 +28,7 @@ from ..io.corpus import check_corpus, refuse_json_as_text
 # The choices of a config, as types: the schema (ruadapt/schema.py) checks a value against them, and anything that
 # lists them (errors, docs) reads them with typing.get_args, so a choice is written down once.
 Task = Literal["cpt", "sft"]
-Stage = Literal["embeddings", "lora", "full"]
+Stage = Literal["embeddings", "lora", "full", "distill"]
 Scheduler = Literal["cosine", "linear", "constant"]
 Bf16 = Literal["auto", "true", "false"]
 Reporter = Literal["tensorboard", "wandb"]  # each is also the module it needs installed
@@ -68,7 +68,17 @@ class EmbeddingsConfig:
     """Stage ``embeddings``: which rows of embed_tokens / lm_head learn."""
 
     new_rows_only: bool = False  # rows below ``new_rows_from`` keep their values exactly
-    new_rows_from: int = 0  # first new row (= len(base tokenizer) for an extended vocabulary)
+    new_rows_from: int = 0  # first new row (= len(base tokenizer) for an extended vocabulary; distill: 0 = that)
+
+
+@dataclass
+class DistillConfig:
+    """Stage ``distill`` (ruadapt/train/distill.py): new input rows trained so the model's hidden states on the new
+    tokens match its own on the base's pieces (AweDist); ``embeddings.new_rows_from`` = len(base tokenizer)."""
+
+    base: str = ""  # the model the swap started from (its tokenizer gives the pieces; its rows are checked)
+    layer: int = -1  # which hidden state is matched (HF ``hidden_states`` index: -1 = last, after the final norm)
+    next_token_weight: float = 0.0  # > 0: the untied lm_head's new rows also train, by next-token loss (detached)
 
 
 @dataclass
@@ -124,6 +134,7 @@ class RunConfig:
     block_size: int = 2048
     max_shard_size: str = ""  # "" = the input's shard size (layout kept); else e.g. "5GB"
     embeddings: EmbeddingsConfig = field(default_factory=EmbeddingsConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     source: str = field(default="", metadata={"schema": False})  # the YAML it came from (set by load_config)
@@ -293,6 +304,10 @@ def validate(cfg: RunConfig, *, check_files: bool = True, skip_model: bool = Fal
     if cfg.embeddings.new_rows_only:
         need(cfg.stage == "embeddings", "embeddings.new_rows_only needs stage: embeddings")
         need(cfg.embeddings.new_rows_from > 0, "embeddings.new_rows_only needs embeddings.new_rows_from (the first new row)")
+    if cfg.stage == "distill":
+        need(cfg.task == "cpt", "stage distill needs task: cpt (it reads plain text)")
+        need(cfg.distill.base, "stage distill needs distill.base (the model the swap started from)")
+        need(cfg.distill.next_token_weight >= 0, "distill.next_token_weight must not be negative")
     if check_files:
         _check_files(cfg, skip_model, need)
     if problems:
@@ -325,13 +340,15 @@ def _check_files(cfg: RunConfig, skip_model: bool, need: Callable[[object, str],
             need(cfg.block_size <= positions,
                  f"block_size {cfg.block_size} is above the model's max_position_embeddings {positions} "
                  f"({model}/config.json)")
-        if cfg.stage == "embeddings" or (cfg.stage == "lora" and cfg.lora.train_embeddings):
+        if cfg.stage in ("embeddings", "distill") or (cfg.stage == "lora" and cfg.lora.train_embeddings):
             try:
                 _check_embeddings(cfg, model)
+                if cfg.stage == "distill":
+                    _check_distill_base(cfg, model)
             except RuadaptError as e:
                 need(False, str(e).removeprefix(f"{cfg.source}: "))
         rows = mcfg.get("vocab_size")
-        if cfg.embeddings.new_rows_only and rows:
+        if (cfg.embeddings.new_rows_only or cfg.stage == "distill") and rows:
             need(cfg.embeddings.new_rows_from < rows,
                  f"embeddings.new_rows_from {cfg.embeddings.new_rows_from} is not below the model's {rows} rows")
     try:
@@ -352,6 +369,22 @@ def _check_embeddings(cfg: RunConfig, model: Path) -> None:
         raise RuadaptError(f"{cfg.source}: {what} cannot find the embeddings: {e}") from None
     if names[0] not in reader:
         raise RuadaptError(f"{cfg.source}: {what}: the checkpoint {model} has no tensor {names[0]} (embeddings not found)")
+
+
+def _check_distill_base(cfg: RunConfig, model: Path) -> None:
+    """distill.base is a model dir with a tokenizer, and the model's old rows are its rows (the teacher is the
+    model itself on those rows: ruadapt/train/distill.py)."""
+    from .distill import check_base_rows
+
+    from ..io.tokdir import load_tokenizer, tokenizer_size
+
+    base = Path(cfg.distill.base)
+    if not (base / "config.json").is_file() or not (base / "tokenizer.json").is_file():
+        raise RuadaptError(f"{cfg.source}: distill.base {base} is not a model directory with config.json and tokenizer.json")
+    if cfg.embeddings.new_rows_from <= 0:  # an extension's first new id: len(base tokenizer) (docs/design.md §2)
+        cfg.embeddings.new_rows_from = tokenizer_size(load_tokenizer(base, "distill.base"))
+    names, _ = embedding_names(model)
+    check_base_rows(model, base, cfg.embeddings.new_rows_from, names, cfg.source)
 
 
 def _check_out(cfg: RunConfig, model: Path) -> None:

@@ -83,6 +83,10 @@ def prepare_stage(model, cfg: RunConfig, zero_stage: int):
                                    "acts on the whole matrix); use a ZeRO-2 config, e.g. the recipes' zero2.json")
             for p in vocab.values():
                 mask_old_rows(p, cfg.embeddings.new_rows_from)
+    elif stage == "distill":  # the vocabulary's new input rows (+ lm_head rows); see ruadapt/train/distill.py
+        from .distill import prepare_distill
+
+        prepare_distill(model, cfg, zero_stage, vocab_parameters(model, Path(cfg.model)))
     elif stage == "lora":
         from peft import LoraConfig, get_peft_model
 
@@ -114,7 +118,7 @@ def param_groups(trainable: dict[str, torch.nn.Parameter], cfg: RunConfig) -> li
     vocab = set(embedding_names(Path(cfg.model))[0])
     decay, no_decay = [], []
     for name, p in trainable.items():
-        masked = cfg.embeddings.new_rows_only and name in vocab
+        masked = (cfg.embeddings.new_rows_only or cfg.stage == "distill") and name in vocab
         ndim = len(getattr(p, "ds_shape", p.shape))  # a ZeRO-3 partition is stored flat: ask for the real shape
         (decay if ndim >= 2 and not masked else no_decay).append(p)
     groups = [{"params": decay, "weight_decay": cfg.train.weight_decay}]

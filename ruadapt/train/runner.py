@@ -106,7 +106,13 @@ def _all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
     return t.tolist()
 
 
-def evaluate(engine, dataset, *, rank: int, world: int, micro: int, device: torch.device) -> float:
+def lm_loss(engine, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The model's own next-token loss: the objective of every stage but ``distill`` (ruadapt/train/distill.py)."""
+    return engine(**batch).loss
+
+
+def evaluate(engine, dataset, *, rank: int, world: int, micro: int, device: torch.device,
+             objective: Callable = lm_loss) -> float:
     """Mean token loss over the held-out set; every rank runs the same number of forwards (ZeRO-3 needs it)."""
     n = len(dataset)
     per_rank = -(-n // world)
@@ -119,7 +125,7 @@ def evaluate(engine, dataset, *, rank: int, world: int, micro: int, device: torc
             sel = [mine[i] if i < len(mine) else 0 for i in range(k, min(k + micro, per_rank))]
             w = [1.0 if i < len(mine) else 0.0 for i in range(k, min(k + micro, per_rank))]
             batch = {key: v.to(device) for key, v in dataset.collate(sel).items()}
-            loss = engine(**batch).loss.float().item()
+            loss = objective(engine, batch).float().item()
             tokens = float((batch["labels"][:, 1:] != -100).sum().item())
             frac = sum(w) / len(w)
             total += loss * tokens * frac
@@ -226,6 +232,11 @@ class TrainingRun:
         self.engine, _, _, self.scheduler = deepspeed.initialize(model=model, optimizer=optimizer,
                                                                  lr_scheduler=scheduler, config=self.ds_cfg)
         del keep_alive
+        self.objective: Callable = lm_loss
+        if self.cfg.stage == "distill":  # the loss is selected by stage; its logic lives in distill.py
+            from .distill import DistillObjective
+
+            self.objective = DistillObjective(self.cfg, self.engine)
 
     # ----------------------------------------------------------------------------------------- resume
     def _resume(self) -> None:
@@ -280,10 +291,10 @@ class TrainingRun:
             else:
                 n_tok = torch.full((len(idx),), batch["input_ids"].shape[1])
             batch = {k: v.to(self.device) for k, v in batch.items()}
-            out = self.engine(**batch)
-            self.engine.backward(out.loss)
+            loss = self.objective(self.engine, batch)
+            self.engine.backward(loss)
             self.engine.step()
-            loss_sum += out.loss.detach().float().item()
+            loss_sum += loss.detach().float().item()
             parts = self.train_ds.part_of(idx)
             seen[0] += np.bincount(parts, minlength=seen.shape[1])
             seen[1] += np.bincount(parts, weights=n_tok.numpy(), minlength=seen.shape[1])
@@ -308,7 +319,7 @@ class TrainingRun:
 
     def _evaluate(self, step: int, message: str = "step %d  eval loss %.4f") -> None:
         ev = evaluate(self.engine, self.eval_ds, rank=self.rank, world=self.world, micro=self.t.micro_batch_size,
-                      device=self.device)
+                      device=self.device, objective=self.objective)
         self.evals.append({"step": step, "loss": round(ev, 6)})
         self.progress.eval_done(step, ev, message)
 
@@ -374,6 +385,8 @@ class TrainingRun:
             "first_loss": h[0]["loss"] if h else None, "last_loss": h[-1]["loss"] if h else None,
             "eval_loss": self.evals[-1]["loss"] if self.evals else None, "peak_memory_bytes_rank0": peak,
         })
+        if hasattr(self.objective, "record"):
+            record.set("distill", self.objective.record(self.tokens_done))
         record.set("losses", h)
         record.set("eval_losses", self.evals)
         return record
