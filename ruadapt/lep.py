@@ -17,6 +17,9 @@ rows a chunk needs; the output matrices are built one at a time, just when their
 other tensor of I is copied through (whole shards as files). A 72B model (V = 152,064, d = 8,192, untied) needs
 two d×d float64 matrices, one chunk and one output matrix in memory: 4-5 GB (README, bench/lep.py: 4.02 GB
 tied, 5.09 GB untied peak RSS with 16,000 new tokens, the solves' peak).
+
+:func:`plan_lep` opens and checks the three models and chooses the fitted rows without reading a matrix
+(``ruadapt lep --dry-run`` prints it); :func:`write_lep` checks A's rows, fits and writes (docs/stages.md).
 """
 
 from __future__ import annotations
@@ -24,16 +27,16 @@ from __future__ import annotations
 import json
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Collection, Iterator, Sequence
+from typing import Callable, Collection, Iterator, Sequence
 
 import torch
 from tokenizers import Tokenizer
 from tqdm.auto import tqdm
 
-from .vocab.arch import Arch, arch_for_config, model_fingerprint
-from .io.checkpoint import CheckpointReader, parse_size
+from .vocab.arch import Arch, arch_for_config, check_vocab_tensors, model_fingerprint
+from .io.checkpoint import CheckpointReader
 from .errors import RuadaptError
 from .vocab.lora import merge_replacements, read_adapter
 from .vocab.lstsq import NormalEquations
@@ -42,11 +45,11 @@ from .io.outdir import check_output_dir
 from .io.record import StageRecord, sha256_file
 from .io.tokdir import TokenizerFiles, load_tokenizer, remap_model_configs, same_bytes, tokenizer_json_path, tokenizer_size
 from .vocab.pieces import ROW_COPY, ROW_MEAN, TokenCodec, VocabMap, averaged_rows, build_vocab_map
-from .vocab.output import VocabOutput, write_vocab_output
+from .options import LepOptions, PlanFigures
+from .vocab.output import VocabOutput, output_tensor_bytes, write_vocab_output
 
 log = logging.getLogger(__name__)
 
-METHODS = ("conversion", "overlap", "swap")
 # float64 working set of one chunk (X and Y of every fitted matrix side by side); rows per chunk follow from d
 CHUNK_BYTES = 512 * 1024**2
 # rows read through when two needed rows are this close (one read instead of two), and the longest single read
@@ -101,24 +104,7 @@ def open_model(path: Path, option: str, same_tokenizer_as: Model | None = None) 
     else:
         tok = load_tokenizer(reader.path, option)
         n = tokenizer_size(tok)
-    if arch.input_name not in reader:
-        raise RuadaptError(f"{reader.path}: {option} has no input embedding {arch.input_name}")
-    info = reader.info(arch.input_name)
-    if len(info.shape) != 2:
-        raise RuadaptError(f"{reader.path}: {option} {arch.input_name} has shape {info.shape}, expected rows × hidden")
-    if not arch.tied:
-        if arch.output_name not in reader:
-            raise RuadaptError(
-                f"{reader.path}: {option} is untied (tie_word_embeddings false in config.json) but has no "
-                f"{arch.output_name}; fix config.json or the checkpoint"
-            )
-        if reader.info(arch.output_name).shape != info.shape:
-            raise RuadaptError(
-                f"{reader.path}: {option} {arch.output_name} shape {reader.info(arch.output_name).shape} differs from "
-                f"{arch.input_name} {info.shape}"
-            )
-    if n > info.shape[0]:
-        raise RuadaptError(f"{reader.path}: {option} tokenizer has {n} tokens but {arch.input_name} only {info.shape[0]} rows")
+    check_vocab_tensors(reader, arch, n, option)
     return Model(option, reader, arch, tok, n)
 
 
@@ -355,126 +341,166 @@ def lora_replacements(adapter_path: Path, instruct: Model, alpha_scale: float, s
 
 
 # ---------------------------------------------------------------------------------------------- the stage
-def lep_model(
-    base: Path,
-    instruct: Path,
-    adapted: Path,
-    out: Path,
-    *,
-    method: str = "conversion",
-    lora_deltas: Path | None = None,
-    alpha_scale: float = 1.0,
-    chunk_rows: int | None = None,
-    max_shard_size: str | int | None = None,
-    allow: Collection[str] = (),
-    progress: bool = True,
-) -> dict:
-    """Write ``out``: I's body with A's vocabulary rows mapped through the fitted W. Returns the stage record.
-    ``allow``: likely mistakes (:mod:`ruadapt.mistakes`) to go on with."""
-    if method not in METHODS:
-        raise RuadaptError(f"--method {method!r} is not one of {', '.join(METHODS)}")
-    if chunk_rows is not None and chunk_rows < 1:
-        raise RuadaptError(f"--chunk-rows must be ≥ 1, got {chunk_rows}")
-    if lora_deltas is None and alpha_scale != 1.0:
-        raise RuadaptError("--alpha-scale only applies with --lora-deltas")
-    record = StageRecord(
-        "lep",
-        {"method": method, "lora_deltas": lora_deltas, "alpha_scale": alpha_scale, "chunk_rows": chunk_rows,
-         "max_shard_size": max_shard_size, "allow": sorted(allow)},
-    )
-    # ---- everything is validated before any work or output (the fit takes minutes at 72B)
-    inputs = [Path(base), Path(instruct), Path(adapted)] + ([Path(lora_deltas)] if lora_deltas else [])
-    check_output_dir(Path(out), inputs)
-    b = open_model(base, "--base")
-    i = open_model(instruct, "--instruct", same_tokenizer_as=b)
-    a = open_model(adapted, "--adapted", same_tokenizer_as=b)
+@dataclass
+class LepPlan:
+    """What :func:`plan_lep` opened, checked and decided; :func:`write_lep` fits and writes it."""
+
+    options: LepOptions
+    record: StageRecord
+    base: Model
+    instruct: Model
+    adapted: Model
+    specials: list[tuple[int, int]]  # (A id, I id): rows kept from the instruct model
+    config: dict
+    gen_config: dict | None
+    id_changes: dict
+    lora: dict
+    lora_summary: dict | None
+    max_shard_bytes: int | None
+    vmap: VocabMap | None = None  # None for method swap
+    fit_rows: list[int] = field(default_factory=list)
+
+    def figures(self) -> PlanFigures:
+        """Rows projected / kept from the instruct model, bytes to write, and the fit's and apply's buffers: two
+        d×d float64 normal equations and a float32 W per fitted matrix, one chunk, one output matrix at a time."""
+        i, a = self.instruct, self.adapted
+        names = list(i.matrix_names().values())
+        d, dtype = a.hidden, i.reader.info(i.arch.input_name)
+        elem = dtype.nbytes // max(dtype.shape[0] * dtype.shape[1], 1)
+        chunk = min(CHUNK_BYTES, len(self.fit_rows) * 2 * len(names) * d * 8)  # the fit's float64 X and Y
+        fit = 0 if self.vmap is None else len(names) * (2 * d * d * 8 + d * d * 4) + chunk
+        peak = fit + a.rows * d * elem
+        notes = [f"method {self.options.method}: W is the identity, no fit"] if self.vmap is None else [
+            f"method {self.options.method}: W fitted on {len(self.fit_rows):,} rows of {d} columns "
+            f"(vocabulary map {', '.join(f'{k} {v:,}' for k, v in self.vmap.summary().items())})"]
+        if self.lora:
+            notes.append(f"LoRA deltas added to {len(self.lora)} tensors of --instruct, one at a time")
+        notes.append("the NaN/inf pass over --adapted's rows runs when written, before any output exists")
+        kinds = {"projected": a.rows - len(self.specials), "instruct": len(self.specials)}
+        return PlanFigures("lep", self.options.out, a.rows, kinds, output_tensor_bytes(i.reader, i.arch, a.rows),
+                           peak, tuple(notes))
+
+
+def lep_model(base: Path, instruct: Path, adapted: Path, out: Path, **options) -> dict:
+    """Write ``out``: I's body with A's vocabulary rows mapped through the fitted W; ``options``: the other
+    fields of :class:`ruadapt.options.LepOptions`. Returns the stage record."""
+    if "allow" in options:
+        options["allow"] = tuple(options["allow"])
+    return write_lep(plan_lep(LepOptions(base=base, instruct=instruct, adapted=adapted, out=out, **options)))
+
+
+def plan_lep(options: LepOptions) -> LepPlan:
+    """Open and check the three models, the adapter and the output, and choose the fitted rows, before any work
+    or output (the fit takes minutes at 72B). Reads tokenizers and checkpoint headers only; writes nothing."""
+    opts = options
+    opts.check()
+    record = StageRecord("lep", opts.record_options())
+    check_output_dir(Path(opts.out), opts.inputs())
+    b = open_model(opts.base, "--base")
+    i = open_model(opts.instruct, "--instruct", same_tokenizer_as=b)
+    a = open_model(opts.adapted, "--adapted", same_tokenizer_as=b)
     validate(b, i, a)
-    max_shard_bytes = parse_size(max_shard_size) if max_shard_size is not None else None
-    names = i.matrix_names()
+    max_shard_bytes = opts.max_shard_bytes()
     specials = special_pairs(a, i)
-    n_a_tokens = a.n_tokens
     config, gen_config, id_changes = remap_model_configs(i.path, i.reader.config, i.tok, a.tok)
-    lora, lora_summary = ({}, None)
-    if lora_deltas is not None:
-        lora, lora_summary = lora_replacements(Path(lora_deltas), i, alpha_scale, set(i.arch.vocab_tensor_names()))
+    lora: dict = {}
+    lora_summary: dict | None = None
+    if opts.lora_deltas is not None:
+        lora, lora_summary = lora_replacements(Path(opts.lora_deltas), i, opts.alpha_scale,
+                                               set(i.arch.vocab_tensor_names()))
     for m in (b, i, a):
         record.input_model(m.option.lstrip("-"), m.reader, model_fingerprint(m.reader),
                            model_type=m.arch.model_type, tied=m.arch.tied, rows=m.rows,
                            hidden=m.hidden, tokenizer_sha256=sha256_file(tokenizer_json_path(m.path)))
-    check_likely_mistakes(b, i, a, record.data["inputs"], allow)
-    with record.timed("check_adapted"):
-        check_adapted_finite(a, list(names.values()), chunk_rows=chunk_rows, progress=progress)
-
-    # ---- fits (before the output dir exists: a failure leaves nothing behind)
-    maps: dict[str, torch.Tensor] = {}
-    fit_summary: dict = {}
-    vmap = None
-    if method != "swap":
+    check_likely_mistakes(b, i, a, record.data["inputs"], opts.allow)
+    plan = LepPlan(opts, record, b, i, a, specials, config, gen_config, id_changes, lora, lora_summary, max_shard_bytes)
+    if opts.method != "swap":
         with record.timed("vocab_map"):
             codec = TokenCodec(b.tok)  # one codec when A kept the base tokenizer (a 262k vocabulary takes seconds)
-            vmap = build_vocab_map(codec, codec if a.tok is b.tok else TokenCodec(a.tok))
-        exclude = set(b.tok.get_added_tokens_decoder())
-        rows = fit_rows(vmap, method, exclude)
-        if not rows:
-            raise RuadaptError(f"{a.path}: no token of --adapted's tokenizer maps to --base's vocabulary; method {method} has no rows to fit")
-        if len(rows) < b.hidden:
-            log.warning("only %d rows for a %d×%d fit: W is underdetermined (minimum-norm solution)", len(rows), b.hidden, b.hidden)
-        with record.timed("fit"):
-            eqs = accumulate(b, i, list(names.values()), vmap, rows, chunk_rows=chunk_rows, progress=progress)
-        for role, name in names.items():
-            with record.timed(f"solve_{role}"):
-                fit = eqs.pop(name).solve()
-            maps[name] = fit.w.to(torch.float32)  # applied in float32; drop the float64 copy (0.5 GB at d=8192)
-            fit_summary[role] = {"tensor": name, **fit.summary()}
-            log.info("%s: %d rows, relative residual %.4g, cond(XᵀX) %.3g (%s)", name, fit.rows,
-                     fit.relative_residual, fit.condition_number, fit.solver)
-            if fit.condition_number > 1e12:
-                log.warning("%s: XᵀX is ill-conditioned (cond %.3g); W is a least-norm fit", name, fit.condition_number)
-            del fit
+            plan.vmap = build_vocab_map(codec, codec if a.tok is b.tok else TokenCodec(a.tok))
+        plan.fit_rows = fit_rows(plan.vmap, opts.method, set(b.tok.get_added_tokens_decoder()))
+        if not plan.fit_rows:
+            raise RuadaptError(f"{a.path}: no token of --adapted's tokenizer maps to --base's vocabulary; "
+                               f"method {opts.method} has no rows to fit")
+    return plan
 
-    # ---- output: I's checkpoint with the new vocabulary matrices (built just in time) and optional LoRA deltas
+
+def fit_maps(plan: LepPlan) -> tuple[dict[str, torch.Tensor], dict]:
+    """The fitted maps ``{matrix name: W (float32)}`` and their summary by role (none for method swap)."""
+    b, i, opts, record = plan.base, plan.instruct, plan.options, plan.record
+    maps: dict[str, torch.Tensor] = {}
+    fit_summary: dict = {}
+    if plan.vmap is None:
+        return maps, fit_summary
+    names = i.matrix_names()
+    if len(plan.fit_rows) < b.hidden:
+        log.warning("only %d rows for a %d×%d fit: W is underdetermined (minimum-norm solution)", len(plan.fit_rows),
+                    b.hidden, b.hidden)
+    with record.timed("fit"):
+        eqs = accumulate(b, i, list(names.values()), plan.vmap, plan.fit_rows, chunk_rows=opts.chunk_rows,
+                         progress=opts.progress)
+    for role, name in names.items():
+        with record.timed(f"solve_{role}"):
+            fit = eqs.pop(name).solve()
+        maps[name] = fit.w.to(torch.float32)  # applied in float32; drop the float64 copy (0.5 GB at d=8192)
+        fit_summary[role] = {"tensor": name, **fit.summary()}
+        log.info("%s: %d rows, relative residual %.4g, cond(XᵀX) %.3g (%s)", name, fit.rows,
+                 fit.relative_residual, fit.condition_number, fit.solver)
+        if fit.condition_number > 1e12:
+            log.warning("%s: XᵀX is ill-conditioned (cond %.3g); W is a least-norm fit", name, fit.condition_number)
+        del fit
+    return maps, fit_summary
+
+
+def write_lep(plan: LepPlan) -> dict:
+    """Check A's rows, fit W, and write I's checkpoint with the new vocabulary matrices (built just in time, when
+    their shard is written) and the optional LoRA deltas. Returns the stage record."""
+    opts, record, i, a = plan.options, plan.record, plan.instruct, plan.adapted
+    with record.timed("check_adapted"):
+        check_adapted_finite(a, list(i.matrix_names().values()), chunk_rows=opts.chunk_rows, progress=opts.progress)
+    maps, fit_summary = fit_maps(plan)
     norm_stats: dict = {}
 
-    def builder(name: str):
+    def builder(name: str) -> Callable[[], torch.Tensor]:
         def build() -> torch.Tensor:
             with record.timed(f"apply {name}"):
-                return project_matrix(a, i, name, maps.pop(name, None), specials, n_a_tokens, norm_stats,
-                                      chunk_rows=chunk_rows, progress=progress)
+                return project_matrix(a, i, name, maps.pop(name, None), plan.specials, a.n_tokens, norm_stats,
+                                      chunk_rows=opts.chunk_rows, progress=opts.progress)
         return build
 
-    plan = VocabOutput(
-        out=Path(out),
-        inputs=inputs,
+    output = VocabOutput(
+        out=Path(opts.out),
+        inputs=opts.inputs(),
         reader=i.reader,
         arch=i.arch,
         rows=a.rows,
-        config=config,
-        gen_config=gen_config,
+        config=plan.config,
+        gen_config=plan.gen_config,
         tokenizer=TokenizerFiles(a.path, a.tok, chat_from=i.path),
         input_matrix=builder(i.arch.input_name),
         output_matrix=None if i.arch.tied else builder(i.arch.output_name),
-        extra=lora,
-        max_shard_bytes=max_shard_bytes,
-        started_from=Path(adapted),
-        other_inputs={"base": Path(base), "instruct": Path(instruct)},
+        extra=plan.lora,
+        max_shard_bytes=plan.max_shard_bytes,
+        started_from=Path(opts.adapted),
+        other_inputs={"base": Path(opts.base), "instruct": Path(opts.instruct)},
     )
 
     def finish(_tmp: Path) -> None:  # the row norms are known once the matrices were built
         record.update(
             {
-                "method": method,
+                "method": opts.method,
                 "dtype": str(i.reader.info(i.arch.input_name).dtype).replace("torch.", ""),
-                "adapted_tokens": n_a_tokens,
-                "vocab_map_rows_by_kind": None if vmap is None else vmap.summary(),
+                "adapted_tokens": a.n_tokens,
+                "vocab_map_rows_by_kind": None if plan.vmap is None else plan.vmap.summary(),
                 "fits": fit_summary,
-                "instruct_rows_kept": [[a_id, i_id] for a_id, i_id in specials],
+                "instruct_rows_kept": [[a_id, i_id] for a_id, i_id in plan.specials],
                 "row_norms": norm_stats,
-                "token_id_changes": id_changes,
-                "lora_deltas": lora_summary,
+                "token_id_changes": plan.id_changes,
+                "lora_deltas": plan.lora_summary,
             }
         )
 
-    write_vocab_output(plan, record, progress=progress, finish=finish)
+    write_vocab_output(output, record, progress=opts.progress, finish=finish)
     return record.data
 
 

@@ -6,131 +6,174 @@ its bytes into; rows that belong to no token (padding) get the mean row. Untied 
 the base lm_head, never from input rows. Only the new rows are held in memory: a copied row, like every other
 tensor, goes from the input file to the output by the kernel (byte ranges, or whole shards without a
 vocabulary matrix), and of the old matrices only the pieces' rows are read besides one chunked scan.
+
+:func:`plan_swap` checks everything and decides every row without writing (``ruadapt swap --dry-run`` prints it);
+:func:`write_swap` builds the new rows and writes (docs/stages.md).
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Collection
 
 from tokenizers import Tokenizer
 
-from .vocab.arch import arch_for_config, check_vocab_tensors, model_fingerprint, padded_rows, padding_multiple
-from .io.checkpoint import CheckpointReader, RowBlocks, parse_size
+from .vocab.arch import Arch, arch_for_config, check_vocab_tensors, model_fingerprint, padded_rows, padding_multiple
+from .io.checkpoint import CheckpointReader, RowBlocks
 from .errors import RuadaptError
 from .mistakes import refuse
 from .io.outdir import check_output_dir
 from .io.record import StageRecord
 from .io.tokdir import TokenizerFiles, load_tokenizer, remap_model_configs, tokenizer_json_path, tokenizer_pipeline
-from .vocab.pieces import TokenCodec, build_vocab_map, matrix_blocks, mean_of_rows, rows_are_finite
-from .vocab.output import VocabOutput, write_vocab_output
+from .vocab.pieces import TokenCodec, VocabMap, build_vocab_map, matrix_blocks, mean_of_rows, rows_are_finite
+from .options import PlanFigures, SwapOptions
+from .vocab.output import VocabOutput, output_tensor_bytes, write_vocab_output
 
 log = logging.getLogger(__name__)
 
-INITS = ("mean", "weighted")
+
+@dataclass
+class SwapPlan:
+    """What :func:`plan_swap` decided and checked; :func:`write_swap` executes it."""
+
+    options: SwapOptions
+    record: StageRecord
+    reader: CheckpointReader
+    arch: Arch
+    new_tok: Tokenizer
+    vmap: VocabMap  # one entry per row of the new matrices
+    n_base: int
+    base_rows: int
+    multiple: int
+    extension: bool
+    config: dict
+    gen_config: dict | None
+    id_changes: dict
+    max_shard_bytes: int | None
+
+    def matrix_names(self) -> list[str]:
+        """The matrices swap builds: the input embedding, and the lm_head of an untied model."""
+        return [self.arch.input_name] + ([] if self.arch.tied else [self.arch.output_name])
+
+    def figures(self) -> PlanFigures:
+        """Rows by kind, bytes to write and the new rows held in memory (every built matrix's computed rows
+        plus one 512-row float32 averaging chunk), as ``--dry-run`` prints them."""
+        computed = len(self.vmap.mean_rows()) + len(self.vmap.pad_rows())
+        held = 0
+        for name in self.matrix_names():
+            info = self.reader.info(name)
+            held += computed * info.nbytes // info.shape[0] + 512 * info.shape[1] * 4
+        return PlanFigures("swap", self.options.out, self.vmap.n_rows, self.vmap.summary(),
+                           output_tensor_bytes(self.reader, self.arch, self.vmap.n_rows), held,
+                           ("the NaN/inf scan of the base matrices runs when written, before any output exists",))
 
 
-def swap_model(
-    model_dir: Path,
-    tokenizer_dir: Path,
-    out: Path,
-    *,
-    init: str = "mean",
-    pad_to_multiple_of: int | None = None,
-    max_shard_size: str | int | None = None,
-    allow: Collection[str] = (),
-    progress: bool = True,
-) -> dict:
-    """Write ``out``: ``model_dir`` with the vocabulary of ``tokenizer_dir``. Returns the stage record.
-    ``allow``: likely mistakes (:mod:`ruadapt.mistakes`) to go on with."""
-    if init not in INITS:
-        raise RuadaptError(f"--init {init!r} is not one of {', '.join(INITS)}")
-    if pad_to_multiple_of is not None and pad_to_multiple_of < 1:
-        raise RuadaptError(f"--pad-to-multiple-of must be ≥ 1, got {pad_to_multiple_of}")
-    model_dir, tokenizer_dir, out = Path(model_dir), Path(tokenizer_dir), Path(out)
-    record = StageRecord("swap", {"init": init, "pad_to_multiple_of": pad_to_multiple_of, "max_shard_size": max_shard_size,
-                                  "allow": sorted(allow)})
+def swap_model(model_dir: Path, tokenizer_dir: Path, out: Path, **options) -> dict:
+    """Write ``out``: ``model_dir`` with the vocabulary of ``tokenizer_dir``; ``options``: the other fields of
+    :class:`SwapOptions`. Returns the stage record."""
+    if "allow" in options:
+        options["allow"] = tuple(options["allow"])
+    return write_swap(plan_swap(SwapOptions(model_dir=model_dir, tokenizer_dir=tokenizer_dir, out=out, **options)))
 
-    # ---- everything is validated before any work and before any output exists
+
+def plan_swap(options: SwapOptions) -> SwapPlan:
+    """Check everything and decide every row, reading tokenizers and checkpoint headers only; writes nothing."""
+    options.check()
+    model_dir, tokenizer_dir, out = Path(options.model_dir), Path(options.tokenizer_dir), Path(options.out)
+    record = StageRecord("swap", options.record_options())
     check_output_dir(out, [model_dir, tokenizer_dir])
     reader = CheckpointReader(model_dir)
     arch = arch_for_config(reader.config, reader.path / "config.json")
     base_tok = load_tokenizer(model_dir, "--model")
     new_tok = load_tokenizer(tokenizer_dir, "--tokenizer")
-    check_likely_mistakes(model_dir, tokenizer_dir, base_tok, new_tok, allow)
+    check_likely_mistakes(model_dir, tokenizer_dir, base_tok, new_tok, options.allow)
     base_codec, new_codec = TokenCodec(base_tok), TokenCodec(new_tok)  # their sizes = len(tokenizer)
     n_base, n_new = len(base_codec), len(new_codec)
     check_vocab_tensors(reader, arch, n_base)
-    base_rows, hidden = reader.info(arch.input_name).shape
-    max_shard_bytes = parse_size(max_shard_size) if max_shard_size is not None else None
+    base_rows = reader.info(arch.input_name).shape[0]
+    max_shard_bytes = options.max_shard_bytes()
     config, gen_config, id_changes = remap_model_configs(reader.path, reader.config, base_tok, new_tok)
 
     with record.timed("vocab_map"):
         vmap = build_vocab_map(base_codec, new_codec)
-    multiple = pad_to_multiple_of or padding_multiple(base_rows, n_base)
+    multiple = options.pad_to_multiple_of or padding_multiple(base_rows, n_base)
     # an extension keeps every base id, so its matrices keep at least the base's rows; a replacement (renumbered
     # ids) is sized to its own vocabulary: the base's 151,936 rows under a 16k vocabulary would leave 135,936
     # padding rows in the softmax and the files
     extension = keeps_base_ids(base_tok, new_tok)
     n_rows = padded_rows(max(base_rows, n_new) if extension else n_new, multiple)
     vmap = vmap.with_rows(n_rows)
-    counts = vmap.summary()
     log.info(
         "%s: %d base tokens (%d rows) -> %d new tokens, %d rows (multiple %d): %s",
-        reader.path.name, n_base, base_rows, n_new, n_rows, multiple, counts,
+        reader.path.name, n_base, base_rows, n_new, n_rows, multiple, vmap.summary(),
     )
-
     record.input_model("model", reader, model_fingerprint(reader), model_type=arch.model_type, tied=arch.tied)
     record.input_file("base_tokenizer", tokenizer_json_path(model_dir))
     record.input_file("tokenizer", tokenizer_json_path(tokenizer_dir))
+    return SwapPlan(options, record, reader, arch, new_tok, vmap, n_base, base_rows, multiple, extension, config,
+                    gen_config, id_changes, max_shard_bytes)
 
-    # Before any output exists: one chunked pass per matrix for the padding row and a NaN/inf check, then the new
-    # rows. A new matrix is kept as row blocks: runs of old rows (copied from the input file by the writer) and
-    # the computed rows, the only part in memory; the old matrix is mapped lazily and only the pieces' rows are read.
+
+def build_matrices(plan: SwapPlan) -> dict[str, RowBlocks]:
+    """The new matrices as row blocks, before any output exists: one chunked pass per matrix for the padding
+    row and a NaN/inf check, then the new rows. Runs of old rows are copied from the input file by the writer;
+    the computed rows are the only part in memory; the old matrix is mapped lazily and only the pieces' rows
+    are read."""
+    reader, record, opts = plan.reader, plan.record, plan.options
     built: dict[str, RowBlocks] = {}
-    for name in [arch.input_name] + ([] if arch.tied else [arch.output_name]):
+    for name in plan.matrix_names():
         with record.timed(f"scan {name}"):
-            mean = mean_of_rows(lambda a, b: reader.get_rows(name, a, b), n_base)  # noqa: B023 (used at once)
+            mean = mean_of_rows(lambda a, b: reader.get_rows(name, a, b), plan.n_base)  # noqa: B023 (used at once)
             reader.close()  # unmap: touched pages of a mapped shard count as resident memory
             if not rows_are_finite(mean):
                 raise RuadaptError(f"{reader.path}: {name} has NaN or infinite values in its token rows")
         with record.timed(f"build {name}"):
             old = reader.get(name)
-            blocks = matrix_blocks(vmap, old, init=init, pad_row=mean.to(old.dtype), progress=progress, desc=name)
+            blocks = matrix_blocks(plan.vmap, old, init=opts.init, pad_row=mean.to(old.dtype), progress=opts.progress,
+                                   desc=name)
             built[name] = RowBlocks(reader.info(name), blocks)
             del old
             reader.close()
+    return built
 
-    plan = VocabOutput(
-        out=out,
+
+def write_swap(plan: SwapPlan) -> dict:
+    """Build the new matrices and write the output with its record (:func:`ruadapt.vocab.output.write_vocab_output`).
+    Returns the stage record."""
+    opts, arch, record = plan.options, plan.arch, plan.record
+    model_dir, tokenizer_dir = Path(opts.model_dir), Path(opts.tokenizer_dir)
+    built = build_matrices(plan)
+    output = VocabOutput(
+        out=Path(opts.out),
         inputs=[model_dir, tokenizer_dir],
-        reader=reader,
+        reader=plan.reader,
         arch=arch,
-        rows=n_rows,
-        config=config,
-        gen_config=gen_config,
-        tokenizer=TokenizerFiles(tokenizer_dir, new_tok, fallback_chat_from=model_dir),
+        rows=plan.vmap.n_rows,
+        config=plan.config,
+        gen_config=plan.gen_config,
+        tokenizer=TokenizerFiles(tokenizer_dir, plan.new_tok, fallback_chat_from=model_dir),
         input_matrix=built.pop(arch.input_name),
         output_matrix=built.pop(arch.output_name, None),
-        max_shard_bytes=max_shard_bytes,
+        max_shard_bytes=plan.max_shard_bytes,
         started_from=model_dir,
         tokenizer_dir=tokenizer_dir,
     )
     record.update(
         {
-            "vocabulary": "extension" if extension else "replacement",
-            "base_tokens": n_base,
-            "base_rows": base_rows,
-            "padding_multiple": multiple,
-            "rows_by_kind": counts,
-            "token_id_changes": id_changes,
+            "vocabulary": "extension" if plan.extension else "replacement",
+            "base_tokens": plan.n_base,
+            "base_rows": plan.base_rows,
+            "padding_multiple": plan.multiple,
+            "rows_by_kind": plan.vmap.summary(),
+            "token_id_changes": plan.id_changes,
             "provenance_format": "[copy, first_new_id, first_old_id, run_length] | [pad, first_id, run_length] | "
             "[mean|special, new_id, [old piece ids]]",
-            "provenance": vmap.provenance(),
+            "provenance": plan.vmap.provenance(),
         }
     )
-    write_vocab_output(plan, record, progress=progress)
+    write_vocab_output(output, record, progress=opts.progress)
     return record.data
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -194,7 +195,12 @@ def models(work, corpus):
 def test_convert_reads_back_every_token(name, models, work, capsys):
     model_dir, pre, stock_knows = models(name)
     out = work / "gguf" / f"{name}.gguf"
-    assert main(["-q", "gguf", "--model", str(model_dir), "--llama-cpp", str(LLAMA_CPP), "--out", str(out), "--outtype", "f32"]) == 0
+    argv = ["-q", "gguf", "--model", str(model_dir), "--llama-cpp", str(LLAMA_CPP), "--out", str(out), "--outtype", "f32"]
+    capsys.readouterr()
+    assert main(argv + ["--dry-run"]) == 0  # the plan: nothing written, the rows the real run's record gives
+    plan = capsys.readouterr().out
+    assert not out.exists() and not record_path(out).exists() and not list(out.parent.glob(f".{name}*"))
+    assert main(argv) == 0
     assert f"pre-tokenizer {pre!r}" in capsys.readouterr().out
     assert sorted(p.name for p in out.parent.iterdir() if p.name.startswith(f"{name}.") or p.name.startswith(f".{name}")) == [
         f"{name}.gguf", f"{name}.gguf.ruadapt_gguf.json"]  # no temporary left
@@ -212,6 +218,9 @@ def test_convert_reads_back_every_token(name, models, work, capsys):
     assert (r["pre"]["stock_converter_name"] == pre) is stock_knows
     assert record["inputs"]["converter"]["gguf_py_version"] == "0.19.0"
     assert r["file"]["bytes"] == out.stat().st_size
+    tensor_bytes = int(re.search(r"^tensor bytes +([\d,]+)", plan, re.M).group(1).replace(",", ""))
+    assert f"rows            {r['gguf']['rows']:,} (tokens {r['gguf']['tokens']:,}, " in plan
+    assert 0 < tensor_bytes <= out.stat().st_size  # the f32 tensors; the file adds the vocabulary and metadata
 
 
 @pytest.mark.slow

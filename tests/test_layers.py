@@ -27,6 +27,7 @@ LAYERS: dict[str, int] = {
     "ruadapt.mistakes": 0,
     "ruadapt.io": 1,
     "ruadapt.vocab": 2,
+    "ruadapt.options": 2,  # every stage's options (dataclasses, Literal choices): read by the stages and the parser
     "ruadapt.tokenizer": 3,
     "ruadapt.swap": 3,
     "ruadapt.lep": 3,

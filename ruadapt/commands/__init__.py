@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import typing
 from pathlib import Path
+from typing import Any, Collection
 
 from ..eval.data import parse_named
 from ..io.hub import resolve
+from ..mistakes import add_allow_argument
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -69,3 +72,39 @@ def resolve_named(items: list[str], option: str, revision: str | None, what: str
     names = parse_named(items, option)  # the format and duplicate checks
     typed = {item.partition("=")[0].strip(): item.partition("=")[2] for item in items}
     return {name: resolve(typed[name], f"{option} {name}=", revision=revision, what=what) for name in names}
+
+
+def add_vocab_output_arguments(p: argparse.ArgumentParser, *, mistakes: Collection[str], pad: bool = True,
+                               shard_default: str = "the input's largest shard") -> None:
+    """The flags of :class:`ruadapt.vocab.output.VocabOutputOptions` and ``--dry-run``, declared once for every
+    vocabulary-changing command (swap, lep, trim); ``pad=False`` where the row count is not the command's choice."""
+    if pad:
+        p.add_argument("--pad-to-multiple-of", type=int, default=None, metavar="N",
+                       help="round the row count up to N (default: the base's padding multiple)")
+    p.add_argument("--max-shard-size", default=None, metavar="SIZE",
+                   help=f"output shard byte budget, e.g. 5GB (default: {shard_default})")
+    add_dry_run(p)
+    add_allow_argument(p, mistakes)
+
+
+def add_dry_run(p: argparse.ArgumentParser) -> None:
+    """``--dry-run``: check everything, print the plan, write nothing."""
+    p.add_argument("--dry-run", action="store_true",
+                   help="check the inputs, print the plan (rows copied / new / padded, bytes to write, expected "
+                   "peak memory) and write nothing")
+
+
+def vocab_output_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The :class:`ruadapt.vocab.output.VocabOutputOptions` fields from parsed arguments (keyword arguments of a
+    stage's options dataclass)."""
+    return {
+        "pad_to_multiple_of": getattr(args, "pad_to_multiple_of", None),
+        "max_shard_size": args.max_shard_size,
+        "allow": tuple(args.allow),
+        "progress": not args.quiet,
+    }
+
+
+def choices(literal: Any) -> tuple[str, ...]:
+    """The values of a stage option's ``Literal`` type: the CLI's ``choices`` come from the stage, not a copy."""
+    return typing.get_args(literal)

@@ -7,10 +7,10 @@ import shlex
 import signal
 import sys
 
-from . import add_parser, path_arg
 from ..train.config import load_configs
 from ..train.rundir import hold_runs
 from ..train.supervise import Stopped, stop_on_signals
+from . import add_parser, path_arg
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -46,7 +46,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """Under ``ruadapt train``'s signal rule: SIGINT/SIGTERM/SIGHUP stop the workers too, with one line and
     128 + signal; a token file being written is removed, never published. Holds each run's lock meanwhile."""
-    from ..train.prepare import prepare_configs  # numpy, tokenizers: not for every `ruadapt` command
+    from ..train.prepare import (
+        prepare_configs,  # numpy, tokenizers: not for every `ruadapt` command
+    )
 
     with stop_on_signals():
         try:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import add_parser, add_revision, path_arg, resolve_named
 from ..eval.data import parse_named
+from ..options import SpeedMode
+from . import add_parser, add_revision, choices, path_arg, resolve_named
 
 EXIT_FAILED = 1  # the report was written but a measure in it has no number (2 = bad input, nothing written)
 
@@ -65,7 +66,7 @@ ruadapt eval --model inst=./inst --include-path ./my_tasks --tasks ru_qa \\
     p.add_argument("--max-lines", type=int, default=None, help="use only the first N lines of each --text/--chat file")
     p.add_argument("--speed-prompts", type=int, default=8, help="prompts for the speed test (0 = skip it)")
     p.add_argument("--new-tokens", type=int, default=64, help="tokens generated per prompt in the speed test")
-    p.add_argument("--speed-mode", default="greedy", choices=("greedy", "reference"),
+    p.add_argument("--speed-mode", default="greedy", choices=choices(SpeedMode),
                    help="greedy: the model's own continuation; reference: forced to the rest of the prompt line "
                    "(real Russian text even from an untrained body)")
     p.add_argument("--speed-rounds", type=int, default=5,

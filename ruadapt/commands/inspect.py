@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from . import add_parser, add_revision, model_arg
 from ..io.hub import resolve
+from . import add_parser, add_revision, model_arg
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from . import add_parser, path_arg
 from ..recipe import SPEC_FILE, copy_recipe, list_recipes, recipe_env
+from . import add_parser, path_arg
 
 
 def register(sub: argparse._SubParsersAction) -> None:

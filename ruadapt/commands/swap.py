@@ -4,9 +4,17 @@ from __future__ import annotations
 
 import argparse
 
-from ..mistakes import add_allow_argument
-from . import add_parser, add_revision, model_arg, path_arg
 from ..io.hub import TOKENIZER, resolve
+from ..options import SwapInit, SwapOptions
+from . import (
+    add_parser,
+    add_revision,
+    add_vocab_output_arguments,
+    choices,
+    model_arg,
+    path_arg,
+    vocab_output_options,
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -20,37 +28,38 @@ def register(sub: argparse._SubParsersAction) -> None:
         "mean row. Only the vocabulary matrices are loaded; every other tensor is copied through unchanged.",
         examples="ruadapt swap --model ./Qwen2.5-7B --tokenizer tokenizers/qwen2.5-ru48k --out runs/qwen7b-swapped\n"
         "ruadapt swap --model Qwen/Qwen2.5-7B --tokenizer tokenizers/qwen2.5-ru48k --out runs/qwen7b-swapped   # Hub repo id\n"
-        "ruadapt swap --model ./Llama-3-8B --tokenizer ./llama3-ru --out ./l3-ru --init weighted --pad-to-multiple-of 128",
+        "ruadapt swap --model ./Llama-3-8B --tokenizer ./llama3-ru --out ./l3-ru --init weighted --pad-to-multiple-of 128\n"
+        "ruadapt swap --model ./Qwen2.5-7B --tokenizer ./qwen-ru --out runs/x --dry-run   # the plan only",
     )
     p.add_argument("--model", required=True, type=model_arg, help="base model dir (safetensors + config + its tokenizer) or Hub repo id")
     p.add_argument("--tokenizer", required=True, type=model_arg, help="new tokenizer dir (extension or replacement) or Hub repo id")
     p.add_argument("--out", required=True, type=path_arg, help="output model dir (must not exist or be empty)")
     p.add_argument(
         "--init",
-        choices=("mean", "weighted"),
+        choices=choices(SwapInit),
         default="mean",
         help="new rows: plain mean of the pieces' rows, or weights halving from the first piece on",
     )
-    p.add_argument("--pad-to-multiple-of", type=int, default=None, metavar="N", help="round the row count up to N (default: the base's padding multiple)")
-    p.add_argument("--max-shard-size", default=None, metavar="SIZE", help="shard byte budget, e.g. 5GB (default: the input's largest shard)")
+    add_vocab_output_arguments(p, mistakes=("same-tokenizer", "foreign-tokenizer"))
     add_revision(p)
-    add_allow_argument(p, ("same-tokenizer", "foreign-tokenizer"))
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..swap import swap_model
+    from ..swap import plan_swap, write_swap
 
-    rec = swap_model(
-        resolve(args.model, "--model", revision=args.revision),
-        resolve(args.tokenizer, "--tokenizer", revision=args.revision, what=TOKENIZER),
-        args.out,
+    options = SwapOptions(
+        model_dir=resolve(args.model, "--model", revision=args.revision),
+        tokenizer_dir=resolve(args.tokenizer, "--tokenizer", revision=args.revision, what=TOKENIZER),
+        out=args.out,
         init=args.init,
-        pad_to_multiple_of=args.pad_to_multiple_of,
-        max_shard_size=args.max_shard_size,
-        allow=args.allow,
-        progress=not args.quiet,
+        **vocab_output_options(args),
     )
+    plan = plan_swap(options)
+    if args.dry_run:
+        print(plan.figures().format())
+        return 0
+    rec = write_swap(plan)
     r = rec["result"]
     print(f"{args.out}: {r['tokens']:,} tokens in {r['rows']:,} rows ({r['rows_by_kind']}); record: ruadapt_swap.json")
     return 0

@@ -6,9 +6,10 @@ import argparse
 import json
 import os
 
-from ..mistakes import add_allow_argument
-from . import add_parser, add_revision, model_arg, path_arg, resolve_named
 from ..io.hub import TOKENIZER, resolve
+from ..mistakes import add_allow_argument
+from ..options import TokenizerMode, TokenizerTrainOptions
+from . import add_parser, add_revision, choices, model_arg, path_arg, resolve_named
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -37,7 +38,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     t.add_argument("--base", type=model_arg, required=True, help="base tokenizer dir (tokenizer.json), a model dir holding one, or a Hub repo id (only its tokenizer files are fetched)")
     t.add_argument("--corpus", type=path_arg, nargs="+", required=True, metavar="FILE", help="training corpus: UTF-8 text (a document per line), JSONL (\"text\" field) or Parquet (\"text\" column); .gz/.zst too")
-    t.add_argument("--mode", choices=("extend", "replace"), default="extend", help="continue the base BPE, or train a new one")
+    t.add_argument("--mode", choices=choices(TokenizerMode), default="extend",
+                   help="continue the base BPE, or train a new one")
     t.add_argument("--new-tokens", type=int, default=None, metavar="N", help="extend: number of tokens to add")
     t.add_argument("--vocab-size", type=int, default=None, metavar="N", help="replace: len(new tokenizer), the base's added tokens included")
     t.add_argument("--min-frequency", type=int, default=2, metavar="K", help="a pair must occur at least K times to be merged")
@@ -67,19 +69,19 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from ..tokenizer.train import train_tokenizer
+    from ..tokenizer.train import plan_tokenizer_train, write_trained
 
-    record = train_tokenizer(
-        resolve(args.base, "--base", revision=args.revision, what=TOKENIZER),
-        args.corpus,
-        args.out,
+    record = write_trained(plan_tokenizer_train(TokenizerTrainOptions(
+        base=resolve(args.base, "--base", revision=args.revision, what=TOKENIZER),
+        corpora=tuple(args.corpus),
+        out=args.out,
         mode=args.mode,
         new_tokens=args.new_tokens,
         vocab_size=args.vocab_size,
         min_frequency=args.min_frequency,
-        allow=args.allow,
+        allow=tuple(args.allow),
         progress=not os.environ.get("TQDM_DISABLE"),
-    )
+    )))
     r = record["result"]
     print(f"{args.out}: {r['tokens']} tokens ({args.mode}); record in {args.out}/ruadapt_tokenizer.json")
     print(json.dumps({k: r[k] for k in r if k in ("new_tokens", "new_merges", "trained_tokens", "merges", "added_tokens", "training_tokens_before", "training_tokens_after")}))

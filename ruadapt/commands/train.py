@@ -17,13 +17,36 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from ..errors import RuadaptError
-from . import add_parser, path_arg
-from ..train.rundir import STARTED_ENV, check_rerun, check_world_size, discard_run, hold_runs, last_complete
-from ..train.config import (LAUNCH_JSON, deepspeed_for_world, fill_deepspeed_config, load_configs, load_deepspeed_json,
-                            validate_deepspeed_config, write_launch)
-from ..train.supervise import (PORT_IN_USE_EXIT, PORT_RELAUNCHES, Stopped, master_port, pick_master_port,
-                               prepare_extension, stop_on_signals, supervise, supervisor_env)
 from ..io.hub import describe
+from ..train.config import (
+    LAUNCH_JSON,
+    deepspeed_for_world,
+    fill_deepspeed_config,
+    load_configs,
+    load_deepspeed_json,
+    validate_deepspeed_config,
+    write_launch,
+)
+from ..train.rundir import (
+    STARTED_ENV,
+    check_rerun,
+    check_world_size,
+    discard_run,
+    hold_runs,
+    last_complete,
+)
+from ..train.supervise import (
+    PORT_IN_USE_EXIT,
+    PORT_RELAUNCHES,
+    Stopped,
+    master_port,
+    pick_master_port,
+    prepare_extension,
+    stop_on_signals,
+    supervise,
+    supervisor_env,
+)
+from . import add_parser, path_arg
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -161,7 +184,9 @@ def _run(args: argparse.Namespace, state: dict) -> int:
         building = prepare_extension(env)  # a missing compiler fails here, before the data is prepared
         # tokenize (or reuse) every run's data here, after every check and before any rank exists: ranks only map
         # the token files, so none waits at a barrier while another one tokenizes
-        from ..train.prepare import prepare_configs  # numpy, tokenizers: not for every `ruadapt` command
+        from ..train.prepare import (
+            prepare_configs,  # numpy, tokenizers: not for every `ruadapt` command
+        )
 
         prepare_configs(pending, overwrite=args.overwrite)
         write_launch(launch_json, todo, resume=args.resume)

@@ -4,10 +4,17 @@ from __future__ import annotations
 
 import argparse
 
-from ..mistakes import add_allow_argument
-from . import add_parser, add_revision, model_arg, path_arg
-from ..io.hub import TOKENIZER, resolve
 from ..errors import RuadaptError
+from ..io.hub import TOKENIZER, resolve
+from ..options import TrimOptions
+from . import (
+    add_parser,
+    add_revision,
+    add_vocab_output_arguments,
+    model_arg,
+    path_arg,
+    vocab_output_options,
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -26,6 +33,7 @@ ruadapt trim --model ./Qwen2.5-0.5B --corpus ru_train.txt en_train.txt --out ./q
 ruadapt trim --model ./Qwen2.5-0.5B --corpus ru_train.txt --keep-top 32000 --eval-text ru_eval.txt --out ./qwen-32k
 ruadapt trim --model ./mt5-small --corpus ru_train.txt --min-count 3 --out ./rut5-small
 ruadapt trim --tokenizer ./Qwen2.5-0.5B --corpus ru_train.txt en_train.txt --out ./tok-trim   # tokenizer only
+ruadapt trim --model ./Qwen2.5-0.5B --corpus ru_train.txt --keep-top 32000 --out ./qwen-32k --dry-run   # the plan only
 """,
     )
     src = p.add_mutually_exclusive_group(required=True)
@@ -38,24 +46,31 @@ ruadapt trim --tokenizer ./Qwen2.5-0.5B --corpus ru_train.txt en_train.txt --out
     how.add_argument("--min-count", type=int, metavar="K", help="keep used tokens that occur at least K times (default 1)")
     p.add_argument("--keep-tokens", type=path_arg, metavar="FILE", help="tokens to keep regardless of the corpus, one per line, spelled as in tokenizer.json")
     p.add_argument("--eval-text", type=path_arg, nargs="+", default=[], metavar="FILE", help="also report chars/token and changed segmentations on these texts")
-    p.add_argument("--pad-to-multiple-of", type=int, metavar="N", help="round the rows up to N (default: the base checkpoint's padding multiple)")
-    p.add_argument("--max-shard-size", help="shard byte budget, e.g. 2GB (default: the input's largest shard)")
-    add_allow_argument(p, ("json-text",))
+    add_vocab_output_arguments(p, mistakes=("json-text",))
     add_revision(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..trim import format_report, trim_model, trim_tokenizer
+    from ..trim import format_report, plan_trim, trim_tokenizer, write_trim
 
-    progress = not args.quiet
-    common = dict(keep_top=args.keep_top, min_count=args.min_count, keep_tokens=args.keep_tokens, eval_texts=args.eval_text, allow=args.allow, progress=progress)
+    select = dict(keep_top=args.keep_top, min_count=args.min_count, keep_tokens=args.keep_tokens)
     if args.model is not None:
-        data = trim_model(resolve(args.model, "--model", revision=args.revision), args.corpus, args.out, pad_to_multiple_of=args.pad_to_multiple_of, max_shard_size=args.max_shard_size, **common)
+        plan = plan_trim(TrimOptions(model_dir=resolve(args.model, "--model", revision=args.revision),
+                                     corpora=tuple(args.corpus), out=args.out, eval_texts=tuple(args.eval_text),
+                                     **select, **vocab_output_options(args)))
+        if args.dry_run:
+            print(plan.figures().format())
+            return 0
+        data = write_trim(plan)
     else:
         if args.pad_to_multiple_of is not None or args.max_shard_size is not None:
             raise RuadaptError("--pad-to-multiple-of and --max-shard-size need --model (there are no weights with --tokenizer)")
-        data = trim_tokenizer(resolve(args.tokenizer, "--tokenizer", revision=args.revision, what=TOKENIZER), args.corpus, args.out, **common)
+        if args.dry_run:
+            raise RuadaptError("--dry-run needs --model: it prints the plan of a model's rows")
+        tokenizer_dir = resolve(args.tokenizer, "--tokenizer", revision=args.revision, what=TOKENIZER)
+        data = trim_tokenizer(tokenizer_dir, args.corpus, args.out, eval_texts=args.eval_text, allow=args.allow,
+                              progress=not args.quiet, **select)
     print(format_report(data))
     print(f"wrote {args.out}")
     return 0

@@ -32,18 +32,19 @@ import math
 import statistics
 import time
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Sequence, get_args
 
 import torch
 from tqdm.auto import tqdm
 
 from ..errors import RuadaptError
+from ..options import SpeedMode
 from .load import EvalModel
 from .macs import macs_per_token
 
 log = logging.getLogger(__name__)
 
-MODES = ("greedy", "reference")
+MODES: tuple[str, ...] = get_args(SpeedMode)
 
 
 @dataclass

@@ -6,27 +6,33 @@ renumbered vocabulary (:mod:`.prename`), then reads the file back and compares i
 (:mod:`.readback`) and, given texts and ``llama_cpp``, tokenizes and runs them in llama.cpp against transformers
 (:mod:`.verify`). The file appears at ``--out`` only when all of that passed, with its record
 ``OUT.ruadapt_gguf.json`` beside it (a file name of its own: several GGUFs of one model usually share a folder).
+
+:func:`plan_gguf` checks everything and chooses the pre-tokenizer name without converting (``ruadapt gguf
+--dry-run`` prints it); :func:`write_gguf` converts, checks and writes (docs/stages.md).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import subprocess
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from tokenizers import Tokenizer
 
 from ..io.checkpoint import CheckpointReader
+from ..options import GgufOptions, PlanFigures
+from ..vocab.arch import arch_for_config
 from ..errors import RuadaptError, require
 from ..io.outdir import atomic_output_file, check_output_file
 from ..io.record import StageRecord, sha256_file
-from ..io.tokdir import tokenizer_json_path
-from ..vocab.arch import model_fingerprint
+from ..io.tokdir import tokenizer_json_path, tokenizer_size
 from ..vocab.pieces import detect_family, piece_to_bytes
 from ..vocab.checktext import CHECK_TEXT, check_text_hash, check_text_ids
 from .prename import lookup
@@ -86,25 +92,54 @@ def run_converter(root: Path, pre: str | None, model_dir: Path, outfile: Path, o
     return out
 
 
-def export_gguf(
-    model_dir: Path,
-    llama_cpp: Path,
-    out: Path,
-    *,
-    outtype: str = "auto",
-    pre: str | None = None,
-    overwrite: bool = False,
-    verify_texts: list[Path] | None = None,
-    verify_lines: int | None = None,
-    logit_lines: int = 3,
-    logits_tolerance: float | None = None,
-) -> dict[str, Any]:
-    """Convert ``model_dir`` into the GGUF file ``out`` (atomic) and check it; returns the record.
-    ``logits_tolerance`` defaults to :data:`F32_LOGITS_TOLERANCE` for ``outtype="f32"``; for 16-bit and quantized
-    types the difference is recorded but not enforced unless a tolerance is given."""
-    model_dir = Path(model_dir).expanduser().resolve()
-    out = Path(out).expanduser()
-    verify_texts = [Path(p).expanduser() for p in (verify_texts or [])]
+@dataclass
+class GgufPlan:
+    """What :func:`plan_gguf` checked and chose; :func:`write_gguf` converts, checks and writes it."""
+
+    options: GgufOptions
+    out: Path
+    model_dir: Path
+    reader: CheckpointReader
+    tok: Tokenizer
+    lines: list[str]  # --verify-text lines
+    logits_tolerance: float | None
+    pre: str  # the pre-tokenizer name given to the converter
+    converter_root: Path
+    record: StageRecord
+
+    def figures(self) -> PlanFigures:
+        """Rows (tokens and padding), the file's expected size and the converter's buffers. The size is the
+        tensors at the output type (auto and 16-bit: 2 bytes, q8_0: 34 bytes per block of 32, f32: 4); the
+        converter maps the checkpoint lazily and holds about one tensor at a time in float32."""
+        arch = arch_for_config(self.reader.config, self.reader.path / "config.json")
+        rows = self.reader.info(arch.input_name).shape[0]
+        tokens = tokenizer_size(self.tok)
+        per = {"f32": 4.0, "q8_0": 34 / 32}.get(self.options.outtype, 2.0)
+        numel = [math.prod(i.shape) for i in self.reader.infos.values()]
+        params, largest = sum(numel), max(numel, default=0) * 4
+        return PlanFigures("gguf", self.out, rows, {"tokens": tokens, "pad": rows - tokens}, int(params * per), largest,
+                           (f"pre-tokenizer {self.pre!r} ({self.record.result['pre']['source']}); "
+                            "the read-back and --verify-text checks run when written",))
+
+
+def export_gguf(model_dir: Path, llama_cpp: Path, out: Path, **options: Any) -> dict[str, Any]:
+    """Convert ``model_dir`` into the GGUF file ``out`` (atomic) and check it; returns the record. ``options``: the
+    other fields of :class:`ruadapt.options.GgufOptions`; ``logits_tolerance`` defaults to
+    :data:`F32_LOGITS_TOLERANCE` for ``outtype="f32"``; for 16-bit and quantized types the difference is recorded
+    but not enforced unless a tolerance is given."""
+    options["verify_texts"] = tuple(options.get("verify_texts") or ())
+    return write_gguf(plan_gguf(GgufOptions(model_dir=model_dir, llama_cpp=llama_cpp, out=out, **options)))
+
+
+def plan_gguf(options: GgufOptions) -> GgufPlan:
+    """Check the options, the model, the output, the texts and the converter, and choose the pre-tokenizer name,
+    before minutes of conversion. Writes nothing."""
+    opts = options
+    model_dir = Path(opts.model_dir).expanduser().resolve()
+    out = Path(opts.out).expanduser()
+    verify_texts = [Path(p).expanduser() for p in opts.verify_texts]
+    outtype, logit_lines, verify_lines = opts.outtype, opts.logit_lines, opts.verify_lines
+    logits_tolerance = opts.logits_tolerance
     require(outtype in OUTTYPES, f"--outtype {outtype}: choose one of {', '.join(OUTTYPES)}")
     require(logit_lines >= 0, f"--logit-lines {logit_lines}: must be 0 or more")
     require(logits_tolerance is None or logits_tolerance > 0, f"--logits-tolerance {logits_tolerance}: must be positive")
@@ -113,14 +148,14 @@ def export_gguf(
     require(verify_lines is None or verify_lines > 0, f"--verify-lines {verify_lines}: must be positive")
     reader = CheckpointReader(model_dir)  # config.json and readable safetensors, before minutes of conversion
     tj = tokenizer_json_path(model_dir, "--model")
-    out = check_output_file(out, [model_dir], overwrite=overwrite)
+    out = check_output_file(out, [model_dir], overwrite=opts.overwrite)
     if verify_texts and not have_llama_cpp():
         raise RuadaptError("--verify-text needs llama-cpp-python (pip install llama-cpp-python), which is not importable")
     lines = read_lines(verify_texts, verify_lines) if verify_texts else []
-    converter = find_converter(llama_cpp)
+    converter = find_converter(opts.llama_cpp)
 
     spec = json.loads(tj.read_text(encoding="utf-8"))
-    name, source, family = choose_pre(spec, str(tj), pre)
+    name, source, family = choose_pre(spec, str(tj), opts.pre)
     tok = Tokenizer.from_file(str(tj))
     chk = check_text_hash(check_text_ids(tok))
     stock = converter.stock_names().get(chk)
@@ -128,7 +163,7 @@ def export_gguf(
         log.warning("%s: the converter's check text differs from ruadapt's; `tokenizer train --mode extend` guards "
                     "an older text, so a stock conversion of new tokenizers may fail (ruadapt gguf is unaffected)", converter.script)
 
-    record = StageRecord("gguf", {"outtype": outtype, "pre": pre, "overwrite": overwrite,
+    record = StageRecord("gguf", {"outtype": outtype, "pre": opts.pre, "overwrite": opts.overwrite,
                                   "verify_texts": [str(p) for p in verify_texts], "verify_lines": verify_lines,
                                   "logit_lines": logit_lines, "logits_tolerance": logits_tolerance})
     record.input_model("model", reader, model_fingerprint(reader), tokenizer_json_sha256=sha256_file(tj))
@@ -139,27 +174,39 @@ def export_gguf(
                        "stock_converter_name": stock})
     if stock is None:
         log.info("llama.cpp's converter alone would not recognise this tokenizer (check-text hash %s…); giving it %r", chk[:12], name)
+    return GgufPlan(opts, out, model_dir, reader, tok, lines, logits_tolerance, name, converter.root, record)
 
-    with atomic_output_file(out, [model_dir], overwrite=overwrite) as tmp:
+
+def verify_gguf(plan: GgufPlan, tmp: Path) -> None:
+    """With --verify-text: llama.cpp's ids of every line, and the logits of the first lines, against transformers."""
+    record, out, lines = plan.record, plan.out, plan.lines
+    with record.timed("verify_ids"):
+        ids = compare_ids(tmp, plan.model_dir, lines)
+    record.set("verify_ids", ids)
+    if ids["lines_differing"]:
+        raise RuadaptError(f"{out}: llama.cpp tokenizes {ids['lines_differing']} of {ids['lines']} --verify-text lines "
+                           f"differently from transformers (first: {ids['first_difference']}); output not written")
+    if plan.options.logit_lines:
+        with record.timed("verify_logits"):
+            lg = compare_logits(tmp, plan.model_dir, lines[: plan.options.logit_lines])
+        record.set("verify_logits", lg)
+        if plan.logits_tolerance is not None and lg["max_abs_diff"] > plan.logits_tolerance:
+            raise RuadaptError(f"{out}: llama.cpp's logits differ from transformers' by up to {lg['max_abs_diff']:.3g} "
+                               f"(> --logits-tolerance {plan.logits_tolerance}); output not written")
+
+
+def write_gguf(plan: GgufPlan) -> dict[str, Any]:
+    """Convert into a temporary file beside ``out``, read it back, verify, and rename it into place; then the
+    record beside it. Returns the record."""
+    record, out, model_dir, opts = plan.record, plan.out, plan.model_dir, plan.options
+    with atomic_output_file(out, [model_dir], overwrite=opts.overwrite) as tmp:
         with record.timed("convert"):
-            run_converter(converter.root, name, model_dir, tmp, outtype)
+            run_converter(plan.converter_root, plan.pre, model_dir, tmp, opts.outtype)
         with record.timed("check"):
-            record.set("gguf", check_gguf(tmp, model_dir, name))
-        if lines:
-            with record.timed("verify_ids"):
-                ids = compare_ids(tmp, model_dir, lines)
-            record.set("verify_ids", ids)
-            if ids["lines_differing"]:
-                raise RuadaptError(f"{out}: llama.cpp tokenizes {ids['lines_differing']} of {ids['lines']} --verify-text lines "
-                                   f"differently from transformers (first: {ids['first_difference']}); output not written")
-            if logit_lines:
-                with record.timed("verify_logits"):
-                    lg = compare_logits(tmp, model_dir, lines[:logit_lines])
-                record.set("verify_logits", lg)
-                if logits_tolerance is not None and lg["max_abs_diff"] > logits_tolerance:
-                    raise RuadaptError(f"{out}: llama.cpp's logits differ from transformers' by up to {lg['max_abs_diff']:.3g} "
-                                       f"(> --logits-tolerance {logits_tolerance}); output not written")
-        long = tokens_over_32_bytes(tok)
+            record.set("gguf", check_gguf(tmp, model_dir, plan.pre))
+        if plan.lines:
+            verify_gguf(plan, tmp)
+        long = tokens_over_32_bytes(plan.tok)
         record.set("tokens_over_32_bytes", long)
         if long:
             log.info("%d tokens are longer than 32 bytes: llama-cpp-python's detokenize() drops them (llama.cpp's own "
@@ -171,5 +218,5 @@ def export_gguf(
         written = record.write(Path(rec_dir))
         data = json.loads(written.read_text(encoding="utf-8"))
         os.replace(written, record_path(out))
-    log.info("wrote %s (%s, pre-tokenizer %r); record %s", out, outtype, name, record_path(out))
+    log.info("wrote %s (%s, pre-tokenizer %r); record %s", out, opts.outtype, plan.pre, record_path(out))
     return data

@@ -13,11 +13,13 @@ import re
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import get_args
 
 from ..errors import RuadaptError
+from ..options import GgufOutType
 
 SCRIPT = "convert_hf_to_gguf.py"
-OUTTYPES = ("f32", "f16", "bf16", "q8_0", "auto")  # the converter's --outtype values ruadapt passes on (not ternary)
+OUTTYPES: tuple[str, ...] = get_args(GgufOutType)  # the converter's --outtype values ruadapt passes on (not ternary)
 _TABLE_ENTRY = re.compile(r'if chkhsh == "([0-9a-f]{64})":\n(?:[ \t]*#.*\n)*[ \t]*res = "([^"]+)"')
 _CHECK_TEXT = re.compile(r"^[ \t]*chktxt = (.+)$", re.M)
 

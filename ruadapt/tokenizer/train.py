@@ -21,12 +21,14 @@ import itertools
 import json
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Collection
+from typing import Any
 
 from tokenizers import Tokenizer
 
 from ..errors import RuadaptError, require
+from ..options import TokenizerTrainOptions
 from ..io.outdir import atomic_output_dir, check_output_dir
 from ..io.record import StageRecord, sha256_file
 from ..io.tokdir import (
@@ -45,68 +47,68 @@ from .words import CorpusInfo, count_words, follows_sentencepiece_rules, sentenc
 
 log = logging.getLogger(__name__)
 
-MODES = ("extend", "replace")
 TOKEN_ID_MAP = "token_id_map.json"
 VERIFY_LINES = 1000  # training lines re-encoded by both libraries after writing
 
 
-def train_tokenizer(
-    base: Path,
-    corpora: list[Path],
-    out: Path,
-    *,
-    mode: str = "extend",
-    new_tokens: int | None = None,
-    vocab_size: int | None = None,
-    min_frequency: int = 2,
-    allow: Collection[str] = (),
-    keep_check_text: bool = True,
-    progress: bool = True,
-) -> dict:
-    """Train a tokenizer from ``base`` on ``corpora`` into ``out`` (atomic); returns the ``ruadapt_tokenizer.json`` record.
-    ``allow``: likely mistakes (:mod:`ruadapt.mistakes`) to go on with. ``keep_check_text=False`` (extend) lets
-    new merges change llama.cpp's check text, which breaks llama.cpp's stock converter (tests and benches only)."""
-    base = Path(base).expanduser()
-    corpora = [Path(c).expanduser() for c in corpora]
-    require(mode in MODES, f"--mode {mode!r}: choose one of {', '.join(MODES)}")
-    if mode == "extend":
-        require(new_tokens is not None, "--mode extend needs --new-tokens N (how many tokens to add)")
-        require(new_tokens > 0, f"--new-tokens {new_tokens}: must be a positive number of tokens to add")
-        require(vocab_size is None, "--vocab-size is for --mode replace; --mode extend takes --new-tokens")
-    else:
-        require(vocab_size is not None, "--mode replace needs --vocab-size N (size of the new vocabulary)")
-        require(vocab_size > 0, f"--vocab-size {vocab_size}: must be positive")
-        require(new_tokens is None, "--new-tokens is for --mode extend; --mode replace takes --vocab-size")
-    require(min_frequency >= 1, f"--min-frequency {min_frequency}: must be at least 1")
-    require(len(corpora) > 0, "--corpus: give at least one UTF-8 text file")
+def train_tokenizer(base: Path, corpora: list[Path], out: Path, **options: Any) -> dict:
+    """Train a tokenizer from ``base`` on ``corpora`` into ``out`` (atomic); returns the ``ruadapt_tokenizer.json``
+    record. ``options``: the other fields of :class:`ruadapt.options.TokenizerTrainOptions`."""
+    if "allow" in options:
+        options["allow"] = tuple(options["allow"])
+    return write_trained(plan_tokenizer_train(TokenizerTrainOptions(base=base, corpora=tuple(corpora), out=out,
+                                                                    **options)))
+
+
+@dataclass
+class TokenizerTrainPlan:
+    """What :func:`plan_tokenizer_train` checked and loaded; :func:`write_trained` learns and writes it."""
+
+    options: TokenizerTrainOptions
+    base: Path
+    corpora: list[Path]
+    base_json: Path
+    base_tok: Tokenizer
+    family: str
+    record: StageRecord
+
+
+def plan_tokenizer_train(options: TokenizerTrainOptions) -> TokenizerTrainPlan:
+    """Check the options, the base tokenizer, every corpus file and the output before the corpus is read."""
+    options.check()
+    base = Path(options.base).expanduser()
+    corpora = [Path(c).expanduser() for c in options.corpora]
     base_json = tokenizer_json_path(base, "--base")
     for c in corpora:
         check_corpus(c)
-        refuse_json_as_text(c, "--corpus", allow)
-    check_output_dir(out, [base, *corpora])
+        refuse_json_as_text(c, "--corpus", options.allow)
+    check_output_dir(Path(options.out), [base, *corpora])
     base_tok = load_tokenizer(base, "--base")
     family = detect_family(base_tok)
-
-    record = StageRecord(
-        "tokenizer",
-        {"mode": mode, "new_tokens": new_tokens, "vocab_size": vocab_size, "min_frequency": min_frequency,
-         "allow": sorted(allow), "keep_check_text": keep_check_text},
-    )
+    record = StageRecord("tokenizer", options.record_options())
     record.input("base", base, tokenizer_json_sha256=sha256_file(base_json), tokens=tokenizer_size(base_tok), family=family)
+    return TokenizerTrainPlan(options, base, corpora, base_json, base_tok, family, record)
 
+
+def write_trained(plan: TokenizerTrainPlan) -> dict:
+    """Count the corpus's words, learn the new spec, write it atomically and verify it on reload."""
+    opts, record, base, corpora, base_tok = plan.options, plan.record, plan.base, plan.corpora, plan.base_tok
+    out = Path(opts.out).expanduser()
     with record.timed("count_words"):
-        counts, infos = count_words(base_tok, family, corpora, progress=progress)
+        counts, infos = count_words(base_tok, plan.family, corpora, progress=opts.progress)
     record.set("corpora", [i.as_dict() for i in infos])
     record.set("words", {"total": sum(counts.values()), "distinct": len(counts)})
 
-    spec = json.loads(base_json.read_text(encoding="utf-8"))
+    spec = json.loads(plan.base_json.read_text(encoding="utf-8"))
     id_map: dict[str, list[int]] = {}
-    if mode == "extend":
-        spec, facts, check_words = extend_spec(
-            spec, base_tok, family, counts, new_tokens, min_frequency, record, progress, keep_check_text=keep_check_text
-        )
+    if opts.mode == "extend":
+        assert opts.new_tokens is not None  # checked by options.check()
+        spec, facts, check_words = extend_spec(spec, base_tok, plan.family, counts, opts.new_tokens, opts.min_frequency,
+                                               record, opts.progress, keep_check_text=opts.keep_check_text)
     else:
-        spec, facts, id_map = replace_spec(spec, base_tok, family, counts, vocab_size, min_frequency, record, progress)
+        assert opts.vocab_size is not None
+        spec, facts, id_map = replace_spec(spec, base_tok, plan.family, counts, opts.vocab_size, opts.min_frequency,
+                                           record, opts.progress)
         check_words = []
     record.update(facts)
 
@@ -116,14 +118,14 @@ def train_tokenizer(
             # written as JSON directly (same key order as the base's file): deterministic, and one parse of a
             # 33 MB Gemma file less than building a Tokenizer first; verify_tokenizer loads it back
             (tmp / "tokenizer.json").write_text(json.dumps(spec, ensure_ascii=False, separators=(",", ":")), encoding="utf-8")
-            if mode == "replace":
+            if opts.mode == "replace":
                 sync_added_tokens_decoder(tmp, Tokenizer.from_file(str(tmp / "tokenizer.json")))
                 write_json(tmp / TOKEN_ID_MAP, {"base": str(base.resolve()), "added_tokens": id_map})
         with record.timed("verify"):
             record.set("verify", verify_tokenizer(tmp, base_tok, facts, infos, check_words, id_map))
         record.set("llama_cpp_check_text", facts["llama_cpp_check_text"])  # with the verified segmentation_kept
         record.write(tmp)
-    log.info("wrote %s: %d tokens (%s)", out, facts["tokens"], mode)
+    log.info("wrote %s: %d tokens (%s)", out, facts["tokens"], opts.mode)
     return record.data
 
 

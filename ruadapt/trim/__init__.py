@@ -5,6 +5,6 @@
 * :mod:`.stage`     – :func:`trim_model` (weights + tokenizer) and :func:`trim_tokenizer` (tokenizer only).
 """
 
-from .stage import ID_MAP_FILE, format_report, plan_trim, trim_model, trim_tokenizer
+from .stage import ID_MAP_FILE, format_report, plan_trim, select_tokens, trim_model, trim_tokenizer, write_trim
 
-__all__ = ["ID_MAP_FILE", "format_report", "plan_trim", "trim_model", "trim_tokenizer"]
+__all__ = ["ID_MAP_FILE", "format_report", "plan_trim", "select_tokens", "trim_model", "trim_tokenizer", "write_trim"]

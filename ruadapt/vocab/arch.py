@@ -150,25 +150,32 @@ def padded_rows(n_rows_wanted: int, multiple: int) -> int:
     return -(-n_rows_wanted // multiple) * multiple
 
 
-def check_vocab_tensors(reader: "CheckpointReader", arch: Arch, n_tokens: int) -> None:
-    """The vocabulary matrices exist, agree in shape and cover every token id of the checkpoint's tokenizer."""
+def check_vocab_tensors(reader: "CheckpointReader", arch: Arch, n_tokens: int, option: str | None = None) -> None:
+    """The vocabulary matrices exist, are rows × hidden, agree in shape and cover every token id of the
+    checkpoint's tokenizer. ``option`` (``--instruct``) names the input in the messages of a stage with several."""
     cfg_path = reader.path / "config.json"
+    who = f"{option} " if option else ""
     if arch.input_name not in reader:
-        raise RuadaptError(f"{reader.path}: input embedding {arch.input_name} not in the checkpoint ({arch.model_type})")
-    rows, d = reader.info(arch.input_name).shape
+        raise RuadaptError(
+            f"{reader.path}: {who}input embedding {arch.input_name} not in the checkpoint ({arch.model_type})"
+        )
+    shape = reader.info(arch.input_name).shape
+    if len(shape) != 2:
+        raise RuadaptError(f"{reader.path}: {who}{arch.input_name} has shape {shape}, expected rows × hidden")
+    rows, d = shape
     if not arch.tied:
         if arch.output_name not in reader:
             raise RuadaptError(
-                f"{cfg_path}: tie_word_embeddings is false but {arch.output_name} is missing from {reader.path}"
+                f"{cfg_path}: tie_word_embeddings is false but {arch.output_name} is missing from {who}{reader.path}"
             )
         if reader.info(arch.output_name).shape != (rows, d):
             raise RuadaptError(
-                f"{reader.path}: {arch.output_name} shape {reader.info(arch.output_name).shape} differs from "
+                f"{reader.path}: {who}{arch.output_name} shape {reader.info(arch.output_name).shape} differs from "
                 f"{arch.input_name} {(rows, d)}"
             )
     if rows < n_tokens:
         raise RuadaptError(
-            f"{reader.path}: embedding has {rows} rows but its tokenizer has {n_tokens} tokens; ids past the rows "
+            f"{reader.path}: {who}embedding has {rows} rows but its tokenizer has {n_tokens} tokens; ids past the rows "
             "have no embedding"
         )
 

@@ -14,6 +14,10 @@ the stages used to repeat, in one way:
 * the tokenizer files, checked on reload (:func:`ruadapt.io.tokdir.write_tokenizer`);
 * the stage record, with the facts every stage reports under ``result`` (:mod:`ruadapt.io.record`);
 * the model card and lineage (:mod:`ruadapt.io.model_card`).
+
+The options these stages share are declared once (:class:`ruadapt.options.VocabOutputOptions`); a stage's
+``plan_<stage>(options)`` checks everything without writing and :func:`output_tensor_bytes` sizes its output for
+``--dry-run``.
 """
 
 from __future__ import annotations
@@ -32,6 +36,18 @@ from ..io.record import StageRecord
 from ..io.tokdir import TOKEN_ID_KEYS, TokenizerFiles, tokenizer_size, write_json, write_tokenizer
 
 log = logging.getLogger(__name__)
+
+
+def output_tensor_bytes(reader: CheckpointReader, arch: Arch, rows: int) -> int:
+    """Bytes of every tensor of the output: the input's, with each vocabulary matrix resized to ``rows`` rows."""
+    vocab = arch.matrix_roles(reader.infos)
+    total = 0
+    for name, info in reader.infos.items():
+        if name in vocab:
+            total += info.nbytes // max(info.shape[0], 1) * rows
+        else:
+            total += info.nbytes
+    return total
 
 
 @dataclass
