@@ -23,12 +23,29 @@ from .mistakes import refuse
 from .io.outdir import check_output_dir
 from .io.record import StageRecord
 from .io.tokdir import TokenizerFiles, load_tokenizer, remap_model_configs, tokenizer_json_path, tokenizer_pipeline
+from .vocab.init_rules import DEFAULT_INPUT, DEFAULT_OUTPUT, DEFAULT_TIED, INPUT_RULES, OUTPUT_RULES
 from .vocab.pieces import TokenCodec, build_vocab_map, matrix_blocks, mean_of_rows, rows_are_finite
 from .vocab.output import VocabOutput, write_vocab_output
 
 log = logging.getLogger(__name__)
 
-INITS = ("mean", "weighted")
+INITS = OUTPUT_RULES  # --init: the rule of a tied model's one matrix, or of both matrices of an untied one
+
+
+def init_rules(tied: bool, init: str | None, init_input: str | None, init_output: str | None) -> dict[str, str]:
+    """The rule of each matrix, ``{"input": ..., "output": ...}`` (untied) or ``{"tied": ...}``, from the options.
+
+    A tied model has one matrix that serves as input and lm_head, so only ``--init`` applies to it."""
+    for option, value, allowed in (("--init", init, INITS), ("--init-input", init_input, INPUT_RULES),
+                                   ("--init-output", init_output, OUTPUT_RULES)):
+        if value is not None and value not in allowed:
+            raise RuadaptError(f"{option} {value!r} is not one of {', '.join(allowed)}")
+    if tied:
+        if init_input is not None or init_output is not None:
+            raise RuadaptError("--init-input/--init-output: the model ties its input embedding and lm_head (one "
+                               "matrix); give its rule with --init")
+        return {"tied": init or DEFAULT_TIED}
+    return {"input": init_input or init or DEFAULT_INPUT, "output": init_output or init or DEFAULT_OUTPUT}
 
 
 def swap_model(
@@ -36,26 +53,30 @@ def swap_model(
     tokenizer_dir: Path,
     out: Path,
     *,
-    init: str = "mean",
+    init: str | None = None,
+    init_input: str | None = None,
+    init_output: str | None = None,
     pad_to_multiple_of: int | None = None,
     max_shard_size: str | int | None = None,
     allow: Collection[str] = (),
     progress: bool = True,
 ) -> dict:
     """Write ``out``: ``model_dir`` with the vocabulary of ``tokenizer_dir``. Returns the stage record.
-    ``allow``: likely mistakes (:mod:`ruadapt.mistakes`) to go on with."""
-    if init not in INITS:
-        raise RuadaptError(f"--init {init!r} is not one of {', '.join(INITS)}")
+    ``allow``: likely mistakes (:mod:`ruadapt.mistakes`) to go on with. ``init`` / ``init_input`` /
+    ``init_output``: rules of :mod:`ruadapt.vocab.pieces` for the new rows (see :func:`init_rules`)."""
+    init_rules(False, init, init_input, init_output)  # names checked before anything is read
     if pad_to_multiple_of is not None and pad_to_multiple_of < 1:
         raise RuadaptError(f"--pad-to-multiple-of must be ≥ 1, got {pad_to_multiple_of}")
     model_dir, tokenizer_dir, out = Path(model_dir), Path(tokenizer_dir), Path(out)
-    record = StageRecord("swap", {"init": init, "pad_to_multiple_of": pad_to_multiple_of, "max_shard_size": max_shard_size,
+    record = StageRecord("swap", {"init": init, "init_input": init_input, "init_output": init_output,
+                                  "pad_to_multiple_of": pad_to_multiple_of, "max_shard_size": max_shard_size,
                                   "allow": sorted(allow)})
 
     # ---- everything is validated before any work and before any output exists
     check_output_dir(out, [model_dir, tokenizer_dir])
     reader = CheckpointReader(model_dir)
     arch = arch_for_config(reader.config, reader.path / "config.json")
+    rules = init_rules(arch.tied, init, init_input, init_output)
     base_tok = load_tokenizer(model_dir, "--model")
     new_tok = load_tokenizer(tokenizer_dir, "--tokenizer")
     check_likely_mistakes(model_dir, tokenizer_dir, base_tok, new_tok, allow)
@@ -89,7 +110,10 @@ def swap_model(
     # rows. A new matrix is kept as row blocks: runs of old rows (copied from the input file by the writer) and
     # the computed rows, the only part in memory; the old matrix is mapped lazily and only the pieces' rows are read.
     built: dict[str, RowBlocks] = {}
-    for name in [arch.input_name] + ([] if arch.tied else [arch.output_name]):
+    rule_of = {arch.input_name: rules.get("tied") or rules["input"]}
+    if not arch.tied:
+        rule_of[arch.output_name] = rules["output"]
+    for name, rule in rule_of.items():
         with record.timed(f"scan {name}"):
             mean = mean_of_rows(lambda a, b: reader.get_rows(name, a, b), n_base)  # noqa: B023 (used at once)
             reader.close()  # unmap: touched pages of a mapped shard count as resident memory
@@ -97,7 +121,7 @@ def swap_model(
                 raise RuadaptError(f"{reader.path}: {name} has NaN or infinite values in its token rows")
         with record.timed(f"build {name}"):
             old = reader.get(name)
-            blocks = matrix_blocks(vmap, old, init=init, pad_row=mean.to(old.dtype), progress=progress, desc=name)
+            blocks = matrix_blocks(vmap, old, init=rule, pad_row=mean.to(old.dtype), progress=progress, desc=name)
             built[name] = RowBlocks(reader.info(name), blocks)
             del old
             reader.close()
@@ -124,6 +148,9 @@ def swap_model(
             "base_rows": base_rows,
             "padding_multiple": multiple,
             "rows_by_kind": counts,
+            "init": rules,
+            # what ``ruadapt eval`` calls new rows (docs/init.md): ids the base tokenizer does not have
+            "new_token_ids": [n_base, n_new],
             "token_id_changes": id_changes,
             "provenance_format": "[copy, first_new_id, first_old_id, run_length] | [pad, first_id, run_length] | "
             "[mean|special, new_id, [old piece ids]]",

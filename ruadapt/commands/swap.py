@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..mistakes import add_allow_argument
+from ..vocab.init_rules import DEFAULT_INPUT, DEFAULT_OUTPUT, DEFAULT_TIED, INPUT_RULES, OUTPUT_RULES
 from . import add_parser, add_revision, model_arg, path_arg
 
 
@@ -24,12 +25,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", required=True, type=model_arg, help="base model dir (safetensors + config + its tokenizer) or Hub repo id")
     p.add_argument("--tokenizer", required=True, type=model_arg, help="new tokenizer dir (extension or replacement) or Hub repo id")
     p.add_argument("--out", required=True, type=path_arg, help="output model dir (must not exist or be empty)")
-    p.add_argument(
-        "--init",
-        choices=("mean", "weighted"),
-        default="mean",
-        help="new rows: plain mean of the pieces' rows, or weights halving from the first piece on",
-    )
+    p.add_argument("--init", choices=OUTPUT_RULES, default=None, metavar="RULE",
+                   help=f"rule of a new row in every vocabulary matrix (tied models: the only one), one of "
+                   f"{', '.join(OUTPUT_RULES)}; default {DEFAULT_TIED} (tied) — see docs/init.md")
+    p.add_argument("--init-input", choices=INPUT_RULES, default=None, metavar="RULE",
+                   help=f"untied models: rule of the input embedding's new rows ({', '.join(INPUT_RULES)}; "
+                   f"default {DEFAULT_INPUT})")
+    p.add_argument("--init-output", choices=OUTPUT_RULES, default=None, metavar="RULE",
+                   help=f"untied models: rule of the lm_head's new rows ({', '.join(OUTPUT_RULES)}; "
+                   f"default {DEFAULT_OUTPUT})")
     p.add_argument("--pad-to-multiple-of", type=int, default=None, metavar="N", help="round the row count up to N (default: the base's padding multiple)")
     p.add_argument("--max-shard-size", default=None, metavar="SIZE", help="shard byte budget, e.g. 5GB (default: the input's largest shard)")
     add_revision(p)
@@ -46,6 +50,8 @@ def run(args: argparse.Namespace) -> int:
         resolve(args.tokenizer, "--tokenizer", revision=args.revision, what=TOKENIZER),
         args.out,
         init=args.init,
+        init_input=args.init_input,
+        init_output=args.init_output,
         pad_to_multiple_of=args.pad_to_multiple_of,
         max_shard_size=args.max_shard_size,
         allow=args.allow,

@@ -1,0 +1,42 @@
+"""Names, defaults and purposes of the rules that start a new vocabulary row (docs/init.md).
+
+Kept free of torch so that ``ruadapt swap --help`` lists them without loading it; the arithmetic is in
+:func:`ruadapt.vocab.pieces.averaged_rows`. A rule is a weighting of the token's pieces' rows under the base
+tokenizer, optionally rescaled and/or pulled halfway towards ō, the mean of all old token rows.
+"""
+
+from __future__ import annotations
+
+PURPOSE = {
+    "mean": "the pieces' mean (FVT, the 2022 baseline)",
+    "weighted": "weights halving from the first piece on",
+    "first": "the first piece's row (tokensurgeon's lm_head rule)",
+    "last": "the last piece's row (tokensurgeon's input rule: the body continues from where the pieces end)",
+    "mean-norm": "the pieces' mean rescaled to the pieces' mean row norm (averaging shrinks norms)",
+    "all": "ō, the mean of all old rows: the new token's logit is the model's average one",
+    "mean-all": "halfway between the pieces' mean and ō",
+    "first-all": "halfway between the first piece and ō",
+}
+PIECE_RULES = ("mean", "weighted", "first", "last")
+INPUT_RULES = PIECE_RULES + ("mean-norm",)
+OUTPUT_RULES = INPUT_RULES + ("all", "mean-all", "first-all")
+RULES = OUTPUT_RULES
+ALL_SHARE = 0.5  # the weight of ō in the *-all rules
+
+# Defaults, chosen by bench/init.py (docs/init.md): the start closest to the base on held-out Russian text.
+DEFAULT_INPUT = "mean"
+DEFAULT_OUTPUT = "mean"
+DEFAULT_TIED = "mean"
+
+
+def rule_parts(rule: str) -> tuple[str, float, bool]:
+    """``rule`` → (piece weighting, share of ō, rescale to the pieces' mean norm)."""
+    if rule not in RULES:
+        raise ValueError(f"unknown init rule {rule!r}; use one of {', '.join(RULES)}")
+    if rule == "all":
+        return "mean", 1.0, False
+    if rule.endswith("-all"):
+        return rule[: -len("-all")], ALL_SHARE, False
+    if rule == "mean-norm":
+        return "mean", 0.0, True
+    return rule, 0.0, False
