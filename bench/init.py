@@ -160,6 +160,7 @@ def main() -> None:
         result["extensions"][str(size)] = ext
 
         if size != sizes[0] or not steps or not seeds:
+            save(result, log, t_start, args.json)
             continue
         best = min(inits, key=lambda i: per_init[i]["start"]["ru"]["bpb"])
         cpt_inits = ([x for x in args.cpt_inits.split(",") if x] if args.cpt_inits
@@ -207,12 +208,17 @@ def main() -> None:
             pts = [(int(n), v) for n, v in r["eval_loss_curve"].items()]
             r["steps_to_target"] = steps_to(target, pts) if target is not None else None
 
-    result["commands"] = log
-    result["wall_s"] = round(time.time() - t_start, 1)
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        save(result, log, t_start, args.json)  # after each extension: a long run leaves what it measured
+    save(result, log, t_start, args.json)
     print(report(result))
     print(f"\nwrote {args.json} ({result['wall_s']:.0f} s)")
+
+
+def save(result: dict, log: list, t_start: float, path: Path) -> None:
+    result["commands"] = log
+    result["wall_s"] = round(time.time() - t_start, 1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
 def report(result: dict) -> str:

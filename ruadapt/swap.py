@@ -1,9 +1,10 @@
 """``ruadapt swap``: give a model a new vocabulary (docs/design.md §2-3).
 
 Input rows of tokens the base already has (same bytes, or the same special-token content) are copied
-bit-identically; every new token starts as the mean of the base rows of the pieces the *base* tokenizer cuts
-its bytes into; rows that belong to no token (padding) get the mean row. Untied models build the lm_head from
-the base lm_head, never from input rows. Only the new rows are held in memory: a copied row, like every other
+bit-identically; every new token starts from the base rows of the pieces the *base* tokenizer cuts its bytes
+into, combined by an init rule (:mod:`ruadapt.vocab.init_rules`, one per matrix of an untied model); rows that
+belong to no token (padding) get the mean row. Untied models build the lm_head from the base lm_head, never from
+input rows. Only the new rows are held in memory: a copied row, like every other
 tensor, goes from the input file to the output by the kernel (byte ranges, or whole shards without a
 vocabulary matrix), and of the old matrices only the pieces' rows are read besides one chunked scan.
 """
@@ -149,8 +150,9 @@ def swap_model(
             "padding_multiple": multiple,
             "rows_by_kind": counts,
             "init": rules,
-            # what ``ruadapt eval`` calls new rows (docs/init.md): ids the base tokenizer does not have
-            "new_token_ids": [n_base, n_new],
+            # an extension's new tokens are the ids [n_base, n_new); a replacement's are the "mean" rows of the
+            # provenance (``ruadapt eval --start-base`` finds both by the same vocab map, docs/init.md)
+            "new_token_ids": [n_base, n_new] if extension else None,
             "token_id_changes": id_changes,
             "provenance_format": "[copy, first_new_id, first_old_id, run_length] | [pad, first_id, run_length] | "
             "[mean|special, new_id, [old piece ids]]",

@@ -13,14 +13,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = add_parser(
         sub,
         "swap",
-        help="give a model a new vocabulary: copy known rows, init new ones as the mean of their old pieces",
+        help="give a model a new vocabulary: copy known rows, init new ones from their old pieces' rows",
         description="Write a copy of --model whose input embeddings (and untied lm_head) follow --tokenizer. "
         "Rows of tokens the base has (same bytes / same special content) are copied bit-identically; a new "
-        "token's row is the mean of the base rows of its pieces under the base tokenizer; padding rows get the "
-        "mean row. Only the vocabulary matrices are loaded; every other tensor is copied through unchanged.",
+        "token's row is built by an init rule from the base rows of its pieces under the base tokenizer (untied "
+        "models: one rule for the input embedding, one for the lm_head; docs/init.md); padding rows get the mean row. Only the vocabulary matrices are loaded; every other tensor is copied through unchanged.",
         examples="ruadapt swap --model ./Qwen2.5-7B --tokenizer tokenizers/qwen2.5-ru48k --out runs/qwen7b-swapped\n"
         "ruadapt swap --model Qwen/Qwen2.5-7B --tokenizer tokenizers/qwen2.5-ru48k --out runs/qwen7b-swapped   # Hub repo id\n"
-        "ruadapt swap --model ./Llama-3-8B --tokenizer ./llama3-ru --out ./l3-ru --init weighted --pad-to-multiple-of 128",
+        "ruadapt swap --model ./Llama-3-8B --tokenizer ./llama3-ru --out ./l3-ru --init weighted --pad-to-multiple-of 128\n"
+        "ruadapt swap --model ./Qwen2.5-7B --tokenizer ./qwen-ru --out ./q-ru --init-input last --init-output mean-all",
     )
     p.add_argument("--model", required=True, type=model_arg, help="base model dir (safetensors + config + its tokenizer) or Hub repo id")
     p.add_argument("--tokenizer", required=True, type=model_arg, help="new tokenizer dir (extension or replacement) or Hub repo id")
