@@ -25,6 +25,7 @@ Prints a markdown table and writes the JSON (every figure, the commands' wall ti
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import platform
@@ -34,7 +35,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, SHARED, run_measured, table  # noqa: E402
+from common import ROOT, SHARED, run_measured, table
 
 REFERENCE = "mean/mean"  # the FVT baseline, ruadapt's default before this bench
 DEFAULT_INITS = ("mean/mean", "weighted/weighted", "last/first", "mean/first", "mean/all", "mean/mean-all",
@@ -77,7 +78,7 @@ def evaluate(models: dict[str, Path], out: Path, args, log: list) -> dict:
 
 def steps_to(target: float, curve: list[tuple[int, float]]) -> float | None:
     """First step where the piecewise-linear ``curve`` (step, bpb) reaches ``target`` (None: not within it)."""
-    for (s0, b0), (s1, b1) in zip(curve, curve[1:]):
+    for (s0, b0), (s1, b1) in itertools.pairwise(curve):
         if b0 <= target:
             return float(s0)
         if b1 <= target:
@@ -198,8 +199,8 @@ def main() -> None:
             r["eval_loss_curve"] = {str(n): v for n, v in curve.items()}
             r["eval_loss_at"] = {str(n): curve.get(n) for n in steps}
             final = {lang: [after["bpb"][f"{init}|{s}"][lang]["bpb"] for s in seeds] for lang in ("ru", "en")}
-            r["final"] = {lang: {"mean": statistics.fmean(v), "seeds": v, "gap": statistics.fmean(v) / base_bpb[lang] - 1}
-                          for lang, v in final.items()}
+            r["final"] = {lang: {"mean": statistics.fmean(v), "seeds": v,
+                                 "gap": statistics.fmean(v) / base_bpb[lang] - 1} for lang, v in final.items()}
         ref_curve = per_init[reference].get("eval_loss_at") if reference in cpt_inits else None
         target = ref_curve.get(str(target_step)) if ref_curve else None
         ext["target_eval_loss"] = target

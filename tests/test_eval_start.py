@@ -12,9 +12,9 @@ import math
 
 import pytest
 import torch
+from tiny import SHARED_DATA, make_tiny_model
 
 from ruadapt.cli import main
-from tiny import SHARED_DATA, make_tiny_model
 
 LN2 = math.log(2)
 

@@ -36,7 +36,7 @@ ruadapt eval --model base=./base --model ru=./ru --tasks belebele_rus_Cyrl,arc_r
 ruadapt eval --model inst=./inst --include-path ./my_tasks --tasks ru_qa \\
     --system-instruction "Отвечай кратко, по-русски." --out runs/eval-sys
 ruadapt eval --model base=./base --model swapped=./swapped --start-base base --speed-prompts 0 \\
-    --text ru=data/ru_eval.txt --text en=data/en_eval.txt --out runs/eval-start   # the start of a swap (docs/init.md)""",
+    --text ru=data/ru_eval.txt --text en=data/en_eval.txt --out runs/eval-start   # a swap's start, docs/init.md""",
     )
     p.add_argument("--model", action="append", required=True, metavar="NAME=DIR",
                    help="a model directory or Hub repo id (repeat; the first is the baseline of speed ratios)")

@@ -5,7 +5,13 @@ from __future__ import annotations
 import argparse
 
 from ..mistakes import add_allow_argument
-from ..vocab.init_rules import DEFAULT_INPUT, DEFAULT_OUTPUT, DEFAULT_TIED, INPUT_RULES, OUTPUT_RULES
+from ..vocab.init_rules import (
+    DEFAULT_INPUT,
+    DEFAULT_OUTPUT,
+    DEFAULT_TIED,
+    INPUT_RULES,
+    OUTPUT_RULES,
+)
 from . import add_parser, add_revision, model_arg, path_arg
 
 
@@ -17,7 +23,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Write a copy of --model whose input embeddings (and untied lm_head) follow --tokenizer. "
         "Rows of tokens the base has (same bytes / same special content) are copied bit-identically; a new "
         "token's row is built by an init rule from the base rows of its pieces under the base tokenizer (untied "
-        "models: one rule for the input embedding, one for the lm_head; docs/init.md); padding rows get the mean row. Only the vocabulary matrices are loaded; every other tensor is copied through unchanged.",
+        "models: one rule for the input embedding, one for the lm_head; docs/init.md); padding rows get the mean "
+        "row. Only the vocabulary matrices are loaded; every other tensor is copied through unchanged.",
         examples="ruadapt swap --model ./Qwen2.5-7B --tokenizer tokenizers/qwen2.5-ru48k --out runs/qwen7b-swapped\n"
         "ruadapt swap --model Qwen/Qwen2.5-7B --tokenizer tokenizers/qwen2.5-ru48k --out runs/qwen7b-swapped   # Hub repo id\n"
         "ruadapt swap --model ./Llama-3-8B --tokenizer ./llama3-ru --out ./l3-ru --init weighted --pad-to-multiple-of 128\n"

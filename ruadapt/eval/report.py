@@ -97,8 +97,8 @@ def start_table(report: dict) -> list[str]:
     rows = []
     for m, per_label in start["models"].items():
         for label, d in per_label.items():
-            rows.append([m, label, d["bpb"], d["base_bpb"], f"{100 * d['gap']:+.1f} %", f"{100 * d['new_byte_share']:.1f} %",
-                         d["bpb_new"], d["bpb_old"], f"{100 * d['new_prediction_share']:.1f} %",
+            rows.append([m, label, d["bpb"], d["base_bpb"], f"{100 * d['gap']:+.1f} %",
+                         f"{100 * d['new_byte_share']:.1f} %", d["bpb_new"], d["bpb_old"], f"{100 * d['new_prediction_share']:.1f} %",
                          f"{d['new_never_predicted']:,} of {d['new_tokens']:,}"])
     return ["", f"## Start (new tokens = those {start['base']}'s tokenizer lacks)", ""] + markdown_table(
         ["model", "text", "bpb", f"{start['base']} bpb", "gap", "bytes in new tokens", "bpb at new", "bpb at old",
