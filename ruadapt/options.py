@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Literal, Mapping, Sequence, get_args
 
 from .errors import RuadaptError, require
+from .vocab.init_rules import INPUT_RULES, OUTPUT_RULES, InputRule, OutputRule
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -72,8 +73,6 @@ class PlanFigures:
 
 # ---------------------------------------------------------------------------------------------- swap
 # how a new token's row is built from its pieces' rows (ruadapt.vocab.pieces.averaged_rows); extend here
-SwapInit = Literal["mean", "weighted"]
-SWAP_INITS: tuple[str, ...] = get_args(SwapInit)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -83,17 +82,24 @@ class SwapOptions(VocabOutputOptions):
     model_dir: Path
     tokenizer_dir: Path
     out: Path
-    init: SwapInit = "mean"
+    # the rules of new rows (ruadapt.vocab.init_rules): --init for every matrix (a tied model's only one), or one
+    # per matrix of an untied model; None = the measured default (ruadapt.swap.init_rules)
+    init: OutputRule | None = None
+    init_input: InputRule | None = None
+    init_output: OutputRule | None = None
 
     def check(self) -> None:
         """The checks that need no file, in the order the stage always made them."""
-        if self.init not in SWAP_INITS:
-            raise RuadaptError(f"--init {self.init!r} is not one of {', '.join(SWAP_INITS)}")
+        for option, value, allowed in (("--init", self.init, OUTPUT_RULES), ("--init-input", self.init_input, INPUT_RULES),
+                                       ("--init-output", self.init_output, OUTPUT_RULES)):
+            if value is not None and value not in allowed:
+                raise RuadaptError(f"{option} {value!r} is not one of {', '.join(allowed)}")
         self.check_padding()
 
     def record_options(self) -> dict:
         """The options as the stage record states them."""
-        return {"init": self.init, "pad_to_multiple_of": self.pad_to_multiple_of,
+        return {"init": self.init, "init_input": self.init_input, "init_output": self.init_output,
+                "pad_to_multiple_of": self.pad_to_multiple_of,
                 "max_shard_size": self.max_shard_size, "allow": sorted(self.allow)}
 
 

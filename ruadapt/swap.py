@@ -1,9 +1,10 @@
 """``ruadapt swap``: give a model a new vocabulary (docs/design.md §2-3).
 
 Input rows of tokens the base already has (same bytes, or the same special-token content) are copied
-bit-identically; every new token starts as the mean of the base rows of the pieces the *base* tokenizer cuts
-its bytes into; rows that belong to no token (padding) get the mean row. Untied models build the lm_head from
-the base lm_head, never from input rows. Only the new rows are held in memory: a copied row, like every other
+bit-identically; every new token starts from the base rows of the pieces the *base* tokenizer cuts its bytes
+into, combined by an init rule (:mod:`ruadapt.vocab.init_rules`, one per matrix of an untied model); rows that
+belong to no token (padding) get the mean row. Untied models build the lm_head from the base lm_head, never from
+input rows. Only the new rows are held in memory: a copied row, like every other
 tensor, goes from the input file to the output by the kernel (byte ranges, or whole shards without a
 vocabulary matrix), and of the old matrices only the pieces' rows are read besides one chunked scan.
 
@@ -26,7 +27,9 @@ from .errors import RuadaptError
 from .mistakes import refuse
 from .io.outdir import check_output_dir
 from .io.record import StageRecord
-from .io.tokdir import TokenizerFiles, load_tokenizer, remap_model_configs, tokenizer_json_path, tokenizer_pipeline
+from .io.tokdir import (TokenizerFiles, load_tokenizer, remap_model_configs, tokenizer_json_path, tokenizer_pipeline,
+                        tokenizer_size)
+from .vocab.init_rules import DEFAULT_INPUT, DEFAULT_OUTPUT, DEFAULT_TIED
 from .vocab.pieces import TokenCodec, VocabMap, build_vocab_map, matrix_blocks, mean_of_rows, rows_are_finite
 from .options import PlanFigures, SwapOptions
 from .vocab.output import VocabOutput, output_tensor_bytes, write_vocab_output
@@ -52,10 +55,17 @@ class SwapPlan:
     gen_config: dict | None
     id_changes: dict
     max_shard_bytes: int | None
+    rules: dict[str, str]  # init rule per matrix: {"tied": r} or {"input": r, "output": r}
 
     def matrix_names(self) -> list[str]:
         """The matrices swap builds: the input embedding, and the lm_head of an untied model."""
-        return [self.arch.input_name] + ([] if self.arch.tied else [self.arch.output_name])
+        return list(self.rule_of())
+
+    def rule_of(self) -> dict[str, str]:
+        """Each matrix swap builds → the init rule of its new rows."""
+        if self.arch.tied:
+            return {self.arch.input_name: self.rules["tied"]}
+        return {self.arch.input_name: self.rules["input"], self.arch.output_name: self.rules["output"]}
 
     def figures(self) -> PlanFigures:
         """Rows by kind, bytes to write and the new rows held in memory (every built matrix's computed rows
@@ -78,6 +88,18 @@ def swap_model(model_dir: Path, tokenizer_dir: Path, out: Path, **options) -> di
     return write_swap(plan_swap(SwapOptions(model_dir=model_dir, tokenizer_dir=tokenizer_dir, out=out, **options)))
 
 
+def init_rules(tied: bool, init: str | None, init_input: str | None, init_output: str | None) -> dict[str, str]:
+    """The rule of each matrix, ``{"input": ..., "output": ...}`` (untied) or ``{"tied": ...}``, from the options
+    (names already checked by :meth:`SwapOptions.check`). A tied model has one matrix that serves as input and
+    lm_head, so only ``--init`` applies to it; the defaults are the measured ones of docs/init.md."""
+    if tied:
+        if init_input is not None or init_output is not None:
+            raise RuadaptError("--init-input/--init-output: the model ties its input embedding and lm_head (one "
+                               "matrix); give its rule with --init")
+        return {"tied": init or DEFAULT_TIED}
+    return {"input": init_input or init or DEFAULT_INPUT, "output": init_output or init or DEFAULT_OUTPUT}
+
+
 def plan_swap(options: SwapOptions) -> SwapPlan:
     """Check everything and decide every row, reading tokenizers and checkpoint headers only; writes nothing."""
     options.check()
@@ -86,6 +108,7 @@ def plan_swap(options: SwapOptions) -> SwapPlan:
     check_output_dir(out, [model_dir, tokenizer_dir])
     reader = CheckpointReader(model_dir)
     arch = arch_for_config(reader.config, reader.path / "config.json")
+    rules = init_rules(arch.tied, options.init, options.init_input, options.init_output)
     base_tok = load_tokenizer(model_dir, "--model")
     new_tok = load_tokenizer(tokenizer_dir, "--tokenizer")
     check_likely_mistakes(model_dir, tokenizer_dir, base_tok, new_tok, options.allow)
@@ -113,7 +136,7 @@ def plan_swap(options: SwapOptions) -> SwapPlan:
     record.input_file("base_tokenizer", tokenizer_json_path(model_dir))
     record.input_file("tokenizer", tokenizer_json_path(tokenizer_dir))
     return SwapPlan(options, record, reader, arch, new_tok, vmap, n_base, base_rows, multiple, extension, config,
-                    gen_config, id_changes, max_shard_bytes)
+                    gen_config, id_changes, max_shard_bytes, rules)
 
 
 def build_matrices(plan: SwapPlan) -> dict[str, RowBlocks]:
@@ -123,7 +146,7 @@ def build_matrices(plan: SwapPlan) -> dict[str, RowBlocks]:
     are read."""
     reader, record, opts = plan.reader, plan.record, plan.options
     built: dict[str, RowBlocks] = {}
-    for name in plan.matrix_names():
+    for name, rule in plan.rule_of().items():
         with record.timed(f"scan {name}"):
             mean = mean_of_rows(lambda a, b: reader.get_rows(name, a, b), plan.n_base)  # noqa: B023 (used at once)
             reader.close()  # unmap: touched pages of a mapped shard count as resident memory
@@ -131,7 +154,7 @@ def build_matrices(plan: SwapPlan) -> dict[str, RowBlocks]:
                 raise RuadaptError(f"{reader.path}: {name} has NaN or infinite values in its token rows")
         with record.timed(f"build {name}"):
             old = reader.get(name)
-            blocks = matrix_blocks(plan.vmap, old, init=opts.init, pad_row=mean.to(old.dtype), progress=opts.progress,
+            blocks = matrix_blocks(plan.vmap, old, init=rule, pad_row=mean.to(old.dtype), progress=opts.progress,
                                    desc=name)
             built[name] = RowBlocks(reader.info(name), blocks)
             del old
@@ -167,6 +190,10 @@ def write_swap(plan: SwapPlan) -> dict:
             "base_rows": plan.base_rows,
             "padding_multiple": plan.multiple,
             "rows_by_kind": plan.vmap.summary(),
+            "init": plan.rules,
+            # an extension's new tokens are the ids [n_base, n_new); a replacement's are the "mean" rows of the
+            # provenance (``ruadapt eval --start-base`` finds both by the same vocab map, docs/init.md)
+            "new_token_ids": [plan.n_base, tokenizer_size(plan.new_tok)] if plan.extension else None,
             "token_id_changes": plan.id_changes,
             "provenance_format": "[copy, first_new_id, first_old_id, run_length] | [pad, first_id, run_length] | "
             "[mean|special, new_id, [old piece ids]]",

@@ -75,7 +75,8 @@ def run_stages(root: Path, only: Collection[str] | None = None) -> dict[str, Pat
     untied = make_tiny_model(root / "qwen-untied", "qwen2", tied=False)
     tied = make_tiny_model(root / "qwen-tied", "qwen2", tied=True, seed=1)
     lep = [f"lep_{m}" for m in ("conversion", "overlap", "swap")]
-    for name, model, extra in (("swap_untied", untied, ()), ("swap_tied", tied, ("--init", "weighted"))):
+    # --init mean: the rule the hashes were first recorded with (the untied default changed to last/mean-all since)
+    for name, model, extra in (("swap_untied", untied, ("--init", "mean")), ("swap_tied", tied, ("--init", "weighted"))):
         if wanted(name) or (name == "swap_untied" and any(map(wanted, lep))):  # lep's --adapted
             outs[name] = root / name
             cli("swap", "--model", model, "--tokenizer", outs["tokenizer"], "--out", outs[name], *extra)

@@ -73,7 +73,7 @@ def test_swap_extension(tmp_path, extensions, model_type, tied):
     ext = extensions(tok_name)
     before = dir_hash(base)
     out = tmp_path / "out"
-    assert main(["-q", "swap", "--model", str(base), "--tokenizer", str(ext), "--out", str(out)]) == 0
+    assert main(["-q", "swap", "--model", str(base), "--tokenizer", str(ext), "--out", str(out), "--init", "mean"]) == 0
     assert dir_hash(base) == before
 
     spec = tokenizer_spec(SHARED_TOKENIZERS / tok_name / "tokenizer.json")
@@ -120,6 +120,62 @@ def test_swap_extension(tmp_path, extensions, model_type, tied):
     rec = check_record(json.loads((out / "ruadapt_swap.json").read_text()))
     assert rec["result"]["rows_by_kind"]["mean"] == 300
     assert rec["inputs"]["model"]["fingerprint"]
+
+
+def rule_reference(rule: str, old: torch.Tensor, src: list[int], n_base: int) -> torch.Tensor:
+    """A new row by ``rule`` from its definition (docs/init.md), float64, on the whole old matrix."""
+    x = old.double()
+    o_bar = x[:n_base].mean(0)
+    w = {"mean": [1.0] * len(src), "weighted": [2.0**-k for k in range(len(src))],
+         "first": [1.0] + [0.0] * (len(src) - 1), "last": [0.0] * (len(src) - 1) + [1.0]}
+    base = rule[: -len("-all")] if rule.endswith("-all") else "mean" if rule in ("all", "mean-norm") else rule
+    ww = torch.tensor(w[base], dtype=torch.float64) / sum(w[base])
+    row = (x[src] * ww[:, None]).sum(0)
+    if rule == "mean-norm":
+        row = row * (x[src].norm(dim=1) * ww).sum() / row.norm()
+    if rule == "all":
+        return o_bar
+    return 0.5 * row + 0.5 * o_bar if rule.endswith("-all") else row
+
+
+@pytest.mark.parametrize("tied,flags", [
+    (False, ["--init-input", "last", "--init-output", "mean-all"]),
+    (False, ["--init-input", "mean-norm", "--init-output", "first-all"]),
+    (True, ["--init", "mean-all"]),
+])
+def test_swap_init_rules_stream_the_reference_rows(tmp_path, extensions, tied, flags):
+    """Each matrix's new rows follow its own rule (streamed from the checkpoint), equal to the rule computed from
+    its definition with an independent BPE for the pieces; the record says which rule built which matrix."""
+    from ruadapt.vocab.init_rules import DEFAULT_INPUT, DEFAULT_OUTPUT
+
+    base = make_tiny_model(tmp_path / "base", "qwen2", tied=tied)
+    ext = extensions("qwen2.5")
+    out = tmp_path / "out"
+    assert main(["-q", "swap", "--model", str(base), "--tokenizer", str(ext), "--out", str(out), *flags]) == 0
+    opt = dict(zip(flags[::2], flags[1::2]))
+    rules = ({"tied": opt["--init"]} if tied else
+             {"input": opt.get("--init-input", opt.get("--init", DEFAULT_INPUT)),
+              "output": opt.get("--init-output", opt.get("--init", DEFAULT_OUTPUT))})
+    rec = json.loads((out / "ruadapt_swap.json").read_text())
+    assert rec["result"]["init"] == rules
+    spec = tokenizer_spec(SHARED_TOKENIZERS / "qwen2.5" / "tokenizer.json")
+    inv_vocab = {i: p for p, i in tokenizer_spec(ext / "tokenizer.json")["model"]["vocab"].items()}
+    n_base, n_new = rec["result"]["new_token_ids"]
+    for name, rule in ([(EMBED, rules["tied"])] if tied else [(EMBED, rules["input"]), (HEAD, rules["output"])]):
+        old, new = load_tensor(base, name), load_tensor(out, name)
+        assert torch.equal(new[:n_base], old[:n_base])
+        for i in range(n_base, n_new):
+            src = reference_pieces(spec, piece_bytes(spec, inv_vocab[i]))
+            expect = rule_reference(rule, old, src, n_base).float()
+            assert torch.allclose(new[i], expect, atol=1e-5, rtol=1e-5), (name, rule, i)
+
+
+def test_swap_init_output_refused_for_a_tied_model(tmp_path):
+    base = make_tiny_model(tmp_path / "base", "llama", tied=True, max_shard_size="200KB")
+    r = _run_cli(["swap", "--model", str(base), "--tokenizer", str(base), "--out", str(tmp_path / "o"),
+                  "--allow", "same-tokenizer", "--init-output", "all"])
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "ties its input embedding and lm_head" in r.stderr and not (tmp_path / "o").exists()
 
 
 def test_swap_replace_tokenizer_remaps_special_ids(tmp_path):

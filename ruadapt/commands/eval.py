@@ -36,7 +36,9 @@ ruadapt eval --model inst=./inst --model lep=./lep --include-path ./my_tasks \\
 ruadapt eval --model base=./base --model ru=./ru --tasks belebele_rus_Cyrl,arc_ru \\
     --task-limit 200 --out runs/eval-bench            # lm-eval's registry (data from the Hub or its cache)
 ruadapt eval --model inst=./inst --include-path ./my_tasks --tasks ru_qa \\
-    --system-instruction "Отвечай кратко, по-русски." --out runs/eval-sys""",
+    --system-instruction "Отвечай кратко, по-русски." --out runs/eval-sys
+ruadapt eval --model base=./base --model swapped=./swapped --start-base base --speed-prompts 0 \\
+    --text ru=data/ru_eval.txt --text en=data/en_eval.txt --out runs/eval-start   # a swap's start, docs/init.md""",
     )
     p.add_argument("--model", action="append", required=True, metavar="NAME=DIR",
                    help="a model directory or Hub repo id (repeat; the first is the baseline of speed ratios)")
@@ -76,6 +78,9 @@ ruadapt eval --model inst=./inst --include-path ./my_tasks --tasks ru_qa \\
     p.add_argument("--task-batch-size", type=int, default=1,
                    help="requests per lm-eval batch (lm-eval's --batch_size); generation pads on the left")
     p.add_argument("--task-limit", type=int, default=None, help="documents per lm-eval task (default: all)")
+    p.add_argument("--start-base", default=None, metavar="NAME",
+                   help="the --model the others were swapped from: adds, per --text, the share of bytes in tokens it "
+                   "lacks, bpb at new vs old tokens, greedy predictions of new tokens, new tokens never predicted")
     p.add_argument("--out", type=path_arg, required=True, help="new output directory")
     add_revision(p)
     p.set_defaults(func=run)
@@ -106,6 +111,7 @@ def run(args: argparse.Namespace) -> int:
         task_batch_size=args.task_batch_size,
         include_paths=args.include_path,
         system_instruction=args.system_instruction,
+        start_base=args.start_base,
     )
     print((args.out / "report.md").read_text(encoding="utf-8"))
     sys.stdout.flush()  # the report first, then what failed in it

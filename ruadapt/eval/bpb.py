@@ -60,9 +60,13 @@ def plan_windows(context: Sequence[int], target: Sequence[int], window: int, str
         start, end = end, min(n, end + stride)
 
 
-def score_windows(em: EvalModel, windows: list[Window], *, batch_tokens: int = 4096, desc: str = "bpb") -> list[float]:
+def score_windows(em: EvalModel, windows: list[Window], *, batch_tokens: int = 4096, desc: str = "bpb",
+                  per_token: dict[int, tuple[list[float], list[int]]] | None = None) -> list[float]:
     """Summed NLL (nats, float64) of each window's targets. Windows are batched by length (right padding, so the
-    real positions see exactly the unpadded computation) within ``batch_tokens`` padded tokens."""
+    real positions see exactly the unpadded computation) within ``batch_tokens`` padded tokens.
+
+    ``per_token``: when given, filled with window index → (NLL of each target, the model's greedy prediction at
+    that position), for the start diagnostics of :mod:`.start` (same forward pass, no second scoring)."""
     order = sorted(range(len(windows)), key=lambda i: -len(windows[i].inputs))
     nll = [0.0] * len(windows)
     batches: list[list[int]] = []
@@ -88,7 +92,10 @@ def score_windows(em: EvalModel, windows: list[Window], *, batch_tokens: int = 4
                 n, k = len(w.inputs), len(w.targets)
                 logp = torch.log_softmax(logits[row, n - k: n].float(), dim=-1)
                 tgt = torch.tensor(w.targets, device=logp.device).unsqueeze(1)
-                nll[i] = -float(logp.gather(1, tgt).double().sum())
+                tok_nll = -logp.gather(1, tgt).squeeze(1).double()
+                nll[i] = float(tok_nll.sum())
+                if per_token is not None:
+                    per_token[i] = (tok_nll.tolist(), logp.argmax(dim=-1).tolist())
                 bar.update(k)
             del logits
     bar.close()
@@ -106,6 +113,10 @@ class BpbResult:
     windows: int
     counts: dict
     doc_nll: list[float] = field(default_factory=list, repr=False)
+    # with ``per_token``: each document's target ids, their NLLs (nats) and the greedy prediction at each
+    token_targets: list[list[int]] | None = field(default=None, repr=False)
+    token_nll: list[list[float]] | None = field(default=None, repr=False)
+    token_argmax: list[list[int]] | None = field(default=None, repr=False)
 
     @property
     def chars(self) -> int:
@@ -129,14 +140,22 @@ class BpbResult:
 
 
 def _result(em: EvalModel, texts: Sequence[str], targets: Sequence[Sequence[int]], windows: list[Window],
-            nll: list[float]) -> BpbResult:
+            nll: list[float], per_token: dict[int, tuple[list[float], list[int]]] | None = None) -> BpbResult:
 
     doc_nll = [0.0] * len(texts)
     for w, x in zip(windows, nll):
         doc_nll[w.doc] += x
-    return BpbResult(docs=len(texts), nll_nats=math.fsum(doc_nll), windows=len(windows),
-                     counts=measure(em.tokenizer.backend_tokenizer, list(texts), [list(t) for t in targets]),
-                     doc_nll=doc_nll)
+    result = BpbResult(docs=len(texts), nll_nats=math.fsum(doc_nll), windows=len(windows),
+                       counts=measure(em.tokenizer.backend_tokenizer, list(texts), [list(t) for t in targets]),
+                       doc_nll=doc_nll)
+    if per_token is not None:  # a document's windows score its targets in order, each exactly once
+        result.token_targets = [list(t) for t in targets]
+        result.token_nll = [[] for _ in texts]
+        result.token_argmax = [[] for _ in texts]
+        for i, w in enumerate(windows):
+            result.token_nll[w.doc] += per_token[i][0]
+            result.token_argmax[w.doc] += per_token[i][1]
+    return result
 
 
 def encode(em: EvalModel, text: str) -> list[int]:
@@ -145,12 +164,15 @@ def encode(em: EvalModel, text: str) -> list[int]:
 
 
 def text_bpb(em: EvalModel, lines: Sequence[str], *, window: int, stride: int | None = None,
-             batch_tokens: int = 4096, desc: str = "bpb") -> BpbResult:
-    """Bits per byte of ``lines`` (each a document), every token scored, the first after BOS/EOS."""
+             batch_tokens: int = 4096, desc: str = "bpb", per_token: bool = False) -> BpbResult:
+    """Bits per byte of ``lines`` (each a document), every token scored, the first after BOS/EOS.
+    ``per_token``: also keep each token's NLL and the greedy prediction (``BpbResult.token_*``)."""
     stride = stride or window
     targets = [encode(em, line) for line in lines]
     windows = [w for d, t in enumerate(targets) for w in plan_windows([em.prefix_id], t, window, stride, d)]
-    return _result(em, lines, targets, windows, score_windows(em, windows, batch_tokens=batch_tokens, desc=desc))
+    kept: dict[int, tuple[list[float], list[int]]] | None = {} if per_token else None
+    nll = score_windows(em, windows, batch_tokens=batch_tokens, desc=desc, per_token=kept)
+    return _result(em, lines, targets, windows, nll, kept)
 
 
 def chat_prompt_ids(em: EvalModel, messages: list[dict[str, str]]) -> list[int]:

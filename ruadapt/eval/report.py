@@ -53,6 +53,7 @@ def markdown(report: dict) -> str:
         lines += ["", "Same bytes for every model: " + ", ".join(
             f"{label} {bpb[models[0]][label]['bytes']:,} bytes in {bpb[models[0]][label]['docs']:,} "
             f"{'assistant turns' if bpb[models[0]][label].get('kind') == 'chat' else 'lines'}" for label in labels) + "."]
+    lines += start_table(report)
     speed = report.get("speed")
     if speed:
         lines += ["", f"## Generation speed ({speed['mode']}, {speed['new_tokens']} new tokens × {speed['prompts']} prompts "
@@ -85,6 +86,23 @@ def markdown(report: dict) -> str:
         lines += ["", "## Failures (measures without a number; `ruadapt eval` exits 1)", ""] + [f"- {f}" for f in failures]
     lines.append("")
     return "\n".join(lines)
+
+
+def start_table(report: dict) -> list[str]:
+    """The "start" section: per model swapped from ``--start-base`` and text, the gap to the base and where the
+    new rows stand (:mod:`ruadapt.eval.start`)."""
+    start = report.get("start")
+    if not start:
+        return []
+    rows = []
+    for m, per_label in start["models"].items():
+        for label, d in per_label.items():
+            rows.append([m, label, d["bpb"], d["base_bpb"], f"{100 * d['gap']:+.1f} %",
+                         f"{100 * d['new_byte_share']:.1f} %", d["bpb_new"], d["bpb_old"], f"{100 * d['new_prediction_share']:.1f} %",
+                         f"{d['new_never_predicted']:,} of {d['new_tokens']:,}"])
+    return ["", f"## Start (new tokens = those {start['base']}'s tokenizer lacks)", ""] + markdown_table(
+        ["model", "text", "bpb", f"{start['base']} bpb", "gap", "bytes in new tokens", "bpb at new", "bpb at old",
+         "greedy = new", "new never predicted"], rows)
 
 
 def plots(report: dict, out: Path) -> list[str]:

@@ -22,6 +22,7 @@ from .data import read_lines
 from .lm_eval_runner import available_tasks, run_task
 from .load import check_device, check_model_dir, load_model, resolve_dtype
 from .report import write_report
+from .start import start_diagnostics
 from .speed import MODES, measure_speed, select_prompts
 from .task_select import check_include_paths, check_task_data, resolve_tasks
 
@@ -51,17 +52,25 @@ def run_eval(
     task_batch_size: int = 1,
     include_paths: list[Path] | None = None,
     system_instruction: str | None = None,
+    start_base: str | None = None,
 ) -> dict[str, Any]:
     """Evaluate ``models`` (name -> dir) and write report.json/report.md/plots + ruadapt_eval.json into ``out``.
 
     A measure that ran but produced no number (NaN bits per byte from an overflowing dtype, an lm-eval task that
     scored no document) does not stop the others: it is listed in ``report["failures"]`` (see
-    :func:`failed_measures`), and ``ruadapt eval`` exits 1 when that list is not empty."""
+    :func:`failed_measures`), and ``ruadapt eval`` exits 1 when that list is not empty.
+
+    ``start_base``: the name of the model the others were swapped from; each other model then gets the start
+    diagnostics of :mod:`.start` on every ``--text`` (``report["start"]``), its new tokens being those this
+    model's tokenizer lacks."""
     texts, chats, tasks = dict(texts or {}), dict(chats or {}), list(tasks or [])
     include_paths = list(include_paths or [])
     options = {k: v for k, v in locals().items() if k not in ("models", "out")}
     # ---- check everything before loading anything
     require(models, "--model: give at least one NAME=DIR")
+    require(start_base is None or start_base in models,
+            f"--start-base {start_base}: not one of the --model names ({', '.join(models)})")
+    require(start_base is None or texts, f"--start-base {start_base}: give --text LANG=FILE to measure the start on")
     device = check_device(device)
     torch_dtype = resolve_dtype(dtype, device)
     require(speed_mode in MODES, f"--speed-mode {speed_mode}: unknown; use {' or '.join(MODES)}")
@@ -125,18 +134,29 @@ def run_eval(
         "bpb": {em.name: {} for em in loaded},
     }
 
-    # ---- bits per byte
+    # ---- bits per byte (and the start diagnostics of models swapped from --start-base, from the same pass)
+    starts = start_setup(loaded, start_base)
+    if starts:
+        report["start"] = {"base": start_base, "models": {name: {} for name in starts}}
     with record.timed("bpb"):
         for em in loaded:
             for label, lines in text_lines.items():
-                r = text_bpb(em, lines, window=window, stride=stride, batch_tokens=batch_tokens, desc=f"bpb {label}")
+                r = text_bpb(em, lines, window=window, stride=stride, batch_tokens=batch_tokens, desc=f"bpb {label}",
+                             per_token=em.name in starts)
                 report["bpb"][em.name][label] = {"kind": "text", "file": str(texts[label]), **r.summary()}
+                if em.name in starts:
+                    diag = start_diagnostics(r, *starts[em.name])
+                    report["start"]["models"][em.name][label] = {"bpb": r.bpb, **diag}
                 log.info("%s %s: %.4f bits/byte, %.3f chars/token", em.name, label, r.bpb, r.chars / r.tokens)
             for label, convs in chat_data.items():
                 r = chat_bpb(em, convs, window=window, stride=stride, batch_tokens=batch_tokens,
                              source=f"--chat {label}", desc=f"bpb {label}")
                 report["bpb"][em.name][label] = {"kind": "chat", "file": str(chats[label]), **r.summary()}
                 log.info("%s %s (assistant turns): %.4f bits/byte", em.name, label, r.bpb)
+        for name, per_label in (report.get("start") or {}).get("models", {}).items():
+            for label, diag in per_label.items():  # the gap to the base's own bits per byte on the same bytes
+                diag["base_bpb"] = report["bpb"][start_base][label]["bpb"]
+                diag["gap"] = diag["bpb"] / diag["base_bpb"] - 1
 
     # ---- speed
     if prompt_lines:
@@ -171,6 +191,18 @@ def run_eval(
         record.write(tmp)
     log.info("wrote %s", Path(out))
     return report
+
+
+def start_setup(loaded: list, start_base: str | None) -> dict[str, tuple[set[int], Any]]:
+    """Model name → (its new token ids, its token codec) for every model but ``start_base``."""
+    if start_base is None:
+        return {}
+    from ..vocab.pieces import TokenCodec
+    from .start import new_token_ids
+
+    base = next(em for em in loaded if em.name == start_base).tokenizer.backend_tokenizer
+    return {em.name: (new_token_ids(base, em.tokenizer.backend_tokenizer), TokenCodec(em.tokenizer.backend_tokenizer))
+            for em in loaded if em.name != start_base}
 
 
 def failed_measures(report: dict) -> list[str]:

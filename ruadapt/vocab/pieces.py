@@ -20,6 +20,8 @@ import torch
 from tokenizers import Tokenizer
 from tqdm.auto import tqdm
 
+from .init_rules import RULES, rule_parts  # noqa: F401 (RULES: the names, re-exported with the arithmetic)
+
 BYTE_LEVEL = "byte_level"
 SENTENCEPIECE = "sentencepiece"
 SPACE_MARK = "\u2581"  # ▁
@@ -216,7 +218,12 @@ class VocabMap:
 
 def piece_weights(n: int, init: str) -> list[float]:
     """Weights of a token's pieces: ``mean`` = uniform; ``weighted`` = halving from the first piece on
-    (w_k ∝ 2^-k, the word-start piece counts most, in the spirit of the original ruadapt's decaying weights)."""
+    (w_k ∝ 2^-k, the word-start piece counts most, in the spirit of the original ruadapt's decaying weights);
+    ``first`` / ``last`` = all weight on one piece (tokensurgeon's ``first_last``: lm_head first, input last)."""
+    if init == "first":
+        return [1.0] + [0.0] * (n - 1)
+    if init == "last":
+        return [0.0] * (n - 1) + [1.0]
     if init == "mean":
         return [1.0 / n] * n
     if init == "weighted":
@@ -269,9 +276,22 @@ def build_vocab_map(base: Tokenizer | TokenCodec, new: Tokenizer | TokenCodec) -
 
 
 def averaged_rows(
-    vmap: VocabMap, old: torch.Tensor, rows: Sequence[int], *, init: str = "mean", dtype: torch.dtype = torch.float32
+    vmap: VocabMap,
+    old: torch.Tensor,
+    rows: Sequence[int],
+    *,
+    init: str = "mean",
+    dtype: torch.dtype = torch.float32,
+    all_row: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Rows ``T[rows] @ old`` computed in ``dtype`` (T = the averaging map; copy rows have one weight 1)."""
+    """Rows ``T[rows] @ old`` computed in ``dtype`` (T = the map of rule ``init``; copy rows have one weight 1).
+
+    Rules (:mod:`ruadapt.vocab.init_rules`): ``mean`` / ``weighted`` / ``first`` / ``last`` weight the pieces;
+    ``mean-norm`` rescales the mean to the pieces' mean row norm; ``all`` is ō; ``X-all`` = ½ X + ½ ō.
+
+    ``all_row`` is ō, the mean of the old token rows, for the rules that use it (``all``, ``*-all``); when not given
+    it is computed from ``old`` (an in-memory matrix). Rows without sources stay zero."""
+    weighting, share, rescale = rule_parts(init)
     flat: list[int] = []
     seg: list[int] = []
     weights: list[float] = []
@@ -281,12 +301,25 @@ def averaged_rows(
             continue
         flat.extend(src)
         seg.extend([j] * len(src))
-        weights.extend(piece_weights(len(src), init))
+        weights.extend(piece_weights(len(src), weighting))
     out = torch.zeros(len(rows), old.shape[1], dtype=dtype)
-    if flat:
+    if not flat:
+        return out
+    has_src = torch.tensor([bool(vmap.sources[r]) for r in rows])
+    if share < 1.0:
         gathered = old[torch.tensor(flat)].to(dtype)
-        gathered.mul_(torch.tensor(weights, dtype=dtype)[:, None])  # in place: no second gathered-size temporary
+        w = torch.tensor(weights, dtype=dtype)
+        if rescale:  # the target norm: the pieces' mean row norm, with the same weights
+            target = torch.zeros(len(rows), dtype=dtype).index_add_(0, torch.tensor(seg), gathered.norm(dim=1) * w)
+        gathered.mul_(w[:, None])  # in place: no second gathered-size temporary
         out.index_add_(0, torch.tensor(seg), gathered)
+        if rescale:
+            norm = out.norm(dim=1)
+            out.mul_(torch.where(norm > 0, target / norm.clamp_min(torch.finfo(dtype).tiny), 1.0)[:, None])
+    if share > 0.0:
+        if all_row is None:
+            all_row = mean_row(old, vmap.n_base_tokens)
+        out.mul_(1.0 - share).add_(share * all_row.to(dtype)[None, :] * has_src[:, None].to(dtype))
     return out
 
 
@@ -311,7 +344,8 @@ def matrix_blocks(
     cheap to allocate, measured 1.8× faster than 8,192); padding rows ``pad_row`` (default: the mean of the old
     token rows). :class:`ruadapt.io.checkpoint.RowBlocks` writes such a list with the old runs copied from the input file,
     so only the computed rows are ever in memory, and ``old`` may be a lazily mapped tensor of which only the
-    pieces' rows are read. :func:`build_matrix` assembles it in memory.
+    pieces' rows are read. :func:`build_matrix` assembles it in memory. ``init`` is any rule of :data:`RULES`;
+    the ō of the ``*all`` rules is ``pad_row`` (the mean of the old token rows), so it is computed once.
     """
     d = old.shape[1]
     copied = vmap.copy_runs()
@@ -319,13 +353,14 @@ def matrix_blocks(
     computed_ids = sorted(mean_ids + pads)
     values = torch.empty(len(computed_ids), d, dtype=old.dtype)
     slot = {row: k for k, row in enumerate(computed_ids)}
+    if pad_row is None and (pads or rule_parts(init)[1] > 0):
+        pad_row = mean_row(old, vmap.n_base_tokens)
     with tqdm(total=len(mean_ids), desc=f"new rows of {desc}", unit="row", disable=not progress or not mean_ids) as bar:
         for chunk in iter_chunks(mean_ids, chunk_rows):
-            values[torch.tensor([slot[i] for i in chunk])] = averaged_rows(vmap, old, chunk, init=init).to(old.dtype)
+            rows = averaged_rows(vmap, old, chunk, init=init, all_row=pad_row)
+            values[torch.tensor([slot[i] for i in chunk])] = rows.to(old.dtype)
             bar.update(len(chunk))
     if pads:
-        if pad_row is None:
-            pad_row = mean_row(old, vmap.n_base_tokens)
         values[torch.tensor([slot[i] for i in pads])] = pad_row.to(old.dtype)
 
     blocks: list[tuple[int, int] | torch.Tensor] = []

@@ -1,0 +1,49 @@
+"""Names, defaults and purposes of the rules that start a new vocabulary row (docs/init.md).
+
+Kept free of torch so that ``ruadapt swap --help`` lists them without loading it; the arithmetic is in
+:func:`ruadapt.vocab.pieces.averaged_rows`. A rule is a weighting of the token's pieces' rows under the base
+tokenizer, optionally rescaled and/or pulled halfway towards ō, the mean of all old token rows.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, get_args
+
+PURPOSE = {
+    "mean": "the pieces' mean (FVT, the 2022 baseline)",
+    "weighted": "weights halving from the first piece on",
+    "first": "the first piece's row (tokensurgeon's lm_head rule)",
+    "last": "the last piece's row (tokensurgeon's input rule: the body continues from where the pieces end)",
+    "mean-norm": "the pieces' mean rescaled to the pieces' mean row norm (averaging shrinks norms)",
+    "all": "ō, the mean of all old rows: the new token's logit is the model's average one",
+    "mean-all": "halfway between the pieces' mean and ō",
+    "first-all": "halfway between the first piece and ō",
+}
+PIECE_RULES = ("mean", "weighted", "first", "last")
+# the choices of `ruadapt swap --init-input` and `--init-output` / `--init` (ruadapt.options.SwapOptions)
+InputRule = Literal["mean", "weighted", "first", "last", "mean-norm"]
+OutputRule = Literal["mean", "weighted", "first", "last", "mean-norm", "all", "mean-all", "first-all"]
+INPUT_RULES: tuple[str, ...] = get_args(InputRule)
+OUTPUT_RULES: tuple[str, ...] = get_args(OutputRule)
+RULES = OUTPUT_RULES
+ALL_SHARE = 0.5  # the weight of ō in the *-all rules
+
+# Defaults, chosen by bench/init.py (docs/init.md, 2026-12-07): the untied pair with the best start on held-out
+# Russian text (+8,000 tokens: ru bpb 1.803 against 2.023 for mean/mean, base 1.877). A tied base was not measured:
+# its default stays the pieces' mean until it is.
+DEFAULT_INPUT = "last"
+DEFAULT_OUTPUT = "mean-all"
+DEFAULT_TIED = "mean"
+
+
+def rule_parts(rule: str) -> tuple[str, float, bool]:
+    """``rule`` → (piece weighting, share of ō, rescale to the pieces' mean norm)."""
+    if rule not in RULES:
+        raise ValueError(f"unknown init rule {rule!r}; use one of {', '.join(RULES)}")
+    if rule == "all":
+        return "mean", 1.0, False
+    if rule.endswith("-all"):
+        return rule[: -len("-all")], ALL_SHARE, False
+    if rule == "mean-norm":
+        return "mean", 0.0, True
+    return rule, 0.0, False
