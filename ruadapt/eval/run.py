@@ -12,7 +12,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from ..errors import RuadaptError, require
+from ..errors import require
 from ..io.outdir import atomic_output_dir, check_output_dir
 from ..io.record import StageRecord
 from .bpb import chat_bpb, common_window, text_bpb

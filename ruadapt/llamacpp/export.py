@@ -33,6 +33,7 @@ from ..errors import RuadaptError, require
 from ..io.outdir import atomic_output_file, check_output_file
 from ..io.record import StageRecord, sha256_file
 from ..io.tokdir import tokenizer_json_path, tokenizer_size
+from ..vocab.arch import model_fingerprint
 from ..vocab.pieces import detect_family, piece_to_bytes
 from ..vocab.checktext import CHECK_TEXT, check_text_hash, check_text_ids
 from .prename import lookup
