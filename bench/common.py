@@ -25,13 +25,20 @@ def run_measured(cmd: list[str], *, env: dict | None = None, cwd: Path | None = 
     os.close(fd)
     os.sync()  # start with no dirty pages: one command's write-back must not throttle the next one's writes
     t0 = time.perf_counter()
-    p = subprocess.run(["/usr/bin/time", "-o", stats, "-f", "%M", *map(str, cmd)], env={**os.environ, **(env or {})},
-                       cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    p = subprocess.run(
+        ["/usr/bin/time", "-o", stats, "-f", "%M", *map(str, cmd)],
+        env={**os.environ, **(env or {})},
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     wall = time.perf_counter() - t0
     max_kb = int(Path(stats).read_text().split()[-1])
     os.unlink(stats)
     if p.returncode != 0:
-        raise RuntimeError(f"{' '.join(map(str, cmd))} failed ({p.returncode}):\n{p.stdout.decode(errors='replace')[-3000:]}")
+        raise RuntimeError(
+            f"{' '.join(map(str, cmd))} failed ({p.returncode}):\n{p.stdout.decode(errors='replace')[-3000:]}"
+        )
     return {"wall_s": round(wall, 2), "peak_rss_gb": round(max_kb / 1024**2, 2)}
 
 

@@ -42,8 +42,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 from common import SHARED  # noqa: E402  (RUADAPT_TEST_DATA, else ../shared: the tests' data)
 
-BODY = dict(hidden_size=896, num_hidden_layers=24, intermediate_size=4864, num_attention_heads=14,
-            num_key_value_heads=2, max_position_embeddings=4096, tie_word_embeddings=True)
+BODY = dict(
+    hidden_size=896,
+    num_hidden_layers=24,
+    intermediate_size=4864,
+    num_attention_heads=14,
+    num_key_value_heads=2,
+    max_position_embeddings=4096,
+    tie_word_embeddings=True,
+)
 
 
 def build_base(out: Path, body: dict, seed: int = 0) -> Path:
@@ -58,12 +65,13 @@ def build_base(out: Path, body: dict, seed: int = 0) -> Path:
     tmp.mkdir(parents=True)
     for f in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
         shutil.copyfile(SHARED / "tokenizers" / "qwen2.5" / f, tmp / f)
-    config = AutoConfig.for_model("qwen2", vocab_size=151936, bos_token_id=None, eos_token_id=151645,
-                                  pad_token_id=151643, **body)
+    config = AutoConfig.for_model(
+        "qwen2", vocab_size=151936, bos_token_id=None, eos_token_id=151645, pad_token_id=151643, **body
+    )
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     with torch.no_grad():
-        for name, p in model.named_parameters():
+        for _name, p in model.named_parameters():
             if p.dim() >= 2:
                 p.normal_(0, 0.02)
     model.save_pretrained(tmp, max_shard_size="1GB")
@@ -82,8 +90,9 @@ def extension(args: argparse.Namespace) -> Path:
     out = args.workdir / "qwen2.5-ru48k"
     if not (out / "tokenizer.json").is_file():
         logging.info("training the +48k extension on ru_train.txt into %s", out)
-        train_tokenizer(SHARED / "tokenizers" / "qwen2.5", [SHARED / "data" / "ru_train.txt"], out,
-                        mode="extend", new_tokens=48000)
+        train_tokenizer(
+            SHARED / "tokenizers" / "qwen2.5", [SHARED / "data" / "ru_train.txt"], out, mode="extend", new_tokens=48000
+        )
     return out
 
 
@@ -104,9 +113,9 @@ def main() -> None:
     from ruadapt.eval.load import load_model
     from ruadapt.eval.report import markdown_table, median_spread, ratio_range
     from ruadapt.eval.speed import measure_speed, select_prompts
+    from ruadapt.io.corpus import read_documents as read_lines
     from ruadapt.swap import swap_model
     from ruadapt.vocab.measure import chars_per_token
-    from ruadapt.io.corpus import read_documents as read_lines
 
     args.workdir.mkdir(parents=True, exist_ok=True)
     body = {**BODY, "num_hidden_layers": args.layers}
@@ -131,23 +140,37 @@ def main() -> None:
         cpt = chars_per_token(em.path, eval_file)["chars_per_token"]
         macs = s["macs_per_step"]
         layer_share = (macs["layers"] + macs["attention"]) / macs["total"]
-        results[em.name] = {**{k: v for k, v in s.items() if k != "sample"}, "embedding_rows": em.rows,
-                            "ru_eval_chars_per_token": cpt, "layer_share_of_step_macs": layer_share}
-        rows.append({"model": em.name, "rows": f"{em.rows:,}", "layers' share of MACs": f"{layer_share:.2f}",
-                     "ru_eval chars/token": f"{cpt:.3f}", "generated chars/token": f"{s['chars_per_token']:.3f}",
-                     "tokens/s": median_spread(s, "tokens_per_s"), "chars/s": median_spread(s, "chars_per_s"),
-                     "chars/s ratio": ratio_range(s, "chars_per_s_ratio"),
-                     "decode tokens/s ratio": ratio_range(s, "decode_tokens_per_s_ratio"),
-                     "MAC-predicted ratio": f"{s['mac_ratio']:.3f}"})
+        results[em.name] = {
+            **{k: v for k, v in s.items() if k != "sample"},
+            "embedding_rows": em.rows,
+            "ru_eval_chars_per_token": cpt,
+            "layer_share_of_step_macs": layer_share,
+        }
+        rows.append(
+            {
+                "model": em.name,
+                "rows": f"{em.rows:,}",
+                "layers' share of MACs": f"{layer_share:.2f}",
+                "ru_eval chars/token": f"{cpt:.3f}",
+                "generated chars/token": f"{s['chars_per_token']:.3f}",
+                "tokens/s": median_spread(s, "tokens_per_s"),
+                "chars/s": median_spread(s, "chars_per_s"),
+                "chars/s ratio": ratio_range(s, "chars_per_s_ratio"),
+                "decode tokens/s ratio": ratio_range(s, "decode_tokens_per_s_ratio"),
+                "MAC-predicted ratio": f"{s['mac_ratio']:.3f}",
+            }
+        )
     print("\n".join(markdown_table(list(rows[0]), [list(r.values()) for r in rows])))
     ru, base = speed["models"]["qwen2.5-ru48k"], speed["models"]["qwen2.5"]
     ratio = ru["chars_per_s_ratio"]
     # the same text at the per-step rate, without the prefill (whose share differs: fewer prompt tokens for +48k)
     decode_chars_ratio = ru["decode_tokens_per_s_ratio"] * ru["chars_per_token"] / base["chars_per_token"]
-    print(f"\nRussian generation speed, +48k extension vs base: {ratio_range(ru, 'chars_per_s_ratio')}x chars/s "
-          f"(median [lowest-highest] of {args.rounds} rounds; target >= 1.4x); per step "
-          f"{ratio_range(ru, 'decode_tokens_per_s_ratio')}x tokens/s, the MAC count predicts {ru['mac_ratio']:.3f}x; "
-          f"decoding alone {decode_chars_ratio:.3f}x chars/s")
+    print(
+        f"\nRussian generation speed, +48k extension vs base: {ratio_range(ru, 'chars_per_s_ratio')}x chars/s "
+        f"(median [lowest-highest] of {args.rounds} rounds; target >= 1.4x); per step "
+        f"{ratio_range(ru, 'decode_tokens_per_s_ratio')}x tokens/s, the MAC count predicts {ru['mac_ratio']:.3f}x; "
+        f"decoding alone {decode_chars_ratio:.3f}x chars/s"
+    )
     for w in speed["warnings"]:
         print(f"warning: {w}")
     round_s = sum(s["seconds"] for s in speed["models"].values()) / args.rounds
@@ -156,15 +179,31 @@ def main() -> None:
     args.results.mkdir(parents=True, exist_ok=True)
     out = {
         "claim": "Russian generation chars/s, Qwen2.5 + 48k Russian extension vs base tokenizer, same body",
-        "body": {"model_type": "qwen2", **body, "parameters": models[0].facts["parameters"], "weights": "random N(0, 0.02)",
-                 "dtype": "float32", "device": "cpu", "threads": torch.get_num_threads()},
-        "tokenizer": str(tok_dir), "prompts_from": str(eval_file), "speed": {k: v for k, v in speed.items() if k != "models"},
-        "models": results, "chars_per_s_ratio": ratio, "decode_chars_per_s_ratio": decode_chars_ratio, "warnings": speed["warnings"], "prep_s": round(prep_s, 1),
-        "measure_s": round(measure_s, 1), "round_s": round(round_s, 1),
+        "body": {
+            "model_type": "qwen2",
+            **body,
+            "parameters": models[0].facts["parameters"],
+            "weights": "random N(0, 0.02)",
+            "dtype": "float32",
+            "device": "cpu",
+            "threads": torch.get_num_threads(),
+        },
+        "tokenizer": str(tok_dir),
+        "prompts_from": str(eval_file),
+        "speed": {k: v for k, v in speed.items() if k != "models"},
+        "models": results,
+        "chars_per_s_ratio": ratio,
+        "decode_chars_per_s_ratio": decode_chars_ratio,
+        "warnings": speed["warnings"],
+        "prep_s": round(prep_s, 1),
+        "measure_s": round(measure_s, 1),
+        "round_s": round(round_s, 1),
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "loadavg_at_end": os.getloadavg()},
         "samples": {name: s["sample"] for name, s in speed["models"].items()},
     }
-    (args.results / "eval_speed.json").write_text(json.dumps(out, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    (args.results / "eval_speed.json").write_text(
+        json.dumps(out, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+    )
     plot(results, args.results / "eval_speed.png", args.new_tokens, args.layers, args.rounds)
     print(f"wrote {args.results / 'eval_speed.json'} and eval_speed.png")
     if not args.keep:
@@ -180,8 +219,11 @@ def plot(results: dict, path: Path, new_tokens: int, layers: int, rounds: int) -
 
     names = list(results)
     fig, axes = plt.subplots(1, 3, figsize=(9, 3.2))
-    for ax, key, title in ((axes[0], "chars_per_s", "Russian chars / s"), (axes[1], "tokens_per_s", "tokens / s"),
-                           (axes[2], "chars_per_token", "chars / generated token")):
+    for ax, key, title in (
+        (axes[0], "chars_per_s", "Russian chars / s"),
+        (axes[1], "tokens_per_s", "tokens / s"),
+        (axes[2], "chars_per_token", "chars / generated token"),
+    ):
         mid = [results[n][key] for n in names]
         sp = [results[n].get(key + "_spread") for n in names]
         err = None if None in sp else [[m - s["min"] for m, s in zip(mid, sp)], [s["max"] - m for m, s in zip(mid, sp)]]
@@ -189,8 +231,11 @@ def plot(results: dict, path: Path, new_tokens: int, layers: int, rounds: int) -
         ax.bar_label(bars, fmt="%.2f", fontsize=8)
         ax.set_title(title, fontsize=10)
         ax.tick_params(axis="x", labelsize=8)
-    fig.suptitle(f"Qwen2 body (hidden 896, {layers} layers), greedy decoding of held-out Russian, {new_tokens} tokens/prompt, "
-                 f"CPU; median and range of {rounds} rounds", fontsize=9)
+    fig.suptitle(
+        f"Qwen2 body (hidden 896, {layers} layers), greedy decoding of held-out Russian, {new_tokens} tokens/prompt, "
+        f"CPU; median and range of {rounds} rounds",
+        fontsize=9,
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

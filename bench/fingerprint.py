@@ -38,12 +38,18 @@ ROWS, D, FF, LAYERS, KV = 152064, 3584, 18944, 28, 512
 
 def layer_shapes() -> dict[str, tuple[int, ...]]:
     return {
-        "self_attn.q_proj.weight": (D, D), "self_attn.q_proj.bias": (D,),
-        "self_attn.k_proj.weight": (KV, D), "self_attn.k_proj.bias": (KV,),
-        "self_attn.v_proj.weight": (KV, D), "self_attn.v_proj.bias": (KV,),
+        "self_attn.q_proj.weight": (D, D),
+        "self_attn.q_proj.bias": (D,),
+        "self_attn.k_proj.weight": (KV, D),
+        "self_attn.k_proj.bias": (KV,),
+        "self_attn.v_proj.weight": (KV, D),
+        "self_attn.v_proj.bias": (KV,),
         "self_attn.o_proj.weight": (D, D),
-        "mlp.gate_proj.weight": (FF, D), "mlp.up_proj.weight": (FF, D), "mlp.down_proj.weight": (D, FF),
-        "input_layernorm.weight": (D,), "post_attention_layernorm.weight": (D,),
+        "mlp.gate_proj.weight": (FF, D),
+        "mlp.up_proj.weight": (FF, D),
+        "mlp.down_proj.weight": (D, FF),
+        "input_layernorm.weight": (D,),
+        "post_attention_layernorm.weight": (D,),
     }
 
 
@@ -65,10 +71,23 @@ def make_model(out: Path) -> Path:
     writer.add("model.norm.weight", t((D,)))
     writer.add("lm_head.weight", t((ROWS, D)))
     writer.finish()
-    (tmp / "config.json").write_text(json.dumps({
-        "model_type": "qwen2", "architectures": ["Qwen2ForCausalLM"], "hidden_size": D, "intermediate_size": FF,
-        "num_hidden_layers": LAYERS, "num_attention_heads": 28, "num_key_value_heads": 4, "vocab_size": ROWS,
-        "tie_word_embeddings": False, "torch_dtype": "bfloat16"}) + "\n")
+    (tmp / "config.json").write_text(
+        json.dumps(
+            {
+                "model_type": "qwen2",
+                "architectures": ["Qwen2ForCausalLM"],
+                "hidden_size": D,
+                "intermediate_size": FF,
+                "num_hidden_layers": LAYERS,
+                "num_attention_heads": 28,
+                "num_key_value_heads": 4,
+                "vocab_size": ROWS,
+                "tie_word_embeddings": False,
+                "torch_dtype": "bfloat16",
+            }
+        )
+        + "\n"
+    )
     tmp.rename(out)
     return out
 
@@ -122,9 +141,16 @@ def main() -> None:
             t = time.perf_counter()
             fn(reader)
             rows.append({"hash": label, "page_cache": cache, "seconds": round(time.perf_counter() - t, 2)})
-    result = {"shape": "Qwen2.5-7B (untied, bf16)", "checkpoint_bytes": size, "vocabulary_bytes": vocab,
-              "shards": len(reader.shards), "cpus": os.cpu_count(), "make_model_s": round(make_s, 1),
-              "cold_cache_measured": bool(can_drop), "rows": rows}
+    result = {
+        "shape": "Qwen2.5-7B (untied, bf16)",
+        "checkpoint_bytes": size,
+        "vocabulary_bytes": vocab,
+        "shards": len(reader.shards),
+        "cpus": os.cpu_count(),
+        "make_model_s": round(make_s, 1),
+        "cold_cache_measured": bool(can_drop),
+        "rows": rows,
+    }
     print(f"{size / 1e9:.1f} GB in {len(reader.shards)} shards, vocabulary matrices {vocab / 1e9:.2f} GB")
     print(table(rows, ["hash", "page_cache", "seconds"]))
     path = ROOT / "bench" / "results" / "fingerprint-qwen2.5-7b.json"

@@ -33,6 +33,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 from common import SHARED  # noqa: E402  (RUADAPT_TEST_DATA, else ../shared: the tests' data)
+
 sys.path.insert(0, str(ROOT / "tests"))
 
 RU_TRAIN, EN_TRAIN = SHARED / "data" / "ru_train.txt", SHARED / "data" / "en_train.txt"
@@ -56,9 +57,8 @@ CASES: dict[str, tuple[str, str, dict]] = {
 
 def long_tokens(model_dir: Path) -> int:
     """Tokens whose bytes are longer than 32 (llama-cpp-python's detokenize buffer drops them)."""
-    from tokenizers import Tokenizer
-
     from ruadapt.vocab.pieces import detect_family, piece_to_bytes
+    from tokenizers import Tokenizer
 
     tok = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
     family = detect_family(tok)
@@ -70,8 +70,13 @@ def stock(converter, model_dir: Path, work: Path) -> str:
     from gguf import GGUFReader
 
     out = work / "stock.gguf"
-    p = subprocess.run([sys.executable, str(converter.script), str(model_dir), "--vocab-only", "--outfile", str(out)],
-                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace")
+    p = subprocess.run(
+        [sys.executable, str(converter.script), str(model_dir), "--vocab-only", "--outfile", str(out)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        errors="replace",
+    )
     if p.returncode != 0:
         return "fails: " + p.stdout.strip().splitlines()[-1][:80]
     name = GGUFReader(str(out)).fields["tokenizer.ggml.pre"].contents()
@@ -85,15 +90,19 @@ def run_case(name: str, converter, work: Path, lines: dict[str, list[str]]) -> d
     from ruadapt.llamacpp.export import export_gguf
     from ruadapt.llamacpp.verify import compare_ids, compare_logits
     from ruadapt.swap import swap_model
-    from ruadapt.vocab.measure import chars_per_token
     from ruadapt.tokenizer.train import train_tokenizer
     from ruadapt.trim import trim_model
+    from ruadapt.vocab.measure import chars_per_token
 
     family, model_type, how = CASES[name]
     base_tok = SHARED / "tokenizers" / family
     row: dict = {"case": name}
     t0 = time.perf_counter()
-    tiny = make_tiny_model(work / f"tiny-{model_type}", model_type) if not (work / f"tiny-{model_type}").exists() else work / f"tiny-{model_type}"
+    tiny = (
+        make_tiny_model(work / f"tiny-{model_type}", model_type)
+        if not (work / f"tiny-{model_type}").exists()
+        else work / f"tiny-{model_type}"
+    )
     model = work / name
     if how.get("trim"):
         trim_model(tiny, [RU_TRAIN, EN_TRAIN], model, progress=False)
@@ -137,12 +146,25 @@ def run_case(name: str, converter, work: Path, lines: dict[str, list[str]]) -> d
 def render(rows: list[dict], version: str) -> str:
     """The Markdown table of the results."""
     r0 = next((r for r in rows if "ru_lines" in r), {})
-    head = (f"`ruadapt gguf --outtype f32` of tiny random models with adapted vocabularies; ids on every non-empty line "
-            f"of ru_eval ({r0.get('ru_lines')}) and en_eval ({r0.get('en_lines')}) by llama.cpp (llama-cpp-python "
-            f"{version}) vs transformers, logits on 3 lines (float32 KV cache). \"stock\": llama.cpp's converter alone. "
-            f"Machine: {platform.machine()}, {os.cpu_count()} CPUs.")
-    cols = ["case", "tokens", "rows", "stock_converter", "ruadapt_gguf", "ru_lines_differing", "en_lines_differing",
-            "logits_max_abs_diff", "ru_eval_chars_per_token", "tokens_over_32_bytes", "check_text"]
+    head = (
+        f"`ruadapt gguf --outtype f32` of tiny random models with adapted vocabularies; ids on every non-empty line "
+        f"of ru_eval ({r0.get('ru_lines')}) and en_eval ({r0.get('en_lines')}) by llama.cpp (llama-cpp-python "
+        f'{version}) vs transformers, logits on 3 lines (float32 KV cache). "stock": llama.cpp\'s converter alone. '
+        f"Machine: {platform.machine()}, {os.cpu_count()} CPUs."
+    )
+    cols = [
+        "case",
+        "tokens",
+        "rows",
+        "stock_converter",
+        "ruadapt_gguf",
+        "ru_lines_differing",
+        "en_lines_differing",
+        "logits_max_abs_diff",
+        "ru_eval_chars_per_token",
+        "tokens_over_32_bytes",
+        "check_text",
+    ]
     table = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
     for r in rows:
         cells = []
@@ -174,7 +196,10 @@ def main() -> None:
     import llama_cpp
 
     converter = find_converter(args.llama_cpp)
-    lines = {lang: [x for x in f.read_text(encoding="utf-8").splitlines() if x.strip()] for lang, f in (("ru", RU_EVAL), ("en", EN_EVAL))}
+    lines = {
+        lang: [x for x in f.read_text(encoding="utf-8").splitlines() if x.strip()]
+        for lang, f in (("ru", RU_EVAL), ("en", EN_EVAL))
+    }
     work = Path(tempfile.mkdtemp(prefix="bench-gguf-"))
     rows = []
     try:
@@ -188,7 +213,9 @@ def main() -> None:
     print(text)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "gguf_llama_cpp.md").write_text(text, encoding="utf-8")
-    (args.out / "gguf_llama_cpp.json").write_text(json.dumps(rows, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    (args.out / "gguf_llama_cpp.json").write_text(
+        json.dumps(rows, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+    )
 
 
 if __name__ == "__main__":

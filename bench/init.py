@@ -38,8 +38,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ROOT, SHARED, run_measured, table
 
 REFERENCE = "mean/mean"  # the FVT baseline, ruadapt's default before this bench
-DEFAULT_INITS = ("mean/mean", "weighted/weighted", "last/first", "mean/first", "mean/all", "mean/mean-all",
-                 "mean/first-all", "mean/mean-norm", "mean-norm/mean-all", "last/mean-all", "mean-norm/all")
+DEFAULT_INITS = (
+    "mean/mean",
+    "weighted/weighted",
+    "last/first",
+    "mean/first",
+    "mean/all",
+    "mean/mean-all",
+    "mean/first-all",
+    "mean/mean-norm",
+    "mean-norm/mean-all",
+    "last/mean-all",
+    "mean-norm/all",
+)
 
 
 def slug(init: str) -> str:
@@ -70,9 +81,27 @@ def evaluate(models: dict[str, Path], out: Path, args, log: list) -> dict:
     """`ruadapt eval` of ``models`` (the first is the base) with the start diagnostics; returns report.json."""
     if not (out / "report.json").is_file():
         flags = [x for name, path in models.items() for x in ("--model", f"{name}={path}")]
-        ruadapt("eval", *flags, "--start-base", "base", "--text", f"ru={args.ru_eval}", "--text", f"en={args.en_eval}",
-                "--max-lines", args.eval_lines, "--window", args.window, "--speed-prompts", "0", "--device", "cpu",
-                "--out", out, log=log)
+        ruadapt(
+            "eval",
+            *flags,
+            "--start-base",
+            "base",
+            "--text",
+            f"ru={args.ru_eval}",
+            "--text",
+            f"en={args.en_eval}",
+            "--max-lines",
+            args.eval_lines,
+            "--window",
+            args.window,
+            "--speed-prompts",
+            "0",
+            "--device",
+            "cpu",
+            "--out",
+            out,
+            log=log,
+        )
     return json.loads((out / "report.json").read_text(encoding="utf-8"))
 
 
@@ -94,13 +123,20 @@ def main() -> None:
     ap.add_argument("--en-eval", type=Path, default=SHARED / "data" / "en_eval.txt")
     ap.add_argument("--extensions", default="8000,2000", help="new-token counts, comma-separated; CPT on the first")
     ap.add_argument("--inits", default=",".join(DEFAULT_INITS), help="INPUT/OUTPUT rules (tied base: one rule)")
-    ap.add_argument("--cpt-inits", default=None,
-                    help=f"inits that get CPT (default: {REFERENCE}, the best start, every --swapped)")
-    ap.add_argument("--swapped", action="append", default=[], metavar="NAME@SIZE=DIR",
-                    help="a swapped model made by another command for the extension of SIZE new tokens")
+    ap.add_argument(
+        "--cpt-inits", default=None, help=f"inits that get CPT (default: {REFERENCE}, the best start, every --swapped)"
+    )
+    ap.add_argument(
+        "--swapped",
+        action="append",
+        default=[],
+        metavar="NAME@SIZE=DIR",
+        help="a swapped model made by another command for the extension of SIZE new tokens",
+    )
     ap.add_argument("--steps", default="50,150,300", help="CPT stage-1 lengths, one run each")
-    ap.add_argument("--target-step", type=int, default=None, help="the reference's figure to reach (default: "
-                    "the middle of --steps)")
+    ap.add_argument(
+        "--target-step", type=int, default=None, help="the reference's figure to reach (default: the middle of --steps)"
+    )
     ap.add_argument("--seeds", default="0,1", help="train.seed of each CPT run (the data order)")
     ap.add_argument("--cpt-config", type=Path, default=ROOT / "recipes" / "cpu-tiny" / "cpt-embeddings.yaml")
     ap.add_argument("--num-gpus", type=int, default=2, help="CPU processes of each CPT run")
@@ -131,17 +167,39 @@ def main() -> None:
     work = args.workdir.resolve()
     work.mkdir(parents=True, exist_ok=True)
     log: list[dict] = []
-    result: dict = {"bench": "init", "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-                    "command": " ".join(sys.argv), "host": {"cpus": os.cpu_count(), "machine": platform.machine()},
-                    "base": str(base), "tied": tied, "reference": reference, "target_step": target_step,
-                    "steps": steps, "seeds": seeds, "extensions": {}}
+    result: dict = {
+        "bench": "init",
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "command": " ".join(sys.argv),
+        "host": {"cpus": os.cpu_count(), "machine": platform.machine()},
+        "base": str(base),
+        "tied": tied,
+        "reference": reference,
+        "target_step": target_step,
+        "steps": steps,
+        "seeds": seeds,
+        "extensions": {},
+    }
 
     for size in sizes:
         print(f"# +{size} tokens", flush=True)
         tok = work / f"tok-{size}"
         if not (tok / "tokenizer.json").is_file():
-            ruadapt("tokenizer", "train", "--base", base, "--corpus", args.corpus, "--mode", "extend",
-                    "--new-tokens", size, "--out", tok, log=log)
+            ruadapt(
+                "tokenizer",
+                "train",
+                "--base",
+                base,
+                "--corpus",
+                args.corpus,
+                "--mode",
+                "extend",
+                "--new-tokens",
+                size,
+                "--out",
+                tok,
+                log=log,
+            )
         models: dict[str, Path] = {}
         for init in inits:
             out = work / f"swap-{size}-{slug(init)}"
@@ -164,8 +222,11 @@ def main() -> None:
             save(result, log, t_start, args.json)
             continue
         best = min(inits, key=lambda i: per_init[i]["start"]["ru"]["bpb"])
-        cpt_inits = ([x for x in args.cpt_inits.split(",") if x] if args.cpt_inits
-                     else list(dict.fromkeys([reference, best, *extra.get(size, {})])))
+        cpt_inits = (
+            [x for x in args.cpt_inits.split(",") if x]
+            if args.cpt_inits
+            else list(dict.fromkeys([reference, best, *extra.get(size, {})]))
+        )
         ext["cpt_inits"] = cpt_inits
         # one CPT launch per (init, seed), as long as the longest --steps; its eval loss on the held-out Russian
         # lines every --eval-every steps gives the curve, `ruadapt eval` of its output the exact final figure
@@ -174,20 +235,46 @@ def main() -> None:
             with open(args.ru_eval, encoding="utf-8") as f:
                 lines = [ln for ln in (next(f, "") for _ in range(args.eval_lines)) if ln.strip()]
             heldout.write_text("".join(lines), encoding="utf-8")
-        train_env = {"DS_CONFIGS": str(ROOT / "recipes" / "deepspeed"), "RUN": str(work), "CORPUS": str(args.corpus),
-                     "CPT_STEPS": str(steps[-1]), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+        train_env = {
+            "DS_CONFIGS": str(ROOT / "recipes" / "deepspeed"),
+            "RUN": str(work),
+            "CORPUS": str(args.corpus),
+            "CPT_STEPS": str(steps[-1]),
+            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
+        }
         trained: dict[str, Path] = {}
         curves: dict[str, dict[int, list[float]]] = {}
         for init in cpt_inits:
             for seed in seeds:
                 out = work / f"cpt-{size}-{slug(init)}-s{seed}-{steps[-1]}"
                 if not (out / "config.json").is_file():
-                    ruadapt("train", "--config", args.cpt_config, "--num-gpus", args.num_gpus,
-                            "--master-port", args.master_port, "--set", f"model={models[init]}", "--set", f"out={out}",
-                            "--set", f"train.max_steps={steps[-1]}", "--set", f"train.seed={seed}",
-                            "--set", f"train.save_steps={steps[-1]}", "--set", f"train.eval_steps={args.eval_every}",
-                            "--set", f"data.train=[\"{args.corpus.resolve()}\"]",
-                            "--set", f"data.eval=[\"{heldout}\"]", log=log, env=train_env)
+                    ruadapt(
+                        "train",
+                        "--config",
+                        args.cpt_config,
+                        "--num-gpus",
+                        args.num_gpus,
+                        "--master-port",
+                        args.master_port,
+                        "--set",
+                        f"model={models[init]}",
+                        "--set",
+                        f"out={out}",
+                        "--set",
+                        f"train.max_steps={steps[-1]}",
+                        "--set",
+                        f"train.seed={seed}",
+                        "--set",
+                        f"train.save_steps={steps[-1]}",
+                        "--set",
+                        f"train.eval_steps={args.eval_every}",
+                        "--set",
+                        f'data.train=["{args.corpus.resolve()}"]',
+                        "--set",
+                        f'data.eval=["{heldout}"]',
+                        log=log,
+                        env=train_env,
+                    )
                 trained[f"{init}|{seed}"] = out
                 rec = json.loads((out / "ruadapt_train.json").read_text(encoding="utf-8"))["result"]
                 for e in rec["eval_losses"]:
@@ -199,8 +286,10 @@ def main() -> None:
             r["eval_loss_curve"] = {str(n): v for n, v in curve.items()}
             r["eval_loss_at"] = {str(n): curve.get(n) for n in steps}
             final = {lang: [after["bpb"][f"{init}|{s}"][lang]["bpb"] for s in seeds] for lang in ("ru", "en")}
-            r["final"] = {lang: {"mean": statistics.fmean(v), "seeds": v,
-                                 "gap": statistics.fmean(v) / base_bpb[lang] - 1} for lang, v in final.items()}
+            r["final"] = {
+                lang: {"mean": statistics.fmean(v), "seeds": v, "gap": statistics.fmean(v) / base_bpb[lang] - 1}
+                for lang, v in final.items()
+            }
         ref_curve = per_init[reference].get("eval_loss_at") if reference in cpt_inits else None
         target = ref_curve.get(str(target_step)) if ref_curve else None
         ext["target_eval_loss"] = target
@@ -232,12 +321,19 @@ def report(result: dict) -> str:
         rows = []
         for init, r in ext["inits"].items():
             ru, en = r["start"]["ru"], r["start"]["en"]
-            rows.append({"init (input/lm_head)": init, "ru bpb": f(ru["bpb"]), "ru gap": f"{100 * ru['gap']:+.1f} %",
-                         "gap ÷ mean/mean": f(r["gap_ratio_to_reference"]) if r["gap_ratio_to_reference"] else "",
-                         "en bpb": f(en["bpb"]), "ru bytes in new": f"{100 * ru['new_byte_share']:.0f} %",
-                         "ru bpb new/old": f"{f(ru['bpb_new'])} / {f(ru['bpb_old'])}",
-                         "greedy new": f"{100 * ru['new_prediction_share']:.1f} %",
-                         "never predicted": f"{ru['new_never_predicted']}"})
+            rows.append(
+                {
+                    "init (input/lm_head)": init,
+                    "ru bpb": f(ru["bpb"]),
+                    "ru gap": f"{100 * ru['gap']:+.1f} %",
+                    "gap ÷ mean/mean": f(r["gap_ratio_to_reference"]) if r["gap_ratio_to_reference"] else "",
+                    "en bpb": f(en["bpb"]),
+                    "ru bytes in new": f"{100 * ru['new_byte_share']:.0f} %",
+                    "ru bpb new/old": f"{f(ru['bpb_new'])} / {f(ru['bpb_old'])}",
+                    "greedy new": f"{100 * ru['new_prediction_share']:.1f} %",
+                    "never predicted": f"{ru['new_never_predicted']}",
+                }
+            )
         out.append(table(rows, list(rows[0])))
         if ext.get("cpt_inits"):
             steps = result["steps"]
@@ -255,10 +351,15 @@ def report(result: dict) -> str:
                 t = ext["target_eval_loss"]
                 row[f"steps to loss {f(t) if t else '?'}"] = "not reached" if s_ is None else f"{s_:.0f}"
                 rows.append(row)
-            out += ["", f"CPT stage 1, one {steps[-1]}-step run per init and seed (seeds {result['seeds']}, the same "
-                    f"data order for every init): eval loss (nats/token) on held-out Russian lines at each step, "
-                    f"`ruadapt eval` bits per byte at the end (gap to the base); target: {result['reference']}'s loss "
-                    f"at step {result['target_step']}", "", table(rows, list(rows[0]))]
+            out += [
+                "",
+                f"CPT stage 1, one {steps[-1]}-step run per init and seed (seeds {result['seeds']}, the same "
+                f"data order for every init): eval loss (nats/token) on held-out Russian lines at each step, "
+                f"`ruadapt eval` bits per byte at the end (gap to the base); target: {result['reference']}'s loss "
+                f"at step {result['target_step']}",
+                "",
+                table(rows, list(rows[0])),
+            ]
     return "\n".join(out)
 
 

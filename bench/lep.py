@@ -36,9 +36,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ROOT, SHARED, run_measured, table  # noqa: E402
 
-from ruadapt.vocab.arch import padded_rows  # noqa: E402
 from ruadapt.io.checkpoint import CheckpointReader, CheckpointWriter  # noqa: E402
 from ruadapt.io.tokdir import load_tokenizer, tokenizer_size, write_json  # noqa: E402
+from ruadapt.vocab.arch import padded_rows  # noqa: E402
 
 ROWS, D = 152064, 8192
 RANK = 32
@@ -55,9 +55,26 @@ def extended_tokenizer(work: Path, new_tokens: int) -> Path:
     """Qwen2.5 extended by ``new_tokens`` merges trained on the shared Russian corpus (reused when present)."""
     tok = work / f"qwen2.5-plus{new_tokens}"
     if not (tok / "tokenizer.json").is_file():
-        run_measured([sys.executable, "-m", "ruadapt", "-q", "tokenizer", "train", "--base", SHARED / "tokenizers" / "qwen2.5",
-                      "--corpus", SHARED / "data" / "ru_train.txt", "--mode", "extend", "--new-tokens", str(new_tokens),
-                      "--out", tok])
+        run_measured(
+            [
+                sys.executable,
+                "-m",
+                "ruadapt",
+                "-q",
+                "tokenizer",
+                "train",
+                "--base",
+                SHARED / "tokenizers" / "qwen2.5",
+                "--corpus",
+                SHARED / "data" / "ru_train.txt",
+                "--mode",
+                "extend",
+                "--new-tokens",
+                str(new_tokens),
+                "--out",
+                tok,
+            ]
+        )
     return tok
 
 
@@ -80,7 +97,9 @@ def make_models(work: Path, rows: int, d: int, *, tied: bool = False, new_tokens
         for s, e in _chunks(rows, GEN_CHUNK):
             m[s:e] = (torch.randn(e - s, d, generator=g) * 0.02).to(torch.bfloat16)
         base[name] = m
-    maps = {n: (torch.randn(d, RANK, generator=g) / d**0.5, torch.randn(RANK, d, generator=g) / RANK**0.5) for n in names}
+    maps = {
+        n: (torch.randn(d, RANK, generator=g) / d**0.5, torch.randn(RANK, d, generator=g) / RANK**0.5) for n in names
+    }
 
     def derived(kind: str, name: str) -> torch.Tensor:
         src = base[name]
@@ -88,7 +107,11 @@ def make_models(work: Path, rows: int, d: int, *, tied: bool = False, new_tokens
         u, v = maps[name]
         for s, e in _chunks(rows, GEN_CHUNK):
             x = src[s:e].float()
-            y = x + (x @ u) @ v + 1e-3 * torch.randn(x.shape, generator=g) if kind == "instruct" else x + 2e-3 * torch.randn(x.shape, generator=g)
+            y = (
+                x + (x @ u) @ v + 1e-3 * torch.randn(x.shape, generator=g)
+                if kind == "instruct"
+                else x + 2e-3 * torch.randn(x.shape, generator=g)
+            )
             out[s:e] = y.to(torch.bfloat16)
         if kind == "adapted" and a_rows > rows:
             out = torch.cat([out, (0.02 * torch.randn(a_rows - rows, d, generator=g)).to(torch.bfloat16)])
@@ -100,9 +123,18 @@ def make_models(work: Path, rows: int, d: int, *, tied: bool = False, new_tokens
         "model.layers.0.self_attn.k_proj.weight": (torch.randn(1024, d, generator=g) * 0.02).to(torch.bfloat16),
     }
     config = {
-        "architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "hidden_size": d, "intermediate_size": 29568,
-        "num_hidden_layers": 80, "num_attention_heads": 64, "num_key_value_heads": 8, "vocab_size": rows,
-        "tie_word_embeddings": tied, "torch_dtype": "bfloat16", "bos_token_id": 151643, "eos_token_id": 151643,
+        "architectures": ["Qwen2ForCausalLM"],
+        "model_type": "qwen2",
+        "hidden_size": d,
+        "intermediate_size": 29568,
+        "num_hidden_layers": 80,
+        "num_attention_heads": 64,
+        "num_key_value_heads": 8,
+        "vocab_size": rows,
+        "tie_word_embeddings": tied,
+        "torch_dtype": "bfloat16",
+        "bos_token_id": 151643,
+        "eos_token_id": 151643,
     }
     for kind, path in dirs.items():
         tmp = path.with_suffix(".tmp")
@@ -150,9 +182,14 @@ def gemm_s(rows: int, d: int, slice_rows: int) -> dict:
     t_xw = time.perf_counter() - t0
     scale = rows / slice_rows
     one = (t_xty + t_xw) / 2 * scale
-    return {"slice_rows": slice_rows, "xty_slice_s": round(t_xty, 2), "xw_slice_s": round(t_xw, 2),
-            "one_product_s": round(one, 1), "six_products_s": round(6 * one, 1),
-            "gflops": round(2 * slice_rows * d * d / ((t_xty + t_xw) / 2) / 1e9, 1)}
+    return {
+        "slice_rows": slice_rows,
+        "xty_slice_s": round(t_xty, 2),
+        "xw_slice_s": round(t_xw, 2),
+        "one_product_s": round(one, 1),
+        "six_products_s": round(6 * one, 1),
+        "gflops": round(2 * slice_rows * d * d / ((t_xty + t_xw) / 2) / 1e9, 1),
+    }
 
 
 def main() -> None:
@@ -164,14 +201,23 @@ def main() -> None:
     ap.add_argument("--gemm-slice", type=int, default=4096)
     ap.add_argument("--keep", action="store_true", help="keep the synthetic checkpoints")
     ap.add_argument("--tied", action="store_true", help="tied checkpoints (embed_tokens only)")
-    ap.add_argument("--new-tokens", type=int, default=0, help="extend the adapted tokenizer by N merges (real new tokens)")
+    ap.add_argument(
+        "--new-tokens", type=int, default=0, help="extend the adapted tokenizer by N merges (real new tokens)"
+    )
     ap.add_argument("--skip-reference", action="store_true", help="do not time the raw read and the GEMM reference")
     args = ap.parse_args()
     variant = ("-tied" if args.tied else "") + (f"-plus{args.new_tokens // 1000}k" if args.new_tokens else "")
     work = (args.workdir / ("models" + variant)).resolve()
     work.mkdir(parents=True, exist_ok=True)
-    results: dict = {"rows": args.rows, "hidden": args.hidden, "dtype": "bfloat16", "tied": args.tied,
-                     "new_tokens": args.new_tokens, "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads()}
+    results: dict = {
+        "rows": args.rows,
+        "hidden": args.hidden,
+        "dtype": "bfloat16",
+        "tied": args.tied,
+        "new_tokens": args.new_tokens,
+        "cpus": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+    }
     a = b = 0.0
     out_json = ROOT / "bench" / "results" / f"lep-{args.rows}x{args.hidden}{variant}.json"
     out_json.parent.mkdir(parents=True, exist_ok=True)
@@ -195,28 +241,53 @@ def main() -> None:
         for method in args.methods.split(","):
             out = work / f"out-{method}"
             shutil.rmtree(out, ignore_errors=True)
-            cmd = [sys.executable, "-m", "ruadapt", "-q", "lep", "--base", str(dirs["base"]), "--instruct",
-                   str(dirs["instruct"]), "--adapted", str(dirs["adapted"]), "--out", str(out), "--method", method]
+            cmd = [
+                sys.executable,
+                "-m",
+                "ruadapt",
+                "-q",
+                "lep",
+                "--base",
+                str(dirs["base"]),
+                "--instruct",
+                str(dirs["instruct"]),
+                "--adapted",
+                str(dirs["adapted"]),
+                "--out",
+                str(out),
+                "--method",
+                method,
+            ]
             m = run_measured(cmd)
             rec = json.loads((out / "ruadapt_lep.json").read_text())
             budget = b if method == "swap" else a + b
             row = {"method": method, "tied": args.tied, "new_tokens": args.new_tokens, **m}
             if budget:
                 row.update({"reference_s": round(budget, 1), "wall/reference": round(m["wall_s"] / budget, 2)})
-            row.update({
-                   "timings_s": rec["timings_s"],
-                   "fits": {k: {x: v[x] for x in ("rows", "relative_residual", "condition_number_xtx")} for k, v in rec["result"]["fits"].items()}})
+            row.update(
+                {
+                    "timings_s": rec["timings_s"],
+                    "fits": {
+                        k: {x: v[x] for x in ("rows", "relative_residual", "condition_number_xtx")}
+                        for k, v in rec["result"]["fits"].items()
+                    },
+                }
+            )
             rows.append(row)
             print(json.dumps(row), flush=True)
-            out_json.write_text(json.dumps(results, indent=2) + "\n")  # after every method: a long run keeps what it measured
+            out_json.write_text(
+                json.dumps(results, indent=2) + "\n"
+            )  # after every method: a long run keeps what it measured
             shutil.rmtree(out, ignore_errors=True)
     finally:
         if not args.keep:
             for k in ("base", "instruct", "adapted"):
                 shutil.rmtree(work / k, ignore_errors=True)
     out_json.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"\n{args.rows:,} × {args.hidden:,} bf16, {'tied' if args.tied else 'untied'}, adapted rows "
-          f"{results['adapted_rows']:,} (+{args.new_tokens} tokens); (a) float64 GEMMs = {a:.0f} s, (b) raw read = {b:.0f} s\n")
+    print(
+        f"\n{args.rows:,} × {args.hidden:,} bf16, {'tied' if args.tied else 'untied'}, adapted rows "
+        f"{results['adapted_rows']:,} (+{args.new_tokens} tokens); (a) float64 GEMMs = {a:.0f} s, (b) raw read = {b:.0f} s\n"
+    )
     print(table(rows, ["method", "tied", "new_tokens", "wall_s", "peak_rss_gb", "reference_s", "wall/reference"]))
 
 

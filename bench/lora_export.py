@@ -38,8 +38,15 @@ ROWS, D, INTER, KV = 152064, 8192, 29568, 1024
 RECIPE = ROOT / "recipes" / "qwen2.5-72b" / "cpt-lora.yaml"
 EMBED, HEAD = "model.embed_tokens.weight", "lm_head.weight"
 # module -> (out, in) of Qwen2.5-72B
-SHAPES = {"self_attn.q_proj": (D, D), "self_attn.k_proj": (KV, D), "self_attn.v_proj": (KV, D), "self_attn.o_proj": (D, D),
-          "mlp.gate_proj": (INTER, D), "mlp.up_proj": (INTER, D), "mlp.down_proj": (D, INTER)}
+SHAPES = {
+    "self_attn.q_proj": (D, D),
+    "self_attn.k_proj": (KV, D),
+    "self_attn.v_proj": (KV, D),
+    "self_attn.o_proj": (D, D),
+    "mlp.gate_proj": (INTER, D),
+    "mlp.up_proj": (INTER, D),
+    "mlp.down_proj": (D, INTER),
+}
 
 
 def _randn(shape: tuple[int, ...], g: torch.Generator, chunk: int = 8192) -> torch.Tensor:
@@ -71,11 +78,24 @@ def make_body(path: Path, layers: int) -> None:
     w.add("model.norm.weight", torch.ones(D, dtype=torch.bfloat16))
     w.add(HEAD, _randn((ROWS, D), g))
     w.finish()
-    write_json(tmp / "config.json", {
-        "architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "hidden_size": D, "intermediate_size": INTER,
-        "num_hidden_layers": layers, "num_attention_heads": 64, "num_key_value_heads": 8, "vocab_size": ROWS,
-        "tie_word_embeddings": False, "torch_dtype": "bfloat16", "rms_norm_eps": 1e-6, "bos_token_id": 151643,
-        "eos_token_id": 151643})
+    write_json(
+        tmp / "config.json",
+        {
+            "architectures": ["Qwen2ForCausalLM"],
+            "model_type": "qwen2",
+            "hidden_size": D,
+            "intermediate_size": INTER,
+            "num_hidden_layers": layers,
+            "num_attention_heads": 64,
+            "num_key_value_heads": 8,
+            "vocab_size": ROWS,
+            "tie_word_embeddings": False,
+            "torch_dtype": "bfloat16",
+            "rms_norm_eps": 1e-6,
+            "bos_token_id": 151643,
+            "eos_token_id": 151643,
+        },
+    )
     for f in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
         shutil.copyfile(SHARED / "tokenizers" / "qwen2.5" / f, tmp / f)
     os.replace(tmp, path)
@@ -89,8 +109,12 @@ def child(run_dir: Path) -> None:
     from ruadapt.train.config import load_config
     from ruadapt.train.export import export_run
 
-    os.environ.update(RUN=str(run_dir), DS_CONFIGS=str(ROOT / "recipes" / "deepspeed"),
-                      CORPUS=str(SHARED / "data" / "ru_train.txt"), CPT2_STEPS="10")
+    os.environ.update(
+        RUN=str(run_dir),
+        DS_CONFIGS=str(ROOT / "recipes" / "deepspeed"),
+        CORPUS=str(SHARED / "data" / "ru_train.txt"),
+        CPT2_STEPS="10",
+    )
     cfg = load_config(RECIPE, check_files=False)
     lc = cfg.lora
     reader = CheckpointReader(cfg.model)
@@ -101,16 +125,26 @@ def child(run_dir: Path) -> None:
         for m, (n_out, n_in) in SHAPES.items():
             if m.split(".")[1] in lc.targets:
                 key = f"model.layers.{i}.{m}"
-                trained[key + ".lora_A.default.weight"] = (torch.randn(lc.r, n_in, generator=g) / n_in**0.5).to(torch.bfloat16)
-                trained[key + ".lora_B.default.weight"] = (torch.randn(n_out, lc.r, generator=g) * 1e-3).to(torch.bfloat16)
+                trained[key + ".lora_A.default.weight"] = (torch.randn(lc.r, n_in, generator=g) / n_in**0.5).to(
+                    torch.bfloat16
+                )
+                trained[key + ".lora_B.default.weight"] = (torch.randn(n_out, lc.r, generator=g) * 1e-3).to(
+                    torch.bfloat16
+                )
     lora_bytes = sum(t.numel() * t.element_size() for t in trained.values())
     check = f"model.layers.{layers - 1}.mlp.down_proj"
     a, b = trained[check + ".lora_A.default.weight"].clone(), trained[check + ".lora_B.default.weight"].clone()
     for name in (EMBED, HEAD):  # the gathered vocabulary matrices (train_embeddings: true)
         trained[name] = reader.get(name)
         reader.close()
-    peft_config = LoraConfig(r=lc.r, lora_alpha=lc.alpha, lora_dropout=lc.dropout, target_modules=list(lc.targets),
-                             bias="none", task_type="CAUSAL_LM")
+    peft_config = LoraConfig(
+        r=lc.r,
+        lora_alpha=lc.alpha,
+        lora_dropout=lc.dropout,
+        target_modules=list(lc.targets),
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
     record = StageRecord("train", cfg.to_dict())
     t0 = time.perf_counter()
     export_run(cfg, trained, record, [{"step": 1, "loss": 1.0}], [], peft_config)
@@ -122,8 +156,14 @@ def child(run_dir: Path) -> None:
     if not torch.equal(got, want):
         raise SystemExit(f"{cfg.out_path}: {check}.weight is not W + (alpha/r)·B·A")
     rec = json.loads((cfg.out_path / "ruadapt_train.json").read_text())
-    write_json(run_dir / "child.json", {"export_s": round(export_s, 1), "lora_tensor_gb": round(lora_bytes / 1e9, 3),
-                                        "merged_tensors": rec["result"]["lora_merged_tensors"]})
+    write_json(
+        run_dir / "child.json",
+        {
+            "export_s": round(export_s, 1),
+            "lora_tensor_gb": round(lora_bytes / 1e9, 3),
+            "merged_tensors": rec["result"]["lora_merged_tensors"],
+        },
+    )
 
 
 def main() -> None:
@@ -148,13 +188,25 @@ def main() -> None:
             m = run_measured([sys.executable, __file__, "--child", run_dir], env={"PYTHONPATH": str(ROOT)})
             info = json.loads((run_dir / "child.json").read_text())
             size = CheckpointReader(run_dir / "cpt1").total_bytes
-            rows.append({"layers": layers, "checkpoint_gb": round(size / 1e9, 2), **m, **info, "make_inputs_s": round(make_s, 1)})
+            rows.append(
+                {
+                    "layers": layers,
+                    "checkpoint_gb": round(size / 1e9, 2),
+                    **m,
+                    **info,
+                    "make_inputs_s": round(make_s, 1),
+                }
+            )
             print(json.dumps(rows[-1]), flush=True)
         finally:
             if not args.keep:
                 shutil.rmtree(run_dir, ignore_errors=True)
-    result = {"shapes": "Qwen2.5-72B (hidden 8192, intermediate 29568, 64/8 heads, vocab 152064, untied, bf16)",
-              "recipe": str(RECIPE.relative_to(ROOT)), "cpus": os.cpu_count(), "exports": rows}
+    result = {
+        "shapes": "Qwen2.5-72B (hidden 8192, intermediate 29568, 64/8 heads, vocab 152064, untied, bf16)",
+        "recipe": str(RECIPE.relative_to(ROOT)),
+        "cpus": os.cpu_count(),
+        "exports": rows,
+    }
     out_json.parent.mkdir(parents=True, exist_ok=True)
     out_json.write_text(json.dumps(result, indent=2) + "\n")
     print()

@@ -48,22 +48,39 @@ def make_checkpoint(out: Path) -> None:
     for i in range(2):
         p = f"model.layers.{i}."
         for name, shape in [
-            ("self_attn.q_proj.weight", (D, D)), ("self_attn.q_proj.bias", (D,)),
-            ("self_attn.k_proj.weight", (KV * 128, D)), ("self_attn.k_proj.bias", (KV * 128,)),
-            ("self_attn.v_proj.weight", (KV * 128, D)), ("self_attn.v_proj.bias", (KV * 128,)),
+            ("self_attn.q_proj.weight", (D, D)),
+            ("self_attn.q_proj.bias", (D,)),
+            ("self_attn.k_proj.weight", (KV * 128, D)),
+            ("self_attn.k_proj.bias", (KV * 128,)),
+            ("self_attn.v_proj.weight", (KV * 128, D)),
+            ("self_attn.v_proj.bias", (KV * 128,)),
             ("self_attn.o_proj.weight", (D, D)),
-            ("mlp.gate_proj.weight", (FF, D)), ("mlp.up_proj.weight", (FF, D)), ("mlp.down_proj.weight", (D, FF)),
-            ("input_layernorm.weight", (D,)), ("post_attention_layernorm.weight", (D,)),
+            ("mlp.gate_proj.weight", (FF, D)),
+            ("mlp.up_proj.weight", (FF, D)),
+            ("mlp.down_proj.weight", (D, FF)),
+            ("input_layernorm.weight", (D,)),
+            ("post_attention_layernorm.weight", (D,)),
         ]:
             w.add(p + name, rnd(*shape))
     w.add("model.norm.weight", torch.ones(D, dtype=torch.bfloat16))
     w.add("lm_head.weight", rnd(ROWS, D))
     w.finish()
     cfg = {
-        "architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "hidden_size": D, "intermediate_size": FF,
-        "num_hidden_layers": 2, "num_attention_heads": HEADS, "num_key_value_heads": KV, "vocab_size": ROWS,
-        "max_position_embeddings": 32768, "rms_norm_eps": 1e-6, "rope_theta": 1000000.0, "tie_word_embeddings": False,
-        "torch_dtype": "bfloat16", "bos_token_id": 151643, "eos_token_id": 151643,
+        "architectures": ["Qwen2ForCausalLM"],
+        "model_type": "qwen2",
+        "hidden_size": D,
+        "intermediate_size": FF,
+        "num_hidden_layers": 2,
+        "num_attention_heads": HEADS,
+        "num_key_value_heads": KV,
+        "vocab_size": ROWS,
+        "max_position_embeddings": 32768,
+        "rms_norm_eps": 1e-6,
+        "rope_theta": 1000000.0,
+        "tie_word_embeddings": False,
+        "torch_dtype": "bfloat16",
+        "bos_token_id": 151643,
+        "eos_token_id": 151643,
     }
     (tmp / "config.json").write_text(json.dumps(cfg, indent=2))
     for f in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
@@ -80,8 +97,15 @@ def make_donor(tok_dir: Path, out: Path) -> None:
     from ruadapt.io.tokdir import load_tokenizer, tokenizer_size
 
     n = tokenizer_size(load_tokenizer(tok_dir))
-    cfg = AutoConfig.for_model("qwen2", vocab_size=n, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                               num_attention_heads=2, num_key_value_heads=1)
+    cfg = AutoConfig.for_model(
+        "qwen2",
+        vocab_size=n,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+    )
     AutoModelForCausalLM.from_config(cfg).save_pretrained(out)
     for f in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
         if (tok_dir / f).exists():
@@ -137,7 +161,11 @@ def plot(res: dict, path: Path) -> None:
 def _summary(runs: list[dict]) -> dict:
     """Median wall time, largest peak RSS and every wall time of repeated runs."""
     walls = sorted(r["wall_s"] for r in runs)
-    return {"wall_s": walls[len(walls) // 2], "peak_rss_gb": max(r["peak_rss_gb"] for r in runs), "walls_s": [r["wall_s"] for r in runs]}
+    return {
+        "wall_s": walls[len(walls) // 2],
+        "peak_rss_gb": max(r["peak_rss_gb"] for r in runs),
+        "walls_s": [r["wall_s"] for r in runs],
+    }
 
 
 def main() -> None:
@@ -149,7 +177,9 @@ def main() -> None:
     ap.add_argument("--plot-only", action="store_true", help="redraw bench/results/swap.png from swap.json")
     args = ap.parse_args()
     if args.plot_only:
-        plot(json.loads((ROOT / "bench" / "results" / "swap.json").read_text()), ROOT / "bench" / "results" / "swap.png")
+        plot(
+            json.loads((ROOT / "bench" / "results" / "swap.json").read_text()), ROOT / "bench" / "results" / "swap.png"
+        )
         return
     work = args.workdir.resolve()
     work.mkdir(parents=True, exist_ok=True)
@@ -158,9 +188,23 @@ def main() -> None:
 
     tok = work / f"qwen2.5-ru{args.new_tokens // 1000}k"
     if not (tok / "tokenizer.json").exists():
-        run_measured(ruadapt + ["tokenizer", "train", "--base", str(SHARED / "tokenizers" / "qwen2.5"), "--corpus",
-                                str(SHARED / "data" / "ru_train.txt"), "--mode", "extend", "--new-tokens",
-                                str(args.new_tokens), "--out", str(tok)])
+        run_measured(
+            ruadapt
+            + [
+                "tokenizer",
+                "train",
+                "--base",
+                str(SHARED / "tokenizers" / "qwen2.5"),
+                "--corpus",
+                str(SHARED / "data" / "ru_train.txt"),
+                "--mode",
+                "extend",
+                "--new-tokens",
+                str(args.new_tokens),
+                "--out",
+                str(tok),
+            ]
+        )
     src = work / "qwen7b-shapes"
     make_checkpoint(src)
     size_gb = sum(f.stat().st_size for f in src.glob("*.safetensors")) / 1e9
@@ -174,16 +218,26 @@ def main() -> None:
     # cp and ruadapt alternate --repeat times (this VM's page allocation makes single runs vary by ±30 %); the
     # table shows the median wall time and the largest peak RSS of each
     cp_runs, swap_runs = [], []
-    for k in range(args.repeat):  # each command starts with the other's output deleted (same free page cache)
+    for _k in range(args.repeat):  # each command starts with the other's output deleted (same free page cache)
         shutil.rmtree(work / "ruadapt", ignore_errors=True)
         cp_runs.append(run_measured(["cp", "-r", str(src), str(work / "cp")]))
         shutil.rmtree(work / "cp")
-        swap_runs.append(run_measured(ruadapt + ["swap", "--model", str(src), "--tokenizer", str(tok), "--out", str(work / "ruadapt")]))
+        swap_runs.append(
+            run_measured(
+                ruadapt + ["swap", "--model", str(src), "--tokenizer", str(tok), "--out", str(work / "ruadapt")]
+            )
+        )
     r = _summary(cp_runs)
     rows.append({"tool": "cp -r", **r, "new rows right (embed / lm_head)": "-"})
     cp_time = r["wall_s"]
     c = count_correct(src, work / "ruadapt", tok)
-    rows.append({"tool": "ruadapt swap", **_summary(swap_runs), "new rows right (embed / lm_head)": f"{c['embed_tokens']} / {c['lm_head']}"})
+    rows.append(
+        {
+            "tool": "ruadapt swap",
+            **_summary(swap_runs),
+            "new rows right (embed / lm_head)": f"{c['embed_tokens']} / {c['lm_head']}",
+        }
+    )
 
     mk = ROOT / "bench" / ".venv-mergekit" / "bin" / "mergekit-tokensurgeon"
     if mk.exists():
@@ -191,17 +245,29 @@ def main() -> None:
         make_donor(tok, donor)
         r = run_measured([str(mk), str(src), str(donor), str(work / "mergekit"), "-a", "subword", "--device", "cpu"])
         c = count_correct(src, work / "mergekit", tok)
-        rows.append({"tool": "mergekit-tokensurgeon -a subword", **r, "new rows right (embed / lm_head)": f"{c['embed_tokens']} / {c['lm_head']}"})
+        rows.append(
+            {
+                "tool": "mergekit-tokensurgeon -a subword",
+                **r,
+                "new rows right (embed / lm_head)": f"{c['embed_tokens']} / {c['lm_head']}",
+            }
+        )
     else:
         print(f"(mergekit not installed: bash bench/setup_mergekit.sh to compare; {mk} missing)")
 
     for row in rows:
         row["× cp time"] = round(row["wall_s"] / cp_time, 2)
-    print(f"\ncheckpoint: {size_gb:.2f} GB in 2 GB shards; embed + lm_head = {vocab_gb:.2f} GB; +{args.new_tokens} tokens\n")
+    print(
+        f"\ncheckpoint: {size_gb:.2f} GB in 2 GB shards; embed + lm_head = {vocab_gb:.2f} GB; +{args.new_tokens} tokens\n"
+    )
     print(table(rows, ["tool", "wall_s", "× cp time", "peak_rss_gb", "new rows right (embed / lm_head)", "walls_s"]))
     res_dir = ROOT / "bench" / "results"
     res_dir.mkdir(exist_ok=True)
-    (res_dir / "swap.json").write_text(json.dumps({"checkpoint_gb": size_gb, "vocab_gb": vocab_gb, "new_tokens": args.new_tokens, "rows": rows}, indent=2))
+    (res_dir / "swap.json").write_text(
+        json.dumps(
+            {"checkpoint_gb": size_gb, "vocab_gb": vocab_gb, "new_tokens": args.new_tokens, "rows": rows}, indent=2
+        )
+    )
     plot(json.loads((res_dir / "swap.json").read_text()), res_dir / "swap.png")
     if not args.keep:
         for out in ("cp", "ruadapt", "mergekit"):

@@ -34,12 +34,17 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     args = p.parse_args()
 
-    from ruadapt.vocab.measure import chars_per_token
     from ruadapt.tokenizer.train import train_tokenizer
+    from ruadapt.vocab.measure import chars_per_token
 
     ru, en = SHARED / "data" / "ru_eval.txt", SHARED / "data" / "en_eval.txt"
-    rows = [{"new_tokens": 0, "ru_eval": chars_per_token(args.base, ru)["chars_per_token"],
-             "en_eval": chars_per_token(args.base, en)["chars_per_token"]}]
+    rows = [
+        {
+            "new_tokens": 0,
+            "ru_eval": chars_per_token(args.base, ru)["chars_per_token"],
+            "en_eval": chars_per_token(args.base, en)["chars_per_token"],
+        }
+    ]
     work = Path(tempfile.mkdtemp(prefix="bench-tokenizer-"))
     try:
         for n in args.sizes:
@@ -49,17 +54,19 @@ def main() -> None:
             record = train_tokenizer(args.base, [args.corpus], out, mode="extend", new_tokens=n, progress=False)
             wall, cpu = time.perf_counter() - t, time.process_time() - cpu
             tim = record["timings_s"]
-            rows.append({
-                "new_tokens": n,
-                "train_s": round(wall, 2),
-                "train_cpu_s": round(cpu, 2),
-                "load_avg_1min": round(load, 1),
-                "count_words_s": tim["count_words"],
-                "learn_merges_s": tim["learn_merges"],
-                "write_verify_s": round(tim["write"] + tim["verify"], 2),
-                "ru_eval": chars_per_token(out, ru)["chars_per_token"],
-                "en_eval": chars_per_token(out, en)["chars_per_token"],
-            })
+            rows.append(
+                {
+                    "new_tokens": n,
+                    "train_s": round(wall, 2),
+                    "train_cpu_s": round(cpu, 2),
+                    "load_avg_1min": round(load, 1),
+                    "count_words_s": tim["count_words"],
+                    "learn_merges_s": tim["learn_merges"],
+                    "write_verify_s": round(tim["write"] + tim["verify"], 2),
+                    "ru_eval": chars_per_token(out, ru)["chars_per_token"],
+                    "en_eval": chars_per_token(out, en)["chars_per_token"],
+                }
+            )
             print(f"N={n}: {rows[-1]}", flush=True)
             shutil.rmtree(out)
     finally:
@@ -108,7 +115,12 @@ def plot(rows: list[dict], path: Path) -> None:
     trained = [r for r in rows if r["new_tokens"]]
     b.plot([r["new_tokens"] / 1000 for r in trained], [r["train_s"] for r in trained], "o-", label="whole run, wall")
     b.plot([r["new_tokens"] / 1000 for r in trained], [r["train_cpu_s"] for r in trained], "^-", label="whole run, CPU")
-    b.plot([r["new_tokens"] / 1000 for r in trained], [r["learn_merges_s"] for r in trained], "s-", label="learn merges, wall")
+    b.plot(
+        [r["new_tokens"] / 1000 for r in trained],
+        [r["learn_merges_s"] for r in trained],
+        "s-",
+        label="learn merges, wall",
+    )
     b.set_xlabel("new tokens (thousands)")
     b.set_ylabel("seconds")
     b.set_title(f"training time (shared 2-core machine, load ≈ {rows[-1].get('load_avg_1min', 0):.0f})")

@@ -44,15 +44,36 @@ def build_model(work: Path, hidden: int, layers: int, keep_top: int, corpus: Pat
         shutil.copyfile(SHARED / "tokenizers" / "qwen2.5" / f, full / f)
     heads = max(2, hidden // 64)
     cfg = AutoConfig.for_model(
-        "qwen2", vocab_size=151936, hidden_size=hidden, intermediate_size=int(hidden * 2.75) // 64 * 64,
-        num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=max(1, heads // 4),
-        max_position_embeddings=4096, tie_word_embeddings=False, eos_token_id=151643, pad_token_id=151643,
+        "qwen2",
+        vocab_size=151936,
+        hidden_size=hidden,
+        intermediate_size=int(hidden * 2.75) // 64 * 64,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=max(1, heads // 4),
+        max_position_embeddings=4096,
+        tie_word_embeddings=False,
+        eos_token_id=151643,
+        pad_token_id=151643,
     )
     torch.manual_seed(0)
     AutoModelForCausalLM.from_config(cfg, dtype=torch.float32).save_pretrained(full, max_shard_size="200MB")
     from ruadapt.cli import main as ruadapt
 
-    rc = ruadapt(["-q", "trim", "--model", str(full), "--corpus", str(corpus), "--keep-top", str(keep_top), "--out", str(trimmed)])
+    rc = ruadapt(
+        [
+            "-q",
+            "trim",
+            "--model",
+            str(full),
+            "--corpus",
+            str(corpus),
+            "--keep-top",
+            str(keep_top),
+            "--out",
+            str(trimmed),
+        ]
+    )
     if rc != 0:
         raise SystemExit(f"ruadapt trim failed ({rc})")
     shutil.rmtree(full)
@@ -66,18 +87,40 @@ def run_stage(work: Path, model: Path, corpus: Path, stage: str, args: argparse.
     for p in (out, work / f"out-{stage}.work"):
         shutil.rmtree(p, ignore_errors=True)
     cfg = {
-        "task": "cpt", "model": str(model), "out": str(out), "stage": stage,
-        "deepspeed": str(ROOT / "recipes" / "deepspeed" / "zero2.json"), "block_size": args.block,
+        "task": "cpt",
+        "model": str(model),
+        "out": str(out),
+        "stage": stage,
+        "deepspeed": str(ROOT / "recipes" / "deepspeed" / "zero2.json"),
+        "block_size": args.block,
         "data": {"train": [str(corpus)], "eval_blocks": 0},
-        "train": {"micro_batch_size": args.micro, "grad_accum": 1, "max_steps": args.steps, "lr": 1e-4,
-                  "warmup_steps": 0, "save_steps": 10**6, "log_steps": 1, "seed": 1},
+        "train": {
+            "micro_batch_size": args.micro,
+            "grad_accum": 1,
+            "max_steps": args.steps,
+            "lr": 1e-4,
+            "warmup_steps": 0,
+            "save_steps": 10**6,
+            "log_steps": 1,
+            "seed": 1,
+        },
     }
     path = work / f"{stage}.yaml"
     path.write_text(yaml.safe_dump(cfg))
     env = dict(os.environ, TOKENIZERS_PARALLELISM="false")
     env.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "torch_extensions"))
-    cmd = [sys.executable, "-m", "ruadapt.cli", "train", "--config", str(path), "--num-gpus", str(args.num_gpus),
-           "--master-port", str(args.port)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "ruadapt.cli",
+        "train",
+        "--config",
+        str(path),
+        "--num-gpus",
+        str(args.num_gpus),
+        "--master-port",
+        str(args.port),
+    ]
     t0 = time.perf_counter()
     r = subprocess.run(cmd, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - t0
@@ -85,15 +128,19 @@ def run_stage(work: Path, model: Path, corpus: Path, stage: str, args: argparse.
         raise SystemExit(f"{stage} failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
     rec = json.loads((out / "ruadapt_train.json").read_text())
     hist = rec["result"]["losses"]
-    steady = hist[args.skip:]
+    steady = hist[args.skip :]
     dt = steady[-1]["time_s"] - hist[args.skip - 1]["time_s"] if args.skip else steady[-1]["time_s"]
     tokens = sum(h["tokens"] for h in steady)
     res = rec["result"]
     return {
-        "stage": stage, "trainable_params_M": round(res["trainable_parameters"] / 1e6, 2),
-        "tokens_per_s": round(tokens / dt, 1), "tokens_per_s_incl_first": res["tokens_per_s"],
+        "stage": stage,
+        "trainable_params_M": round(res["trainable_parameters"] / 1e6, 2),
+        "tokens_per_s": round(tokens / dt, 1),
+        "tokens_per_s_incl_first": res["tokens_per_s"],
         "peak_rss_rank0_GB": round(res["peak_memory_bytes_rank0"] / 1024**3, 3),
-        "first_loss": res["first_loss"], "last_loss": res["last_loss"], "launch_wall_s": round(wall, 1),
+        "first_loss": res["first_loss"],
+        "last_loss": res["last_loss"],
+        "launch_wall_s": round(wall, 1),
     }
 
 
@@ -125,14 +172,35 @@ def main() -> None:
     rows = [run_stage(work, model, corpus, s, args) for s in ("embeddings", "full")]
     ratio = rows[0]["tokens_per_s"] / rows[1]["tokens_per_s"]
     result = {
-        "model": {"hidden": args.hidden, "layers": args.layers, "rows": reader.info("model.embed_tokens.weight").shape[0],
-                  "params_M": round(total / 1e6, 2), "vocab_share": round(vocab / total, 3)},
-        "block": args.block, "micro": args.micro, "processes": args.num_gpus, "steps": args.steps, "skip": args.skip,
-        "device": os.environ.get("DS_ACCELERATOR", "auto"), "rows": rows, "ratio_embeddings_vs_full": round(ratio, 2),
+        "model": {
+            "hidden": args.hidden,
+            "layers": args.layers,
+            "rows": reader.info("model.embed_tokens.weight").shape[0],
+            "params_M": round(total / 1e6, 2),
+            "vocab_share": round(vocab / total, 3),
+        },
+        "block": args.block,
+        "micro": args.micro,
+        "processes": args.num_gpus,
+        "steps": args.steps,
+        "skip": args.skip,
+        "device": os.environ.get("DS_ACCELERATOR", "auto"),
+        "rows": rows,
+        "ratio_embeddings_vs_full": round(ratio, 2),
     }
     (work / "train_bench.json").write_text(json.dumps(result, indent=2) + "\n")
-    cols = ["stage", "trainable_params_M", "tokens_per_s", "tokens_per_s_incl_first", "peak_rss_rank0_GB", "first_loss", "last_loss"]
-    print(f"model: {result['model']}, block {args.block}, micro {args.micro} × {args.num_gpus} processes, {args.steps} steps")
+    cols = [
+        "stage",
+        "trainable_params_M",
+        "tokens_per_s",
+        "tokens_per_s_incl_first",
+        "peak_rss_rank0_GB",
+        "first_loss",
+        "last_loss",
+    ]
+    print(
+        f"model: {result['model']}, block {args.block}, micro {args.micro} × {args.num_gpus} processes, {args.steps} steps"
+    )
     print("| " + " | ".join(cols) + " |\n|" + "---|" * len(cols))
     for r in rows:
         print("| " + " | ".join(str(r[c]) for c in cols) + " |")

@@ -91,8 +91,14 @@ def prepare_by_repeating(cfg_path: Path, small_entry: Path, k: int) -> Path:
     def repeated(tokenizer_json, blocks, writer, **kw) -> dict:
         for _ in range(k):
             writer.add_flat(np.asarray(tf.tokens), lengths)
-        return {"chars": 0, "seconds": 0.0, "workers": 0, "tokens_per_s": 0.0, "repeated_from": str(small_entry),
-                "k": k}
+        return {
+            "chars": 0,
+            "seconds": 0.0,
+            "workers": 0,
+            "tokens_per_s": 0.0,
+            "repeated_from": str(small_entry),
+            "k": k,
+        }
 
     cpt.write_documents = repeated
     try:
@@ -177,11 +183,23 @@ def write_config(work: Path, name: str, model: Path, corpus: Path, args: argpars
     import yaml
 
     cfg = {
-        "task": "cpt", "model": str(model), "out": str(work / f"out-{name}"), "stage": "embeddings",
-        "deepspeed": str(ROOT / "recipes" / "deepspeed" / "zero2.json"), "block_size": args.block,
+        "task": "cpt",
+        "model": str(model),
+        "out": str(work / f"out-{name}"),
+        "stage": "embeddings",
+        "deepspeed": str(ROOT / "recipes" / "deepspeed" / "zero2.json"),
+        "block_size": args.block,
         "data": {"train": [str(corpus)], "eval_blocks": 0, "cache_dir": str(work / f"cache-{name}")},
-        "train": {"micro_batch_size": args.micro, "grad_accum": 1, "max_steps": args.steps, "lr": 1e-4,
-                  "warmup_steps": 0, "save_steps": args.steps, "log_steps": 1, "seed": 1},
+        "train": {
+            "micro_batch_size": args.micro,
+            "grad_accum": 1,
+            "max_steps": args.steps,
+            "lr": 1e-4,
+            "warmup_steps": 0,
+            "save_steps": args.steps,
+            "log_steps": 1,
+            "seed": 1,
+        },
     }
     path = work / f"{name}.yaml"
     path.write_text(yaml.safe_dump(cfg))
@@ -192,8 +210,18 @@ def run_train(work: Path, name: str, path: Path, args: argparse.Namespace) -> di
     """One ``ruadapt train`` launch (with the preparation, unless the token file is there) with its tree sampled."""
     env = dict(os.environ, TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1")
     env.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "torch_extensions"))
-    cmd = [sys.executable, "-m", "ruadapt.cli", "train", "--config", str(path), "--num-gpus", str(args.num_gpus),
-           "--master-port", str(free_port())]
+    cmd = [
+        sys.executable,
+        "-m",
+        "ruadapt.cli",
+        "train",
+        "--config",
+        str(path),
+        "--num-gpus",
+        str(args.num_gpus),
+        "--master-port",
+        str(free_port()),
+    ]
     t0 = time.perf_counter()
     with open(work / f"{name}.log", "w") as log:
         proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
@@ -204,18 +232,26 @@ def run_train(work: Path, name: str, path: Path, args: argparse.Namespace) -> di
         sampler.join()
     wall = time.perf_counter() - t0
     if rc != 0:
-        raise SystemExit(f"{name}: ruadapt train failed ({rc}); see {work / f'{name}.log'}:\n"
-                         + (work / f"{name}.log").read_text()[-3000:])
+        raise SystemExit(
+            f"{name}: ruadapt train failed ({rc}); see {work / f'{name}.log'}:\n"
+            + (work / f"{name}.log").read_text()[-3000:]
+        )
     rec = json.loads((work / f"out-{name}" / "ruadapt_train.json").read_text())
     entry = next(p for p in (work / f"cache-{name}").glob("cpt-*") if p.is_dir())
     meta = json.loads((entry / "meta.json").read_text())
     procs = sorted(sampler.procs.values(), key=lambda d: d["role"])
     return {
-        "name": name, "corpus_bytes": meta["source"]["bytes"], "documents": meta["n_docs"], "tokens": meta["n_tokens"],
-        "prepare_s": meta.get("seconds"), "wall_s": round(wall, 1), "last_loss": rec["result"]["last_loss"],
+        "name": name,
+        "corpus_bytes": meta["source"]["bytes"],
+        "documents": meta["n_docs"],
+        "tokens": meta["n_tokens"],
+        "prepare_s": meta.get("seconds"),
+        "wall_s": round(wall, 1),
+        "last_loss": rec["result"]["last_loss"],
         "peak_tree_pss_gb": round(sampler.peak_sum["pss"] / GB, 3),
         "peak_tree_pss_training_gb": round(sampler.peak_sum_training["pss"] / GB, 3),
-        "peak_tree": sampler.peak_sum, "peak_tree_training": sampler.peak_sum_training,
+        "peak_tree": sampler.peak_sum,
+        "peak_tree_training": sampler.peak_sum_training,
         "processes": [{**p, **{k: round(p[k] / MB, 1) for k in ("pss", "uss", "rss")}} for p in procs],
     }
 
@@ -249,11 +285,15 @@ def main() -> None:
     ap.add_argument("--num-gpus", type=int, default=2, help="processes (CPU: DS_ACCELERATOR=cpu)")
     ap.add_argument("--interval", type=float, default=0.5, help="seconds between samples of the process tree")
     ap.add_argument("--limit-gb", type=float, default=3.0, help="claim: peak summed PSS of the tree on the big corpus")
-    ap.add_argument("--tokenize-big", action="store_true",
-                    help="let ruadapt train tokenize the big corpus too (default: its token file is the small one's "
-                    "repeated, which is exact for a repeated corpus; tokenizing 600 MB takes hours on 2 busy cores)")
-    ap.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "train_memory.json",
-                    help="where the figures go")
+    ap.add_argument(
+        "--tokenize-big",
+        action="store_true",
+        help="let ruadapt train tokenize the big corpus too (default: its token file is the small one's "
+        "repeated, which is exact for a repeated corpus; tokenizing 600 MB takes hours on 2 busy cores)",
+    )
+    ap.add_argument(
+        "--json", type=Path, default=ROOT / "bench" / "results" / "train_memory.json", help="where the figures go"
+    )
     ap.add_argument("--rank-slack-gb", type=float, default=0.5, help="claim: each rank's growth big vs small")
     args = ap.parse_args()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="ruadapt-train-memory-"))
@@ -276,21 +316,33 @@ def main() -> None:
         growth = {r: round((big_v - rank_peaks(small).get(r, 0.0)) / 1024, 3) for r, big_v in rank_peaks(big).items()}
         ok_tree = big["peak_tree_pss_gb"] <= args.limit_gb
         ok_ranks = all(g <= args.rank_slack_gb for g in growth.values())
-        summary = {"block": args.block, "micro": args.micro, "steps": args.steps, "processes": args.num_gpus,
-                   "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cpus": os.cpu_count(),
-                   "runs": results, "rank_growth_gb": growth, "tree_within_limit": ok_tree,
-                   "ranks_within_slack": ok_ranks}
+        summary = {
+            "block": args.block,
+            "micro": args.micro,
+            "steps": args.steps,
+            "processes": args.num_gpus,
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "cpus": os.cpu_count(),
+            "runs": results,
+            "rank_growth_gb": growth,
+            "tree_within_limit": ok_tree,
+            "ranks_within_slack": ok_ranks,
+        }
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(summary, indent=2) + "\n")
         for r in results:
-            print(f"\n{r['name']}: {r['corpus_bytes'] / MB:,.1f} MB, {r['documents']:,} documents, "
-                  f"{r['tokens']:,} tokens, "
-                  f"preparation {r['prepare_s']} s, launch {r['wall_s']} s")
+            print(
+                f"\n{r['name']}: {r['corpus_bytes'] / MB:,.1f} MB, {r['documents']:,} documents, "
+                f"{r['tokens']:,} tokens, "
+                f"preparation {r['prepare_s']} s, launch {r['wall_s']} s"
+            )
             print("| process | peak PSS MB | peak USS MB | peak RSS MB |\n|---|---|---|---|")
             for p in r["processes"]:
                 print(f"| {p['role']} | {p['pss']:,.0f} | {p['uss']:,.0f} | {p['rss']:,.0f} |")
-            print(f"peak summed PSS of the tree: {r['peak_tree_pss_gb']} GB (while ranks ran: "
-                  f"{r['peak_tree_pss_training_gb']} GB)")
+            print(
+                f"peak summed PSS of the tree: {r['peak_tree_pss_gb']} GB (while ranks ran: "
+                f"{r['peak_tree_pss_training_gb']} GB)"
+            )
         print(f"\nrank growth big vs small (GB, PSS): {growth} (claim ≤ {args.rank_slack_gb}: {ok_ranks})")
         print(f"peak summed PSS on the big corpus: {big['peak_tree_pss_gb']} GB (claim ≤ {args.limit_gb}: {ok_tree})")
         print(f"written {args.json}")

@@ -65,20 +65,38 @@ def make_checkpoint(out: Path, layers: int) -> None:
             ("mlp.down_proj.weight", (D, FF)),
         ):
             w.add(p + name, rnd(*shape))
-        for name, n in (("self_attn.q_proj.bias", HEADS * HEAD_DIM), ("self_attn.k_proj.bias", KV * HEAD_DIM), ("self_attn.v_proj.bias", KV * HEAD_DIM)):
+        for name, n in (
+            ("self_attn.q_proj.bias", HEADS * HEAD_DIM),
+            ("self_attn.k_proj.bias", KV * HEAD_DIM),
+            ("self_attn.v_proj.bias", KV * HEAD_DIM),
+        ):
             w.add(p + name, rnd(n))
         w.add(p + "input_layernorm.weight", torch.ones(D, dtype=torch.bfloat16))
         w.add(p + "post_attention_layernorm.weight", torch.ones(D, dtype=torch.bfloat16))
     w.add("model.norm.weight", torch.ones(D, dtype=torch.bfloat16))
     w.finish()
     config = {
-        "architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "hidden_size": D, "intermediate_size": FF,
-        "num_hidden_layers": layers, "num_attention_heads": HEADS, "num_key_value_heads": KV, "vocab_size": ROWS,
-        "max_position_embeddings": 32768, "rms_norm_eps": 1e-6, "rope_theta": 1000000.0, "tie_word_embeddings": True,
-        "bos_token_id": 151643, "eos_token_id": 151643, "hidden_act": "silu", "torch_dtype": "bfloat16",
+        "architectures": ["Qwen2ForCausalLM"],
+        "model_type": "qwen2",
+        "hidden_size": D,
+        "intermediate_size": FF,
+        "num_hidden_layers": layers,
+        "num_attention_heads": HEADS,
+        "num_key_value_heads": KV,
+        "vocab_size": ROWS,
+        "max_position_embeddings": 32768,
+        "rms_norm_eps": 1e-6,
+        "rope_theta": 1000000.0,
+        "tie_word_embeddings": True,
+        "bos_token_id": 151643,
+        "eos_token_id": 151643,
+        "hidden_act": "silu",
+        "torch_dtype": "bfloat16",
     }
     (tmp / "config.json").write_text(json.dumps(config, indent=2))
-    (tmp / "generation_config.json").write_text(json.dumps({"bos_token_id": 151643, "eos_token_id": [151645, 151643], "pad_token_id": 151643}))
+    (tmp / "generation_config.json").write_text(
+        json.dumps({"bos_token_id": 151643, "eos_token_id": [151645, 151643], "pad_token_id": 151643})
+    )
     for f in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
         shutil.copyfile(SHARED / "tokenizers" / "qwen2.5" / f, tmp / f)
     os.rename(tmp, out)
@@ -89,9 +107,21 @@ def trim_run(ckpt: Path, out: Path, keep_top: int | None, reuse: bool = False) -
     if reuse and cached.is_file() and out.is_dir():
         return json.loads(cached.read_text())
     shutil.rmtree(out, ignore_errors=True)
-    cmd = [str(ROOT / ".venv" / "bin" / "ruadapt"), "-q", "trim", "--model", str(ckpt), "--corpus",
-           str(DATA / "ru_train.txt"), str(DATA / "en_train.txt"), "--eval-text", str(DATA / "ru_eval.txt"),
-           str(DATA / "en_eval.txt"), "--out", str(out)]
+    cmd = [
+        str(ROOT / ".venv" / "bin" / "ruadapt"),
+        "-q",
+        "trim",
+        "--model",
+        str(ckpt),
+        "--corpus",
+        str(DATA / "ru_train.txt"),
+        str(DATA / "en_train.txt"),
+        "--eval-text",
+        str(DATA / "ru_eval.txt"),
+        str(DATA / "en_eval.txt"),
+        "--out",
+        str(out),
+    ]
     if keep_top:
         cmd += ["--keep-top", str(keep_top)]
     m = run_measured(cmd, env={"TQDM_DISABLE": "1"})
@@ -123,8 +153,9 @@ def trim_run(ckpt: Path, out: Path, keep_top: int | None, reuse: bool = False) -
 
 def step_times(full_dir: Path, trimmed_dir: Path, steps: int, threads: int) -> dict:
     """Median train-step seconds of a tiny Qwen2 (hidden 128, 4 layers) with each vocabulary, alternated."""
-    from tokenizers import Tokenizer
     from transformers import AutoConfig, AutoModelForCausalLM
+
+    from tokenizers import Tokenizer
 
     torch.set_num_threads(threads)
     id_map = json.loads((trimmed_dir / "id_map.json").read_text())["old_to_new"]
@@ -135,12 +166,29 @@ def step_times(full_dir: Path, trimmed_dir: Path, steps: int, threads: int) -> d
     batch_trim = torch.tensor([id_map[str(i)] for i in ids]).view(4, 512)
     out = {}
     models = {}
-    for name, rows in (("full", ROWS), ("trimmed", json.loads((trimmed_dir / "config.json").read_text())["vocab_size"])):
-        cfg = AutoConfig.for_model("qwen2", vocab_size=rows, hidden_size=128, intermediate_size=512, num_hidden_layers=4,
-                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024, tie_word_embeddings=True)
+    for name, rows in (
+        ("full", ROWS),
+        ("trimmed", json.loads((trimmed_dir / "config.json").read_text())["vocab_size"]),
+    ):
+        cfg = AutoConfig.for_model(
+            "qwen2",
+            vocab_size=rows,
+            hidden_size=128,
+            intermediate_size=512,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=1024,
+            tie_word_embeddings=True,
+        )
         torch.manual_seed(0)
         m = AutoModelForCausalLM.from_config(cfg)
-        models[name] = (m, torch.optim.AdamW(m.parameters(), lr=1e-3), batch_full if name == "full" else batch_trim, rows)
+        models[name] = (
+            m,
+            torch.optim.AdamW(m.parameters(), lr=1e-3),
+            batch_full if name == "full" else batch_trim,
+            rows,
+        )
     times: dict[str, list[float]] = {k: [] for k in models}
     for k in range(steps + 1):
         for name, (m, opt, batch, _) in models.items():
@@ -152,7 +200,12 @@ def step_times(full_dir: Path, trimmed_dir: Path, steps: int, threads: int) -> d
             if k:  # the first step warms up allocators
                 times[name].append(time.perf_counter() - t)
     for name, (m, _, _, rows) in models.items():
-        out[name] = {"rows": rows, "params": sum(p.numel() for p in m.parameters()), "median_step_s": round(statistics.median(times[name]), 3), "steps": times[name]}
+        out[name] = {
+            "rows": rows,
+            "params": sum(p.numel() for p in m.parameters()),
+            "median_step_s": round(statistics.median(times[name]), 3),
+            "steps": times[name],
+        }
     out["speedup"] = round(out["full"]["median_step_s"] / out["trimmed"]["median_step_s"], 2)
     return out
 
@@ -164,7 +217,9 @@ def main() -> None:
     ap.add_argument("--keep-top", type=int, nargs="*", default=[32000], help="extra runs with --keep-top N")
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--reuse", action="store_true", help="reuse trim results already in --workdir (re-measure only the train steps)")
+    ap.add_argument(
+        "--reuse", action="store_true", help="reuse trim results already in --workdir (re-measure only the train steps)"
+    )
     args = ap.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
     ckpt = args.workdir / "qwen2.5-0.5b-shaped"
@@ -176,7 +231,20 @@ def main() -> None:
     for n in args.keep_top:
         runs.append(trim_run(ckpt, args.workdir / f"trimmed-{n}", n, args.reuse))
     steps = step_times(ckpt, args.workdir / "trimmed", args.steps, args.threads)
-    cols = ["run", "tokens", "rows", "params", "disk", "coverage", "corpus c/t", "ru_eval c/t", "en_eval c/t", "eval lines changed", "wall", "peak RSS"]
+    cols = [
+        "run",
+        "tokens",
+        "rows",
+        "params",
+        "disk",
+        "coverage",
+        "corpus c/t",
+        "ru_eval c/t",
+        "en_eval c/t",
+        "eval lines changed",
+        "wall",
+        "peak RSS",
+    ]
     md = table(runs, cols)
     print(md)
     print(
@@ -186,7 +254,19 @@ def main() -> None:
     )
     results = ROOT / "bench" / "results"
     results.mkdir(parents=True, exist_ok=True)
-    (results / "trim.json").write_text(json.dumps({"layers": args.layers, "runs": [{k: v for k, v in r.items()} for r in runs], "train_step": steps, "table": md}, indent=2, ensure_ascii=False) + "\n")
+    (results / "trim.json").write_text(
+        json.dumps(
+            {
+                "layers": args.layers,
+                "runs": [{k: v for k, v in r.items()} for r in runs],
+                "train_step": steps,
+                "table": md,
+            },
+            indent=2,
+            ensure_ascii=False,
+        )
+        + "\n"
+    )
     print(f"wrote {results / 'trim.json'}")
 
 

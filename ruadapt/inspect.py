@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .vocab.arch import arch_for_config
 from .io.checkpoint import CheckpointReader
 from .io.tokdir import chat_template, load_tokenizer, tokenizer_size
+from .vocab.arch import arch_for_config
 
 
 def inspect_model(model_dir: Path) -> dict:
@@ -72,7 +72,11 @@ def format_report(info: dict, max_specials: int = 12) -> str:
         f"  parameters      {info['parameters']:,} ({info['embedding_parameters']:,} in vocabulary matrices)",
         f"  tied            {info['tied']} (lm_head tensor in checkpoint: {info['lm_head_in_checkpoint']})",
         f"  vocab           config.vocab_size {_n(info['config_vocab_size'])}  matrix rows {info['embedding_rows']:,}"
-        + (f"  tokenizer {info['tokenizer_tokens']:,}  padded rows {info['padded_rows']:,}" if info.get("tokenizer_tokens") else "  (no tokenizer.json)"),
+        + (
+            f"  tokenizer {info['tokenizer_tokens']:,}  padded rows {info['padded_rows']:,}"
+            if info.get("tokenizer_tokens")
+            else "  (no tokenizer.json)"
+        ),
         f"  shards          {info['shards']} files, {info['tensors']} tensors, {gib:.2f} GiB",
         f"  config ids      {info['config_token_ids']}",
     ]

@@ -27,26 +27,34 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Collection, Iterator, Sequence
 
 import torch
-from tokenizers import Tokenizer
 from tqdm.auto import tqdm
 
-from .vocab.arch import Arch, arch_for_config, check_vocab_tensors, model_fingerprint
-from .io.checkpoint import CheckpointReader
+from tokenizers import Tokenizer
+
 from .errors import RuadaptError
-from .vocab.lora import merge_replacements, read_adapter
-from .vocab.lstsq import NormalEquations
-from .mistakes import refuse
+from .io.checkpoint import CheckpointReader
 from .io.outdir import check_output_dir
 from .io.record import StageRecord, sha256_file
-from .io.tokdir import TokenizerFiles, load_tokenizer, remap_model_configs, same_bytes, tokenizer_json_path, tokenizer_size
-from .vocab.pieces import ROW_COPY, ROW_MEAN, TokenCodec, VocabMap, averaged_rows, build_vocab_map
+from .io.tokdir import (
+    TokenizerFiles,
+    load_tokenizer,
+    remap_model_configs,
+    same_bytes,
+    tokenizer_json_path,
+    tokenizer_size,
+)
+from .mistakes import refuse
 from .options import LepOptions, PlanFigures
+from .vocab.arch import Arch, arch_for_config, check_vocab_tensors, model_fingerprint
+from .vocab.lora import merge_replacements, read_adapter
+from .vocab.lstsq import NormalEquations
 from .vocab.output import VocabOutput, output_tensor_bytes, write_vocab_output
+from .vocab.pieces import ROW_COPY, ROW_MEAN, TokenCodec, VocabMap, averaged_rows, build_vocab_map
 
 log = logging.getLogger(__name__)
 
@@ -98,8 +106,12 @@ def open_model(path: Path, option: str, same_tokenizer_as: Model | None = None) 
     reader = CheckpointReader(Path(path))
     arch = arch_for_config(reader.config, reader.path / "config.json")
     if arch.encoder_decoder:
-        raise RuadaptError(f"{reader.path / 'config.json'}: {option} is an encoder-decoder ({arch.model_type}); LEP supports decoder-only models")
-    if same_tokenizer_as is not None and same_bytes(tokenizer_json_path(reader.path, option), tokenizer_json_path(same_tokenizer_as.path)):
+        raise RuadaptError(
+            f"{reader.path / 'config.json'}: {option} is an encoder-decoder ({arch.model_type}); LEP supports decoder-only models"
+        )
+    if same_tokenizer_as is not None and same_bytes(
+        tokenizer_json_path(reader.path, option), tokenizer_json_path(same_tokenizer_as.path)
+    ):
         tok, n = same_tokenizer_as.tok, same_tokenizer_as.n_tokens
     else:
         tok = load_tokenizer(reader.path, option)
@@ -113,7 +125,9 @@ def validate(base: Model, instruct: Model, adapted: Model) -> None:
     b, i, a = base, instruct, adapted
     pair = f"{b.option} {b.path} vs {i.option} {i.path}"
     if b.arch.model_type != i.arch.model_type:
-        raise RuadaptError(f"{pair}: model_type {b.arch.model_type} vs {i.arch.model_type}; the instruct model must be the base's")
+        raise RuadaptError(
+            f"{pair}: model_type {b.arch.model_type} vs {i.arch.model_type}; the instruct model must be the base's"
+        )
     if b.hidden != i.hidden:
         raise RuadaptError(f"{pair}: hidden size {b.hidden} vs {i.hidden}")
     if b.arch.tied != i.arch.tied:
@@ -127,11 +141,15 @@ def validate(base: Model, instruct: Model, adapted: Model) -> None:
         )
     pair = f"{a.option} {a.path} vs {i.option} {i.path}"
     if a.hidden != i.hidden:
-        raise RuadaptError(f"{pair}: hidden size {a.hidden} vs {i.hidden}; --adapted must be the swapped base of the same size")
+        raise RuadaptError(
+            f"{pair}: hidden size {a.hidden} vs {i.hidden}; --adapted must be the swapped base of the same size"
+        )
     if a.arch.tied != i.arch.tied:
         raise RuadaptError(f"{pair}: tie_word_embeddings {a.arch.tied} vs {i.arch.tied}")
     if a.arch.input_name != i.arch.input_name or a.arch.output_name != i.arch.output_name:
-        raise RuadaptError(f"{pair}: model_type {a.arch.model_type} vs {i.arch.model_type} name their embeddings differently")
+        raise RuadaptError(
+            f"{pair}: model_type {a.arch.model_type} vs {i.arch.model_type} name their embeddings differently"
+        )
 
 
 # ---------------------------------------------------------------------------------------------- reading rows
@@ -140,7 +158,9 @@ def _check_finite(t: torch.Tensor, model: Model, name: str, ids: Sequence[int] |
     if bool(bad.any()):
         k = int(bad.nonzero()[0, 0])
         row = ids[k] if ids is not None else start + k
-        raise RuadaptError(f"{model.path}: {model.option} {name} row {row} has NaN or infinite values; the checkpoint is broken")
+        raise RuadaptError(
+            f"{model.path}: {model.option} {name} row {row} has NaN or infinite values; the checkpoint is broken"
+        )
 
 
 def gather_rows(model: Model, name: str, ids: Sequence[int]) -> torch.Tensor:
@@ -193,7 +213,13 @@ def piece_chunks(vmap: VocabMap, rows: Sequence[int], max_pieces: int) -> Iterat
 
 
 def accumulate(
-    base: Model, instruct: Model, names: Sequence[str], vmap: VocabMap, rows: Sequence[int], *, chunk_rows: int | None,
+    base: Model,
+    instruct: Model,
+    names: Sequence[str],
+    vmap: VocabMap,
+    rows: Sequence[int],
+    *,
+    chunk_rows: int | None,
     progress: bool,
 ) -> dict[str, NormalEquations]:
     """XᵀX and XᵀY for X = T[rows]·B[name], Y = T[rows]·I[name], for every matrix in ``names`` in one pass.
@@ -323,7 +349,9 @@ def special_pairs(adapted: Model, instruct: Model) -> list[tuple[int, int]]:
                 f"(id {i_id} in {instruct.path}); build the new tokenizer from this model family's tokenizer"
             )
         if a_id >= adapted.rows:
-            raise RuadaptError(f"{adapted.path}: token {t.content!r} has id {a_id} past the {adapted.rows} embedding rows")
+            raise RuadaptError(
+                f"{adapted.path}: token {t.content!r} has id {a_id} past the {adapted.rows} embedding rows"
+            )
         pairs.append((a_id, i_id))
     return pairs
 
@@ -336,7 +364,12 @@ def lora_replacements(adapter_path: Path, instruct: Model, alpha_scale: float, s
         raise RuadaptError(f"--alpha-scale must be positive, got {alpha_scale}")
     adapter = read_adapter(adapter_path)
     repl, skipped = merge_replacements(adapter, instruct.reader, divide=alpha_scale, skip=skip)
-    summary = {**adapter.summary(), "modules": len(repl), "skipped_vocabulary_modules": skipped, "alpha_scale": alpha_scale}
+    summary = {
+        **adapter.summary(),
+        "modules": len(repl),
+        "skipped_vocabulary_modules": skipped,
+        "alpha_scale": alpha_scale,
+    }
     return repl, summary
 
 
@@ -370,15 +403,21 @@ class LepPlan:
         chunk = min(CHUNK_BYTES, len(self.fit_rows) * 2 * len(names) * d * 8)  # the fit's float64 X and Y
         fit = 0 if self.vmap is None else len(names) * (2 * d * d * 8 + d * d * 4) + chunk
         peak = fit + a.rows * d * elem
-        notes = [f"method {self.options.method}: W is the identity, no fit"] if self.vmap is None else [
-            f"method {self.options.method}: W fitted on {len(self.fit_rows):,} rows of {d} columns "
-            f"(vocabulary map {', '.join(f'{k} {v:,}' for k, v in self.vmap.summary().items())})"]
+        notes = (
+            [f"method {self.options.method}: W is the identity, no fit"]
+            if self.vmap is None
+            else [
+                f"method {self.options.method}: W fitted on {len(self.fit_rows):,} rows of {d} columns "
+                f"(vocabulary map {', '.join(f'{k} {v:,}' for k, v in self.vmap.summary().items())})"
+            ]
+        )
         if self.lora:
             notes.append(f"LoRA deltas added to {len(self.lora)} tensors of --instruct, one at a time")
         notes.append("the NaN/inf pass over --adapted's rows runs when written, before any output exists")
         kinds = {"projected": a.rows - len(self.specials), "instruct": len(self.specials)}
-        return PlanFigures("lep", self.options.out, a.rows, kinds, output_tensor_bytes(i.reader, i.arch, a.rows),
-                           peak, tuple(notes))
+        return PlanFigures(
+            "lep", self.options.out, a.rows, kinds, output_tensor_bytes(i.reader, i.arch, a.rows), peak, tuple(notes)
+        )
 
 
 def lep_model(base: Path, instruct: Path, adapted: Path, out: Path, **options) -> dict:
@@ -406,12 +445,20 @@ def plan_lep(options: LepOptions) -> LepPlan:
     lora: dict = {}
     lora_summary: dict | None = None
     if opts.lora_deltas is not None:
-        lora, lora_summary = lora_replacements(Path(opts.lora_deltas), i, opts.alpha_scale,
-                                               set(i.arch.vocab_tensor_names()))
+        lora, lora_summary = lora_replacements(
+            Path(opts.lora_deltas), i, opts.alpha_scale, set(i.arch.vocab_tensor_names())
+        )
     for m in (b, i, a):
-        record.input_model(m.option.lstrip("-"), m.reader, model_fingerprint(m.reader),
-                           model_type=m.arch.model_type, tied=m.arch.tied, rows=m.rows,
-                           hidden=m.hidden, tokenizer_sha256=sha256_file(tokenizer_json_path(m.path)))
+        record.input_model(
+            m.option.lstrip("-"),
+            m.reader,
+            model_fingerprint(m.reader),
+            model_type=m.arch.model_type,
+            tied=m.arch.tied,
+            rows=m.rows,
+            hidden=m.hidden,
+            tokenizer_sha256=sha256_file(tokenizer_json_path(m.path)),
+        )
     check_likely_mistakes(b, i, a, record.data["inputs"], opts.allow)
     plan = LepPlan(opts, record, b, i, a, specials, config, gen_config, id_changes, lora, lora_summary, max_shard_bytes)
     if opts.method != "swap":
@@ -420,8 +467,10 @@ def plan_lep(options: LepOptions) -> LepPlan:
             plan.vmap = build_vocab_map(codec, codec if a.tok is b.tok else TokenCodec(a.tok))
         plan.fit_rows = fit_rows(plan.vmap, opts.method, set(b.tok.get_added_tokens_decoder()))
         if not plan.fit_rows:
-            raise RuadaptError(f"{a.path}: no token of --adapted's tokenizer maps to --base's vocabulary; "
-                               f"method {opts.method} has no rows to fit")
+            raise RuadaptError(
+                f"{a.path}: no token of --adapted's tokenizer maps to --base's vocabulary; "
+                f"method {opts.method} has no rows to fit"
+            )
     return plan
 
 
@@ -434,18 +483,29 @@ def fit_maps(plan: LepPlan) -> tuple[dict[str, torch.Tensor], dict]:
         return maps, fit_summary
     names = i.matrix_names()
     if len(plan.fit_rows) < b.hidden:
-        log.warning("only %d rows for a %d×%d fit: W is underdetermined (minimum-norm solution)", len(plan.fit_rows),
-                    b.hidden, b.hidden)
+        log.warning(
+            "only %d rows for a %d×%d fit: W is underdetermined (minimum-norm solution)",
+            len(plan.fit_rows),
+            b.hidden,
+            b.hidden,
+        )
     with record.timed("fit"):
-        eqs = accumulate(b, i, list(names.values()), plan.vmap, plan.fit_rows, chunk_rows=opts.chunk_rows,
-                         progress=opts.progress)
+        eqs = accumulate(
+            b, i, list(names.values()), plan.vmap, plan.fit_rows, chunk_rows=opts.chunk_rows, progress=opts.progress
+        )
     for role, name in names.items():
         with record.timed(f"solve_{role}"):
             fit = eqs.pop(name).solve()
         maps[name] = fit.w.to(torch.float32)  # applied in float32; drop the float64 copy (0.5 GB at d=8192)
         fit_summary[role] = {"tensor": name, **fit.summary()}
-        log.info("%s: %d rows, relative residual %.4g, cond(XᵀX) %.3g (%s)", name, fit.rows,
-                 fit.relative_residual, fit.condition_number, fit.solver)
+        log.info(
+            "%s: %d rows, relative residual %.4g, cond(XᵀX) %.3g (%s)",
+            name,
+            fit.rows,
+            fit.relative_residual,
+            fit.condition_number,
+            fit.solver,
+        )
         if fit.condition_number > 1e12:
             log.warning("%s: XᵀX is ill-conditioned (cond %.3g); W is a least-norm fit", name, fit.condition_number)
         del fit
@@ -464,8 +524,18 @@ def write_lep(plan: LepPlan) -> dict:
     def builder(name: str) -> Callable[[], torch.Tensor]:
         def build() -> torch.Tensor:
             with record.timed(f"apply {name}"):
-                return project_matrix(a, i, name, maps.pop(name, None), plan.specials, a.n_tokens, norm_stats,
-                                      chunk_rows=opts.chunk_rows, progress=opts.progress)
+                return project_matrix(
+                    a,
+                    i,
+                    name,
+                    maps.pop(name, None),
+                    plan.specials,
+                    a.n_tokens,
+                    norm_stats,
+                    chunk_rows=opts.chunk_rows,
+                    progress=opts.progress,
+                )
+
         return build
 
     output = VocabOutput(
@@ -508,18 +578,27 @@ def check_likely_mistakes(b: Model, i: Model, a: Model, recorded: dict, allow: C
     """I or A identical to B (equal fingerprints) is refused unless allowed; A without a new token is a warning."""
     fp = {k: v["fingerprint"] for k, v in recorded.items()}
     if fp["instruct"] == fp["base"]:
-        refuse("same-model", allow,
-               f"{i.path}: --instruct is the same checkpoint as --base {b.path} (equal fingerprints); "
-               "the fit would learn the identity and LEP would change nothing",
-               "give the instruct model of this base (e.g. Qwen2.5-7B-Instruct for Qwen2.5-7B)")
+        refuse(
+            "same-model",
+            allow,
+            f"{i.path}: --instruct is the same checkpoint as --base {b.path} (equal fingerprints); "
+            "the fit would learn the identity and LEP would change nothing",
+            "give the instruct model of this base (e.g. Qwen2.5-7B-Instruct for Qwen2.5-7B)",
+        )
     if fp["adapted"] == fp["base"]:
-        refuse("adapted-is-base", allow,
-               f"{a.path}: --adapted is the same checkpoint as --base {b.path} (equal fingerprints); "
-               "there are no adapted embeddings to propagate",
-               "give the swapped (and continued-pretrained) model: ruadapt swap, then ruadapt train")
+        refuse(
+            "adapted-is-base",
+            allow,
+            f"{a.path}: --adapted is the same checkpoint as --base {b.path} (equal fingerprints); "
+            "there are no adapted embeddings to propagate",
+            "give the swapped (and continued-pretrained) model: ruadapt swap, then ruadapt train",
+        )
     elif a.tok is b.tok or a.tok.get_vocab(with_added_tokens=False) == b.tok.get_vocab(with_added_tokens=False):
-        log.warning("%s: --adapted has the vocabulary of --base (no new token); LEP only maps its trained rows "
-                    "into the instruct model - expected after ruadapt swap with a new tokenizer", a.path)
+        log.warning(
+            "%s: --adapted has the vocabulary of --base (no new token); LEP only maps its trained rows "
+            "into the instruct model - expected after ruadapt swap with a new tokenizer",
+            a.path,
+        )
 
 
 def load_record(out: Path) -> dict:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
-from typing import Collection
+from collections.abc import Collection
 
 from .errors import RuadaptError
 
@@ -38,6 +38,11 @@ def refuse(name: str, allowed: Collection[str], message: str, instead: str, how:
 def add_allow_argument(parser: argparse.ArgumentParser, names: Collection[str]) -> None:
     """``--allow NAME`` (repeatable) for the likely mistakes a command checks."""
     listed = "; ".join(f"{n}: {MISTAKES[n]}" for n in names)
-    parser.add_argument("--allow", action="append", default=[], choices=sorted(names), metavar="NAME",
-                        help=f"go on despite a likely mistake ({listed})")
-
+    parser.add_argument(
+        "--allow",
+        action="append",
+        default=[],
+        choices=sorted(names),
+        metavar="NAME",
+        help=f"go on despite a likely mistake ({listed})",
+    )

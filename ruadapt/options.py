@@ -11,9 +11,10 @@ free of torch (``ruadapt --help`` takes well under a second).
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Mapping, Sequence, get_args
+from typing import Literal, get_args
 
 from .errors import RuadaptError, require
 from .vocab.init_rules import INPUT_RULES, OUTPUT_RULES, InputRule, OutputRule
@@ -90,17 +91,25 @@ class SwapOptions(VocabOutputOptions):
 
     def check(self) -> None:
         """The checks that need no file, in the order the stage always made them."""
-        for option, value, allowed in (("--init", self.init, OUTPUT_RULES), ("--init-input", self.init_input, INPUT_RULES),
-                                       ("--init-output", self.init_output, OUTPUT_RULES)):
+        for option, value, allowed in (
+            ("--init", self.init, OUTPUT_RULES),
+            ("--init-input", self.init_input, INPUT_RULES),
+            ("--init-output", self.init_output, OUTPUT_RULES),
+        ):
             if value is not None and value not in allowed:
                 raise RuadaptError(f"{option} {value!r} is not one of {', '.join(allowed)}")
         self.check_padding()
 
     def record_options(self) -> dict:
         """The options as the stage record states them."""
-        return {"init": self.init, "init_input": self.init_input, "init_output": self.init_output,
-                "pad_to_multiple_of": self.pad_to_multiple_of,
-                "max_shard_size": self.max_shard_size, "allow": sorted(self.allow)}
+        return {
+            "init": self.init,
+            "init_input": self.init_input,
+            "init_output": self.init_output,
+            "pad_to_multiple_of": self.pad_to_multiple_of,
+            "max_shard_size": self.max_shard_size,
+            "allow": sorted(self.allow),
+        }
 
 
 # ---------------------------------------------------------------------------------------------- lep
@@ -136,12 +145,19 @@ class LepOptions(VocabOutputOptions):
     def inputs(self) -> list[Path]:
         """The input directories the output must not be or lie in."""
         return [Path(self.base), Path(self.instruct), Path(self.adapted)] + (
-            [Path(self.lora_deltas)] if self.lora_deltas else [])
+            [Path(self.lora_deltas)] if self.lora_deltas else []
+        )
 
     def record_options(self) -> dict:
         """The options as the stage record states them."""
-        return {"method": self.method, "lora_deltas": self.lora_deltas, "alpha_scale": self.alpha_scale,
-                "chunk_rows": self.chunk_rows, "max_shard_size": self.max_shard_size, "allow": sorted(self.allow)}
+        return {
+            "method": self.method,
+            "lora_deltas": self.lora_deltas,
+            "alpha_scale": self.alpha_scale,
+            "chunk_rows": self.chunk_rows,
+            "max_shard_size": self.max_shard_size,
+            "allow": sorted(self.allow),
+        }
 
 
 # ---------------------------------------------------------------------------------------------- trim
@@ -159,8 +175,13 @@ class TrimOptions(VocabOutputOptions):
 
     def record_options(self) -> dict:
         """The options as the stage record states them."""
-        return {"keep_top": self.keep_top, "min_count": self.min_count, "keep_tokens": self.keep_tokens,
-                "pad_to_multiple_of": self.pad_to_multiple_of, "max_shard_size": self.max_shard_size}
+        return {
+            "keep_top": self.keep_top,
+            "min_count": self.min_count,
+            "keep_tokens": self.keep_tokens,
+            "pad_to_multiple_of": self.pad_to_multiple_of,
+            "max_shard_size": self.max_shard_size,
+        }
 
 
 # ---------------------------------------------------------------------------------------------- gguf
@@ -212,8 +233,10 @@ class TokenizerTrainOptions:
         require(mode in TOKENIZER_MODES, f"--mode {mode!r}: choose one of {', '.join(TOKENIZER_MODES)}")
         if mode == "extend":
             require(new_tokens is not None, "--mode extend needs --new-tokens N (how many tokens to add)")
-            require(new_tokens is not None and new_tokens > 0,
-                     f"--new-tokens {new_tokens}: must be a positive number of tokens to add")
+            require(
+                new_tokens is not None and new_tokens > 0,
+                f"--new-tokens {new_tokens}: must be a positive number of tokens to add",
+            )
             require(vocab_size is None, "--vocab-size is for --mode replace; --mode extend takes --new-tokens")
         else:
             require(vocab_size is not None, "--mode replace needs --vocab-size N (size of the new vocabulary)")
@@ -224,10 +247,14 @@ class TokenizerTrainOptions:
 
     def record_options(self) -> dict:
         """The options as the stage record states them."""
-        return {"mode": self.mode, "new_tokens": self.new_tokens, "vocab_size": self.vocab_size,
-                "min_frequency": self.min_frequency, "allow": sorted(self.allow),
-                "keep_check_text": self.keep_check_text}
-
+        return {
+            "mode": self.mode,
+            "new_tokens": self.new_tokens,
+            "vocab_size": self.vocab_size,
+            "min_frequency": self.min_frequency,
+            "allow": sorted(self.allow),
+            "keep_check_text": self.keep_check_text,
+        }
 
 
 # ---------------------------------------------------------------------------------------------- eval

@@ -116,8 +116,10 @@ def read_spec(path: Path | Traversable) -> RecipeSpec:
 def shell_assignments(values: dict[str, str], fixed: set[str] = frozenset(), recipe_dir: str | None = None) -> str:
     """``values`` as bash that lib.sh evaluates: a default only where the variable is empty (the environment
     wins), a fixed one always; quoted by :func:`shlex.quote`, so any value survives as written."""
-    lines = [f"{var}={shlex.quote(value)}" if var in fixed else f'[ -n "${{{var}:-}}" ] || {var}={shlex.quote(value)}'
-             for var, value in values.items()]
+    lines = [
+        f"{var}={shlex.quote(value)}" if var in fixed else f'[ -n "${{{var}:-}}" ] || {var}={shlex.quote(value)}'
+        for var, value in values.items()
+    ]
     if recipe_dir is not None:
         lines.append(f"RECIPE={shlex.quote(recipe_dir)}")
     return "\n".join(lines) + "\n"
@@ -135,8 +137,10 @@ def recipe_env(recipe: str | None) -> str:
         spec, name = read_spec(folder / SPEC_FILE), Path(where).name
     else:
         if recipe not in recipe_names():
-            raise RuadaptError(f"{recipe}: neither a directory holding {SPEC_FILE} nor a recipe; recipes: "
-                               f"{', '.join(recipe_names())} (ruadapt recipe ls)")
+            raise RuadaptError(
+                f"{recipe}: neither a directory holding {SPEC_FILE} nor a recipe; recipes: "
+                f"{', '.join(recipe_names())} (ruadapt recipe ls)"
+            )
         if not (recipes_dir() / recipe / SPEC_FILE).is_file():
             raise RuadaptError(f"recipe {recipe} has no {SPEC_FILE}: it is not a model recipe for lib.sh")
         spec, name, where = read_spec(recipes_dir() / recipe / SPEC_FILE), recipe, str(recipes_dir() / recipe)
@@ -195,9 +199,9 @@ def _header(text: str, name: str) -> tuple[str, str]:
             break
         body = line.lstrip("#").strip()
         if not description and body.startswith(f"{name}:"):
-            description = body[len(name) + 1:].split(" — ")[0].strip().rstrip(".")
+            description = body[len(name) + 1 :].split(" — ")[0].strip().rstrip(".")
         elif body.startswith("Hardware:"):
-            hardware = body[len("Hardware:"):].split("  ")[0].strip().rstrip(".")
+            hardware = body[len("Hardware:") :].split("  ")[0].strip().rstrip(".")
     return description, hardware
 
 
@@ -211,8 +215,9 @@ def load_recipe(name: str) -> Recipe:
     if name not in names:
         raise RuadaptError(f"recipe {name!r} not found; recipes: {', '.join(names)} (ruadapt recipe ls)")
     root = recipes_dir()
-    files = sorted((f for f in (root / name).iterdir() if f.name.endswith(".yaml") and f.name != SPEC_FILE),
-                   key=lambda f: f.name)
+    files = sorted(
+        (f for f in (root / name).iterdir() if f.name.endswith(".yaml") and f.name != SPEC_FILE), key=lambda f: f.name
+    )
     yamls = {f.name: f.read_text(encoding="utf-8") for f in files}
     ds = sorted({m for text in yamls.values() for m in re.findall(r"\$\{DS_CONFIGS\}/([\w.-]+)", text)})
     if not (root / name / SPEC_FILE).is_file():  # the demo: its description is its first YAML's header
@@ -241,10 +246,15 @@ def parse_settings(items: list[str], recipe: Recipe) -> dict[str, str]:
         if not sep or not key:
             raise RuadaptError(f"--set {item}: expected VAR=VALUE, e.g. --set CORPUS=/data/ru_train.txt")
         if key not in recipe.settable:
-            what = "is DEST/deepspeed, set by ruadapt recipe cp" if key == "DS_CONFIGS" else \
-                f"recipe {recipe.name} has no such variable"
-            raise RuadaptError(f"--set {key}: {what}; its variables: {', '.join(recipe.settable)} "
-                               "(YAML values: edit the copied files, or `ruadapt train --set KEY=VALUE`)")
+            what = (
+                "is DEST/deepspeed, set by ruadapt recipe cp"
+                if key == "DS_CONFIGS"
+                else f"recipe {recipe.name} has no such variable"
+            )
+            raise RuadaptError(
+                f"--set {key}: {what}; its variables: {', '.join(recipe.settable)} "
+                "(YAML values: edit the copied files, or `ruadapt train --set KEY=VALUE`)"
+            )
         out[key] = value
     return out
 
@@ -302,21 +312,27 @@ def copy_yaml(recipe: Recipe, file: str, dest: Path, values: dict[str, str]) -> 
     original reads with those values in the environment: a value that YAML would read otherwise (a ' #' that
     starts a comment, a quote) is refused rather than written."""
     original = recipe.yamls[file]
-    body = "".join(line if _is_comment(line) else _substitute(line, values)
-                   for line in original.splitlines(keepends=True)
-                   if "is read from the environment)" not in line)  # the package's note; the header below replaces it
+    body = "".join(
+        line if _is_comment(line) else _substitute(line, values)
+        for line in original.splitlines(keepends=True)
+        if "is read from the environment)" not in line
+    )  # the package's note; the header below replaces it
     used = list(dict.fromkeys(_variables(original)))
     filled = [f"{v}={values[v]}" for v in used if v in values]
     left = [v for v in used if v not in values]
     head = f"# copied by `ruadapt recipe cp {recipe.name}` (ruadapt {__version__}); filled in: {', '.join(filled)}\n"
     if left:
-        head += (f"# read from the environment when ruadapt train runs: {' '.join('${' + v + '}' for v in left)} "
-                 f"(export, or copy again with --set {left[0]}=...)\n")
+        head += (
+            f"# read from the environment when ruadapt train runs: {' '.join('${' + v + '}' for v in left)} "
+            f"(export, or copy again with --set {left[0]}=...)\n"
+        )
     text = head + _rewrite_paths(body, recipe, dest)
     if _plain(yaml.safe_load(text)) != _plain(_expanded(yaml.safe_load(original), values)):
         given = ", ".join(f"{v}={values[v]!r}" for v in used if v in values)
-        raise RuadaptError(f"recipe {recipe.name}/{file}: a value does not read back as written in YAML ({given}); "
-                           "avoid quotes, ': ' and ' #' in it")
+        raise RuadaptError(
+            f"recipe {recipe.name}/{file}: a value does not read back as written in YAML ({given}); "
+            "avoid quotes, ': ' and ' #' in it"
+        )
     return text
 
 
@@ -325,8 +341,10 @@ def copy_script(recipe: Recipe, dest: Path) -> str:
     text = (recipes_dir() / f"{recipe.name}.sh").read_text(encoding="utf-8")
     here = 'ruadapt_recipe "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"  # recipe.yaml and the YAMLs beside this'
     text = text.replace(_recipe_line(recipe.name), here)
-    note = (f"# copied by `ruadapt recipe cp {recipe.name}` (ruadapt {__version__}): recipe.yaml and the run YAMLs "
-            "beside this script are the ones it runs.\n")
+    note = (
+        f"# copied by `ruadapt recipe cp {recipe.name}` (ruadapt {__version__}): recipe.yaml and the run YAMLs "
+        "beside this script are the ones it runs.\n"
+    )
     first, rest = text.split("\n", 1)
     return _rewrite_paths(f"{first}\n{note}{rest}", recipe, dest)
 
@@ -348,8 +366,10 @@ def copy_spec(recipe: Recipe, values: dict[str, str], own: dict[str, str]) -> st
         "defaults": {k: v for k, v in {**recipe.defaults, **given}.items() if k not in ("BASE", "INSTRUCT")},
         "fixed": sorted(held),
     }
-    head = (f"# copied by `ruadapt recipe cp {recipe.name}` (ruadapt {__version__}); {', '.join(sorted(held))} are "
-            "fixed to what the run YAMLs beside it hold (edit them, or copy again with --set)\n")
+    head = (
+        f"# copied by `ruadapt recipe cp {recipe.name}` (ruadapt {__version__}); {', '.join(sorted(held))} are "
+        "fixed to what the run YAMLs beside it hold (edit them, or copy again with --set)\n"
+    )
     text = head + yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=1000)
     read_spec_text(text, f"recipe {recipe.name}/{SPEC_FILE}")
     return text
@@ -384,8 +404,10 @@ def copy_recipe(name: str, dest: Path, settings: list[str] | tuple[str, ...] = (
     existing = [f for f in files if (dest / f).exists()]
     if existing and not force:
         more = f" (and {len(existing) - 1} more of the recipe's files)" if len(existing) > 1 else ""
-        raise RuadaptError(f"{dest / existing[0]}: exists{more}; ruadapt recipe cp does not overwrite: "
-                           "choose a new DEST, or --force to replace the recipe's files (other files stay)")
+        raise RuadaptError(
+            f"{dest / existing[0]}: exists{more}; ruadapt recipe cp does not overwrite: "
+            "choose a new DEST, or --force to replace the recipe's files (other files stay)"
+        )
     if dest.is_dir() and any(dest.iterdir()):  # a used directory (its runs' outputs stay): file by file
         target = atomic_files_into(dest, option="DEST")
     else:  # new or empty: all or nothing
@@ -394,6 +416,12 @@ def copy_recipe(name: str, dest: Path, settings: list[str] | tuple[str, ...] = (
         for rel, text in files.items():
             (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
             (tmp / rel).write_text(text, encoding="utf-8")
-    return {"recipe": name, "dest": str(dest), "files": list(files), "script": recipe.script, "replaced": existing,
-            "filled": {v: values[v] for v in recipe.variables if v in values},
-            "environment": [v for v in recipe.variables if v not in values]}
+    return {
+        "recipe": name,
+        "dest": str(dest),
+        "files": list(files),
+        "script": recipe.script,
+        "replaced": existing,
+        "filled": {v: values[v] for v in recipe.variables if v in values},
+        "environment": [v for v in recipe.variables if v not in values],
+    }

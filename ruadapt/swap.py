@@ -15,24 +15,30 @@ vocabulary matrix), and of the old matrices only the pieces' rows are read besid
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Collection
 
 from tokenizers import Tokenizer
 
-from .vocab.arch import Arch, arch_for_config, check_vocab_tensors, model_fingerprint, padded_rows, padding_multiple
-from .io.checkpoint import CheckpointReader, RowBlocks
 from .errors import RuadaptError
-from .mistakes import refuse
+from .io.checkpoint import CheckpointReader, RowBlocks
 from .io.outdir import check_output_dir
 from .io.record import StageRecord
-from .io.tokdir import (TokenizerFiles, load_tokenizer, remap_model_configs, tokenizer_json_path, tokenizer_pipeline,
-                        tokenizer_size)
-from .vocab.init_rules import DEFAULT_INPUT, DEFAULT_OUTPUT, DEFAULT_TIED
-from .vocab.pieces import TokenCodec, VocabMap, build_vocab_map, matrix_blocks, mean_of_rows, rows_are_finite
+from .io.tokdir import (
+    TokenizerFiles,
+    load_tokenizer,
+    remap_model_configs,
+    tokenizer_json_path,
+    tokenizer_pipeline,
+    tokenizer_size,
+)
+from .mistakes import refuse
 from .options import PlanFigures, SwapOptions
+from .vocab.arch import Arch, arch_for_config, check_vocab_tensors, model_fingerprint, padded_rows, padding_multiple
+from .vocab.init_rules import DEFAULT_INPUT, DEFAULT_OUTPUT, DEFAULT_TIED
 from .vocab.output import VocabOutput, output_tensor_bytes, write_vocab_output
+from .vocab.pieces import TokenCodec, VocabMap, build_vocab_map, matrix_blocks, mean_of_rows, rows_are_finite
 
 log = logging.getLogger(__name__)
 
@@ -75,9 +81,15 @@ class SwapPlan:
         for name in self.matrix_names():
             info = self.reader.info(name)
             held += computed * info.nbytes // info.shape[0] + 512 * info.shape[1] * 4
-        return PlanFigures("swap", self.options.out, self.vmap.n_rows, self.vmap.summary(),
-                           output_tensor_bytes(self.reader, self.arch, self.vmap.n_rows), held,
-                           ("the NaN/inf scan of the base matrices runs when written, before any output exists",))
+        return PlanFigures(
+            "swap",
+            self.options.out,
+            self.vmap.n_rows,
+            self.vmap.summary(),
+            output_tensor_bytes(self.reader, self.arch, self.vmap.n_rows),
+            held,
+            ("the NaN/inf scan of the base matrices runs when written, before any output exists",),
+        )
 
 
 def swap_model(model_dir: Path, tokenizer_dir: Path, out: Path, **options) -> dict:
@@ -94,8 +106,10 @@ def init_rules(tied: bool, init: str | None, init_input: str | None, init_output
     lm_head, so only ``--init`` applies to it; the defaults are the measured ones of docs/init.md."""
     if tied:
         if init_input is not None or init_output is not None:
-            raise RuadaptError("--init-input/--init-output: the model ties its input embedding and lm_head (one "
-                               "matrix); give its rule with --init")
+            raise RuadaptError(
+                "--init-input/--init-output: the model ties its input embedding and lm_head (one "
+                "matrix); give its rule with --init"
+            )
         return {"tied": init or DEFAULT_TIED}
     return {"input": init_input or init or DEFAULT_INPUT, "output": init_output or init or DEFAULT_OUTPUT}
 
@@ -130,13 +144,34 @@ def plan_swap(options: SwapOptions) -> SwapPlan:
     vmap = vmap.with_rows(n_rows)
     log.info(
         "%s: %d base tokens (%d rows) -> %d new tokens, %d rows (multiple %d): %s",
-        reader.path.name, n_base, base_rows, n_new, n_rows, multiple, vmap.summary(),
+        reader.path.name,
+        n_base,
+        base_rows,
+        n_new,
+        n_rows,
+        multiple,
+        vmap.summary(),
     )
     record.input_model("model", reader, model_fingerprint(reader), model_type=arch.model_type, tied=arch.tied)
     record.input_file("base_tokenizer", tokenizer_json_path(model_dir))
     record.input_file("tokenizer", tokenizer_json_path(tokenizer_dir))
-    return SwapPlan(options, record, reader, arch, new_tok, vmap, n_base, base_rows, multiple, extension, config,
-                    gen_config, id_changes, max_shard_bytes, rules)
+    return SwapPlan(
+        options,
+        record,
+        reader,
+        arch,
+        new_tok,
+        vmap,
+        n_base,
+        base_rows,
+        multiple,
+        extension,
+        config,
+        gen_config,
+        id_changes,
+        max_shard_bytes,
+        rules,
+    )
 
 
 def build_matrices(plan: SwapPlan) -> dict[str, RowBlocks]:
@@ -154,8 +189,9 @@ def build_matrices(plan: SwapPlan) -> dict[str, RowBlocks]:
                 raise RuadaptError(f"{reader.path}: {name} has NaN or infinite values in its token rows")
         with record.timed(f"build {name}"):
             old = reader.get(name)
-            blocks = matrix_blocks(plan.vmap, old, init=rule, pad_row=mean.to(old.dtype), progress=opts.progress,
-                                   desc=name)
+            blocks = matrix_blocks(
+                plan.vmap, old, init=rule, pad_row=mean.to(old.dtype), progress=opts.progress, desc=name
+            )
             built[name] = RowBlocks(reader.info(name), blocks)
             del old
             reader.close()
@@ -210,17 +246,27 @@ def keeps_base_ids(base_tok: Tokenizer, new_tok: Tokenizer) -> bool:
     return all(new_vocab.get(t) == i for t, i in base_tok.get_vocab(with_added_tokens=True).items())
 
 
-def check_likely_mistakes(model_dir: Path, tokenizer_dir: Path, base_tok: Tokenizer, new_tok: Tokenizer,
-                          allow: Collection[str]) -> None:
+def check_likely_mistakes(
+    model_dir: Path, tokenizer_dir: Path, base_tok: Tokenizer, new_tok: Tokenizer, allow: Collection[str]
+) -> None:
     """A tokenizer that changes nothing, or one of another family, is refused unless allowed (:mod:`ruadapt.mistakes`)."""
     if base_tok.get_vocab(with_added_tokens=True) == new_tok.get_vocab(with_added_tokens=True):
-        refuse("same-tokenizer", allow,
-               f"{tokenizer_dir}: --tokenizer has exactly the vocabulary of --model {model_dir}; swap would change nothing",
-               "give the new tokenizer's directory (ruadapt tokenizer train --out)")
-    ours, theirs = tokenizer_pipeline(tokenizer_json_path(model_dir)), tokenizer_pipeline(tokenizer_json_path(tokenizer_dir))
+        refuse(
+            "same-tokenizer",
+            allow,
+            f"{tokenizer_dir}: --tokenizer has exactly the vocabulary of --model {model_dir}; swap would change nothing",
+            "give the new tokenizer's directory (ruadapt tokenizer train --out)",
+        )
+    ours, theirs = (
+        tokenizer_pipeline(tokenizer_json_path(model_dir)),
+        tokenizer_pipeline(tokenizer_json_path(tokenizer_dir)),
+    )
     differ = [k for k in ours if ours[k] != theirs[k]]
     if differ:
-        refuse("foreign-tokenizer", allow,
-               f"{tokenizer_dir}: --tokenizer's {', '.join(differ)} differ from --model's tokenizer; "
-               "its tokens cut text differently, so rows copied by equal bytes would not mean the same",
-               "train the new tokenizer from this model's own (ruadapt tokenizer train --base MODEL)")
+        refuse(
+            "foreign-tokenizer",
+            allow,
+            f"{tokenizer_dir}: --tokenizer's {', '.join(differ)} differ from --model's tokenizer; "
+            "its tokens cut text differently, so rows copied by equal bytes would not mean the same",
+            "train the new tokenizer from this model's own (ruadapt tokenizer train --base MODEL)",
+        )

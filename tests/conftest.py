@@ -22,7 +22,6 @@ from collections.abc import Callable, Iterator  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
-
 from tiny import SHARED, data_skip_reason, missing_fixtures  # noqa: E402
 
 TESTS = Path(__file__).resolve().parent
@@ -31,8 +30,11 @@ DATA_NAMES = frozenset({"SHARED", "SHARED_DATA", "SHARED_TOKENIZERS", "make_tiny
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "needs_data: reads $RUADAPT_TEST_DATA in a way the code scan cannot see "
-                                       "(e.g. through a subprocess); skipped when the data is missing")
+    config.addinivalue_line(
+        "markers",
+        "needs_data: reads $RUADAPT_TEST_DATA in a way the code scan cannot see "
+        "(e.g. through a subprocess); skipped when the data is missing",
+    )
 
 
 def _code_names(code: types.CodeType) -> Iterator[str]:
@@ -58,7 +60,7 @@ def uses_data(item: pytest.Item) -> bool:
         return True
     todo: list[Callable] = [getattr(item, "function", None)]
     fixtureinfo = getattr(item, "_fixtureinfo", None)
-    for defs in (fixtureinfo.name2fixturedefs.values() if fixtureinfo else ()):
+    for defs in fixtureinfo.name2fixturedefs.values() if fixtureinfo else ():
         todo += [d.func for d in defs]
     seen: set[int] = set()
     while todo:

@@ -34,7 +34,9 @@ _RANKS: dict[int, dict[tuple[str, str], int]] = {}
 def merge_ranks(model: dict) -> dict[tuple[str, str], int]:
     key = id(model["merges"])
     if key not in _RANKS:
-        _RANKS[key] = {tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m): i for i, m in enumerate(model["merges"])}
+        _RANKS[key] = {
+            tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m): i for i, m in enumerate(model["merges"])
+        }
     return _RANKS[key]
 
 

@@ -15,8 +15,8 @@ import hashlib
 import json
 import re
 import sys
+from collections.abc import Collection
 from pathlib import Path
-from typing import Collection
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -70,13 +70,26 @@ def run_stages(root: Path, only: Collection[str] | None = None) -> dict[str, Pat
     with open(SHARED_DATA / "ru_train.txt", encoding="utf-8") as f:
         corpus.write_text("".join(next(f) for _ in range(400)), encoding="utf-8")
     outs = {"tokenizer": root / "tok"}
-    cli("tokenizer", "train", "--base", SHARED_TOKENIZERS / "qwen2.5", "--corpus", corpus, "--out", outs["tokenizer"],
-        "--new-tokens", 60)
+    cli(
+        "tokenizer",
+        "train",
+        "--base",
+        SHARED_TOKENIZERS / "qwen2.5",
+        "--corpus",
+        corpus,
+        "--out",
+        outs["tokenizer"],
+        "--new-tokens",
+        60,
+    )
     untied = make_tiny_model(root / "qwen-untied", "qwen2", tied=False)
     tied = make_tiny_model(root / "qwen-tied", "qwen2", tied=True, seed=1)
     lep = [f"lep_{m}" for m in ("conversion", "overlap", "swap")]
     # --init mean: the rule the hashes were first recorded with (the untied default changed to last/mean-all since)
-    for name, model, extra in (("swap_untied", untied, ("--init", "mean")), ("swap_tied", tied, ("--init", "weighted"))):
+    for name, model, extra in (
+        ("swap_untied", untied, ("--init", "mean")),
+        ("swap_tied", tied, ("--init", "weighted")),
+    ):
         if wanted(name) or (name == "swap_untied" and any(map(wanted, lep))):  # lep's --adapted
             outs[name] = root / name
             cli("swap", "--model", model, "--tokenizer", outs["tokenizer"], "--out", outs[name], *extra)
@@ -84,8 +97,19 @@ def run_stages(root: Path, only: Collection[str] | None = None) -> dict[str, Pat
         instruct = make_tiny_model(root / "qwen-instruct", "qwen2", tied=False, seed=2)
     for name in filter(wanted, lep):
         outs[name] = root / name
-        cli("lep", "--base", untied, "--instruct", instruct, "--adapted", outs["swap_untied"], "--out", outs[name],
-            "--method", name.removeprefix("lep_"))
+        cli(
+            "lep",
+            "--base",
+            untied,
+            "--instruct",
+            instruct,
+            "--adapted",
+            outs["swap_untied"],
+            "--out",
+            outs[name],
+            "--method",
+            name.removeprefix("lep_"),
+        )
     if wanted("trim_llama_untied"):
         make_tiny_model(root / "llama-untied", "llama", tied=False, seed=3)
     for name, model in (("trim_tied", tied), ("trim_llama_untied", root / "llama-untied")):
@@ -95,8 +119,16 @@ def run_stages(root: Path, only: Collection[str] | None = None) -> dict[str, Pat
     return outs
 
 
-OUTPUTS = ("tokenizer", "swap_untied", "swap_tied", "lep_conversion", "lep_overlap", "lep_swap", "trim_tied",
-           "trim_llama_untied")
+OUTPUTS = (
+    "tokenizer",
+    "swap_untied",
+    "swap_tied",
+    "lep_conversion",
+    "lep_overlap",
+    "lep_swap",
+    "trim_tied",
+    "trim_llama_untied",
+)
 
 
 def main(argv: list[str]) -> int:

@@ -2,8 +2,8 @@
 
 import pytest
 
-from ruadapt.vocab.arch import Arch, INPUT, OUTPUT, _table, arch_for_config, parse_arch_table
 from ruadapt.errors import RuadaptError
+from ruadapt.vocab.arch import INPUT, OUTPUT, Arch, _table, arch_for_config, parse_arch_table
 
 
 def test_shipped_table_parses_and_names_every_supported_type():
@@ -12,7 +12,9 @@ def test_shipped_table_parses_and_names_every_supported_type():
 
 def test_misspelt_or_missing_key_is_an_error_naming_the_entry():
     with pytest.raises(RuadaptError, match=r"unknown key 'tie_defualt' in archs.yaml: qwen2"):
-        parse_arch_table("qwen2:\n  input: [model.embed_tokens.weight]\n  output: lm_head.weight\n  tie_defualt: false\n")
+        parse_arch_table(
+            "qwen2:\n  input: [model.embed_tokens.weight]\n  output: lm_head.weight\n  tie_defualt: false\n"
+        )
     with pytest.raises(RuadaptError, match=r"missing required key 'output' in archs.yaml: llama"):
         parse_arch_table("llama:\n  input: [model.embed_tokens.weight]\n  tie_default: false\n")
     with pytest.raises(RuadaptError, match=r"archs.yaml: gemma2.tie_default: expected true or false"):
@@ -25,7 +27,9 @@ def test_tie_rule_and_nested_vocab_size_keys():
     assert t5.matrix_roles(stored) == dict.fromkeys(stored, INPUT)
     untied = arch_for_config({"model_type": "qwen2", "tie_word_embeddings": False})
     assert untied.matrix_roles(["model.embed_tokens.weight", "lm_head.weight"]) == {
-        "model.embed_tokens.weight": INPUT, "lm_head.weight": OUTPUT}
+        "model.embed_tokens.weight": INPUT,
+        "lm_head.weight": OUTPUT,
+    }
     nested = Arch("x", ("e",), "h", tied=True, vocab_size_keys=("vocab_size", "text_config.vocab_size"))
     cfg = {"vocab_size": 10, "text_config": {"vocab_size": 10, "hidden_size": 4}}
     out = nested.with_vocab_size(cfg, 16)

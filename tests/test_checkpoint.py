@@ -7,11 +7,18 @@ import sys
 
 import pytest
 import torch
-
-from ruadapt.io.checkpoint import CheckpointReader, CheckpointWriter, RowBlocks, parse_size, read_header, write_with_replacements
-from ruadapt.errors import RuadaptError
-from ruadapt.io.outdir import atomic_output_dir, atomic_output_file
 from tiny import make_tiny_model, tensor_hashes
+
+from ruadapt.errors import RuadaptError
+from ruadapt.io.checkpoint import (
+    CheckpointReader,
+    CheckpointWriter,
+    RowBlocks,
+    parse_size,
+    read_header,
+    write_with_replacements,
+)
+from ruadapt.io.outdir import atomic_output_dir, atomic_output_file
 
 
 def _tensors(n=7, rows=50, d=8):
@@ -60,7 +67,10 @@ def test_written_files_are_valid_safetensors_for_every_dtype_and_shape(tmp_path)
         "view_b": base.t(),
     }
     src = tmp_path / "src.safetensors"
-    save_file({"copied_bf16": torch.randn(13, 5, generator=g).to(torch.bfloat16), "copied_f32": torch.randn(4, generator=g)}, str(src))
+    save_file(
+        {"copied_bf16": torch.randn(13, 5, generator=g).to(torch.bfloat16), "copied_f32": torch.randn(4, generator=g)},
+        str(src),
+    )
     (tmp_path / "in").mkdir()
     src.rename(tmp_path / "in" / "model.safetensors")
     reader = CheckpointReader(tmp_path / "in", need_config=False)
@@ -96,6 +106,7 @@ def test_row_blocks_are_written_as_the_matrix_they_describe(tmp_path, monkeypatc
     from safetensors.torch import save_file
 
     if not kernel_copy:
+
         def refuse(*args, **kwargs):
             raise OSError(18, "Invalid cross-device link")
 
@@ -150,7 +161,9 @@ def test_write_with_replacements_copies_untouched_shards_bit_identically(tmp_pat
     for name in after:
         if name != "model.embed_tokens.weight":
             assert after[name] == before[name], name
-    assert torch.equal(CheckpointReader(tmp_path / "out", need_config=False).get("model.embed_tokens.weight"), new_embed)
+    assert torch.equal(
+        CheckpointReader(tmp_path / "out", need_config=False).get("model.embed_tokens.weight"), new_embed
+    )
 
 
 def test_reader_refuses_pickle_truncated_and_missing_shards(tmp_path):

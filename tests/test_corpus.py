@@ -13,11 +13,10 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from tiny import ROOT, SHARED_DATA, SHARED_TOKENIZERS, make_tiny_model
 
-from ruadapt.io.corpus import iter_document_blocks, iter_documents, read_documents
 from ruadapt.errors import RuadaptError
+from ruadapt.io.corpus import iter_document_blocks, iter_documents, read_documents
 
 
 @functools.cache
@@ -34,8 +33,14 @@ def write_all_formats(d: Path) -> dict[str, Path]:
 
     text = "\n".join(docs()) + "\n"
     jsonl = "".join(json.dumps({"id": k, "body": t}, ensure_ascii=False) + "\n" for k, t in enumerate(docs()))
-    files = {"txt": d / "a.txt", "crlf": d / "crlf.txt", "jsonl": d / "a.jsonl", "txt.gz": d / "a.txt.gz",
-             "jsonl.zst": d / "a.jsonl.zst", "parquet": d / "a.parquet"}
+    files = {
+        "txt": d / "a.txt",
+        "crlf": d / "crlf.txt",
+        "jsonl": d / "a.jsonl",
+        "txt.gz": d / "a.txt.gz",
+        "jsonl.zst": d / "a.jsonl.zst",
+        "parquet": d / "a.parquet",
+    }
     files["txt"].write_text("\ufeff" + text.replace("\n", "\n\n", 3), encoding="utf-8")  # BOM and empty lines
     files["crlf"].write_bytes(text.replace("\n", "\r\n").encode())
     files["jsonl"].write_text(jsonl, encoding="utf-8")
@@ -106,8 +111,9 @@ def test_bad_input_is_one_line_naming_file_and_line(tmp_path):
 
 def ruadapt(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = dict(os.environ, DS_ACCELERATOR="cpu")
-    return subprocess.run([sys.executable, "-m", "ruadapt.cli", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "ruadapt.cli", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+    )
 
 
 def test_train_refuses_bad_data_before_any_rank_starts(tmp_path):
@@ -117,18 +123,31 @@ def test_train_refuses_bad_data_before_any_rank_starts(tmp_path):
     broken = tmp_path / "en.jsonl"
     broken.write_text('{"text": "fine"}\n{"text": "not closed\n', encoding="utf-8")
     cfg = tmp_path / "c.yaml"
-    cfg.write_text(json.dumps({"task": "cpt", "model": str(model), "out": str(tmp_path / "out"),
-                               "deepspeed": str(ROOT / "recipes/deepspeed/zero2.json"), "block_size": 32,
-                               "data": {"train": [{"path": str(good), "weight": 0.9}, {"path": str(broken), "weight": 0.1}]}}))
+    cfg.write_text(
+        json.dumps(
+            {
+                "task": "cpt",
+                "model": str(model),
+                "out": str(tmp_path / "out"),
+                "deepspeed": str(ROOT / "recipes/deepspeed/zero2.json"),
+                "block_size": 32,
+                "data": {"train": [{"path": str(good), "weight": 0.9}, {"path": str(broken), "weight": 0.1}]},
+            }
+        )
+    )
     for cmd in (["train", "--config", str(cfg), "--num-gpus", "2"], ["data", "prepare", "--config", str(cfg)]):
         p = ruadapt(*cmd, cwd=tmp_path)
         assert p.returncode == 2, p.stderr[-2000:]
         last = p.stderr.strip().splitlines()[-1]
-        assert last.startswith(f"ruadapt {cmd[0]}") and f"{broken}: data.train: line 2 is not valid JSON" in last, p.stderr
+        assert last.startswith(f"ruadapt {cmd[0]}") and f"{broken}: data.train: line 2 is not valid JSON" in last, (
+            p.stderr
+        )
         assert "Traceback" not in p.stderr and "deepspeed" not in p.stderr.lower(), p.stderr  # no launcher, no rank
     assert not (tmp_path / "out").exists()
     cache = tmp_path / ".ruadapt-cache" / "tokens"
-    assert [p.name for p in cache.iterdir() if not p.name.startswith(".")][0].startswith("cpt-ru.txt-")  # the good one is kept
+    assert [p.name for p in cache.iterdir() if not p.name.startswith(".")][0].startswith(
+        "cpt-ru.txt-"
+    )  # the good one is kept
     assert not any(p.name.startswith(".cpt-en.jsonl") and ".tmp-" in p.name for p in cache.iterdir())
 
 
@@ -136,17 +155,20 @@ def test_tokenizer_training_and_trim_read_compressed_jsonl_like_text(tmp_path):
     """tokenizer train and trim read corpora through the same reader: a .jsonl.zst gives the words and token counts
     of the plain text it holds (and not merges of its JSON syntax such as `."}`)."""
     import zstandard
-    from tokenizers import Tokenizer
 
     from ruadapt.tokenizer.words import count_words
     from ruadapt.trim.corpus import count_tokens
     from ruadapt.vocab.pieces import BYTE_LEVEL
+    from tokenizers import Tokenizer
 
     txt = tmp_path / "ru.txt"
     txt.write_text("\n".join(docs()) + "\n", encoding="utf-8")
     zst = tmp_path / "ru.jsonl.zst"
-    zst.write_bytes(zstandard.ZstdCompressor().compress(
-        "".join(json.dumps({"text": d}, ensure_ascii=False) + "\n" for d in docs()).encode()))
+    zst.write_bytes(
+        zstandard.ZstdCompressor().compress(
+            "".join(json.dumps({"text": d}, ensure_ascii=False) + "\n" for d in docs()).encode()
+        )
+    )
     tok = Tokenizer.from_file(str(SHARED_TOKENIZERS / "qwen2.5" / "tokenizer.json"))
     words_txt, _ = count_words(tok, BYTE_LEVEL, [txt], progress=False)
     words_zst, _ = count_words(tok, BYTE_LEVEL, [zst], progress=False)
@@ -185,12 +207,24 @@ def test_json_lines_saved_as_txt_are_refused_by_training_and_the_report(tmp_path
 
     model = make_tiny_model(tmp_path / "m", "qwen2")
     jsonish = tmp_path / "ru.txt"
-    jsonish.write_text("".join(json.dumps({"id": k, "text": d}, ensure_ascii=False) + "\n" for k, d in enumerate(docs())),
-                       encoding="utf-8")
+    jsonish.write_text(
+        "".join(json.dumps({"id": k, "text": d}, ensure_ascii=False) + "\n" for k, d in enumerate(docs())),
+        encoding="utf-8",
+    )
     data = {"train": [str(jsonish)], "eval_blocks": 0}
     cfg = tmp_path / "c.yaml"
-    cfg.write_text(json.dumps({"task": "cpt", "model": str(model), "out": str(tmp_path / "out"),
-                               "deepspeed": str(ROOT / "recipes/deepspeed/zero2.json"), "block_size": 32, "data": data}))
+    cfg.write_text(
+        json.dumps(
+            {
+                "task": "cpt",
+                "model": str(model),
+                "out": str(tmp_path / "out"),
+                "deepspeed": str(ROOT / "recipes/deepspeed/zero2.json"),
+                "block_size": 32,
+                "data": data,
+            }
+        )
+    )
     p = ruadapt("data", "prepare", "--config", str(cfg), cwd=tmp_path)
     assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr[-2000:]
     last = p.stderr.strip().splitlines()[-1]

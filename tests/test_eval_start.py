@@ -31,15 +31,52 @@ def start(tmp_path_factory) -> dict:
     base = make_tiny_model(root / "base", "qwen2", seed=3)
     train_tokenizer(base, [corpus], ext, mode="extend", new_tokens=200, progress=False)
     swapped = root / "swapped"
-    assert main(["-q", "swap", "--model", str(base), "--tokenizer", str(ext), "--out", str(swapped),
-                 "--init-output", "mean-norm"]) == 0
+    assert (
+        main(
+            [
+                "-q",
+                "swap",
+                "--model",
+                str(base),
+                "--tokenizer",
+                str(ext),
+                "--out",
+                str(swapped),
+                "--init-output",
+                "mean-norm",
+            ]
+        )
+        == 0
+    )
     ru_all = (SHARED_DATA / "ru_eval.txt").read_text(encoding="utf-8").splitlines()
     lines = [line for line in ru_all if 40 <= len(line) <= 160][:6]
     (root / "ru.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
     out = root / "eval"
-    assert main(["-q", "eval", "--model", f"base={base}", "--model", f"swapped={swapped}", "--start-base", "base",
-                 "--text", f"ru={root / 'ru.txt'}", "--speed-prompts", "0", "--window", "128", "--device", "cpu",
-                 "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "-q",
+                "eval",
+                "--model",
+                f"base={base}",
+                "--model",
+                f"swapped={swapped}",
+                "--start-base",
+                "base",
+                "--text",
+                f"ru={root / 'ru.txt'}",
+                "--speed-prompts",
+                "0",
+                "--window",
+                "128",
+                "--device",
+                "cpu",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     return {"base": base, "swapped": swapped, "lines": lines, "out": out}
 
 
@@ -95,6 +132,20 @@ def test_start_diagnostics_equal_a_hand_count(start):
 
 
 def test_start_base_must_name_a_model(start, tmp_path):
-    r = main(["-q", "eval", "--model", f"swapped={start['swapped']}", "--start-base", "base",
-              "--text", f"ru={SHARED_DATA / 'ru_eval.txt'}", "--speed-prompts", "0", "--out", str(tmp_path / "e")])
+    r = main(
+        [
+            "-q",
+            "eval",
+            "--model",
+            f"swapped={start['swapped']}",
+            "--start-base",
+            "base",
+            "--text",
+            f"ru={SHARED_DATA / 'ru_eval.txt'}",
+            "--speed-prompts",
+            "0",
+            "--out",
+            str(tmp_path / "e"),
+        ]
+    )
     assert r == 2 and not (tmp_path / "e").exists()

@@ -19,14 +19,18 @@ import sys
 import pytest
 import sacrebleu
 import torch
+from tiny import ROOT, make_tiny_model
 
 from ruadapt.cli import main
 from ruadapt.io.record import check_record
-from tiny import ROOT, make_tiny_model
 
 SYSTEM = "Ты — внимательный помощник. Отвечай кратко и по-русски."
-PROMPTS = ["Переведи на русский: the cat sleeps.", "Столица Франции?", "Сколько будет два плюс два?",
-           "Назови цвет ясного неба."]
+PROMPTS = [
+    "Переведи на русский: the cat sleeps.",
+    "Столица Франции?",
+    "Сколько будет два плюс два?",
+    "Назови цвет ясного неба.",
+]
 MAX_GEN = 6
 FOLD = ["(?i)^ответ: "]  # regexes_to_ignore of the t_fold task
 
@@ -57,7 +61,9 @@ metadata:
 
 
 def render(tok, prompt: str, system: str | None) -> str:
-    messages = ([{"role": "system", "content": system}] if system is not None else []) + [{"role": "user", "content": prompt}]
+    messages = ([{"role": "system", "content": system}] if system is not None else []) + [
+        {"role": "user", "content": prompt}
+    ]
     return tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
 
@@ -72,10 +78,15 @@ def greedy(model_dir, prompts: list[str], system: str | None) -> tuple[list[str]
         text = render(tok, p, system)
         ids = tok(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
         with torch.no_grad():
-            out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=MAX_GEN,
-                                 do_sample=False, pad_token_id=tok.eos_token_id)
+            out = model.generate(
+                input_ids=ids,
+                attention_mask=torch.ones_like(ids),
+                max_new_tokens=MAX_GEN,
+                do_sample=False,
+                pad_token_id=tok.eos_token_id,
+            )
         rendered.append(text)
-        answers.append(tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True))
+        answers.append(tok.decode(out[0, ids.shape[1] :], skip_special_tokens=True))
     return rendered, answers
 
 
@@ -96,24 +107,52 @@ def work(tmp_path_factory) -> dict:
     # 3: wrong. Expected exact match: t_plain 2/4, t_fold 3/4.
     answers = [outs[0], outs[1], "ОТВЕТ: " + outs[2].upper() + "!?", "совсем не то"]
     data = root / "qa.jsonl"
-    data.write_text("".join(json.dumps({"prompt": p, "answer": a}, ensure_ascii=False) + "\n"
-                            for p, a in zip(PROMPTS, answers)), encoding="utf-8")
+    data.write_text(
+        "".join(json.dumps({"prompt": p, "answer": a}, ensure_ascii=False) + "\n" for p, a in zip(PROMPTS, answers)),
+        encoding="utf-8",
+    )
     tasks = root / "my_tasks"
     tasks.mkdir()
     (tasks / "t_plain.yaml").write_text(task_yaml("t_plain", str(data)), encoding="utf-8")
-    (tasks / "t_fold.yaml").write_text(task_yaml("t_fold", str(data), f"""
+    (tasks / "t_fold.yaml").write_text(
+        task_yaml(
+            "t_fold",
+            str(data),
+            f"""
     ignore_case: true
     ignore_punctuation: true
-    regexes_to_ignore: {json.dumps(FOLD)}"""), encoding="utf-8")
+    regexes_to_ignore: {json.dumps(FOLD)}""",
+        ),
+        encoding="utf-8",
+    )
     return {"root": root, "model": model, "tasks": tasks, "rendered": rendered, "outs": outs, "answers": answers}
 
 
 @pytest.mark.parametrize("batch", [1, 3])  # 3: prompts of different lengths padded on the left in one batch
 def test_include_path_task_scores_equal_an_independent_computation(work, tmp_path, batch):
     out = tmp_path / "report"
-    rc = main(["-q", "eval", "--model", f"qwen={work['model']}", "--include-path", str(work["tasks"]),
-               "--tasks", "t_plain,t_fold", "--system-instruction", SYSTEM, "--speed-prompts", "0",
-               "--window", "128", "--task-batch-size", str(batch), "--out", str(out)])
+    rc = main(
+        [
+            "-q",
+            "eval",
+            "--model",
+            f"qwen={work['model']}",
+            "--include-path",
+            str(work["tasks"]),
+            "--tasks",
+            "t_plain,t_fold",
+            "--system-instruction",
+            SYSTEM,
+            "--speed-prompts",
+            "0",
+            "--window",
+            "128",
+            "--task-batch-size",
+            str(batch),
+            "--out",
+            str(out),
+        ]
+    )
     assert rc == 0
     report = json.loads((out / "report.json").read_text())
     outs, answers = work["outs"], work["answers"]
@@ -146,8 +185,26 @@ def test_include_path_task_scores_equal_an_independent_computation(work, tmp_pat
 
 def test_system_instruction_changes_the_prompt(work, tmp_path):
     out = tmp_path / "report"
-    rc = main(["-q", "eval", "--model", f"qwen={work['model']}", "--include-path", str(work["tasks"]),
-               "--tasks", "t_plain", "--task-limit", "1", "--speed-prompts", "0", "--window", "128", "--out", str(out)])
+    rc = main(
+        [
+            "-q",
+            "eval",
+            "--model",
+            f"qwen={work['model']}",
+            "--include-path",
+            str(work["tasks"]),
+            "--tasks",
+            "t_plain",
+            "--task-limit",
+            "1",
+            "--speed-prompts",
+            "0",
+            "--window",
+            "128",
+            "--out",
+            str(out),
+        ]
+    )
     assert rc == 0
     row = json.loads((out / "lm_eval_samples" / "qwen" / "t_plain.jsonl").read_text().splitlines()[0])
     assert row["prompt"] == render_default(work, row["doc"]["prompt"])
@@ -164,24 +221,43 @@ def render_default(work, prompt: str) -> str:
 def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
     """``python -m ruadapt eval`` of this checkout in a fresh process (its own env: an empty HF cache, offline)."""
     env = dict(os.environ, **env, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
-    return subprocess.run([sys.executable, "-m", "ruadapt", "-q", "eval", *args], env=env, capture_output=True, text=True,
-                          timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "ruadapt", "-q", "eval", *args], env=env, capture_output=True, text=True, timeout=600
+    )
 
 
 def test_registry_task_offline_fails_in_one_line_before_loading(work, tmp_path):
     """A name of lm-eval's registry whose data is not in the (empty) cache of an offline machine: exit 2, one line
     naming the task and the dataset, nothing written; through the real entry point in a fresh process."""
     cache = tmp_path / "empty-hf-cache"
-    env = {"HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_CACHE": str(cache / "datasets"),
-           "HF_HUB_CACHE": str(cache / "hub"), "DS_ACCELERATOR": "cpu", "TQDM_DISABLE": "1"}
+    env = {
+        "HF_DATASETS_OFFLINE": "1",
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_CACHE": str(cache / "datasets"),
+        "HF_HUB_CACHE": str(cache / "hub"),
+        "DS_ACCELERATOR": "cpu",
+        "TQDM_DISABLE": "1",
+    }
     out = tmp_path / "out"
-    p = run_cli("--model", f"qwen={work['model']}", "--include-path", str(work["tasks"]),
-                "--tasks", "t_plain,belebele_rus_Cyrl", "--speed-prompts", "0", "--out", str(out), env=env)
+    p = run_cli(
+        "--model",
+        f"qwen={work['model']}",
+        "--include-path",
+        str(work["tasks"]),
+        "--tasks",
+        "t_plain,belebele_rus_Cyrl",
+        "--speed-prompts",
+        "0",
+        "--out",
+        str(out),
+        env=env,
+    )
     err = [line for line in p.stderr.splitlines() if line.strip()]
     assert p.returncode == 2, p.stderr[-3000:]
     assert len(err) == 1 and err[0].startswith("ruadapt eval: error:"), p.stderr[-3000:]
-    assert re.search(r'--tasks belebele_rus_Cyrl: dataset "facebook/belebele \(rus_Cyrl\)" is not available offline',
-                     err[0]), err[0]
+    assert re.search(
+        r'--tasks belebele_rus_Cyrl: dataset "facebook/belebele \(rus_Cyrl\)" is not available offline', err[0]
+    ), err[0]
     assert not out.exists() and not list(tmp_path.glob(".out.ruadapt-tmp-*"))
 
 
@@ -193,13 +269,27 @@ def test_unknown_task_one_line_says_where_it_looked(work, tmp_path, capsys, monk
 
     monkeypatch.setattr(ruadapt.eval.run, "load_model", no_load)
     out = tmp_path / "out"
-    rc = main(["eval", "--model", f"qwen={work['model']}", "--include-path", str(work["tasks"]),
-               "--tasks", "t_plain,belebele_rus_Cyr", "--out", str(out)])
+    rc = main(
+        [
+            "eval",
+            "--model",
+            f"qwen={work['model']}",
+            "--include-path",
+            str(work["tasks"]),
+            "--tasks",
+            "t_plain,belebele_rus_Cyr",
+            "--out",
+            str(out),
+        ]
+    )
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1, err
-    assert re.fullmatch(r"ruadapt eval: error: --tasks belebele_rus_Cyr: unknown task; looked in ruadapt's shipped "
-                        r"tasks \(none for this run\); --include-path .*my_tasks \(2 names\); lm-eval .*task registry "
-                        r"\(\d+ names\); close names: belebele_rus_Cyrl.*", err), err
+    assert re.fullmatch(
+        r"ruadapt eval: error: --tasks belebele_rus_Cyr: unknown task; looked in ruadapt's shipped "
+        r"tasks \(none for this run\); --include-path .*my_tasks \(2 names\); lm-eval .*task registry "
+        r"\(\d+ names\); close names: belebele_rus_Cyrl.*",
+        err,
+    ), err
     assert not out.exists()
 
 
@@ -212,14 +302,26 @@ def test_bad_task_input_one_line_error(work, tmp_path, capsys, case):
     elif case == "missing_data":
         tasks.mkdir()
         (tasks / "t_gone.yaml").write_text(task_yaml("t_gone", str(tmp_path / "gone.jsonl")), encoding="utf-8")
-        expect = '--tasks t_gone: dataset "json {\'test\': \'' + str(tmp_path / "gone.jsonl") + "'}\" cannot be loaded"
+        expect = "--tasks t_gone: dataset \"json {'test': '" + str(tmp_path / "gone.jsonl") + "'}\" cannot be loaded"
     else:
         tasks = work["tasks"]
         extra = ["--system-instruction", "  "]
         expect = "--system-instruction: empty text"
     out = tmp_path / "out"
-    rc = main(["eval", "--model", f"qwen={work['model']}", "--include-path", str(tasks), "--tasks",
-               "t_gone" if case == "missing_data" else "t_plain", *extra, "--out", str(out)])
+    rc = main(
+        [
+            "eval",
+            "--model",
+            f"qwen={work['model']}",
+            "--include-path",
+            str(tasks),
+            "--tasks",
+            "t_gone" if case == "missing_data" else "t_plain",
+            *extra,
+            "--out",
+            str(out),
+        ]
+    )
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1 and expect in err, err
     assert not out.exists()

@@ -20,18 +20,18 @@ from pathlib import Path
 
 import pytest
 from tiny import ROOT, SHARED_DATA, SHARED_TOKENIZERS, make_tiny_model
-from tokenizers import Tokenizer
 
 from ruadapt.cli import main
 from ruadapt.errors import RuadaptError
-from ruadapt.vocab.checktext import CHECK_TEXT, check_text_hash, check_text_ids
+from ruadapt.io.record import check_record
 from ruadapt.llamacpp.export import record_path
 from ruadapt.llamacpp.prename import load_table, lookup
 from ruadapt.llamacpp.readback import check_gguf
 from ruadapt.llamacpp.source import find_converter
 from ruadapt.llamacpp.verify import have_llama_cpp
-from ruadapt.io.record import check_record
 from ruadapt.tokenizer.train import train_tokenizer
+from ruadapt.vocab.checktext import CHECK_TEXT, check_text_hash, check_text_ids
+from tokenizers import Tokenizer
 
 UNRECOGNISED = "BPE pre-tokenizer was not recognized"  # the stock converter's error for an unknown check-text hash
 BASES = {"qwen2.5": "Qwen2.5", "llama-3": "Llama-3", "mistral-nemo": "Mistral-Nemo", "gemma-3": "Gemma-3"}
@@ -74,8 +74,15 @@ def corpus(work) -> Path:
 def _extend(work: Path, corpus: Path, keep: bool) -> Path:
     out = work / f"ext-keep{int(keep)}"
     if not out.exists():
-        train_tokenizer(SHARED_TOKENIZERS / "qwen2.5", [corpus], out, mode="extend", new_tokens=300,
-                        keep_check_text=keep, progress=False)
+        train_tokenizer(
+            SHARED_TOKENIZERS / "qwen2.5",
+            [corpus],
+            out,
+            mode="extend",
+            new_tokens=300,
+            keep_check_text=keep,
+            progress=False,
+        )
     return out
 
 
@@ -88,17 +95,34 @@ def _vocab_dir(work: Path, tok_dir: Path, model_type: str = "qwen2") -> Path:
             shutil.copyfile(tok_dir / f, out / f)
         n = max(Tokenizer.from_file(str(tok_dir / "tokenizer.json")).get_vocab(with_added_tokens=True).values()) + 1
         arch = {"qwen2": "Qwen2ForCausalLM", "llama": "LlamaForCausalLM"}[model_type]
-        (out / "config.json").write_text(json.dumps({
-            "architectures": [arch], "model_type": model_type, "vocab_size": n, "hidden_size": 16,
-            "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 1,
-            "max_position_embeddings": 256, "rms_norm_eps": 1e-6}))
+        (out / "config.json").write_text(
+            json.dumps(
+                {
+                    "architectures": [arch],
+                    "model_type": model_type,
+                    "vocab_size": n,
+                    "hidden_size": 16,
+                    "intermediate_size": 32,
+                    "num_hidden_layers": 1,
+                    "num_attention_heads": 2,
+                    "num_key_value_heads": 1,
+                    "max_position_embeddings": 256,
+                    "rms_norm_eps": 1e-6,
+                }
+            )
+        )
     return out
 
 
 def _stock(converter, model_dir: Path, out: Path) -> subprocess.CompletedProcess:
     """llama.cpp's converter as people run it: no name given."""
-    return subprocess.run([sys.executable, str(converter.script), str(model_dir), "--vocab-only", "--outfile", str(out)],
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace")
+    return subprocess.run(
+        [sys.executable, str(converter.script), str(model_dir), "--vocab-only", "--outfile", str(out)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        errors="replace",
+    )
 
 
 # ------------------------------------------------------------------------------------------ the name table
@@ -136,7 +160,9 @@ def test_extend_guard_keeps_the_stock_conversion_working(work, corpus, converter
     converter stops recognising Qwen2; with it, the same training skips those merges and the stock converter
     names the result 'qwen2'."""
     plain = json.loads((_extend(work, corpus, keep=False) / "ruadapt_tokenizer.json").read_text())["result"]
-    guarded = check_record(json.loads((_extend(work, corpus, keep=True) / "ruadapt_tokenizer.json").read_text()))["result"]
+    guarded = check_record(json.loads((_extend(work, corpus, keep=True) / "ruadapt_tokenizer.json").read_text()))[
+        "result"
+    ]
     assert plain["llama_cpp_check_text"] == {"segmentation_kept": False}
     assert guarded["llama_cpp_check_text"]["pairs_forbidden"] == 54
     assert guarded["llama_cpp_check_text"]["merges_skipped"] > 0
@@ -174,8 +200,26 @@ def models(work, corpus):
         elif name in ("qwen-replace", "llama-replace"):
             tok = work / f"tok-{name}"
             family = "llama-3" if base_type == "llama" else "qwen2.5"
-            assert main(["-q", "tokenizer", "train", "--base", str(SHARED_TOKENIZERS / family), "--corpus", str(corpus),
-                         "--mode", "replace", "--vocab-size", "2000", "--out", str(tok)]) == 0
+            assert (
+                main(
+                    [
+                        "-q",
+                        "tokenizer",
+                        "train",
+                        "--base",
+                        str(SHARED_TOKENIZERS / family),
+                        "--corpus",
+                        str(corpus),
+                        "--mode",
+                        "replace",
+                        "--vocab-size",
+                        "2000",
+                        "--out",
+                        str(tok),
+                    ]
+                )
+                == 0
+            )
             assert main(["-q", "swap", "--model", str(base), "--tokenizer", str(tok), "--out", str(out)]) == 0
         elif name == "qwen-trim":
             assert main(["-q", "trim", "--model", str(base), "--corpus", str(corpus), "--out", str(out)]) == 0
@@ -186,24 +230,39 @@ def models(work, corpus):
     return get
 
 
-@pytest.mark.parametrize("name", [
-    "qwen-extend",
-    pytest.param("qwen-replace", marks=pytest.mark.slow),
-    pytest.param("qwen-trim", marks=pytest.mark.slow),
-    pytest.param("llama-replace", marks=pytest.mark.slow),
-])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "qwen-extend",
+        pytest.param("qwen-replace", marks=pytest.mark.slow),
+        pytest.param("qwen-trim", marks=pytest.mark.slow),
+        pytest.param("llama-replace", marks=pytest.mark.slow),
+    ],
+)
 def test_convert_reads_back_every_token(name, models, work, capsys):
     model_dir, pre, stock_knows = models(name)
     out = work / "gguf" / f"{name}.gguf"
-    argv = ["-q", "gguf", "--model", str(model_dir), "--llama-cpp", str(LLAMA_CPP), "--out", str(out), "--outtype", "f32"]
+    argv = [
+        "-q",
+        "gguf",
+        "--model",
+        str(model_dir),
+        "--llama-cpp",
+        str(LLAMA_CPP),
+        "--out",
+        str(out),
+        "--outtype",
+        "f32",
+    ]
     capsys.readouterr()
     assert main(argv + ["--dry-run"]) == 0  # the plan: nothing written, the rows the real run's record gives
     plan = capsys.readouterr().out
     assert not out.exists() and not record_path(out).exists() and not list(out.parent.glob(f".{name}*"))
     assert main(argv) == 0
     assert f"pre-tokenizer {pre!r}" in capsys.readouterr().out
-    assert sorted(p.name for p in out.parent.iterdir() if p.name.startswith(f"{name}.") or p.name.startswith(f".{name}")) == [
-        f"{name}.gguf", f"{name}.gguf.ruadapt_gguf.json"]  # no temporary left
+    assert sorted(
+        p.name for p in out.parent.iterdir() if p.name.startswith(f"{name}.") or p.name.startswith(f".{name}")
+    ) == [f"{name}.gguf", f"{name}.gguf.ruadapt_gguf.json"]  # no temporary left
     record = check_record(json.loads(record_path(out).read_text()))
     r = record["result"]
     config = json.loads((model_dir / "config.json").read_text())
@@ -246,18 +305,42 @@ def test_read_back_catches_a_wrong_vocabulary(models, work, converter):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not have_llama_cpp(), reason="llama_cpp (llama-cpp-python, a C++ build) is not importable; "
-                    "bench/gguf_llama_cpp.py says how to build it")
+@pytest.mark.skipif(
+    not have_llama_cpp(),
+    reason="llama_cpp (llama-cpp-python, a C++ build) is not importable; bench/gguf_llama_cpp.py says how to build it",
+)
 def test_verify_text_runs_the_file_in_llama_cpp(models, work):
     """Opt-in (needs a llama_cpp build): llama.cpp tokenizes every line as transformers does and its logits
     agree within 1e-2, for a replaced vocabulary whose name came from the table."""
     model_dir, _, _ = models("qwen-replace")
-    lines = [x for f in ("ru_eval.txt", "en_eval.txt") for x in (SHARED_DATA / f).read_text(encoding="utf-8").splitlines()[:300] if x.strip()]
+    lines = [
+        x
+        for f in ("ru_eval.txt", "en_eval.txt")
+        for x in (SHARED_DATA / f).read_text(encoding="utf-8").splitlines()[:300]
+        if x.strip()
+    ]
     text = work / "verify.txt"
     text.write_text("\n".join(lines) + "\n", encoding="utf-8")
     out = work / "gguf" / "verified.gguf"
-    assert main(["-q", "gguf", "--model", str(model_dir), "--llama-cpp", str(LLAMA_CPP), "--out", str(out),
-                 "--outtype", "f32", "--verify-text", str(text)]) == 0
+    assert (
+        main(
+            [
+                "-q",
+                "gguf",
+                "--model",
+                str(model_dir),
+                "--llama-cpp",
+                str(LLAMA_CPP),
+                "--out",
+                str(out),
+                "--outtype",
+                "f32",
+                "--verify-text",
+                str(text),
+            ]
+        )
+        == 0
+    )
     r = check_record(json.loads(record_path(out).read_text()))["result"]
     assert r["verify_ids"]["lines"] == len(lines) and r["verify_ids"]["lines_differing"] == 0
     assert r["verify_logits"]["max_abs_diff"] < 1e-2 and r["verify_logits"]["argmax_agreement"] == 1.0
@@ -281,7 +364,11 @@ def test_bad_input_is_one_line_and_writes_nothing(models, work, capsys):
     _fails(capsys, [*args, "--out", str(d / "taken.gguf")], "exists", "--overwrite")
     assert (d / "taken.gguf").read_bytes() == b"old"
     _fails(capsys, [*args, "--out", str(model_dir / "x.gguf")], "must not be an input")
-    _fails(capsys, ["gguf", "--model", str(model_dir), "--llama-cpp", str(d), "--out", str(d / "a.gguf")], "no convert_hf_to_gguf.py")
+    _fails(
+        capsys,
+        ["gguf", "--model", str(model_dir), "--llama-cpp", str(d), "--out", str(d / "a.gguf")],
+        "no convert_hf_to_gguf.py",
+    )
     _fails(capsys, [*args, "--out", str(d / "a.gguf"), "--verify-text", str(d / "missing.txt")], "--verify-text")
     # a converter failure (an architecture it does not know) is one line with the converter's reason
     odd = work / "odd-arch"
@@ -290,6 +377,9 @@ def test_bad_input_is_one_line_and_writes_nothing(models, work, capsys):
         cfg = json.loads((odd / "config.json").read_text())
         cfg["architectures"] = ["NoSuchModelForCausalLM"]
         (odd / "config.json").write_text(json.dumps(cfg))
-    _fails(capsys, ["gguf", "--model", str(odd), "--llama-cpp", str(LLAMA_CPP), "--out", str(d / "b.gguf")],
-           "llama.cpp's converter failed")
+    _fails(
+        capsys,
+        ["gguf", "--model", str(odd), "--llama-cpp", str(LLAMA_CPP), "--out", str(d / "b.gguf")],
+        "llama.cpp's converter failed",
+    )
     assert sorted(p.name for p in d.iterdir()) == ["taken.gguf"]

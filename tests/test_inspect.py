@@ -2,8 +2,9 @@
 
 import json
 
-from ruadapt.cli import main
 from tiny import make_tiny_model
+
+from ruadapt.cli import main
 
 
 def test_inspect_reports_padded_rows_tie_and_specials(tmp_path, capsys):

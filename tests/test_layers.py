@@ -47,9 +47,27 @@ STAGE = 3
 # Third-party modules slow to import or not always installed: a package module that imports one of them at its
 # top (directly or through another package module) is heavy, and may be imported inside a function.
 HEAVY = {
-    "torch", "transformers", "deepspeed", "lm_eval", "peft", "accelerate", "datasets", "matplotlib", "scipy",
-    "safetensors", "gguf", "llama_cpp", "huggingface_hub", "pyarrow", "zstandard", "wandb", "tensorboard", "psutil",
-    "requests", "convert_hf_to_gguf", "conversion",
+    "torch",
+    "transformers",
+    "deepspeed",
+    "lm_eval",
+    "peft",
+    "accelerate",
+    "datasets",
+    "matplotlib",
+    "scipy",
+    "safetensors",
+    "gguf",
+    "llama_cpp",
+    "huggingface_hub",
+    "pyarrow",
+    "zstandard",
+    "wandb",
+    "tensorboard",
+    "psutil",
+    "requests",
+    "convert_hf_to_gguf",
+    "conversion",
 }
 
 

@@ -11,18 +11,17 @@ import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
+from tiny import SHARED_DATA, SHARED_TOKENIZERS, dir_hash, make_tiny_model, tensor_hashes
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-from ruadapt.io.record import check_record
-from tiny import SHARED_DATA, SHARED_TOKENIZERS, dir_hash, make_tiny_model, tensor_hashes
-
 from ruadapt.cli import main
+from ruadapt.io.record import check_record
+from ruadapt.io.tokdir import set_chat_template
 from ruadapt.lep import accumulate, fit_rows, lep_model, open_model, piece_chunks
+from ruadapt.swap import swap_model
 from ruadapt.vocab.arch import model_fingerprint
 from ruadapt.vocab.lstsq import NormalEquations
-from ruadapt.swap import swap_model
-from ruadapt.io.tokdir import set_chat_template
 from ruadapt.vocab.pieces import ROW_COPY, ROW_MEAN, VocabMap, averaged_rows, build_vocab_map
 
 EMBED, HEAD = "model.embed_tokens.weight", "lm_head.weight"
@@ -103,12 +102,14 @@ def added_pairs(a_dir: Path, i_dir: Path) -> list[tuple[int, int]]:
     return [(a_tok.token_to_id(t.content), i) for i, t in i_tok.get_added_tokens_decoder().items()]
 
 
-def check_output(out: Path, a_dir: Path, i_dir: Path, w: dict[str, torch.Tensor | None], tied: bool, tol: float = 1e-3) -> dict:
+def check_output(
+    out: Path, a_dir: Path, i_dir: Path, w: dict[str, torch.Tensor | None], tied: bool, tol: float = 1e-3
+) -> dict:
     """Vocabulary rows = A·W (specials: I's rows), body bit-identical to I, chat template and tokenizer as promised."""
     o, a, i = tensors(out), tensors(a_dir), tensors(i_dir)
     pairs = added_pairs(a_dir, i_dir)
     special_a = {p[0] for p in pairs}
-    for name in ([EMBED] if tied else [EMBED, HEAD]):
+    for name in [EMBED] if tied else [EMBED, HEAD]:
         keep = torch.tensor([r for r in range(a[name].shape[0]) if r not in special_a])
         want = a[name] if w[name] is None else a[name].double() @ w[name].double()
         if w[name] is None:
@@ -134,7 +135,9 @@ def loads_and_generates(out: Path) -> None:
 
     tok = AutoTokenizer.from_pretrained(out)
     model = AutoModelForCausalLM.from_pretrained(out)
-    text = tok.apply_chat_template([{"role": "user", "content": "Привет, как дела?"}], tokenize=False, add_generation_prompt=True)
+    text = tok.apply_chat_template(
+        [{"role": "user", "content": "Привет, как дела?"}], tokenize=False, add_generation_prompt=True
+    )
     assert text.endswith("assistant:")
     ids = tok(text, return_tensors="pt")
     gen = model.generate(**ids, max_new_tokens=3, do_sample=False)
@@ -228,7 +231,7 @@ def test_streamed_fit_equals_lstsq_and_never_holds_vxd_float64(qwen):
     rows = fit_rows(vmap, "conversion", set(b.tok.get_added_tokens_decoder()))
     n_mean = vmap.summary()["mean"]
     assert len(rows) > 151_000 and n_mean >= 100  # the new tokens enter the fit as means
-    rows = rows[: -n_mean : 8] + rows[-n_mean:]  # every 8th copied row + all averaged rows keeps the test quick
+    rows = rows[:-n_mean:8] + rows[-n_mean:]  # every 8th copied row + all averaged rows keeps the test quick
     chunk = 1000
     spy = Float64Spy()
     with spy:
@@ -251,8 +254,26 @@ def test_streamed_fit_equals_lstsq_and_never_holds_vxd_float64(qwen):
 def test_methods_on_untied_sharded_qwen(qwen, method, capsys):
     out = qwen["root"] / f"out-{method}"
     before = {k: dir_hash(qwen[k]) for k in ("b", "i", "a")}
-    rc = main(["-q", "lep", "--base", str(qwen["b"]), "--instruct", str(qwen["i"]), "--adapted", str(qwen["a"]),
-               "--out", str(out), "--method", method, "--chunk-rows", "50000", "--max-shard-size", "300KB"])
+    rc = main(
+        [
+            "-q",
+            "lep",
+            "--base",
+            str(qwen["b"]),
+            "--instruct",
+            str(qwen["i"]),
+            "--adapted",
+            str(qwen["a"]),
+            "--out",
+            str(out),
+            "--method",
+            method,
+            "--chunk-rows",
+            "50000",
+            "--max-shard-size",
+            "300KB",
+        ]
+    )
     assert rc == 0
     assert {k: dir_hash(qwen[k]) for k in ("b", "i", "a")} == before, "inputs must not change"
     w = {EMBED: None, HEAD: None} if method == "swap" else qwen["w"]
@@ -277,7 +298,9 @@ def test_methods_on_untied_sharded_qwen(qwen, method, capsys):
     # model card: derived from the base (through A's lineage: swap) and the instruct model; stages swap, lep
     lineage = json.loads((out / "ruadapt_lineage.json").read_text())
     assert lineage["roots"] == [str(qwen["b"].resolve()), str(qwen["i"].resolve())]
-    assert [s["stage"] for s in lineage["stages"]] == ["swap", "lep"] and lineage["stages"][-1]["options"]["method"] == method
+    assert [s["stage"] for s in lineage["stages"]] == ["swap", "lep"] and lineage["stages"][-1]["options"][
+        "method"
+    ] == method
     assert (out / "README.md").read_text().startswith("---\nbase_model:")
     if method == "conversion":
         loads_and_generates(out)
@@ -384,8 +407,24 @@ def test_likely_mistakes_and_output_are_refused_before_any_work(qwen, tmp_path, 
     err = capsys.readouterr().err.strip()
     assert rc == 2 and "exists and is not empty" in err and (busy / "keep.txt").read_text() == "x"
     monkeypatch.undo()
-    rc = main(["-q", "lep", "--base", str(b), "--instruct", str(copy_of_b), "--adapted", str(a), "--out",
-               str(tmp_path / "o3"), "--method", "swap", "--allow", "same-model"])
+    rc = main(
+        [
+            "-q",
+            "lep",
+            "--base",
+            str(b),
+            "--instruct",
+            str(copy_of_b),
+            "--adapted",
+            str(a),
+            "--out",
+            str(tmp_path / "o3"),
+            "--method",
+            "swap",
+            "--allow",
+            "same-model",
+        ]
+    )
     assert rc == 0 and "going on: --allow same-model" in caplog.text
 
 
@@ -413,8 +452,16 @@ def test_lora_deltas_match_peft_merge(qwen, tmp_path):
                 p.normal_(0, 0.5)
     peft_model.save_pretrained(tmp_path / "adapter")
     assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
-    rec = lep_model(qwen["b"], qwen["i"], qwen["a"], tmp_path / "out", method="swap",
-                    lora_deltas=tmp_path / "adapter", alpha_scale=2.0, progress=False)
+    rec = lep_model(
+        qwen["b"],
+        qwen["i"],
+        qwen["a"],
+        tmp_path / "out",
+        method="swap",
+        lora_deltas=tmp_path / "adapter",
+        alpha_scale=2.0,
+        progress=False,
+    )
     assert rec["result"]["lora_deltas"]["modules"] == 4
     # reference: peft's own merge of the adapter into I, delta halved (alpha scale 2)
     inst = AutoModelForCausalLM.from_pretrained(qwen["i"])

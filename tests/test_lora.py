@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors import safe_open
-
-from ruadapt.io.checkpoint import CheckpointReader, write_with_replacements
-from ruadapt.errors import RuadaptError
-from ruadapt.vocab.lora import merge_replacements, pattern_value, read_adapter
 from tiny import make_tiny_model
+
+from ruadapt.errors import RuadaptError
+from ruadapt.io.checkpoint import CheckpointReader, write_with_replacements
+from ruadapt.vocab.lora import merge_replacements, pattern_value, read_adapter
 
 pytestmark = pytest.mark.filterwarnings("ignore:The following alpha_pattern keys did not match")
 
@@ -38,11 +38,18 @@ def trained_peft(tmp_path: Path, dtype: torch.dtype, use_rslora: bool = True):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    base = make_tiny_model(tmp_path / "base", "qwen2", tied=False, hidden=32, layers=2, dtype=dtype,
-                           max_shard_size="40KB")
+    base = make_tiny_model(
+        tmp_path / "base", "qwen2", tied=False, hidden=32, layers=2, dtype=dtype, max_shard_size="40KB"
+    )
     model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype)
-    cfg = LoraConfig(r=4, lora_alpha=8, target_modules=TARGETS, rank_pattern=RANK_PATTERN, alpha_pattern=ALPHA_PATTERN,
-                     use_rslora=use_rslora)
+    cfg = LoraConfig(
+        r=4,
+        lora_alpha=8,
+        target_modules=TARGETS,
+        rank_pattern=RANK_PATTERN,
+        alpha_pattern=ALPHA_PATTERN,
+        use_rslora=use_rslora,
+    )
     peft_model = get_peft_model(model, cfg)
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():
@@ -65,7 +72,11 @@ def streaming_merge(base: Path, adapter: Path, out: Path) -> dict[str, torch.Ten
 def test_pattern_value_is_peft_get_pattern_key():
     from peft.utils.other import get_pattern_key
 
-    names = [f"model.layers.{i}.{m}" for i in range(3) for m in ("self_attn.q_proj", "self_attn.v_proj", "mlp.gate_proj", "mlp.down_proj")]
+    names = [
+        f"model.layers.{i}.{m}"
+        for i in range(3)
+        for m in ("self_attn.q_proj", "self_attn.v_proj", "mlp.gate_proj", "mlp.down_proj")
+    ]
     for patterns in (RANK_PATTERN, ALPHA_PATTERN, {"q_proj": 1, "layers.1.self_attn.q_proj": 9}):
         for name in names:
             key = get_pattern_key(patterns.keys(), name)
@@ -132,9 +143,13 @@ def test_refuses_what_it_cannot_merge(tmp_path):
     base, _ = trained_peft(tmp_path, torch.float32)
     src = tmp_path / "adapter"
     reader = CheckpointReader(base)
-    for changes, words in (({"use_dora": True}, "DoRA"), ({"fan_in_fan_out": True}, "fan_in_fan_out"),
-                           ({"peft_type": "IA3"}, "peft_type 'IA3'"), ({"lora_bias": True}, "LoRA biases"),
-                           ({"rank_pattern": {}}, "has rank")):
+    for changes, words in (
+        ({"use_dora": True}, "DoRA"),
+        ({"fan_in_fan_out": True}, "fan_in_fan_out"),
+        ({"peft_type": "IA3"}, "peft_type 'IA3'"),
+        ({"lora_bias": True}, "LoRA biases"),
+        ({"rank_pattern": {}}, "has rank"),
+    ):
         with pytest.raises(RuadaptError, match=words) as e:
             merge_replacements(read_adapter(edited_adapter(tmp_path, src, **changes)), reader)
         assert "\n" not in str(e.value)
@@ -158,9 +173,16 @@ def test_train_export_merges_through_the_same_code(tmp_path):
     from ruadapt.train.model import checkpoint_name
 
     base, peft_model = trained_peft(tmp_path, torch.float32)
-    run = {"task": "cpt", "model": str(base), "out": str(tmp_path / "run"), "stage": "lora", "block_size": 64,
-           "deepspeed": str(Path(__file__).resolve().parents[1] / "recipes" / "deepspeed" / "zero2.json"),
-           "lora": {"r": 4, "alpha": 8, "targets": TARGETS}, "data": {"train": [str(tmp_path / "none.txt")]}}
+    run = {
+        "task": "cpt",
+        "model": str(base),
+        "out": str(tmp_path / "run"),
+        "stage": "lora",
+        "block_size": 64,
+        "deepspeed": str(Path(__file__).resolve().parents[1] / "recipes" / "deepspeed" / "zero2.json"),
+        "lora": {"r": 4, "alpha": 8, "targets": TARGETS},
+        "data": {"train": [str(tmp_path / "none.txt")]},
+    }
     (tmp_path / "run.yaml").write_text(yaml.safe_dump(run))
     cfg = load_config(tmp_path / "run.yaml", check_files=False)
     trained = {checkpoint_name(n): p.detach().clone() for n, p in peft_model.named_parameters() if "lora_" in n}
@@ -169,10 +191,18 @@ def test_train_export_merges_through_the_same_code(tmp_path):
     out = tmp_path / "run"
     merged = read_dir(out)
     reference = peft_model.merge_and_unload().state_dict()
-    reloaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), out / "adapter").merge_and_unload().state_dict()
+    reloaded = (
+        PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), out / "adapter")
+        .merge_and_unload()
+        .state_dict()
+    )
     original = read_dir(base)
     targets = set(read_adapter(out / "adapter").modules)
-    assert json.loads((out / "ruadapt_train.json").read_text())["result"]["lora_merged_tensors"] == len(targets) == 2 * len(TARGETS)
+    assert (
+        json.loads((out / "ruadapt_train.json").read_text())["result"]["lora_merged_tensors"]
+        == len(targets)
+        == 2 * len(TARGETS)
+    )
     for name, t in merged.items():
         torch.testing.assert_close(t, reference[name], rtol=0, atol=1e-6, msg=name)
         torch.testing.assert_close(t, reloaded[name], rtol=0, atol=1e-6, msg=name)

@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
 from tiny import ROOT, SHARED_DATA, fill_hub_cache, make_tiny_model
 
 README = ROOT / "README.md"
@@ -116,6 +115,7 @@ def exported_defaults(blocks: list[Block]) -> dict[str, str]:
 
 def expand(command: str, values: dict[str, str]) -> str:
     """``$NAME`` / ``${NAME}`` / ``${NAME:-x}`` replaced by ``values`` (an unknown name keeps its default or stays)."""
+
     def sub(m: re.Match) -> str:
         name = m.group("braced") or m.group("plain")
         if name in values:
@@ -135,7 +135,9 @@ def readme_commands(path: Path = README) -> list[tuple[int, str, list[str]]]:
     variables the README's quickstart exports (and the file's own exports) expanded."""
     blocks = bash_blocks(path.read_text(encoding="utf-8"), path.relative_to(ROOT).as_posix())
     values = exported_defaults(bash_blocks(README.read_text(encoding="utf-8")) + blocks)
-    return [(n, c, argv) for b in blocks for n, c in commands(b) if (argv := ruadapt_argv(expand(c, values))) is not None]
+    return [
+        (n, c, argv) for b in blocks for n, c in commands(b) if (argv := ruadapt_argv(expand(c, values))) is not None
+    ]
 
 
 def test_every_readme_command_parses(capsys):
@@ -173,7 +175,7 @@ def test_commands_doc_has_an_example_of_every_command():
     every = _subcommands(build_parser())
     assert ("tokenizer", "report") in every and ("recipe", "ls") in every and len(every) >= 12
     examples = [tuple(a for a in argv if not a.startswith("-")) for _, _, argv in readme_commands(DOCS / "commands.md")]
-    missing = [" ".join(path) for path in every if not any(words[:len(path)] == path for words in examples)]
+    missing = [" ".join(path) for path in every if not any(words[: len(path)] == path for words in examples)]
     assert not missing, f"docs/commands.md has no example of: {', '.join(missing)}"
 
 
@@ -185,15 +187,20 @@ def test_every_bench_script_the_benchmarks_name_exists():
 
 
 def test_block_and_command_extraction():
-    text = ("## A\n```bash\nruadapt x --a 1 \\\n    --b 2   # note\n```\n## B\n<!-- readme-test: skip (GPU) -->\n"
-            "```sh\nFOO=1 ruadapt y | head\necho hi\n```\n```python\nruadapt z\n```\n")
+    text = (
+        "## A\n```bash\nruadapt x --a 1 \\\n    --b 2   # note\n```\n## B\n<!-- readme-test: skip (GPU) -->\n"
+        "```sh\nFOO=1 ruadapt y | head\necho hi\n```\n```python\nruadapt z\n```\n"
+    )
     a, b = bash_blocks(text)
     assert (a.section, a.skip, b.section, b.skip) == ("## A", None, "## B", "GPU")
     assert commands(a) == [(3, "ruadapt x --a 1 --b 2   # note")]
     assert [ruadapt_argv(c) for _, c in commands(a) + commands(b)] == [["x", "--a", "1", "--b", "2"], ["y"], None]
     values = exported_defaults(bash_blocks("```bash\nexport N=${N:-8} OUT=runs\n```\n"))
     assert values == {"N": "8", "OUT": "runs"}
-    assert expand('ruadapt x --n "$N" --out "${OUT}/a" --m ${M:-3} $UNSET', values) == 'ruadapt x --n "8" --out "runs/a" --m 3 $UNSET'
+    assert (
+        expand('ruadapt x --n "$N" --out "${OUT}/a" --m ${M:-3} $UNSET', values)
+        == 'ruadapt x --n "8" --out "runs/a" --m 3 $UNSET'
+    )
 
 
 def quickstart() -> tuple[str, list[Block]]:
@@ -205,10 +212,15 @@ def quickstart() -> tuple[str, list[Block]]:
 
 def test_quickstart_starts_from_the_hub_and_skips_little():
     script, skipped = quickstart()
-    for step in ("ruadapt inspect Qwen/Qwen2.5-7B", "ruadapt tokenizer train --base Qwen/Qwen2.5-7B",
-                 "ruadapt swap --model Qwen/Qwen2.5-7B", "ruadapt recipe cp", "ruadapt train --config",
-                 "--instruct Qwen/Qwen2.5-7B-Instruct",
-                 "ruadapt eval --model instruct=Qwen/Qwen2.5-7B-Instruct"):
+    for step in (
+        "ruadapt inspect Qwen/Qwen2.5-7B",
+        "ruadapt tokenizer train --base Qwen/Qwen2.5-7B",
+        "ruadapt swap --model Qwen/Qwen2.5-7B",
+        "ruadapt recipe cp",
+        "ruadapt train --config",
+        "--instruct Qwen/Qwen2.5-7B-Instruct",
+        "ruadapt eval --model instruct=Qwen/Qwen2.5-7B-Instruct",
+    ):
         assert step in script, step
     assert len(skipped) <= 1 and all("bash " in b.text for b in skipped)  # only the whole 8-GPU recipe
 
@@ -221,8 +233,12 @@ def test_quickstart_runs_as_written(tmp_path):
         model = make_tiny_model(tmp_path / "src" / repo, "qwen2", tied=False, seed=seed, max_shard_size="2MB")
         fill_hub_cache(cache, repo, model)
     files = {}
-    for var, name, n in (("CORPUS", "ru_train", 200), ("REPLAY_CORPUS", "en_train", 100), ("EVAL_RU", "ru_eval", 3),
-                         ("EVAL_EN", "en_eval", 3)):
+    for var, name, n in (
+        ("CORPUS", "ru_train", 200),
+        ("REPLAY_CORPUS", "en_train", 100),
+        ("EVAL_RU", "ru_eval", 3),
+        ("EVAL_EN", "en_eval", 3),
+    ):
         with open(SHARED_DATA / f"{name}.txt", encoding="utf-8") as f:
             lines = [next(f) for _ in range(n)]
         files[var] = tmp_path / f"{name}.txt"
@@ -232,17 +248,30 @@ def test_quickstart_runs_as_written(tmp_path):
     (bin_dir / "ruadapt").write_text(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} -m ruadapt.cli "$@"\n')
     (bin_dir / "ruadapt").chmod(0o755)
     run = tmp_path / "run"
-    env = dict(os.environ, PATH=os.pathsep.join([str(bin_dir), os.environ["PATH"]]),
-               PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-               HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_HUB_CACHE=str(cache), DS_ACCELERATOR="cpu",
-               OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", TQDM_DISABLE="1",
-               RUN=str(run), NEW_TOKENS="100", RECIPE="cpu-tiny", CPT_STEPS="2", NUM_GPUS="2",
-               **{k: str(v) for k, v in files.items()})
+    env = dict(
+        os.environ,
+        PATH=os.pathsep.join([str(bin_dir), os.environ["PATH"]]),
+        PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        HF_HUB_CACHE=str(cache),
+        DS_ACCELERATOR="cpu",
+        OMP_NUM_THREADS="1",
+        TOKENIZERS_PARALLELISM="false",
+        TQDM_DISABLE="1",
+        RUN=str(run),
+        NEW_TOKENS="100",
+        RECIPE="cpu-tiny",
+        CPT_STEPS="2",
+        NUM_GPUS="2",
+        **{k: str(v) for k, v in files.items()},
+    )
     env.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "torch_extensions"))
     work = tmp_path / "work"  # any directory: the recipes come from the package
     work.mkdir()
-    proc = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=work, env=env, capture_output=True,
-                          text=True, timeout=600)
+    proc = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", script], cwd=work, env=env, capture_output=True, text=True, timeout=600
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
 
     tok = json.loads((run / "tokenizer" / "ruadapt_tokenizer.json").read_text())

@@ -15,15 +15,26 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from tiny import ROOT, SHARED_DATA, make_tiny_model
 
 from ruadapt.cli import main
 from ruadapt.recipe import read_spec, recipe_names
 from ruadapt.train.config import load_config
-from tiny import ROOT, SHARED_DATA, make_tiny_model
 
 PACKAGE_RECIPES = ROOT / "ruadapt" / "recipes"
 PATH = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"  # lib.sh calls this venv's `ruadapt recipe env`
-RECIPE_VARS = ("RUN", "DS_CONFIGS", "CORPUS", "REPLAY_CORPUS", "SFT_DATA", "CPT_STEPS", "CPT2_STEPS", "SFT_STEPS", "RU_TRAIN", "EN_TRAIN")
+RECIPE_VARS = (
+    "RUN",
+    "DS_CONFIGS",
+    "CORPUS",
+    "REPLAY_CORPUS",
+    "SFT_DATA",
+    "CPT_STEPS",
+    "CPT2_STEPS",
+    "SFT_STEPS",
+    "RU_TRAIN",
+    "EN_TRAIN",
+)
 
 
 @pytest.fixture(autouse=True)
@@ -39,15 +50,24 @@ def data(tmp_path_factory) -> dict:
     corpus = root / "ru.txt"
     corpus.write_text("".join((SHARED_DATA / "ru_train.txt").open(encoding="utf-8").readlines()[:50]), encoding="utf-8")
     english = root / "en.txt"  # the replay of the base's own language every CPT YAML mixes in
-    english.write_text("".join((SHARED_DATA / "en_train.txt").open(encoding="utf-8").readlines()[:50]), encoding="utf-8")
+    english.write_text(
+        "".join((SHARED_DATA / "en_train.txt").open(encoding="utf-8").readlines()[:50]), encoding="utf-8"
+    )
     chat = root / "chat.jsonl"
-    chat.write_text(json.dumps({"messages": [{"role": "user", "content": "Привет"},
-                                             {"role": "assistant", "content": "Здравствуйте"}]}, ensure_ascii=False) + "\n")
+    chat.write_text(
+        json.dumps(
+            {"messages": [{"role": "user", "content": "Привет"}, {"role": "assistant", "content": "Здравствуйте"}]},
+            ensure_ascii=False,
+        )
+        + "\n"
+    )
     return {"corpus": corpus, "english": english, "chat": chat}
 
 
 def cp(name: str, dest: Path, *sets: str, force: bool = False) -> int:
-    return main(["recipe", "cp", name, str(dest), *[a for s in sets for a in ("--set", s)], *(["--force"] if force else [])])
+    return main(
+        ["recipe", "cp", name, str(dest), *[a for s in sets for a in ("--set", s)], *(["--force"] if force else [])]
+    )
 
 
 def content(text: str) -> str:
@@ -68,16 +88,35 @@ def test_ls_lists_every_recipe_dir(capsys):
 
 def test_cp_then_train_runs_the_copies_as_written(data, tmp_path, capsys):
     dest = tmp_path / "qwen7b"
-    assert cp("qwen2.5-7b", dest, f"CORPUS={data['corpus']}", f"REPLAY_CORPUS={data['english']}",
-              f"SFT_DATA={data['chat']}") == 0
+    assert (
+        cp(
+            "qwen2.5-7b",
+            dest,
+            f"CORPUS={data['corpus']}",
+            f"REPLAY_CORPUS={data['english']}",
+            f"SFT_DATA={data['chat']}",
+        )
+        == 0
+    )
     assert sorted(str(p.relative_to(dest)) for p in dest.rglob("*") if p.is_file()) == [
-        "cpt-embeddings.yaml", "cpt-lora.yaml", "deepspeed/zero2.json", "lib.sh", "qwen2.5-7b.sh", "recipe.yaml", "sft.yaml"]
+        "cpt-embeddings.yaml",
+        "cpt-lora.yaml",
+        "deepspeed/zero2.json",
+        "lib.sh",
+        "qwen2.5-7b.sh",
+        "recipe.yaml",
+        "sft.yaml",
+    ]
     for yml in (p for p in dest.glob("*.yaml") if p.name != "recipe.yaml"):
         assert "${" not in content(yml.read_text()), yml
         cfg = load_config(yml, check_files=False)  # nothing from the environment
         assert cfg.deepspeed == str(dest / "deepspeed" / "zero2.json") and Path(cfg.out).parent == dest
     cfg = load_config(dest / "cpt-embeddings.yaml", check_files=False)
-    assert cfg.model == str(dest / "swapped") and cfg.train.max_steps == 2000 and cfg.data.train[0].path == str(data["corpus"])
+    assert (
+        cfg.model == str(dest / "swapped")
+        and cfg.train.max_steps == 2000
+        and cfg.data.train[0].path == str(data["corpus"])
+    )
     assert cfg.data.train[1].path == str(data["english"]) and cfg.data.train[1].weight > 0
     # a stand-in for what `ruadapt swap` writes at RUN/swapped (positions raised to the recipe's block size)
     model = make_tiny_model(dest / "swapped", "qwen2")
@@ -85,10 +124,28 @@ def test_cp_then_train_runs_the_copies_as_written(data, tmp_path, capsys):
     (model / "config.json").write_text(json.dumps({**config, "max_position_embeddings": 4096}))
     capsys.readouterr()
     stages = [str(dest / "cpt-embeddings.yaml"), str(dest / "cpt-lora.yaml")]  # stage 2 trains stage 1's output
-    assert main(["train", "--config", stages[0], "--config", stages[1], "--num-gpus", "1", "--master-port", "29998", "--dry-run"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--config",
+                stages[0],
+                "--config",
+                stages[1],
+                "--num-gpus",
+                "1",
+                "--master-port",
+                "29998",
+                "--dry-run",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     launch = load_config(stages[0], check_files=False).work_dir.resolve() / "launch.json"  # both runs, in order
-    assert out.strip().endswith(f"--module ruadapt.train --launch-json {launch}") and not launch.exists()  # dry: unwritten
+    assert (
+        out.strip().endswith(f"--module ruadapt.train --launch-json {launch}") and not launch.exists()
+    )  # dry: unwritten
 
 
 def test_an_input_left_out_is_one_line_naming_file_key_and_variable(tmp_path, capsys):
@@ -98,7 +155,12 @@ def test_an_input_left_out_is_one_line_naming_file_key_and_variable(tmp_path, ca
     yml = dest / "cpt-embeddings.yaml"
     assert main(["train", "--config", str(yml), "--dry-run"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and str(yml) in err[0] and "data.train[0].path uses ${CORPUS}" in err[0] and "export CORPUS=" in err[0]
+    assert (
+        len(err) == 1
+        and str(yml) in err[0]
+        and "data.train[0].path uses ${CORPUS}" in err[0]
+        and "export CORPUS=" in err[0]
+    )
 
 
 def test_second_cp_refuses_and_force_replaces_only_the_recipe_files(data, tmp_path, capsys):
@@ -115,17 +177,22 @@ def test_second_cp_refuses_and_force_replaces_only_the_recipe_files(data, tmp_pa
     assert cp("qwen2.5-7b", dest, "CPT_STEPS=7", force=True) == 0
     assert (dest / "tokenizer" / "tokenizer.json").read_text() == "{}"
     assert load_config(dest / "cpt-embeddings.yaml", ["data.train=[x]"], check_files=False).train.max_steps == 7
-    assert read_spec(dest / "recipe.yaml").defaults.CPT_STEPS == 7 and "CPT_STEPS" in read_spec(dest / "recipe.yaml").fixed
+    assert (
+        read_spec(dest / "recipe.yaml").defaults.CPT_STEPS == 7 and "CPT_STEPS" in read_spec(dest / "recipe.yaml").fixed
+    )
     assert not [p for p in tmp_path.iterdir() if "ruadapt-tmp" in p.name]
 
 
-@pytest.mark.parametrize("args,expect", [
-    (["nope", "{d}"], "recipe 'nope' not found; recipes: cpu-tiny"),
-    (["qwen2.5-7b", "{d}", "--set", "DRY_RUN=1"], "--set DRY_RUN: recipe qwen2.5-7b has no such variable"),
-    (["qwen2.5-7b", "{d}", "--set", "DS_CONFIGS=/x"], "--set DS_CONFIGS: is DEST/deepspeed"),
-    (["qwen2.5-7b", "{d}", "--set", "CORPUS"], "expected VAR=VALUE"),
-    (["qwen2.5-7b", "{d}", "--set", "RUN={d} #x"], "does not read back as written"),  # would become a YAML comment
-])
+@pytest.mark.parametrize(
+    "args,expect",
+    [
+        (["nope", "{d}"], "recipe 'nope' not found; recipes: cpu-tiny"),
+        (["qwen2.5-7b", "{d}", "--set", "DRY_RUN=1"], "--set DRY_RUN: recipe qwen2.5-7b has no such variable"),
+        (["qwen2.5-7b", "{d}", "--set", "DS_CONFIGS=/x"], "--set DS_CONFIGS: is DEST/deepspeed"),
+        (["qwen2.5-7b", "{d}", "--set", "CORPUS"], "expected VAR=VALUE"),
+        (["qwen2.5-7b", "{d}", "--set", "RUN={d} #x"], "does not read back as written"),  # would become a YAML comment
+    ],
+)
 def test_bad_cp_is_one_line_and_writes_nothing(tmp_path, capsys, args, expect):
     dest = tmp_path / "bad"
     assert main(["recipe", "cp", *[a.format(d=dest) for a in args]]) == 2
@@ -139,12 +206,22 @@ def test_every_recipe_copies_and_loads(tmp_path, monkeypatch, capsys):
         dest = tmp_path / name
         assert cp(name, dest) == 0, name
         texts = {p.name: p.read_text() for p in dest.glob("*.yaml") if p.name != "recipe.yaml"}
-        assert set(texts) | {"recipe.yaml"} == {p.name for p in (PACKAGE_RECIPES / name).glob("*.yaml")} | {"recipe.yaml"}
+        assert set(texts) | {"recipe.yaml"} == {p.name for p in (PACKAGE_RECIPES / name).glob("*.yaml")} | {
+            "recipe.yaml"
+        }
         left = set(re.findall(r"\$\{(\w+)\}", "\n".join(content(t) for t in texts.values())))
         if name != "cpu-tiny":  # a model recipe's numbers come from recipe.yaml; the demo's live in cpu-tiny.sh
-            assert left <= {"CORPUS", "REPLAY_CORPUS", "SFT_DATA", "RU_TRAIN", "EN_TRAIN"}, (name, left)  # data the user brings
+            assert left <= {"CORPUS", "REPLAY_CORPUS", "SFT_DATA", "RU_TRAIN", "EN_TRAIN"}, (
+                name,
+                left,
+            )  # data the user brings
         for var in left:
-            monkeypatch.setenv(var, f"/data/{var.lower()}" if var in ("CORPUS", "REPLAY_CORPUS", "SFT_DATA", "RU_TRAIN", "EN_TRAIN") else "7")
+            monkeypatch.setenv(
+                var,
+                f"/data/{var.lower()}"
+                if var in ("CORPUS", "REPLAY_CORPUS", "SFT_DATA", "RU_TRAIN", "EN_TRAIN")
+                else "7",
+            )
         for file in texts:
             cfg = load_config(dest / file, check_files=False)
             assert Path(cfg.deepspeed).is_file() and Path(cfg.deepspeed).parent == dest / "deepspeed"
@@ -167,10 +244,21 @@ def test_copied_script_runs_the_copied_yamls(data, tmp_path):
     assert f"--base /models/B\\ \\$x --corpus {data['corpus']}" in cmds[0] and f"--out {dest}/tokenizer" in cmds[0]
     assert f"--config {dest}/cpt-embeddings.yaml --config {dest}/cpt-lora.yaml --hostfile /etc/hosts" in cmds[2]
     assert f"--config {dest}/sft.yaml" in cmds[4]
-    shellcheck = shutil.which("shellcheck", path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    shellcheck = shutil.which(
+        "shellcheck", path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    )
     if shellcheck:
-        p = subprocess.run([shellcheck, "--external-sources", "--source-path=SCRIPTDIR", str(dest / "qwen2.5-72b.sh"),
-                            str(dest / "lib.sh")], capture_output=True, text=True)
+        p = subprocess.run(
+            [
+                shellcheck,
+                "--external-sources",
+                "--source-path=SCRIPTDIR",
+                str(dest / "qwen2.5-72b.sh"),
+                str(dest / "lib.sh"),
+            ],
+            capture_output=True,
+            text=True,
+        )
         assert p.returncode == 0, p.stdout[-3000:]
 
 
@@ -182,9 +270,11 @@ def test_a_new_model_is_one_yaml_plus_its_training_yamls(tmp_path):
     new.mkdir()
     for f in ("cpt-embeddings.yaml", "cpt-lora.yaml", "sft.yaml"):
         shutil.copy(PACKAGE_RECIPES / "qwen2.5-7b" / f, new / f)
-    (new / "recipe.yaml").write_text("description: Russian for a new model\nhardware: 2 GPUs\nbase: /models/New\n"
-                                     "instruct: /models/New-Instruct\ndefaults: {NUM_GPUS: 2, STAGE2: 0, CPT_STEPS: 9}\n")
-    script = f'set -euo pipefail; source {PACKAGE_RECIPES / "lib.sh"}; ruadapt_recipe {new}'
+    (new / "recipe.yaml").write_text(
+        "description: Russian for a new model\nhardware: 2 GPUs\nbase: /models/New\n"
+        "instruct: /models/New-Instruct\ndefaults: {NUM_GPUS: 2, STAGE2: 0, CPT_STEPS: 9}\n"
+    )
+    script = f"set -euo pipefail; source {PACKAGE_RECIPES / 'lib.sh'}; ruadapt_recipe {new}"
     env = dict(os.environ, DRY_RUN="1", PATH=PATH, CORPUS="/data/mine.txt")
     r = subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
@@ -198,15 +288,19 @@ def test_a_new_model_is_one_yaml_plus_its_training_yamls(tmp_path):
 def test_bad_recipe_yaml_is_every_problem_one_line_each(tmp_path):
     bad = tmp_path / "bad"
     bad.mkdir()
-    (bad / "recipe.yaml").write_text("description: x\nhardwar: 8 GPUs\nbase: /m\ninstruct: /i\n"
-                                     "defaults: {NUM_GPU: 2, MODE: append}\n")
+    (bad / "recipe.yaml").write_text(
+        "description: x\nhardwar: 8 GPUs\nbase: /m\ninstruct: /i\ndefaults: {NUM_GPU: 2, MODE: append}\n"
+    )
     r = subprocess.run([sys.executable, "-m", "ruadapt", "recipe", "env", str(bad)], capture_output=True, text=True)
     err = r.stderr.strip().splitlines()
     assert r.returncode == 2 and not r.stdout and len(err) == 4, err
     assert all(line.startswith(f"ruadapt recipe env: error: {bad / 'recipe.yaml'}: ") for line in err)
-    assert ["unknown key 'hardwar'" in err[0], "missing required key 'hardware'" in err[1],
-            "unknown key 'NUM_GPU' in defaults" in err[2], "defaults.MODE 'append' is not one of extend, replace" in err[3]
-            ] == [True] * 4, err
+    assert [
+        "unknown key 'hardwar'" in err[0],
+        "missing required key 'hardware'" in err[1],
+        "unknown key 'NUM_GPU' in defaults" in err[2],
+        "defaults.MODE 'append' is not one of extend, replace" in err[3],
+    ] == [True] * 4, err
 
 
 def test_wheel_carries_the_recipes_and_the_installed_package_finds_them(tmp_path):
@@ -218,14 +312,33 @@ def test_wheel_carries_the_recipes_and_the_installed_package_finds_them(tmp_path
     for f in ("pyproject.toml", "README.md"):
         shutil.copy(ROOT / f, src / f)
     shutil.copytree(ROOT / "ruadapt", src / "ruadapt", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    r = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w",
-                        str(tmp_path / "dist"), str(src)], capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            str(tmp_path / "dist"),
+            str(src),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     (wheel,) = (tmp_path / "dist").glob("ruadapt-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
-    shipped = {str(p.relative_to(ROOT)) for p in PACKAGE_RECIPES.rglob("*") if p.is_file() and "__pycache__" not in p.parts}
+    shipped = {
+        str(p.relative_to(ROOT)) for p in PACKAGE_RECIPES.rglob("*") if p.is_file() and "__pycache__" not in p.parts
+    }
     assert shipped and shipped <= set(names), sorted(shipped - set(names))
-    assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc") or n.startswith(("runs/", "recipes/", "tests/"))]
+    assert not [
+        n for n in names if "__pycache__" in n or n.endswith(".pyc") or n.startswith(("runs/", "recipes/", "tests/"))
+    ]
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)
     env = dict(os.environ, PYTHONPATH=str(site))
@@ -233,15 +346,25 @@ def test_wheel_carries_the_recipes_and_the_installed_package_finds_them(tmp_path
     run.mkdir()
 
     def ruadapt(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "ruadapt", *args], cwd=run, env=env, capture_output=True, text=True, timeout=120)
+        return subprocess.run(
+            [sys.executable, "-m", "ruadapt", *args], cwd=run, env=env, capture_output=True, text=True, timeout=120
+        )
 
-    where = subprocess.run([sys.executable, "-c", "import ruadapt.recipe as r; print(r.recipes_dir())"], cwd=run, env=env,
-                           capture_output=True, text=True)
+    where = subprocess.run(
+        [sys.executable, "-c", "import ruadapt.recipe as r; print(r.recipes_dir())"],
+        cwd=run,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert where.stdout.strip() == str(site / "ruadapt" / "recipes"), where.stderr
     ls = ruadapt("recipe", "ls")
-    assert ls.returncode == 0 and {line.split()[0] for line in ls.stdout.splitlines()[1:] if line and not line.startswith("copy")} \
-        == set(recipe_names())
+    assert ls.returncode == 0 and {
+        line.split()[0] for line in ls.stdout.splitlines()[1:] if line and not line.startswith("copy")
+    } == set(recipe_names())
     c = ruadapt("recipe", "cp", "qwen2.5-7b", "copy", "--set", "CORPUS=/data/ru.txt")
     assert c.returncode == 0, c.stderr
-    assert (run / "copy" / "deepspeed" / "zero2.json").read_bytes() == (PACKAGE_RECIPES / "deepspeed" / "zero2.json").read_bytes()
+    assert (run / "copy" / "deepspeed" / "zero2.json").read_bytes() == (
+        PACKAGE_RECIPES / "deepspeed" / "zero2.json"
+    ).read_bytes()
     assert f"out: {run / 'copy'}/cpt1" in (run / "copy" / "cpt-embeddings.yaml").read_text()

@@ -9,9 +9,9 @@ import re
 from pathlib import Path
 
 import pytest
+from stage_outputs import OUTPUTS, hash_outputs, run_stages
 
 from ruadapt.cli import main
-from stage_outputs import OUTPUTS, hash_outputs, run_stages
 
 GOLDEN = Path(__file__).with_name("stage_outputs.json")
 # a few of the outputs tests/stage_outputs.py makes, enough to cover swap, lep and trim, small enough for the suite
@@ -63,14 +63,20 @@ def test_dry_run_writes_nothing_and_prints_the_real_runs_rows(staged, capsys):
     rec = json.loads((outs["swap_untied"] / "ruadapt_swap.json").read_text())["result"]
     assert rows == rec["rows"] and kinds == rec["rows_by_kind"]
 
-    rows, kinds = _dry_run(capsys, ["lep", "--base", untied, "--instruct", root / "qwen-instruct", "--adapted",
-                                    outs["swap_untied"]], root / "dry-lep")
+    rows, kinds = _dry_run(
+        capsys,
+        ["lep", "--base", untied, "--instruct", root / "qwen-instruct", "--adapted", outs["swap_untied"]],
+        root / "dry-lep",
+    )
     rec = json.loads((outs["lep_conversion"] / "ruadapt_lep.json").read_text())["result"]
-    assert rows == rec["rows"] and kinds == {"projected": rec["rows"] - len(rec["instruct_rows_kept"]),
-                                             "instruct": len(rec["instruct_rows_kept"])}
+    assert rows == rec["rows"] and kinds == {
+        "projected": rec["rows"] - len(rec["instruct_rows_kept"]),
+        "instruct": len(rec["instruct_rows_kept"]),
+    }
 
-    rows, kinds = _dry_run(capsys, ["trim", "--model", root / "llama-untied", "--corpus", root / "ru.txt"],
-                           root / "dry-trim")
+    rows, kinds = _dry_run(
+        capsys, ["trim", "--model", root / "llama-untied", "--corpus", root / "ru.txt"], root / "dry-trim"
+    )
     rec = json.loads((outs["trim_llama_untied"] / "ruadapt_trim.json").read_text())["result"]
     assert rows == rec["model"]["rows_after"] and kinds["copy"] == rec["vocabulary"]["after"]
     assert kinds["copy"] + kinds.get("pad", 0) == rows

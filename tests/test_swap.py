@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from reference import piece_bytes, reference_pieces
 from safetensors import safe_open
 from safetensors.torch import save_file
-
-from ruadapt.io.record import check_record
-from ruadapt.cli import main
-from reference import piece_bytes, reference_pieces
 from tiny import ARCHS, ROOT, SHARED_DATA, SHARED_TOKENIZERS, dir_hash, make_tiny_model, tensor_hashes
+
+from ruadapt.cli import main
+from ruadapt.io.record import check_record
 
 EMBED, HEAD = "model.embed_tokens.weight", "lm_head.weight"
 
@@ -81,13 +81,17 @@ def test_swap_extension(tmp_path, extensions, model_type, tied):
     n_base = len(spec["model"]["vocab"]) + sum(a["content"] not in spec["model"]["vocab"] for a in spec["added_tokens"])
     n_new = n_base + 300
     cfg = json.loads((out / "config.json").read_text())
-    assert cfg["vocab_size"] >= n_new and cfg["vocab_size"] % (128 if rows == 151936 else 64 if rows == 262208 else 1) == 0
+    assert (
+        cfg["vocab_size"] >= n_new and cfg["vocab_size"] % (128 if rows == 151936 else 64 if rows == 262208 else 1) == 0
+    )
     assert cfg.get("tie_word_embeddings", tied) == tied
 
     # every tensor outside the vocabulary matrices is bit-identical
     h0, h1 = tensor_hashes(base), tensor_hashes(out)
     vocab_names = {EMBED, HEAD}
-    assert {k: v for k, v in h0.items() if k not in vocab_names} == {k: v for k, v in h1.items() if k not in vocab_names}
+    assert {k: v for k, v in h0.items() if k not in vocab_names} == {
+        k: v for k, v in h1.items() if k not in vocab_names
+    }
     assert (HEAD in h1) == (not tied)
 
     pairs = [(EMBED, EMBED)] + ([] if tied else [(HEAD, HEAD)])
@@ -110,7 +114,9 @@ def test_swap_extension(tmp_path, extensions, model_type, tied):
     assert len(tok) == n_new
     m0 = AutoModelForCausalLM.from_pretrained(base).eval()
     m1 = AutoModelForCausalLM.from_pretrained(out).eval()
-    ids = AutoTokenizer.from_pretrained(base)("Съешь же ещё этих мягких французских булок", return_tensors="pt").input_ids
+    ids = AutoTokenizer.from_pretrained(base)(
+        "Съешь же ещё этих мягких французских булок", return_tensors="pt"
+    ).input_ids
     with torch.no_grad():
         l0, l1 = m0(ids).logits, m1(ids).logits
     assert torch.allclose(l1[..., :n_base], l0[..., :n_base], atol=1e-5, rtol=0)
@@ -126,8 +132,12 @@ def rule_reference(rule: str, old: torch.Tensor, src: list[int], n_base: int) ->
     """A new row by ``rule`` from its definition (docs/init.md), float64, on the whole old matrix."""
     x = old.double()
     o_bar = x[:n_base].mean(0)
-    w = {"mean": [1.0] * len(src), "weighted": [2.0**-k for k in range(len(src))],
-         "first": [1.0] + [0.0] * (len(src) - 1), "last": [0.0] * (len(src) - 1) + [1.0]}
+    w = {
+        "mean": [1.0] * len(src),
+        "weighted": [2.0**-k for k in range(len(src))],
+        "first": [1.0] + [0.0] * (len(src) - 1),
+        "last": [0.0] * (len(src) - 1) + [1.0],
+    }
     base = rule[: -len("-all")] if rule.endswith("-all") else "mean" if rule in ("all", "mean-norm") else rule
     ww = torch.tensor(w[base], dtype=torch.float64) / sum(w[base])
     row = (x[src] * ww[:, None]).sum(0)
@@ -138,11 +148,14 @@ def rule_reference(rule: str, old: torch.Tensor, src: list[int], n_base: int) ->
     return 0.5 * row + 0.5 * o_bar if rule.endswith("-all") else row
 
 
-@pytest.mark.parametrize("tied,flags", [
-    (False, ["--init-input", "last", "--init-output", "mean-all"]),
-    (False, ["--init-input", "mean-norm", "--init-output", "first-all"]),
-    (True, ["--init", "mean-all"]),
-])
+@pytest.mark.parametrize(
+    "tied,flags",
+    [
+        (False, ["--init-input", "last", "--init-output", "mean-all"]),
+        (False, ["--init-input", "mean-norm", "--init-output", "first-all"]),
+        (True, ["--init", "mean-all"]),
+    ],
+)
 def test_swap_init_rules_stream_the_reference_rows(tmp_path, extensions, tied, flags):
     """Each matrix's new rows follow its own rule (streamed from the checkpoint), equal to the rule computed from
     its definition with an independent BPE for the pieces; the record says which rule built which matrix."""
@@ -153,15 +166,20 @@ def test_swap_init_rules_stream_the_reference_rows(tmp_path, extensions, tied, f
     out = tmp_path / "out"
     assert main(["-q", "swap", "--model", str(base), "--tokenizer", str(ext), "--out", str(out), *flags]) == 0
     opt = dict(zip(flags[::2], flags[1::2]))
-    rules = ({"tied": opt["--init"]} if tied else
-             {"input": opt.get("--init-input", opt.get("--init", DEFAULT_INPUT)),
-              "output": opt.get("--init-output", opt.get("--init", DEFAULT_OUTPUT))})
+    rules = (
+        {"tied": opt["--init"]}
+        if tied
+        else {
+            "input": opt.get("--init-input", opt.get("--init", DEFAULT_INPUT)),
+            "output": opt.get("--init-output", opt.get("--init", DEFAULT_OUTPUT)),
+        }
+    )
     rec = json.loads((out / "ruadapt_swap.json").read_text())
     assert rec["result"]["init"] == rules
     spec = tokenizer_spec(SHARED_TOKENIZERS / "qwen2.5" / "tokenizer.json")
     inv_vocab = {i: p for p, i in tokenizer_spec(ext / "tokenizer.json")["model"]["vocab"].items()}
     n_base, n_new = rec["result"]["new_token_ids"]
-    for name, rule in ([(EMBED, rules["tied"])] if tied else [(EMBED, rules["input"]), (HEAD, rules["output"])]):
+    for name, rule in [(EMBED, rules["tied"])] if tied else [(EMBED, rules["input"]), (HEAD, rules["output"])]:
         old, new = load_tensor(base, name), load_tensor(out, name)
         assert torch.equal(new[:n_base], old[:n_base])
         for i in range(n_base, n_new):
@@ -172,8 +190,21 @@ def test_swap_init_rules_stream_the_reference_rows(tmp_path, extensions, tied, f
 
 def test_swap_init_output_refused_for_a_tied_model(tmp_path):
     base = make_tiny_model(tmp_path / "base", "llama", tied=True, max_shard_size="200KB")
-    r = _run_cli(["swap", "--model", str(base), "--tokenizer", str(base), "--out", str(tmp_path / "o"),
-                  "--allow", "same-tokenizer", "--init-output", "all"])
+    r = _run_cli(
+        [
+            "swap",
+            "--model",
+            str(base),
+            "--tokenizer",
+            str(base),
+            "--out",
+            str(tmp_path / "o"),
+            "--allow",
+            "same-tokenizer",
+            "--init-output",
+            "all",
+        ]
+    )
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert "ties its input embedding and lm_head" in r.stderr and not (tmp_path / "o").exists()
 
@@ -216,7 +247,12 @@ def test_swap_replace_tokenizer_remaps_special_ids(tmp_path):
     # sized to the new vocabulary (3,000 tokens, padded by the base's multiple 128), not to the base's 151,936 rows
     rec = json.loads((out / "ruadapt_swap.json").read_text())["result"]
     assert rec["vocabulary"] == "replacement" and rec["padding_multiple"] == 128
-    assert load_tensor(out, EMBED).shape[0] == rec["rows"] == 3072 == json.loads((out / "config.json").read_text())["vocab_size"]
+    assert (
+        load_tensor(out, EMBED).shape[0]
+        == rec["rows"]
+        == 3072
+        == json.loads((out / "config.json").read_text())["vocab_size"]
+    )
 
 
 # ------------------------------------------------------------------------------------------- bad input
@@ -250,9 +286,23 @@ def test_likely_mistakes(tmp_path, tiny):
     coincide), is refused before any work with the flag that overrides it; with the flag it runs and warns."""
     msg = _expect_error(tmp_path, tiny, tiny, tmp_path / "o_same", "--allow same-tokenizer", allow=())
     assert "exactly the vocabulary" in msg
-    msg = _expect_error(tmp_path, tiny, SHARED_TOKENIZERS / "qwen2.5", tmp_path / "o_foreign", "--allow foreign-tokenizer", allow=())
+    msg = _expect_error(
+        tmp_path, tiny, SHARED_TOKENIZERS / "qwen2.5", tmp_path / "o_foreign", "--allow foreign-tokenizer", allow=()
+    )
     assert "normalizer" in msg and "pre_tokenizer" in msg and "ruadapt tokenizer train --base" in msg
-    r = _run_cli(["swap", "--model", str(tiny), "--tokenizer", str(tiny), "--out", str(tmp_path / "o_ok"), "--allow", "same-tokenizer"])
+    r = _run_cli(
+        [
+            "swap",
+            "--model",
+            str(tiny),
+            "--tokenizer",
+            str(tiny),
+            "--out",
+            str(tmp_path / "o_ok"),
+            "--allow",
+            "same-tokenizer",
+        ]
+    )
     assert r.returncode == 0 and "going on: --allow same-tokenizer" in r.stderr, r.stderr
     n = json.loads((tmp_path / "o_ok" / "ruadapt_swap.json").read_text())["result"]["tokens"]
     assert torch.equal(load_tensor(tmp_path / "o_ok", EMBED)[:n], load_tensor(tiny, EMBED)[:n])  # every row copied
@@ -323,6 +373,22 @@ def test_sigkill_while_writing_leaves_nothing_and_rerun_succeeds(tmp_path, tiny)
     assert r.returncode == -9
     assert not out.exists()
     assert any(".ruadapt-tmp-" in p.name for p in tmp_path.iterdir())  # the killed run's partial output
-    assert main(["-q", "swap", "--model", str(tiny), "--tokenizer", str(tiny), "--out", str(out), "--allow", "same-tokenizer"]) == 0
+    assert (
+        main(
+            [
+                "-q",
+                "swap",
+                "--model",
+                str(tiny),
+                "--tokenizer",
+                str(tiny),
+                "--out",
+                str(out),
+                "--allow",
+                "same-tokenizer",
+            ]
+        )
+        == 0
+    )
     assert not any(".ruadapt-tmp-" in p.name for p in tmp_path.iterdir())
     assert tensor_hashes(out) == tensor_hashes(tiny)  # identity swap: same tokenizer, same rows

@@ -12,12 +12,13 @@ import sys
 from types import ModuleType
 
 import pytest
-
 from tiny import DATA_VAR, FIXTURES, ROOT
 
 # a few tests of both kinds, picked by name; the whole tests/ folder is collected all the same
-PICK = ("test_block_and_command_extraction or test_every_readme_command_parses or test_segment_matches_naive_bpe"
-        " or test_every_format_gives_the_same_documents")
+PICK = (
+    "test_block_and_command_extraction or test_every_readme_command_parses or test_segment_matches_naive_bpe"
+    " or test_every_format_gives_the_same_documents"
+)
 
 
 @pytest.mark.slow  # ≈ 40 s: a second pytest collects the whole suite
@@ -26,9 +27,29 @@ def test_without_the_data_collection_works_and_the_data_tests_skip_saying_where_
     empty.mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}  # not this run's xdist worker
     env[DATA_VAR] = str(empty)
-    p = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "-p", "no:xdist",
-                        "-m", "not slow", "-k", PICK, "tests"], cwd=ROOT, env=env, capture_output=True, text=True,
-                       timeout=600)
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-rs",
+            "-p",
+            "no:cacheprovider",
+            "-p",
+            "no:xdist",
+            "-m",
+            "not slow",
+            "-k",
+            PICK,
+            "tests",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     out = p.stdout + p.stderr
     assert p.returncode == 0, out[-4000:]
     counts = dict((k, int(n)) for n, k in re.findall(r"(\d+) (passed|skipped|failed|errors?)\b", out.splitlines()[-1]))

@@ -33,9 +33,29 @@ def texts(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def extended(tmp_path_factory) -> Path:
     corpus = tmp_path_factory.mktemp("c") / "ru.txt"
-    corpus.write_text("\n".join((SHARED_DATA / "ru_train.txt").read_text(encoding="utf-8").splitlines()[::60]) + "\n", encoding="utf-8")
+    corpus.write_text(
+        "\n".join((SHARED_DATA / "ru_train.txt").read_text(encoding="utf-8").splitlines()[::60]) + "\n",
+        encoding="utf-8",
+    )
     out = tmp_path_factory.mktemp("ext") / "tok"
-    assert main(["-q", "tokenizer", "train", "--base", str(QWEN), "--corpus", str(corpus), "--new-tokens", "800", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "-q",
+                "tokenizer",
+                "train",
+                "--base",
+                str(QWEN),
+                "--corpus",
+                str(corpus),
+                "--new-tokens",
+                "800",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     return out
 
 
@@ -65,7 +85,7 @@ def independent_count(tok_dir: Path, path: Path) -> tuple[int, int, int, int, Co
 
 
 def test_chars_per_token_equals_independent_count(texts):
-    for lang, path in texts.items():
+    for _lang, path in texts.items():
         chars, n_bytes, words, tokens, _ = independent_count(QWEN, path)
         got = chars_per_token(QWEN, path)
         assert (got["chars"], got["bytes"], got["words"], got["tokens"]) == (chars, n_bytes, words, tokens)
@@ -75,8 +95,25 @@ def test_chars_per_token_equals_independent_count(texts):
 
 def test_report_cli(texts, extended, tmp_path, capsys):
     out = tmp_path / "report"
-    rc = main(["-q", "tokenizer", "report", "--tokenizer", f"base={QWEN}", "--tokenizer", f"ru={extended}",
-               "--text", f"ru_eval={texts['ru']}", "--text", f"en_eval={texts['en']}", "--top-unused", "5", "--out", str(out)])
+    rc = main(
+        [
+            "-q",
+            "tokenizer",
+            "report",
+            "--tokenizer",
+            f"base={QWEN}",
+            "--tokenizer",
+            f"ru={extended}",
+            "--text",
+            f"ru_eval={texts['ru']}",
+            "--text",
+            f"en_eval={texts['en']}",
+            "--top-unused",
+            "5",
+            "--out",
+            str(out),
+        ]
+    )
     assert rc == 0
     report = json.loads((out / "report.json").read_text())
     assert list(report) == ["base", "ru"] and all(list(v) == ["ru_eval", "en_eval"] for v in report.values())

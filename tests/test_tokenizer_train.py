@@ -14,17 +14,17 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from ruadapt.io.record import check_record
 from tiny import SHARED_DATA, SHARED_TOKENIZERS
-from tokenizers import Tokenizer
 from transformers import AutoTokenizer
 
 from ruadapt.cli import main
-from ruadapt.vocab.checktext import CHECK_TEXT
+from ruadapt.io.record import check_record
 from ruadapt.io.tokdir import chat_template
 from ruadapt.tokenizer.bpe import learn_merges, merge_word
-from ruadapt.vocab.measure import encode_lines
 from ruadapt.tokenizer.words import WordSplitter, split_sentencepiece_words
+from ruadapt.vocab.checktext import CHECK_TEXT
+from ruadapt.vocab.measure import encode_lines
+from tokenizers import Tokenizer
 
 FAMILIES = ["qwen2.5", "llama-3", "mistral-nemo", "gemma-3"]
 N_NEW = 2000
@@ -74,8 +74,23 @@ def extended(tmp_path_factory, corpus):
     def get(family: str) -> Path:
         if family not in _built:
             out = tmp_path_factory.mktemp(f"ext-{family}") / "tok"
-            rc = main(["-q", "tokenizer", "train", "--base", str(SHARED_TOKENIZERS / family), "--corpus", str(corpus),
-                       "--mode", "extend", "--new-tokens", str(N_NEW), "--out", str(out)])
+            rc = main(
+                [
+                    "-q",
+                    "tokenizer",
+                    "train",
+                    "--base",
+                    str(SHARED_TOKENIZERS / family),
+                    "--corpus",
+                    str(corpus),
+                    "--mode",
+                    "extend",
+                    "--new-tokens",
+                    str(N_NEW),
+                    "--out",
+                    str(out),
+                ]
+            )
             assert rc == 0
             _built[family] = out
         return _built[family]
@@ -149,7 +164,10 @@ def test_extend_keeps_base_and_compresses_russian(family, extended, eval_lines):
     guard = record["result"]["llama_cpp_check_text"]
     assert guard["pairs_forbidden"] > 0 and guard["segmentation_kept"] is True
     assert new.encode(CHECK_TEXT).ids == base.encode(CHECK_TEXT).ids
-    assert record["result"]["corpora"][0]["sha256"] == hashlib.sha256(Path(record["result"]["corpora"][0]["path"]).read_bytes()).hexdigest()
+    assert (
+        record["result"]["corpora"][0]["sha256"]
+        == hashlib.sha256(Path(record["result"]["corpora"][0]["path"]).read_bytes()).hexdigest()
+    )
 
 
 @pytest.mark.parametrize("family", sorted(VECTORS))
@@ -159,7 +177,9 @@ def test_untouched_words_match_llama_cpp_vectors(family, extended):
     n_base = max(base_tok(family).get_vocab(with_added_tokens=True).values()) + 1
     name = VECTORS[family]
     texts = (TESTVECTORS / f"{name}.inp").read_text(encoding="utf-8").split("\n__ggml_vocab_test__\n")[:-1]
-    expected = [[int(x) for x in line.split()] for line in (TESTVECTORS / f"{name}.out").read_text(encoding="utf-8").split("\n")]
+    expected = [
+        [int(x) for x in line.split()] for line in (TESTVECTORS / f"{name}.out").read_text(encoding="utf-8").split("\n")
+    ]
     assert len(texts) > 30
     untouched = 0
     for text, want in zip(texts, expected):
@@ -175,8 +195,24 @@ def test_untouched_words_match_llama_cpp_vectors(family, extended):
 def test_extend_is_deterministic(extended, corpus, tmp_path):
     first = extended("qwen2.5")
     again = tmp_path / "again"
-    assert main(["-q", "tokenizer", "train", "--base", str(SHARED_TOKENIZERS / "qwen2.5"), "--corpus", str(corpus),
-                 "--new-tokens", str(N_NEW), "--out", str(again)]) == 0
+    assert (
+        main(
+            [
+                "-q",
+                "tokenizer",
+                "train",
+                "--base",
+                str(SHARED_TOKENIZERS / "qwen2.5"),
+                "--corpus",
+                str(corpus),
+                "--new-tokens",
+                str(N_NEW),
+                "--out",
+                str(again),
+            ]
+        )
+        == 0
+    )
     assert (again / "tokenizer.json").read_bytes() == (first / "tokenizer.json").read_bytes()
 
 
@@ -224,8 +260,16 @@ def test_forbidden_pairs_and_results_are_never_merged():
     words, counts = [[0, 1, 2], [0, 1], [1, 2]], [10, 5, 3]
     free = learn_merges([list(w) for w in words], counts, pieces, first_id=3, n_new=2, progress=False)
     assert free.merges == [("a", "b"), ("ab", "c")]
-    got = learn_merges([list(w) for w in words], counts, pieces, first_id=3, n_new=2, forbidden_pairs={(0, 1)},
-                       forbidden_results={"abc"}, progress=False)
+    got = learn_merges(
+        [list(w) for w in words],
+        counts,
+        pieces,
+        first_id=3,
+        n_new=2,
+        forbidden_pairs={(0, 1)},
+        forbidden_results={"abc"},
+        progress=False,
+    )
     assert got.merges == [("b", "c")] and got.skipped_forbidden == 2
     assert got.words == [[0, 3], [0, 1], [3]] and got.stopped
 
@@ -249,17 +293,39 @@ def test_sentencepiece_word_split():
 @pytest.mark.parametrize("family,vocab", [("llama-3", 3000), ("gemma-3", 9000)])
 def test_replace_remaps_special_tokens(family, vocab, corpus, tmp_path, eval_lines):
     out = tmp_path / "rep"
-    assert main(["-q", "tokenizer", "train", "--base", str(SHARED_TOKENIZERS / family), "--corpus", str(corpus),
-                 "--mode", "replace", "--vocab-size", str(vocab), "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "-q",
+                "tokenizer",
+                "train",
+                "--base",
+                str(SHARED_TOKENIZERS / family),
+                "--corpus",
+                str(corpus),
+                "--mode",
+                "replace",
+                "--vocab-size",
+                str(vocab),
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     base = base_tok(family)
     new = Tokenizer.from_file(str(out / "tokenizer.json"))
-    assert len(new.get_vocab(with_added_tokens=True)) == max(new.get_vocab(with_added_tokens=True).values()) + 1 <= vocab
+    assert (
+        len(new.get_vocab(with_added_tokens=True)) == max(new.get_vocab(with_added_tokens=True).values()) + 1 <= vocab
+    )
     id_map = json.loads((out / "token_id_map.json").read_text())["added_tokens"]
     base_added = {t.content: i for i, t in base.get_added_tokens_decoder().items()}
     assert {c: v[0] for c, v in id_map.items()} == base_added
     assert {c: v[1] for c, v in id_map.items()} == {t.content: i for i, t in new.get_added_tokens_decoder().items()}
     cfg = json.loads((out / "tokenizer_config.json").read_text())
-    assert {v["content"]: int(i) for i, v in cfg["added_tokens_decoder"].items()} == {c: v[1] for c, v in id_map.items()}
+    assert {v["content"]: int(i) for i, v in cfg["added_tokens_decoder"].items()} == {
+        c: v[1] for c, v in id_map.items()
+    }
     for lang in ("ru", "en"):
         lines = eval_lines[lang][:400]
         assert [new.decode(x) for x in encode_lines(new, lines)] == lines
@@ -285,7 +351,15 @@ def run_cli(argv: list[str], capsys) -> tuple[int, str]:
 
 @pytest.mark.parametrize(
     "case",
-    ["missing corpus", "empty corpus", "non-utf8 corpus", "no tokenizer.json", "zero new tokens", "non-empty out", "vocab below alphabet"],
+    [
+        "missing corpus",
+        "empty corpus",
+        "non-utf8 corpus",
+        "no tokenizer.json",
+        "zero new tokens",
+        "non-empty out",
+        "vocab below alphabet",
+    ],
 )
 def test_bad_input_one_line_error_nothing_written(case, tmp_path, capsys):
     corpus = tmp_path / "c.txt"
@@ -311,7 +385,9 @@ def test_bad_input_one_line_error_nothing_written(case, tmp_path, capsys):
     if case == "vocab below alphabet":  # 22 added tokens + 256 byte symbols > 270
         size = ["--mode", "replace", "--vocab-size", "270"]
     before = sorted(p.name for p in tmp_path.iterdir())
-    rc, err = run_cli(["-q", "tokenizer", "train", "--base", str(base), "--corpus", str(corpus), *size, "--out", str(out)], capsys)
+    rc, err = run_cli(
+        ["-q", "tokenizer", "train", "--base", str(base), "--corpus", str(corpus), *size, "--out", str(out)], capsys
+    )
     assert rc == 2
     assert err.count("\n") == 1 and err.startswith("ruadapt tokenizer train: error: ")
     assert "Traceback" not in err
@@ -327,7 +403,9 @@ def test_jsonl_read_as_text_is_refused_and_jsonl_reads_the_text_field(tmp_path, 
     overrides it. The same lines named .jsonl train on the "text" field: no merge holds JSON syntax."""
     import json as _json
 
-    docs = [line for line in (SHARED_DATA / "ru_train.txt").read_text(encoding="utf-8").splitlines()[:400] if line.strip()]
+    docs = [
+        line for line in (SHARED_DATA / "ru_train.txt").read_text(encoding="utf-8").splitlines()[:400] if line.strip()
+    ]
     rows = "".join(_json.dumps({"text": d, "id": k}, ensure_ascii=False) + "\n" for k, d in enumerate(docs))
     as_txt, as_jsonl = tmp_path / "docs.txt", tmp_path / "docs.jsonl"
     as_txt.write_text(rows, encoding="utf-8")

@@ -14,14 +14,21 @@ from typing import get_args
 
 import pytest
 import yaml
-
 from tiny import SHARED_DATA, make_tiny_model
 
 from ruadapt.cli import main
 from ruadapt.errors import RuadaptError
 from ruadapt.recipe import read_spec
-from ruadapt.train.config import (deepspeed_for_world, fill_deepspeed_config, load_config, load_configs,
-                                  load_deepspeed_json, read_launch, validate_deepspeed_config, write_launch)
+from ruadapt.train.config import (
+    deepspeed_for_world,
+    fill_deepspeed_config,
+    load_config,
+    load_configs,
+    load_deepspeed_json,
+    read_launch,
+    validate_deepspeed_config,
+    write_launch,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "recipes"
@@ -33,7 +40,15 @@ BIN = Path(sys.executable).parent  # the venv whose `ruadapt` the recipes call
 
 def test_recipe_set_is_complete():
     names = {p.stem for p in MODEL_RECIPES}
-    assert {"qwen2.5-3b", "qwen2.5-7b", "qwen2.5-32b", "qwen2.5-72b", "llama-3-8b", "mistral-nemo-12b", "gemma-3-12b"} <= names
+    assert {
+        "qwen2.5-3b",
+        "qwen2.5-7b",
+        "qwen2.5-32b",
+        "qwen2.5-72b",
+        "llama-3-8b",
+        "mistral-nemo-12b",
+        "gemma-3-12b",
+    } <= names
     for n in names | {"cpu-tiny"}:
         assert {p.name for p in (RECIPES / n).glob("*.yaml")} >= {"cpt-embeddings.yaml", "cpt-lora.yaml", "sft.yaml"}, n
     assert {p.name for p in DS_JSONS} == {"zero1.json", "zero2.json", "zero3.json"}
@@ -41,8 +56,15 @@ def test_recipe_set_is_complete():
 
 @pytest.mark.parametrize("yml", YAMLS, ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_every_recipe_yaml_validates_with_deepspeed(yml, monkeypatch):
-    for var, value in {"RUN": "/runs/x", "CORPUS": "/data/ru.txt", "SFT_DATA": "/data/chat.jsonl", "CPT_STEPS": "10",
-                       "CPT2_STEPS": "5", "SFT_STEPS": "3", "DS_CONFIGS": str(RECIPES / "deepspeed")}.items():
+    for var, value in {
+        "RUN": "/runs/x",
+        "CORPUS": "/data/ru.txt",
+        "SFT_DATA": "/data/chat.jsonl",
+        "CPT_STEPS": "10",
+        "CPT2_STEPS": "5",
+        "SFT_STEPS": "3",
+        "DS_CONFIGS": str(RECIPES / "deepspeed"),
+    }.items():
         monkeypatch.setenv(var, value)
     for var in set(re.findall(r"\$\{(\w+)\}", yml.read_text())) - set(os.environ):
         monkeypatch.setenv(var, "1")  # other recipes' variables (counts or paths; files are not checked here)
@@ -71,7 +93,9 @@ def test_deepspeed_jsons_validate(path):
     ds = dict(raw)
     for k in ("train_micro_batch_size_per_gpu", "gradient_accumulation_steps", "gradient_clipping"):
         assert ds[k] == "auto"
-    ds.update(train_micro_batch_size_per_gpu=2, gradient_accumulation_steps=3, gradient_clipping=1.0, train_batch_size=6)
+    ds.update(
+        train_micro_batch_size_per_gpu=2, gradient_accumulation_steps=3, gradient_clipping=1.0, train_batch_size=6
+    )
     ds["bf16"] = {"enabled": False}
     c = DeepSpeedConfig(ds)
     assert c.zero_optimization_stage == int(path.stem[-1]) and c.train_batch_size == 6
@@ -90,7 +114,14 @@ def test_recipe_bash_syntax_and_dry_run(recipe, tmp_path):
     assert r.returncode == 0, r.stderr
     lines = [l for l in r.stdout.splitlines() if l.startswith("+ ")]
     cmds = [" ".join(l.split()[1:3]) for l in lines]
-    assert cmds == ["ruadapt tokenizer", "ruadapt swap", "ruadapt train", "ruadapt lep", "ruadapt train", "ruadapt eval"], r.stdout
+    assert cmds == [
+        "ruadapt tokenizer",
+        "ruadapt swap",
+        "ruadapt train",
+        "ruadapt lep",
+        "ruadapt train",
+        "ruadapt eval",
+    ], r.stdout
     assert "cpt-embeddings.yaml" in lines[2] and "cpt-lora.yaml" in lines[2] and "sft.yaml" in lines[4]
     assert ("--hostfile" in lines[2]) == ("72b" in recipe.stem)
     assert not (tmp_path / "run").exists()  # a dry run writes nothing
@@ -107,8 +138,16 @@ def good(tmp_path_factory):
     model = make_tiny_model(tmp / "m", "qwen2")
     text = tmp / "ru.txt"
     text.write_text("".join((SHARED_DATA / "ru_train.txt").open(encoding="utf-8").readlines()[:20]), encoding="utf-8")
-    base = {"task": "cpt", "model": str(model), "out": str(tmp / "out"), "deepspeed": str(RECIPES / "deepspeed" / "zero2.json"),
-            "stage": "embeddings", "block_size": 64, "data": {"train": [str(text)]}, "train": {"max_steps": 2}}
+    base = {
+        "task": "cpt",
+        "model": str(model),
+        "out": str(tmp / "out"),
+        "deepspeed": str(RECIPES / "deepspeed" / "zero2.json"),
+        "stage": "embeddings",
+        "block_size": 64,
+        "data": {"train": [str(text)]},
+        "train": {"max_steps": 2},
+    }
     return tmp, base
 
 
@@ -125,15 +164,34 @@ def _bert_model(tmp: Path) -> Path:
     return d
 
 
-@pytest.mark.parametrize("case,edit,expect", [
-    ("unknown key", lambda b, t: {**b, "trian": {}}, "unknown key 'trian'"),
-    ("unknown nested key", lambda b, t: {**b, "train": {"lr_rate": 1}}, "unknown key 'lr_rate' in train"),
-    ("missing data file", lambda b, t: {**b, "data": {"train": [str(t / "nope.txt")]}}, "nope.txt: data.train file not found"),
-    ("block_size", lambda b, t: {**b, "block_size": 4096}, "block_size 4096 is above the model's max_position_embeddings 256"),
-    ("embeddings not found", lambda b, t: {**b, "model": str(_bert_model(t))}, "model_type 'bert' is not supported"),
-    ("bad stage", lambda b, t: {**b, "stage": "adapter"}, "stage 'adapter' is not one of"),
-    ("missing key", lambda b, t: {k: v for k, v in b.items() if k != "deepspeed"}, "missing required key 'deepspeed'"),
-])
+@pytest.mark.parametrize(
+    "case,edit,expect",
+    [
+        ("unknown key", lambda b, t: {**b, "trian": {}}, "unknown key 'trian'"),
+        ("unknown nested key", lambda b, t: {**b, "train": {"lr_rate": 1}}, "unknown key 'lr_rate' in train"),
+        (
+            "missing data file",
+            lambda b, t: {**b, "data": {"train": [str(t / "nope.txt")]}},
+            "nope.txt: data.train file not found",
+        ),
+        (
+            "block_size",
+            lambda b, t: {**b, "block_size": 4096},
+            "block_size 4096 is above the model's max_position_embeddings 256",
+        ),
+        (
+            "embeddings not found",
+            lambda b, t: {**b, "model": str(_bert_model(t))},
+            "model_type 'bert' is not supported",
+        ),
+        ("bad stage", lambda b, t: {**b, "stage": "adapter"}, "stage 'adapter' is not one of"),
+        (
+            "missing key",
+            lambda b, t: {k: v for k, v in b.items() if k != "deepspeed"},
+            "missing required key 'deepspeed'",
+        ),
+    ],
+)
 def test_bad_config_is_one_line_error_before_any_process(good, case, edit, expect, capsys):
     tmp, base = good
     path = write(tmp, f"bad-{case.replace(' ', '_')}.yaml", edit(base, tmp))
@@ -143,14 +201,29 @@ def test_bad_config_is_one_line_error_before_any_process(good, case, edit, expec
     assert not (tmp / "out.work").exists() and not (tmp / "out").exists()
 
 
-@pytest.mark.parametrize("case,edit,expect", [
-    ("schema", lambda b, t: {**b, "trian": {}, "stage": "adapter", "train": {"max_steps": "lots"}},
-     ["unknown key 'trian'", "stage 'adapter' is not one of embeddings, lora, full",
-      "train.max_steps: expected an integer, got 'lots'"]),
-    ("values", lambda b, t: {**b, "block_size": 4096, "data": {"train": [str(t / "nope.txt")]}, "train": {"lr": -1}},
-     ["train.lr must be positive", "nope.txt: data.train file not found",
-      "block_size 4096 is above the model's max_position_embeddings 256"]),
-])
+@pytest.mark.parametrize(
+    "case,edit,expect",
+    [
+        (
+            "schema",
+            lambda b, t: {**b, "trian": {}, "stage": "adapter", "train": {"max_steps": "lots"}},
+            [
+                "unknown key 'trian'",
+                "stage 'adapter' is not one of embeddings, lora, full",
+                "train.max_steps: expected an integer, got 'lots'",
+            ],
+        ),
+        (
+            "values",
+            lambda b, t: {**b, "block_size": 4096, "data": {"train": [str(t / "nope.txt")]}, "train": {"lr": -1}},
+            [
+                "train.lr must be positive",
+                "nope.txt: data.train file not found",
+                "block_size 4096 is above the model's max_position_embeddings 256",
+            ],
+        ),
+    ],
+)
 def test_three_mistakes_are_three_lines(good, case, edit, expect, capsys):
     """Every problem of a config at once, one line each naming the file, exit 2, nothing started or written."""
     tmp, base = good
@@ -183,7 +256,9 @@ def test_literal_choices_are_the_schema():
 def test_bad_config_through_the_installed_command(good):
     tmp, base = good
     path = write(tmp, "bad-cli.yaml", {**base, "block_size": 100000})
-    r = subprocess.run([sys.executable, "-m", "ruadapt.cli", "train", "--config", str(path)], capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "ruadapt.cli", "train", "--config", str(path)], capture_output=True, text=True
+    )
     assert r.returncode == 2 and "Traceback" not in r.stderr and "deepspeed" not in r.stdout.lower()
     assert r.stderr.strip().splitlines()[-1].startswith("ruadapt train: error: ")
 
@@ -223,8 +298,11 @@ def test_env_variables_and_overrides(good, monkeypatch):
     cfg = load_config(path, ["train.lr=0.5"])
     assert cfg.out == str(tmp / "out-env") and cfg.train.max_steps == 7 and cfg.train.lr == 0.5
     monkeypatch.delenv("TINY_OUT")
-    with pytest.raises(RuadaptError, match=r"env.yaml: out uses \$\{TINY_OUT\} but the environment variable TINY_OUT is not "
-                       r"set; export TINY_OUT=\.\.\., or give out with --set out=\.\.\."):
+    with pytest.raises(
+        RuadaptError,
+        match=r"env.yaml: out uses \$\{TINY_OUT\} but the environment variable TINY_OUT is not "
+        r"set; export TINY_OUT=\.\.\., or give out with --set out=\.\.\.",
+    ):
         load_config(path)
 
 

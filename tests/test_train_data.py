@@ -13,8 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tokenizers import Tokenizer
-
 from tiny import SHARED_DATA, SHARED_TOKENIZERS, make_tiny_model
 
 from ruadapt.errors import RuadaptError
@@ -23,6 +21,7 @@ from ruadapt.train.data import IGNORE, Items, MixSampler, apportion
 from ruadapt.train.prepare import load_run_data, prepare_run
 from ruadapt.train.sft import ChatSource, load_chat_tokenizer, render_example, write_chats
 from ruadapt.train.tokenfile import TokenFileWriter, open_token_file
+from tokenizers import Tokenizer
 
 QWEN = SHARED_TOKENIZERS / "qwen2.5"
 MESSAGES = [
@@ -77,9 +76,18 @@ def test_chat_items_pad_with_ignored_labels(tmp_path):
 
 def cpt_config(tmp_path: Path, model: Path, train, **data) -> Path:
     cfg_path = tmp_path / "c.yaml"
-    cfg_path.write_text(json.dumps({"task": "cpt", "model": str(model), "out": str(tmp_path / "out"),
-                                    "deepspeed": str(Path(__file__).parents[1] / "recipes/deepspeed/zero2.json"),
-                                    "block_size": 32, "data": {"train": train, "eval_blocks": 0, **data}}))
+    cfg_path.write_text(
+        json.dumps(
+            {
+                "task": "cpt",
+                "model": str(model),
+                "out": str(tmp_path / "out"),
+                "deepspeed": str(Path(__file__).parents[1] / "recipes/deepspeed/zero2.json"),
+                "block_size": 32,
+                "data": {"train": train, "eval_blocks": 0, **data},
+            }
+        )
+    )
     return cfg_path
 
 
@@ -101,7 +109,10 @@ def test_cpt_token_file_is_documents_with_eos_after_each_and_cached(tmp_path):
     stream = reference_stream(model, lines)
     assert tf.tokens.dtype == np.dtype("<u4")  # 151,665 ids do not fit uint16
     assert tf.tokens.tolist() == stream and tf.n_docs == len(lines)
-    assert tf.offsets[1] == len(Tokenizer.from_file(str(model / "tokenizer.json")).encode(lines[0], add_special_tokens=False).ids) + 1
+    assert (
+        tf.offsets[1]
+        == len(Tokenizer.from_file(str(model / "tokenizer.json")).encode(lines[0], add_special_tokens=False).ids) + 1
+    )
     train, ev, weights = load_run_data(cfg)
     n = len(stream) // 32
     assert ev is None and weights == [0.0] and len(train) == n
@@ -110,7 +121,9 @@ def test_cpt_token_file_is_documents_with_eos_after_each_and_cached(tmp_path):
     mtime = (entry / "tokens.bin").stat().st_mtime_ns
     prepare_run(cfg, progress=False)
     assert (entry / "tokens.bin").stat().st_mtime_ns == mtime  # reused
-    text.write_text(text.read_text(encoding="utf-8") + json.dumps({"text": "ещё один документ"}) + "\n", encoding="utf-8")
+    text.write_text(
+        text.read_text(encoding="utf-8") + json.dumps({"text": "ещё один документ"}) + "\n", encoding="utf-8"
+    )
     prepare_run(cfg, progress=False)
     assert len(list(cfg.token_cache.glob("cpt-ru.jsonl-*"))) == 2  # changed data -> new cache entry
 
@@ -205,7 +218,9 @@ def test_mix_sampler_shards_disjointly_and_is_a_function_of_the_step():
 def test_weighted_mix_matches_the_weights_and_upsamples_a_small_source():
     items = Items([(_Fixed(1000, 0), 0, 1000), (_Fixed(7, 10_000), 0, 7)], pad_id=0, names=["big", "small"])
     world, micro, accum = 2, 4, 1
-    samplers = [MixSampler(items, [0.9, 0.1], micro=micro, accum=accum, world=world, rank=r, seed=1) for r in range(world)]
+    samplers = [
+        MixSampler(items, [0.9, 0.1], micro=micro, accum=accum, world=world, rank=r, seed=1) for r in range(world)
+    ]
     counts = np.zeros(2)
     small_seen = []
     for step in range(125):
@@ -253,7 +268,7 @@ def test_index_permutation_is_a_seeded_bijection(n):
         assert sum(a == b for a, b in zip(order, other)) < n // 8
         assert sum(a == j for j, a in enumerate(order)) < n // 8  # shuffled, not near the identity
         # a uniform shuffle puts item j in the first half about half of the time
-        assert abs(sum(a < n // 2 for a in order[: n // 2]) - n // 4) < 4 * (n ** 0.5)
+        assert abs(sum(a < n // 2 for a in order[: n // 2]) - n // 4) < 4 * (n**0.5)
 
 
 def test_sampler_memory_does_not_grow_with_the_number_of_items():

@@ -20,11 +20,11 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from tiny import SHARED_DATA, dir_hash, make_tiny_model, tensor_hashes
 
 from ruadapt.io.checkpoint import CheckpointReader
-from ruadapt.vocab.arch import model_fingerprint
 from ruadapt.io.record import check_record, sha256_file
-from tiny import SHARED_DATA, dir_hash, make_tiny_model, tensor_hashes
+from ruadapt.vocab.arch import model_fingerprint
 
 ROOT = Path(__file__).resolve().parents[1]
 EMBED, HEAD = "model.embed_tokens.weight", "lm_head.weight"
@@ -48,8 +48,9 @@ def write_yaml(path: Path, **kw) -> Path:
 
 
 def launch(configs: list[Path], port: int, env_extra: dict | None = None) -> subprocess.CompletedProcess:
-    env = dict(os.environ, DS_ACCELERATOR="cpu", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1",
-               **(env_extra or {}))
+    env = dict(
+        os.environ, DS_ACCELERATOR="cpu", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1", **(env_extra or {})
+    )
     # the ranks import the test hooks (tests/train_hooks.py) named in RUADAPT_TRAIN_CALLBACKS
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "tests"), env.get("PYTHONPATH")]))
     env.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "torch_extensions"))
@@ -71,35 +72,87 @@ def runs(tmp_path_factory):
     with open(SHARED_DATA / "ru_en_parallel.tsv", encoding="utf-8") as f, open(chat, "w", encoding="utf-8") as out:
         for line in f.readlines()[1:81]:
             ru, en = line.rstrip("\n").split("\t")[:2]
-            msgs = [{"role": "system", "content": "Translate into Russian."},
-                    {"role": "user", "content": en[:150]}, {"role": "assistant", "content": ru[:150]}]
+            msgs = [
+                {"role": "system", "content": "Translate into Russian."},
+                {"role": "user", "content": en[:150]},
+                {"role": "assistant", "content": ru[:150]},
+            ]
             out.write(json.dumps({"messages": msgs}, ensure_ascii=False) + "\n")
     zero = ROOT / "recipes" / "deepspeed"
     # only the killed run checkpoints mid-way (save_steps 2); the others save once, at the end
-    train = dict(micro_batch_size=2, grad_accum=1, max_steps=STEPS, lr=0.05, warmup_steps=0, save_steps=STEPS,
-                 log_steps=1, seed=7)
+    train = dict(
+        micro_batch_size=2,
+        grad_accum=1,
+        max_steps=STEPS,
+        lr=0.05,
+        warmup_steps=0,
+        save_steps=STEPS,
+        log_steps=1,
+        seed=7,
+    )
     common = dict(task="cpt", block_size=64, data={"train": [str(text)], "eval_blocks": 4}, train=train)
-    emb_z2 = dict(model=str(untied), deepspeed=str(zero / "zero2.json"), stage="embeddings",
-                  embeddings={"new_rows_only": True, "new_rows_from": NEW_ROWS_FROM}, **common)
+    emb_z2 = dict(
+        model=str(untied),
+        deepspeed=str(zero / "zero2.json"),
+        stage="embeddings",
+        embeddings={"new_rows_only": True, "new_rows_from": NEW_ROWS_FROM},
+        **common,
+    )
     cfg = {
         "z2": write_yaml(tmp / "z2.yaml", out=str(tmp / "out_z2"), **emb_z2),
-        "killed": write_yaml(tmp / "killed.yaml", out=str(tmp / "out_killed"),
-                             **{**emb_z2, "train": {**train, "save_steps": 2}}),
-        "lora": write_yaml(tmp / "lora.yaml", out=str(tmp / "out_lora"), model=str(tied), deepspeed=str(zero / "zero2.json"),
-                           stage="lora", lora={"r": 4, "alpha": 8, "train_embeddings": True}, **common),
-        "lora3": write_yaml(tmp / "lora3.yaml", out=str(tmp / "out_lora3"), model=str(tied), deepspeed=str(zero / "zero3.json"),
-                            stage="lora", lora={"r": 4, "alpha": 8, "train_embeddings": True}, **common),
-        "full": write_yaml(tmp / "full.yaml", out=str(tmp / "out_full"), model=str(tied), deepspeed=str(zero / "zero1.json"),
-                           stage="full", **{**common, "train": {**train, "lr": 0.01}}),
-        "sft": write_yaml(tmp / "sft.yaml", out=str(tmp / "out_sft"), model=str(tied), deepspeed=str(zero / "zero2.json"),
-                          stage="lora", lora={"r": 4, "alpha": 8, "layers": [0, -1], "train_embeddings": True},
-                          **{**common, "task": "sft", "block_size": 128, "data": {"train": [str(chat)], "eval_blocks": 8}}),
-        "z3": write_yaml(tmp / "z3.yaml", out=str(tmp / "out_z3"), model=str(tied), deepspeed=str(zero / "zero3.json"),
-                         stage="embeddings", **common),
+        "killed": write_yaml(
+            tmp / "killed.yaml", out=str(tmp / "out_killed"), **{**emb_z2, "train": {**train, "save_steps": 2}}
+        ),
+        "lora": write_yaml(
+            tmp / "lora.yaml",
+            out=str(tmp / "out_lora"),
+            model=str(tied),
+            deepspeed=str(zero / "zero2.json"),
+            stage="lora",
+            lora={"r": 4, "alpha": 8, "train_embeddings": True},
+            **common,
+        ),
+        "lora3": write_yaml(
+            tmp / "lora3.yaml",
+            out=str(tmp / "out_lora3"),
+            model=str(tied),
+            deepspeed=str(zero / "zero3.json"),
+            stage="lora",
+            lora={"r": 4, "alpha": 8, "train_embeddings": True},
+            **common,
+        ),
+        "full": write_yaml(
+            tmp / "full.yaml",
+            out=str(tmp / "out_full"),
+            model=str(tied),
+            deepspeed=str(zero / "zero1.json"),
+            stage="full",
+            **{**common, "train": {**train, "lr": 0.01}},
+        ),
+        "sft": write_yaml(
+            tmp / "sft.yaml",
+            out=str(tmp / "out_sft"),
+            model=str(tied),
+            deepspeed=str(zero / "zero2.json"),
+            stage="lora",
+            lora={"r": 4, "alpha": 8, "layers": [0, -1], "train_embeddings": True},
+            **{**common, "task": "sft", "block_size": 128, "data": {"train": [str(chat)], "eval_blocks": 8}},
+        ),
+        "z3": write_yaml(
+            tmp / "z3.yaml",
+            out=str(tmp / "out_z3"),
+            model=str(tied),
+            deepspeed=str(zero / "zero3.json"),
+            stage="embeddings",
+            **common,
+        ),
     }
     t_first = time.time()
-    first = launch([cfg[k] for k in ("z2", "lora", "full", "sft", "killed")], 29631,
-                   {"RUADAPT_TRAIN_CALLBACKS": "train_hooks:kill_at_step", "RUADAPT_TEST_KILL_AT": "out_killed:3"})
+    first = launch(
+        [cfg[k] for k in ("z2", "lora", "full", "sft", "killed")],
+        29631,
+        {"RUADAPT_TRAIN_CALLBACKS": "train_hooks:kill_at_step", "RUADAPT_TEST_KILL_AT": "out_killed:3"},
+    )
     ckpt = tmp / "out_killed.work" / "checkpoints"
     killed_state = {
         "rc": first.returncode,
@@ -111,8 +164,16 @@ def runs(tmp_path_factory):
     t_second = time.time()
     second = launch([cfg["killed"], cfg["z3"], cfg["lora3"]], 29632)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
-    return {"tmp": tmp, "untied": untied, "tied": tied, "hashes": hashes, "killed": killed_state, "log2": second.stdout + second.stderr,
-            "launched": (t_first, t_second), "configs": cfg}
+    return {
+        "tmp": tmp,
+        "untied": untied,
+        "tied": tied,
+        "hashes": hashes,
+        "killed": killed_state,
+        "log2": second.stdout + second.stderr,
+        "launched": (t_first, t_second),
+        "configs": cfg,
+    }
 
 
 def record(out: Path) -> dict:

@@ -25,7 +25,6 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
-
 from tiny import SHARED_DATA, make_tiny_model
 
 from ruadapt.cli import main
@@ -76,9 +75,15 @@ def base(tmp_path_factory):
     model = make_tiny_model(tmp / "model", "qwen2", tied=False)
     text = tmp / "ru.txt"
     text.write_text("".join((SHARED_DATA / "ru_train.txt").open(encoding="utf-8").readlines()[:200]), encoding="utf-8")
-    cfg = dict(task="cpt", model=str(model), deepspeed=str(ROOT / "recipes" / "deepspeed" / "zero2.json"),
-               stage="embeddings", block_size=64, data={"train": [str(text)], "eval_blocks": 0},
-               train=dict(micro_batch_size=2, max_steps=STEPS, lr=0.05, warmup_steps=0, save_steps=2, log_steps=1, seed=3))
+    cfg = dict(
+        task="cpt",
+        model=str(model),
+        deepspeed=str(ROOT / "recipes" / "deepspeed" / "zero2.json"),
+        stage="embeddings",
+        block_size=64,
+        data={"train": [str(text)], "eval_blocks": 0},
+        train=dict(micro_batch_size=2, max_steps=STEPS, lr=0.05, warmup_steps=0, save_steps=2, log_steps=1, seed=3),
+    )
     return tmp, cfg
 
 
@@ -129,13 +134,23 @@ def interrupted(base):
     with contextlib.redirect_stdout(io.StringIO()):  # warm up: the refused launch below must not wait for imports
         assert main(["train", "--config", str(sig), "--dry-run"]) == 0
     t_start = time.monotonic()
-    hooked = rank_env(RUADAPT_TRAIN_CALLBACKS="train_hooks:mark_step", RUADAPT_TEST_STEP_FILE=str(step_file),
-                      RUADAPT_TEST_STEP_SLEEP="1")
-    proc = subprocess.Popen(train_cmd(sig), cwd=ROOT, env=hooked, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    hooked = rank_env(
+        RUADAPT_TRAIN_CALLBACKS="train_hooks:mark_step",
+        RUADAPT_TEST_STEP_FILE=str(step_file),
+        RUADAPT_TEST_STEP_SLEEP="1",
+    )
+    proc = subprocess.Popen(
+        train_cmd(sig), cwd=ROOT, env=hooked, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     time.sleep(2)
-    ref_proc = subprocess.Popen(ignoring_sigint(train_cmd(ref)), cwd=ROOT, env=rank_env(), stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
+    ref_proc = subprocess.Popen(
+        ignoring_sigint(train_cmd(ref)),
+        cwd=ROOT,
+        env=rank_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     time.sleep(3)
     ref_proc.send_signal(signal.SIGINT)  # ignored while it prepares or launches
     wait_for_step(step_file, 3, proc)
@@ -154,21 +169,28 @@ def interrupted(base):
     proc.send_signal(signal.SIGINT)  # what `timeout -s INT`, a scheduler's cancel or `kill -INT` does
     t0 = time.monotonic()
     out, err = proc.communicate(timeout=60)
-    state.update({
-        "rc": proc.returncode, "stop_s": time.monotonic() - t0, "stdout": out, "stderr": err,
-        "members": len(members), "alive": [p.pid for p in members if p.is_running() and p.status() != psutil.STATUS_ZOMBIE],
-        "alive_by_cmdline": [p.pid for p in processes_mentioning(str(sig)) + processes_mentioning(launch_json)],
-        "out_exists": (tmp / "out_sig").exists(),
-        "complete": (work / "checkpoints" / "complete").read_text().strip(),
-        "steps_logged": re.findall(r"step (\d+)/6 ", out + err),
-    })
+    state.update(
+        {
+            "rc": proc.returncode,
+            "stop_s": time.monotonic() - t0,
+            "stdout": out,
+            "stderr": err,
+            "members": len(members),
+            "alive": [p.pid for p in members if p.is_running() and p.status() != psutil.STATUS_ZOMBIE],
+            "alive_by_cmdline": [p.pid for p in processes_mentioning(str(sig)) + processes_mentioning(launch_json)],
+            "out_exists": (tmp / "out_sig").exists(),
+            "complete": (work / "checkpoints" / "complete").read_text().strip(),
+            "steps_logged": re.findall(r"step (\d+)/6 ", out + err),
+        }
+    )
     # a relaunch with a changed value is refused while the checkpoints exist (and nothing starts)
     state["changed"] = refused(sig, "train.lr=0.1", "block_size=32")
     state["t_first"] = time.monotonic() - t_start
     # the relaunch resumes; `kill -9` of `ruadapt train` during the step after the checkpoint
     step_file.unlink()
-    killed = subprocess.Popen(train_cmd(sig), cwd=ROOT, env=hooked, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True)
+    killed = subprocess.Popen(
+        train_cmd(sig), cwd=ROOT, env=hooked, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     wait_for_step(step_file, int(state["complete"][-2:]) + 1, killed)
     members = processes_mentioning(str(sig)) + processes_mentioning(launch_json)
     killed.kill()
@@ -176,10 +198,14 @@ def interrupted(base):
     t0 = time.monotonic()
     while any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in members) and time.monotonic() - t0 < 15:
         time.sleep(0.2)
-    state["killed"] = {"members": len(members), "gone_s": time.monotonic() - t0,
-                       "alive_15s": [" ".join(p.cmdline())[:200]
-                                     for p in processes_mentioning(str(sig)) + processes_mentioning(launch_json)],
-                       "complete": (work / "checkpoints" / "complete").read_text().strip()}
+    state["killed"] = {
+        "members": len(members),
+        "gone_s": time.monotonic() - t0,
+        "alive_15s": [
+            " ".join(p.cmdline())[:200] for p in processes_mentioning(str(sig)) + processes_mentioning(launch_json)
+        ],
+        "complete": (work / "checkpoints" / "complete").read_text().strip(),
+    }
     # the third launch resumes and finishes
     t_start = time.monotonic()
     third = subprocess.run(train_cmd(sig), cwd=ROOT, env=rank_env(), capture_output=True, text=True, timeout=600)
@@ -188,8 +214,10 @@ def interrupted(base):
     ref_out, ref_err = ref_proc.communicate(timeout=600)
     state["ref_rc"], state["log2"] = ref_proc.returncode, ref_out + ref_err
     state["t_second"] = time.monotonic() - t_start
-    print(f"launch 1 (to the stop) {state['t_first']:.1f} s, SIGINT to exit {state['stop_s']:.1f} s, kill -9 to no "
-          f"process left {state['killed']['gone_s']:.1f} s, launch 3 {state['t_second']:.1f} s")
+    print(
+        f"launch 1 (to the stop) {state['t_first']:.1f} s, SIGINT to exit {state['stop_s']:.1f} s, kill -9 to no "
+        f"process left {state['killed']['gone_s']:.1f} s, launch 3 {state['t_second']:.1f} s"
+    )
     return tmp, sig, ref, state
 
 
@@ -202,7 +230,9 @@ def test_sigint_stops_every_process_and_writes_no_output(interrupted):
     assert not s["out_exists"]
     assert s["complete"] in ("step-0000002", "step-0000004")  # a checkpoint is only ever complete or absent
     last = s["stderr"].strip().splitlines()[-1]
-    assert last.startswith("ruadapt train: stopped by SIGINT;") and "to resume" in last and "Traceback" not in s["stderr"]
+    assert (
+        last.startswith("ruadapt train: stopped by SIGINT;") and "to resume" in last and "Traceback" not in s["stderr"]
+    )
     assert f"checkpoints/{s['complete']} is the last complete checkpoint" in last
 
 
@@ -261,7 +291,9 @@ def test_changed_config_refused_naming_the_keys(interrupted, capsys):
     tmp, sig, _, s = interrupted
     rc, err = s["changed"]  # unfinished run with checkpoints
     assert rc == 2 and len(err) == 1, err
-    assert "block_size, train.lr" in err[0] and "--overwrite" in err[0] and "another out" in err[0] and RUN_JSON in err[0]
+    assert (
+        "block_size, train.lr" in err[0] and "--overwrite" in err[0] and "another out" in err[0] and RUN_JSON in err[0]
+    )
     # finished run: a changed value is an error, not a silent skip; bookkeeping keys may change
     rc, err = refused(sig, "train.max_steps=12")
     assert rc == 2 and len(err) == 1 and "differs in train.max_steps" in err[0] and "ruadapt_train.json" in err[0], err
@@ -274,7 +306,9 @@ def test_progress_lines_have_rate_elapsed_and_eta(interrupted):
     _, _, _, s = interrupted
     lines = [l for l in s["log2"].splitlines() if "ruadapt.train: step " in l and "/6 " in l]
     assert lines, s["log2"][-2000:]
-    m = re.search(r"step (\d+)/6  loss [\d.]+  lr \S+  (\d+) tok/s  elapsed (\d+:\d\d:\d\d)  eta (\d+:\d\d:\d\d)", lines[-1])
+    m = re.search(
+        r"step (\d+)/6  loss [\d.]+  lr \S+  (\d+) tok/s  elapsed (\d+:\d\d:\d\d)  eta (\d+:\d\d:\d\d)", lines[-1]
+    )
     assert m and int(m.group(2)) > 0 and m.group(4) == "0:00:00", lines[-1]  # the last step has nothing left
     assert s["steps_logged"][:3] == ["1", "2", "3"]  # the interrupted launch logged every step (log_steps 1)
 
@@ -361,8 +395,10 @@ def test_report_to_needs_the_package(base, tmp_path, capsys):
     missing = [m for m in ("tensorboard", "wandb") if importlib.util.find_spec(m) is None]
     if not missing:
         pytest.skip("tensorboard and wandb are both installed")
-    path = write_yaml(tmp_path / "tb.yaml", {**cfg, "out": str(tmp_path / "out"),
-                                             "train": {**cfg["train"], "report_to": [missing[0]]}})
+    path = write_yaml(
+        tmp_path / "tb.yaml",
+        {**cfg, "out": str(tmp_path / "out"), "train": {**cfg["train"], "report_to": [missing[0]]}},
+    )
     assert main(["train", "--config", str(path), "--dry-run"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and f"pip install {missing[0]}" in err[0] and "train.report_to" in err[0], err
@@ -371,12 +407,14 @@ def test_report_to_needs_the_package(base, tmp_path, capsys):
 # ------------------------------------------------------------------ the supervisor alone (no DeepSpeed)
 def _ignores_sigterm_with_grandchild(marker: Path) -> list[str]:
     """A 'launcher' whose child and grandchild both ignore SIGTERM (a rank stuck in a collective)."""
-    code = ("import os, signal, subprocess, sys, time\n"
-            "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
-            "child = subprocess.Popen([sys.executable, '-c', 'import signal, time; "
-            "signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(120)'])\n"
-            f"open({str(marker)!r}, 'w').write(str(child.pid))\n"
-            "time.sleep(120)\n")
+    code = (
+        "import os, signal, subprocess, sys, time\n"
+        "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+        "child = subprocess.Popen([sys.executable, '-c', 'import signal, time; "
+        "signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(120)'])\n"
+        f"open({str(marker)!r}, 'w').write(str(child.pid))\n"
+        "time.sleep(120)\n"
+    )
     return [sys.executable, "-c", code]
 
 
@@ -399,17 +437,22 @@ def test_supervisor_sigkills_what_ignores_sigterm_after_the_grace(tmp_path, sign
         if previous is not None:
             signal.signal(signal.SIGHUP, previous)
     assert (code, sig) == (128 + signum, signum) and time.monotonic() - t0 < 20
-    assert not psutil.pid_exists(int(marker.read_text())) or psutil.Process(int(marker.read_text())).status() == psutil.STATUS_ZOMBIE
+    assert (
+        not psutil.pid_exists(int(marker.read_text()))
+        or psutil.Process(int(marker.read_text())).status() == psutil.STATUS_ZOMBIE
+    )
 
 
 def test_supervisor_cleans_up_what_the_launcher_left_behind(tmp_path):
     from ruadapt.train.supervise import supervise
 
     marker = tmp_path / "pid"
-    code = ("import subprocess, sys\n"
-            "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'])\n"
-            f"open({str(marker)!r}, 'w').write(str(child.pid))\n"
-            "sys.exit(3)\n")  # a launcher that crashed and left a rank running
+    code = (
+        "import subprocess, sys\n"
+        "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'])\n"
+        f"open({str(marker)!r}, 'w').write(str(child.pid))\n"
+        "sys.exit(3)\n"
+    )  # a launcher that crashed and left a rank running
     assert supervise([sys.executable, "-c", code], grace_s=5.0) == (3, None)
     pid = int(marker.read_text())
     assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
@@ -429,8 +472,10 @@ def test_tensorboard_gets_the_logged_scalars(base, tmp_path):
     from ruadapt.train.progress import Progress
 
     _, cfg = base
-    path = write_yaml(tmp_path / "tb.yaml", {**cfg, "out": str(tmp_path / "out"),
-                                             "train": {**cfg["train"], "log_steps": 2, "report_to": ["tensorboard"]}})
+    path = write_yaml(
+        tmp_path / "tb.yaml",
+        {**cfg, "out": str(tmp_path / "out"), "train": {**cfg["train"], "log_steps": 2, "report_to": ["tensorboard"]}},
+    )
     run = load_config(path)
     progress = Progress(run, first_step=0, enabled=True)
     progress.start()
@@ -458,14 +503,23 @@ def big_config(base) -> Path:
         for _ in range(6):
             f.write(data)
     assert big.stat().st_size >= 100_000_000
-    return write_yaml(tmp / "big.yaml", {**cfg, "out": str(tmp / "out_big"), "data": {"train": [str(big)], "eval_blocks": 0}})
+    return write_yaml(
+        tmp / "big.yaml", {**cfg, "out": str(tmp / "out_big"), "data": {"train": [str(big)], "eval_blocks": 0}}
+    )
 
 
 def stop_preparation(cmd: list[str], stop) -> dict:
     """Start ``cmd`` as a terminal's foreground job (its own process group), wait until its tokenizer workers
     run, call ``stop(proc)``; exit code, seconds to exit, stderr, and which of its processes outlived it."""
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=rank_env(RUADAPT_PREPARE_WORKERS="2"), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        cmd,
+        cwd=ROOT,
+        env=rank_env(RUADAPT_PREPARE_WORKERS="2"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     main_p = psutil.Process(proc.pid)
     deadline = time.monotonic() + 180
     while len([c for c in main_p.children() if "spawn_main" in " ".join(c.cmdline())]) < 2:
@@ -477,8 +531,13 @@ def stop_preparation(cmd: list[str], stop) -> dict:
     stop(proc)
     _, err = proc.communicate(timeout=60)
     print(f"{' '.join(cmd[-4:])}: exit {proc.returncode} {time.monotonic() - t0:.1f} s after the signal")
-    return {"rc": proc.returncode, "stop_s": time.monotonic() - t0, "stderr": err, "family": len(family),
-            "alive": [f"{p.pid} {status(p)} {' '.join(cmdline(p))[:120]}" for p in family if alive(p)]}
+    return {
+        "rc": proc.returncode,
+        "stop_s": time.monotonic() - t0,
+        "stderr": err,
+        "family": len(family),
+        "alive": [f"{p.pid} {status(p)} {' '.join(cmdline(p))[:120]}" for p in family if alive(p)],
+    }
 
 
 def status(p: psutil.Process) -> str:
@@ -510,8 +569,10 @@ def assert_nothing_trusted(config: Path) -> None:
 @pytest.mark.slow  # two preparations of a 116 MB corpus, each stopped after its workers started
 def test_signals_stop_data_preparation_with_its_workers(big_config):
     # a terminal's Ctrl-C: SIGINT to the whole group of `ruadapt data prepare`
-    s = stop_preparation([sys.executable, "-m", "ruadapt.cli", "data", "prepare", "--config", str(big_config)],
-                         lambda p: os.killpg(p.pid, signal.SIGINT))
+    s = stop_preparation(
+        [sys.executable, "-m", "ruadapt.cli", "data", "prepare", "--config", str(big_config)],
+        lambda p: os.killpg(p.pid, signal.SIGINT),
+    )
     assert s["rc"] == 130 and s["stop_s"] < 10 and s["family"] >= 3 and not s["alive"], s
     assert "Traceback" not in s["stderr"], s["stderr"][-3000:]
     last = s["stderr"].strip().splitlines()[-1]
@@ -541,10 +602,13 @@ def test_run_lock_names_its_holder_and_dies_with_it(base, tmp_path, capsys):
 
     _, cfg = base
     path = write_yaml(tmp_path / "r.yaml", {**cfg, "out": str(tmp_path / "out")})
-    code = ("import sys, time\nfrom ruadapt.train.config import load_configs\nfrom ruadapt.train.rundir import hold_runs\n"
-            "with hold_runs(load_configs([sys.argv[1]])):\n    print('held', flush=True)\n    time.sleep(120)\n")
-    holder = subprocess.Popen([sys.executable, "-c", code, str(path)], cwd=ROOT, env=rank_env(), stdout=subprocess.PIPE,
-                              text=True)
+    code = (
+        "import sys, time\nfrom ruadapt.train.config import load_configs\nfrom ruadapt.train.rundir import hold_runs\n"
+        "with hold_runs(load_configs([sys.argv[1]])):\n    print('held', flush=True)\n    time.sleep(120)\n"
+    )
+    holder = subprocess.Popen(
+        [sys.executable, "-c", code, str(path)], cwd=ROOT, env=rank_env(), stdout=subprocess.PIPE, text=True
+    )
     try:
         assert holder.stdout.readline().strip() == "held"
         for argv in (["train", "--config", str(path), "--num-gpus", "2"], ["data", "prepare", "--config", str(path)]):

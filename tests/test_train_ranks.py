@@ -12,11 +12,11 @@ import time
 from pathlib import Path
 
 import pytest
+from tiny import SHARED_DATA, make_tiny_model
 
 from ruadapt.cli import main
 from ruadapt.train.config import load_config
 from ruadapt.train.rundir import COMPLETE, RUN_JSON, STATE, comparable
-from tiny import SHARED_DATA, make_tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -29,9 +29,18 @@ def run_with_checkpoint(tmp_path_factory):
     text = tmp / "ru.txt"
     text.write_text("".join((SHARED_DATA / "ru_train.txt").open(encoding="utf-8").readlines()[:40]), encoding="utf-8")
     path = tmp / "c.yaml"
-    path.write_text(json.dumps({"task": "cpt", "model": str(model), "out": str(tmp / "out"),
-                                "deepspeed": str(ROOT / "recipes/deepspeed/zero2.json"), "block_size": 32,
-                                "data": {"train": [str(text)], "eval_blocks": 0}}))
+    path.write_text(
+        json.dumps(
+            {
+                "task": "cpt",
+                "model": str(model),
+                "out": str(tmp / "out"),
+                "deepspeed": str(ROOT / "recipes/deepspeed/zero2.json"),
+                "block_size": 32,
+                "data": {"train": [str(text)], "eval_blocks": 0},
+            }
+        )
+    )
     cfg = load_config(path)
     tag = cfg.work_dir / "checkpoints" / "step-0000002"
     tag.mkdir(parents=True)
@@ -72,12 +81,14 @@ def test_rank_log_names_the_signal_the_user_sent(tmp_path):
     from ruadapt.train.supervise import supervise
 
     ready, said = tmp_path / "ready", tmp_path / "said"
-    rank = ("import signal, sys, time\n"
-            "from ruadapt.train.runner import stop_signal_name\n"
-            f"def stop(signum, frame):\n    open({str(said)!r}, 'w').write(stop_signal_name(signum))\n    sys.exit(0)\n"
-            "signal.signal(signal.SIGTERM, stop)\n"
-            f"open({str(ready)!r}, 'w').write('1')\n"
-            "time.sleep(120)\n")
+    rank = (
+        "import signal, sys, time\n"
+        "from ruadapt.train.runner import stop_signal_name\n"
+        f"def stop(signum, frame):\n    open({str(said)!r}, 'w').write(stop_signal_name(signum))\n    sys.exit(0)\n"
+        "signal.signal(signal.SIGTERM, stop)\n"
+        f"open({str(ready)!r}, 'w').write('1')\n"
+        "time.sleep(120)\n"
+    )
 
     def send() -> None:
         deadline = time.monotonic() + 120
@@ -104,11 +115,31 @@ def test_rank_log_names_the_signal_the_user_sent(tmp_path):
 def test_mix_lines_show_the_recorded_shares():
     from ruadapt.train.runner import mix_lines
 
-    sources = [{"path": "/d/ru.txt", "weight": 0.7, "target_share": 0.7, "sequences": 141, "tokens": 9024,
-                "sequence_share": 141 / 200, "token_share": 9024 / 12800, "available_sequences": 5000},
-               {"path": "/d/en.jsonl", "weight": 0.3, "target_share": 0.3, "sequences": 59, "tokens": 3776,
-                "sequence_share": 59 / 200, "token_share": 3776 / 12800, "available_sequences": 40}]
+    sources = [
+        {
+            "path": "/d/ru.txt",
+            "weight": 0.7,
+            "target_share": 0.7,
+            "sequences": 141,
+            "tokens": 9024,
+            "sequence_share": 141 / 200,
+            "token_share": 9024 / 12800,
+            "available_sequences": 5000,
+        },
+        {
+            "path": "/d/en.jsonl",
+            "weight": 0.3,
+            "target_share": 0.3,
+            "sequences": 59,
+            "tokens": 3776,
+            "sequence_share": 59 / 200,
+            "token_share": 3776 / 12800,
+            "available_sequences": 40,
+        },
+    ]
     lines = mix_lines(sources)
     assert lines[0] == "data mix over 2 sources:"
-    assert lines[1] == "  ru.txt: target 70.0%, trained 70.5% of sequences (141), 70.5% of tokens (9,024); 5,000 available"
+    assert (
+        lines[1] == "  ru.txt: target 70.0%, trained 70.5% of sequences (141), 70.5% of tokens (9,024); 5,000 available"
+    )
     assert lines[2].startswith("  en.jsonl: target 30.0%, trained 29.5% of sequences (59)")

@@ -12,16 +12,22 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from ruadapt.io.record import check_record
-from ruadapt.cli import main
-from ruadapt.vocab.measure import chars_per_token
-from ruadapt.trim import trim_tokenizer
 from tiny import SHARED_DATA, SHARED_TOKENIZERS, copy_tokenizer, dir_hash, make_tiny_model, tensor_hashes
+
+from ruadapt.cli import main
+from ruadapt.io.record import check_record
+from ruadapt.trim import trim_tokenizer
+from ruadapt.vocab.measure import chars_per_token
 
 RU_EVAL = SHARED_DATA / "ru_eval.txt"
 EN_EVAL = SHARED_DATA / "en_eval.txt"
-VOCAB_NAMES = {"model.embed_tokens.weight", "lm_head.weight", "shared.weight", "encoder.embed_tokens.weight", "decoder.embed_tokens.weight"}
+VOCAB_NAMES = {
+    "model.embed_tokens.weight",
+    "lm_head.weight",
+    "shared.weight",
+    "encoder.embed_tokens.weight",
+    "decoder.embed_tokens.weight",
+}
 
 
 def _head(path: Path, n: int, skip: int = 0) -> list[str]:
@@ -44,14 +50,20 @@ def work(tmp_path_factory) -> Path:
 def corpus(work) -> Path:
     """A slice of ru_train + en_train."""
     path = work / "slice.txt"
-    path.write_text("\n".join(_head(SHARED_DATA / "ru_train.txt", 1500) + _head(SHARED_DATA / "en_train.txt", 500)) + "\n", encoding="utf-8")
+    path.write_text(
+        "\n".join(_head(SHARED_DATA / "ru_train.txt", 1500) + _head(SHARED_DATA / "en_train.txt", 500)) + "\n",
+        encoding="utf-8",
+    )
     return path
 
 
 @pytest.fixture(scope="module")
 def small_corpus(work) -> Path:
     path = work / "small.txt"
-    path.write_text("\n".join(_head(SHARED_DATA / "ru_train.txt", 150) + _head(SHARED_DATA / "en_train.txt", 50)) + "\n", encoding="utf-8")
+    path.write_text(
+        "\n".join(_head(SHARED_DATA / "ru_train.txt", 150) + _head(SHARED_DATA / "en_train.txt", 50)) + "\n",
+        encoding="utf-8",
+    )
     return path
 
 
@@ -69,7 +81,24 @@ def _id_map(out: Path) -> tuple[dict[int, int], list[int]]:
 def qwen_trimmed(work, corpus) -> tuple[Path, Path]:
     src = copy_tokenizer("qwen2.5", work / "qwen_tok")
     out = work / "qwen_tok_trim"
-    assert main(["-q", "trim", "--tokenizer", str(src), "--corpus", str(corpus), "--out", str(out), "--eval-text", str(RU_EVAL), str(EN_EVAL)]) == 0
+    assert (
+        main(
+            [
+                "-q",
+                "trim",
+                "--tokenizer",
+                str(src),
+                "--corpus",
+                str(corpus),
+                "--out",
+                str(out),
+                "--eval-text",
+                str(RU_EVAL),
+                str(EN_EVAL),
+            ]
+        )
+        == 0
+    )
     return src, out
 
 
@@ -92,7 +121,9 @@ def test_qwen_keeps_every_used_token_and_segmentation(qwen_trimmed, corpus):
     for tok_str in ("<|endoftext|>", "<|im_start|>", "<|im_end|>"):
         assert new.convert_ids_to_tokens(old_to_new[old.convert_tokens_to_ids(tok_str)]) == tok_str
     decoder = json.loads((out / "tokenizer_config.json").read_text())["added_tokens_decoder"]
-    assert {int(i): t["content"] for i, t in decoder.items()} == {i: t.content for i, t in new.added_tokens_decoder.items()}
+    assert {int(i): t["content"] for i, t in decoder.items()} == {
+        i: t.content for i, t in new.added_tokens_decoder.items()
+    }
     chat = [{"role": "system", "content": "Ты помощник."}, {"role": "user", "content": "Привет, как дела?"}]
     assert old.apply_chat_template(chat, tokenize=False) == new.apply_chat_template(chat, tokenize=False)
 
@@ -115,9 +146,15 @@ def test_qwen_eval_round_trip_and_changed_lines_count(qwen_trimmed):
         if path == RU_EVAL:  # chars/token as the tokenizer report computes it (once: 4 encodes of the file)
             assert reported["chars_per_token_before"] == round(chars_per_token(src, path)["chars_per_token"], 4)
             assert reported["chars_per_token_after"] == round(chars_per_token(out, path)["chars_per_token"], 4)
-        assert reported["tokens_before"] == sum(map(len, old_ids)) and reported["tokens_after"] == sum(map(len, new_ids))
+        assert reported["tokens_before"] == sum(map(len, old_ids)) and reported["tokens_after"] == sum(
+            map(len, new_ids)
+        )
     assert record["result"]["segmentation"]["corpus"]["lines_segmentation_changed"] == 0
-    assert record["result"]["vocabulary"]["kept_by_reason"]["alphabet"] + record["result"]["vocabulary"]["kept_by_reason"]["special"] == 256 + 22
+    assert (
+        record["result"]["vocabulary"]["kept_by_reason"]["alphabet"]
+        + record["result"]["vocabulary"]["kept_by_reason"]["special"]
+        == 256 + 22
+    )
 
 
 def test_keep_top_drops_used_tokens_but_text_round_trips(work, corpus):
@@ -141,7 +178,7 @@ def test_keep_top_drops_used_tokens_but_text_round_trips(work, corpus):
     for t in extra:
         assert raw_new.encode(" " + t[1:], add_special_tokens=False).tokens == [t]
     reachable = 0
-    for piece, i in raw_new.get_vocab(with_added_tokens=False).items():
+    for piece, _i in raw_new.get_vocab(with_added_tokens=False).items():
         if [x.value for x in raw_old.model.tokenize(piece)] == [piece]:
             assert [x.value for x in raw_new.model.tokenize(piece)] == [piece], piece
             reachable += 1
@@ -228,21 +265,33 @@ def test_tiny_causal_lm_logits_permuted_exactly(work, small_corpus, model_type, 
 @pytest.fixture(scope="module")
 def unigram_dir(work) -> Path:
     """A Unigram tokenizer trained here with ``tokenizers`` (mT5-style: </s> appended, extra_ids on top)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
+
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
     d = work / "unigram"
     tok = Tokenizer(models.Unigram())
     tok.pre_tokenizer = pre_tokenizers.Metaspace()
     tok.decoder = decoders.Metaspace()
     trainer = trainers.UnigramTrainer(  # small seed and fast shrinking: seconds instead of ~15 s of EM on 2 cores
-        vocab_size=800, special_tokens=["<pad>", "</s>", "<unk>"], unk_token="<unk>", show_progress=False,
-        seed_size=20000, shrinking_factor=0.3, n_sub_iterations=1,
+        vocab_size=800,
+        special_tokens=["<pad>", "</s>", "<unk>"],
+        unk_token="<unk>",
+        show_progress=False,
+        seed_size=20000,
+        shrinking_factor=0.3,
+        n_sub_iterations=1,
     )
-    tok.train_from_iterator(_head(SHARED_DATA / "ru_train.txt", 900) + _head(SHARED_DATA / "en_train.txt", 200), trainer)
+    tok.train_from_iterator(
+        _head(SHARED_DATA / "ru_train.txt", 900) + _head(SHARED_DATA / "en_train.txt", 200), trainer
+    )
     tok.add_special_tokens([f"<extra_id_{i}>" for i in range(9, -1, -1)])
-    tok.post_processor = processors.TemplateProcessing(single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", 1)])
-    PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="</s>", unk_token="<unk>", pad_token="<pad>").save_pretrained(d)
+    tok.post_processor = processors.TemplateProcessing(
+        single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", 1)]
+    )
+    PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token="</s>", unk_token="<unk>", pad_token="<pad>"
+    ).save_pretrained(d)
     return d
 
 
@@ -253,8 +302,19 @@ def _t5(work: Path, tok_dir: Path, model_type: str) -> Path:
 
     d = work / model_type
     shutil.copytree(tok_dir, d)
-    cfg = AutoConfig.for_model(model_type, vocab_size=896, d_model=16, d_kv=8, d_ff=32, num_layers=2, num_heads=2,
-                               feed_forward_proj="gated-gelu", pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
+    cfg = AutoConfig.for_model(
+        model_type,
+        vocab_size=896,
+        d_model=16,
+        d_kv=8,
+        d_ff=32,
+        num_layers=2,
+        num_heads=2,
+        feed_forward_proj="gated-gelu",
+        pad_token_id=0,
+        eos_token_id=1,
+        decoder_start_token_id=0,
+    )
     if model_type == "mt5":
         cfg.tie_word_embeddings = False  # the config forces True in __post_init__; set it after, as a loaded mT5 has it
     torch.manual_seed(0)
@@ -272,18 +332,29 @@ def test_tiny_t5_unigram_logits_permuted_exactly(work, unigram_dir, model_type):
 
     src = _t5(work, unigram_dir, model_type)
     saved = set(tensor_hashes(src)) & VOCAB_NAMES
-    assert saved == ({"shared.weight", "encoder.embed_tokens.weight", "decoder.embed_tokens.weight", "lm_head.weight"} if model_type == "mt5" else {"shared.weight"})
+    assert saved == (
+        {"shared.weight", "encoder.embed_tokens.weight", "decoder.embed_tokens.weight", "lm_head.weight"}
+        if model_type == "mt5"
+        else {"shared.weight"}
+    )
     corpus = work / "t5_corpus.txt"
     corpus.write_text("\n".join(_head(SHARED_DATA / "ru_train.txt", 60, skip=900)) + "\n", encoding="utf-8")
     out = work / f"{model_type}-trim"
-    assert main(["-q", "trim", "--model", str(src), "--corpus", str(corpus), "--out", str(out), "--eval-text", str(corpus)]) == 0
+    assert (
+        main(
+            ["-q", "trim", "--model", str(src), "--corpus", str(corpus), "--out", str(out), "--eval-text", str(corpus)]
+        )
+        == 0
+    )
     old_to_new, kept = _id_map(out)
     old_tok, new_tok = AutoTokenizer.from_pretrained(src), AutoTokenizer.from_pretrained(out)
     assert len(new_tok) < len(old_tok)
     _check_tensors(src, out, kept, len(new_tok))
     lines = corpus.read_text(encoding="utf-8").splitlines()
     for line in lines:  # same pieces (Unigram best path over a superset of its pieces)
-        assert old_tok.convert_ids_to_tokens(old_tok(line)["input_ids"]) == new_tok.convert_ids_to_tokens(new_tok(line)["input_ids"])
+        assert old_tok.convert_ids_to_tokens(old_tok(line)["input_ids"]) == new_tok.convert_ids_to_tokens(
+            new_tok(line)["input_ids"]
+        )
     assert _record(out)["result"]["segmentation"]["eval"][str(corpus)]["lines_segmentation_changed"] == 0
 
     old_m = AutoModelForSeq2SeqLM.from_pretrained(src).eval()
@@ -317,7 +388,23 @@ def test_keep_tokens_unknown_token_names_file_and_line(work, small_corpus, capsy
     bad = work / "bad_keep.txt"
     bad.write_text("Ġthe\nno-such-token-xyz\n", encoding="utf-8")
     out = work / "err_keep"
-    _fails(capsys, ["-q", "trim", "--tokenizer", str(SHARED_TOKENIZERS / "qwen2.5"), "--corpus", str(small_corpus), "--out", str(out), "--keep-tokens", str(bad)], f"{bad}:2", "no-such-token-xyz")
+    _fails(
+        capsys,
+        [
+            "-q",
+            "trim",
+            "--tokenizer",
+            str(SHARED_TOKENIZERS / "qwen2.5"),
+            "--corpus",
+            str(small_corpus),
+            "--out",
+            str(out),
+            "--keep-tokens",
+            str(bad),
+        ],
+        f"{bad}:2",
+        "no-such-token-xyz",
+    )
     assert not out.exists()
 
 
@@ -325,7 +412,12 @@ def test_keep_top_below_must_keep_names_both_numbers(work, small_corpus, capsys)
     src = SHARED_TOKENIZERS / "qwen2.5"
     must = len(json.loads((src / "tokenizer.json").read_text())["added_tokens"]) + 256  # specials + byte alphabet
     out = work / "err_top"
-    _fails(capsys, ["-q", "trim", "--tokenizer", str(src), "--corpus", str(small_corpus), "--out", str(out), "--keep-top", "100"], "100", str(must))
+    _fails(
+        capsys,
+        ["-q", "trim", "--tokenizer", str(src), "--corpus", str(small_corpus), "--out", str(out), "--keep-top", "100"],
+        "100",
+        str(must),
+    )
     assert not out.exists()
 
 
@@ -335,19 +427,30 @@ def test_bad_inputs_are_one_line_errors_and_write_nothing(work, small_corpus, ca
     empty = work / "empty.txt"
     empty.write_text("\n\n", encoding="utf-8")
     out = work / "err_out"
-    _fails(capsys, ["-q", "trim", "--model", str(src), "--corpus", str(empty), "--out", str(out)], str(empty), "no text")
+    _fails(
+        capsys, ["-q", "trim", "--model", str(src), "--corpus", str(empty), "--out", str(out)], str(empty), "no text"
+    )
     assert not out.exists()
 
     no_tok = work / "no_tok"
     shutil.copytree(src, no_tok)
     (no_tok / "tokenizer.json").unlink()
-    _fails(capsys, ["-q", "trim", "--model", str(no_tok), "--corpus", str(small_corpus), "--out", str(out)], "tokenizer.json")
+    _fails(
+        capsys,
+        ["-q", "trim", "--model", str(no_tok), "--corpus", str(small_corpus), "--out", str(out)],
+        "tokenizer.json",
+    )
     assert not out.exists()
 
     busy = work / "busy"
     busy.mkdir()
     (busy / "keep.txt").write_text("mine")
-    _fails(capsys, ["-q", "trim", "--model", str(src), "--corpus", str(small_corpus), "--out", str(busy)], str(busy), "not empty")
+    _fails(
+        capsys,
+        ["-q", "trim", "--model", str(src), "--corpus", str(small_corpus), "--out", str(busy)],
+        str(busy),
+        "not empty",
+    )
     assert [p.name for p in busy.iterdir()] == ["keep.txt"]
     assert dir_hash(src) == before
     assert not any(p.name.startswith(".err_out") or p.name.startswith(".busy") for p in work.iterdir())

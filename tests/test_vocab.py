@@ -4,7 +4,8 @@ import json
 
 import pytest
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from reference import reference_pieces
+from tiny import SHARED_TOKENIZERS
 
 from ruadapt.vocab.pieces import (
     ROW_COPY,
@@ -14,8 +15,7 @@ from ruadapt.vocab.pieces import (
     build_vocab_map,
     bytes_to_unicode,
 )
-from reference import reference_pieces
-from tiny import SHARED_TOKENIZERS
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
 BASES = ["qwen2.5", "llama-3", "mistral-nemo", "gemma-3"]
 
@@ -93,8 +93,15 @@ def test_build_matrix_copies_bit_identically_and_means_new_rows(codecs):
         assert all(torch.equal(m[r], pad) for r in range(257, 260))
 
 
-def reference_rule(rule: str, old: torch.Tensor, t_mean: torch.Tensor, t_weighted: torch.Tensor,
-                   t_first: torch.Tensor, t_last: torch.Tensor, n_base: int) -> torch.Tensor:
+def reference_rule(
+    rule: str,
+    old: torch.Tensor,
+    t_mean: torch.Tensor,
+    t_weighted: torch.Tensor,
+    t_first: torch.Tensor,
+    t_last: torch.Tensor,
+    n_base: int,
+) -> torch.Tensor:
     """A new-row rule on the full matrix in float64, written from its definition (docs/init.md): dense maps
     T (new rows × old rows) times the whole old matrix; ō = the mean of all old token rows."""
     x = old.double()

@@ -30,17 +30,32 @@ SHARED_DATA = SHARED / "data"
 # corpora's public GitHub repositories, as docs/testing.md lists with commits, licences and each file's sha256.
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 FIXTURES: dict[str, str] = {
-    **{f"tokenizers/qwen2.5/{f}": "Hub Qwen/Qwen2.5-1.5B-Instruct (revision not recorded; tokenizer.json "
-       "sha256 c0382117ea329cdf…, as in every Qwen2.5 repo)" for f in TOKENIZER_FILES},
-    **{f"tokenizers/llama-3/{f}": "Hub meta-llama/Meta-Llama-3-8B (gated; mirror NousResearch/Meta-Llama-3-8B; "
-       "revision not recorded; tokenizer.json sha256 e134af98b985517b…)" for f in TOKENIZER_FILES},
-    **{f"tokenizers/mistral-nemo/{f}": "Hub mistralai/Mistral-Nemo-Instruct-2407 at revision "
-       "04d8a90549d23fc6bd7f642064003592df51e9b3 (tokenizer.json sha256 e11c71726323d33d…)" for f in TOKENIZER_FILES},
-    **{f"tokenizers/gemma-3/{f}": "Hub google/gemma-3-27b-it or unsloth/gemma-3-1b-it (revision not recorded; "
-       "tokenizer.json sha256 4667f2089529e8e7…)" for f in TOKENIZER_FILES},
-    **{f"tokenizers/testvectors/llama.cpp/ggml-vocab-{v}.gguf.{x}": "llama.cpp commit 0c1e57098bba43ac29e6e3b677cdc"
-       "eebdd22334f, models/ (as vendored in PyPI llama_cpp_python-0.3.36)"
-       for v in ("qwen2", "llama-bpe", "gemma-4") for x in ("inp", "out")},
+    **{
+        f"tokenizers/qwen2.5/{f}": "Hub Qwen/Qwen2.5-1.5B-Instruct (revision not recorded; tokenizer.json "
+        "sha256 c0382117ea329cdf…, as in every Qwen2.5 repo)"
+        for f in TOKENIZER_FILES
+    },
+    **{
+        f"tokenizers/llama-3/{f}": "Hub meta-llama/Meta-Llama-3-8B (gated; mirror NousResearch/Meta-Llama-3-8B; "
+        "revision not recorded; tokenizer.json sha256 e134af98b985517b…)"
+        for f in TOKENIZER_FILES
+    },
+    **{
+        f"tokenizers/mistral-nemo/{f}": "Hub mistralai/Mistral-Nemo-Instruct-2407 at revision "
+        "04d8a90549d23fc6bd7f642064003592df51e9b3 (tokenizer.json sha256 e11c71726323d33d…)"
+        for f in TOKENIZER_FILES
+    },
+    **{
+        f"tokenizers/gemma-3/{f}": "Hub google/gemma-3-27b-it or unsloth/gemma-3-1b-it (revision not recorded; "
+        "tokenizer.json sha256 4667f2089529e8e7…)"
+        for f in TOKENIZER_FILES
+    },
+    **{
+        f"tokenizers/testvectors/llama.cpp/ggml-vocab-{v}.gguf.{x}": "llama.cpp commit 0c1e57098bba43ac29e6e3b677cdc"
+        "eebdd22334f, models/ (as vendored in PyPI llama_cpp_python-0.3.36)"
+        for v in ("qwen2", "llama-bpe", "gemma-4")
+        for x in ("inp", "out")
+    },
     "data/ru_train.txt": "UD Russian-Taiga/GSD/Poetry, XQuAD ru, Tatoeba (OPUS-MT-testsets), NEREL v1.1, WMT ru",
     "data/ru_eval.txt": "UD Russian-GSD/Taiga/Poetry test, TICO-19 test ru, NTREX-128 ru",
     "data/en_eval.txt": "UD English-EWT dev+test, TICO-19 test en, NTREX-128 en",
@@ -64,6 +79,7 @@ def data_skip_reason(missing: list[str]) -> str:
     where = f"{DATA_VAR}={os.environ[DATA_VAR]}" if os.environ.get(DATA_VAR) else f"{SHARED} (default; set {DATA_VAR})"
     listed = "; ".join(f"{k}: {v}" for k, v in sources.items())
     return f"test data not found in {where}: {len(missing)} files missing; public sources: {listed} (docs/testing.md)"
+
 
 # model_type -> (tokenizer folder in SHARED/tokenizers, matrix rows as in the released checkpoints, tied default)
 ARCHS: dict[str, tuple[str, int]] = {
@@ -168,8 +184,9 @@ def dir_hash(path: Path) -> str:
     return h.hexdigest()
 
 
-def fill_hub_cache(cache: Path, repo_id: str, source: Path, *, refs: tuple[str, ...] = ("main",),
-                   files: tuple[str, ...] | None = None) -> Path:
+def fill_hub_cache(
+    cache: Path, repo_id: str, source: Path, *, refs: tuple[str, ...] = ("main",), files: tuple[str, ...] | None = None
+) -> Path:
     """Store the files of ``source`` in a Hugging Face hub cache as ``repo_id``, laid out as huggingface_hub's
     ``snapshot_download`` writes it, and return the snapshot dir:
 

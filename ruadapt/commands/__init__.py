@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 import typing
+from collections.abc import Collection
 from pathlib import Path
-from typing import Any, Collection
+from typing import Any
 
 from ..eval.data import parse_named
 from ..io.hub import resolve
@@ -37,7 +38,9 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
         return text + " (default: %(default)s)"
 
 
-def add_parser(sub: argparse._SubParsersAction, name: str, *, help: str, description: str, examples: str) -> argparse.ArgumentParser:
+def add_parser(
+    sub: argparse._SubParsersAction, name: str, *, help: str, description: str, examples: str
+) -> argparse.ArgumentParser:
     """A subcommand parser whose ``--help`` ends with worked examples."""
     return sub.add_parser(
         name,
@@ -61,9 +64,13 @@ def model_arg(text: str) -> str:
 
 def add_revision(p: argparse.ArgumentParser) -> None:
     """``--revision``, for commands whose model options accept Hugging Face repo ids."""
-    p.add_argument("--revision", default=None, metavar="REV",
-                   help="branch, tag or commit of the models given as Hugging Face repo ids (default: main); "
-                   "ORG/NAME@REV pins one model")
+    p.add_argument(
+        "--revision",
+        default=None,
+        metavar="REV",
+        help="branch, tag or commit of the models given as Hugging Face repo ids (default: main); "
+        "ORG/NAME@REV pins one model",
+    )
 
 
 def resolve_named(items: list[str], option: str, revision: str | None, what: str = "model") -> dict[str, Path]:
@@ -74,24 +81,41 @@ def resolve_named(items: list[str], option: str, revision: str | None, what: str
     return {name: resolve(typed[name], f"{option} {name}=", revision=revision, what=what) for name in names}
 
 
-def add_vocab_output_arguments(p: argparse.ArgumentParser, *, mistakes: Collection[str], pad: bool = True,
-                               shard_default: str = "the input's largest shard") -> None:
+def add_vocab_output_arguments(
+    p: argparse.ArgumentParser,
+    *,
+    mistakes: Collection[str],
+    pad: bool = True,
+    shard_default: str = "the input's largest shard",
+) -> None:
     """The flags of :class:`ruadapt.vocab.output.VocabOutputOptions` and ``--dry-run``, declared once for every
     vocabulary-changing command (swap, lep, trim); ``pad=False`` where the row count is not the command's choice."""
     if pad:
-        p.add_argument("--pad-to-multiple-of", type=int, default=None, metavar="N",
-                       help="round the row count up to N (default: the base's padding multiple)")
-    p.add_argument("--max-shard-size", default=None, metavar="SIZE",
-                   help=f"output shard byte budget, e.g. 5GB (default: {shard_default})")
+        p.add_argument(
+            "--pad-to-multiple-of",
+            type=int,
+            default=None,
+            metavar="N",
+            help="round the row count up to N (default: the base's padding multiple)",
+        )
+    p.add_argument(
+        "--max-shard-size",
+        default=None,
+        metavar="SIZE",
+        help=f"output shard byte budget, e.g. 5GB (default: {shard_default})",
+    )
     add_dry_run(p)
     add_allow_argument(p, mistakes)
 
 
 def add_dry_run(p: argparse.ArgumentParser) -> None:
     """``--dry-run``: check everything, print the plan, write nothing."""
-    p.add_argument("--dry-run", action="store_true",
-                   help="check the inputs, print the plan (rows copied / new / padded, bytes to write, expected "
-                   "peak memory) and write nothing")
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="check the inputs, print the plan (rows copied / new / padded, bytes to write, expected "
+        "peak memory) and write nothing",
+    )
 
 
 def vocab_output_options(args: argparse.Namespace) -> dict[str, Any]:

@@ -37,8 +37,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         "ruadapt data prepare --config cpt.yaml --set data.cache_dir=/scratch/tokens\n"
         "RUADAPT_PREPARE_WORKERS=32 ruadapt data prepare --config cpt.yaml     # tokenizing processes (default: all cores)",
     )
-    d.add_argument("--config", type=path_arg, action="append", required=True,
-                   help="run YAML (as for ruadapt train); repeat for several runs")
+    d.add_argument(
+        "--config",
+        type=path_arg,
+        action="append",
+        required=True,
+        help="run YAML (as for ruadapt train); repeat for several runs",
+    )
     d.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a YAML value")
     d.set_defaults(func=run)
 
@@ -58,11 +63,18 @@ def run(args: argparse.Namespace) -> int:
                     print(f"{cfg.source}: data of {cfg.out} -> {cfg.work_dir / 'data.json'}")
                     for section in ("train", "eval"):
                         for e in manifest[section]:
-                            print(f"  {section:5s} {e['path']}: {e['n_docs']:,} documents, {e['n_tokens']:,} tokens  "
-                                  f"[{e['entry']}]")
+                            print(
+                                f"  {section:5s} {e['path']}: {e['n_docs']:,} documents, {e['n_tokens']:,} tokens  "
+                                f"[{e['entry']}]"
+                            )
         except Stopped as e:
-            again = "ruadapt " + shlex.join(sys.argv[1:]) if sys.argv[1:3] == ["data", "prepare"] else "the same command"
-            print(f"ruadapt data prepare: stopped by {signal.Signals(e.signum).name}; no half-written token file was "
-                  f"kept (finished ones stay in the cache); run `{again}` to continue", file=sys.stderr)
+            again = (
+                "ruadapt " + shlex.join(sys.argv[1:]) if sys.argv[1:3] == ["data", "prepare"] else "the same command"
+            )
+            print(
+                f"ruadapt data prepare: stopped by {signal.Signals(e.signum).name}; no half-written token file was "
+                f"kept (finished ones stay in the cache); run `{again}` to continue",
+                file=sys.stderr,
+            )
             return 128 + e.signum
     return 0

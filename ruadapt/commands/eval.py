@@ -24,7 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "(--include-path) or lm-eval's registry tasks. Writes report.json, "
         "report.md, bpb.png, speed.png and ruadapt_eval.json into --out. Exit status: 0 when every measure has a "
         "number; 1 when one has none (NaN bits per byte, an lm-eval task that scored nothing: listed on stderr and "
-        "under \"failures\" in report.json, the rest of the report is written); 2 on bad input (nothing written).",
+        'under "failures" in report.json, the rest of the report is written); 2 on bad input (nothing written).',
         examples="""\
 ruadapt eval --model base=./Qwen2.5-7B --model ru=./Qwen2.5-7B-ru \\
     --text ru=data/ru_eval.txt --text en=data/en_eval.txt --device cuda --out runs/eval
@@ -40,47 +40,100 @@ ruadapt eval --model inst=./inst --include-path ./my_tasks --tasks ru_qa \\
 ruadapt eval --model base=./base --model swapped=./swapped --start-base base --speed-prompts 0 \\
     --text ru=data/ru_eval.txt --text en=data/en_eval.txt --out runs/eval-start   # a swap's start, docs/init.md""",
     )
-    p.add_argument("--model", action="append", required=True, metavar="NAME=DIR",
-                   help="a model directory or Hub repo id (repeat; the first is the baseline of speed ratios)")
+    p.add_argument(
+        "--model",
+        action="append",
+        required=True,
+        metavar="NAME=DIR",
+        help="a model directory or Hub repo id (repeat; the first is the baseline of speed ratios)",
+    )
     p.add_argument("--text", action="append", metavar="LANG=FILE", help="plain text, one document per line (repeat)")
-    p.add_argument("--chat", action="append", metavar="LANG=FILE",
-                   help='chat JSONL {"messages": [...]}: bpb of assistant turns, conversation before them as context')
-    p.add_argument("--prompts", type=path_arg, metavar="FILE",
-                   help="speed prompts, one per line (default: the --text ru file)")
-    p.add_argument("--tasks", default="", metavar="T1,T2",
-                   help="lm-eval tasks: ruadapt's bpb_<LANG> for each --text LANG and copy_ru (needs --text ru or "
-                   "--copy-file), tasks of --include-path dirs, or any task of lm-eval's registry (e.g. "
-                   "belebele_rus_Cyrl; its dataset must be reachable or in the Hugging Face cache)")
-    p.add_argument("--include-path", action="append", type=path_arg, default=[], metavar="DIR",
-                   help="a directory of your own lm-eval task YAMLs whose task names --tasks may use "
-                   "(repeat; as lm-eval's --include_path)")
-    p.add_argument("--system-instruction", default=None, metavar="TEXT",
-                   help="system message for the lm-eval tasks' prompts (as lm-eval's --system_instruction): "
-                   "through the chat template for generation tasks, else prepended as text")
-    p.add_argument("--device", default="auto",
-                   help="auto (cuda when torch sees a GPU, else cpu), cpu, cuda or cuda:N; the record keeps the one used")
-    p.add_argument("--dtype", default="auto", help="auto (float32 on cpu, bfloat16 on cuda), float32, bfloat16, float16")
-    p.add_argument("--window", type=int, default=1024,
-                   help="tokens per forward pass for bpb and lm-eval (capped by every model's max positions)")
-    p.add_argument("--stride", type=int, default=None,
-                   help="window step for long texts (default = window: lm-eval's loglikelihood_rolling policy)")
+    p.add_argument(
+        "--chat",
+        action="append",
+        metavar="LANG=FILE",
+        help='chat JSONL {"messages": [...]}: bpb of assistant turns, conversation before them as context',
+    )
+    p.add_argument(
+        "--prompts", type=path_arg, metavar="FILE", help="speed prompts, one per line (default: the --text ru file)"
+    )
+    p.add_argument(
+        "--tasks",
+        default="",
+        metavar="T1,T2",
+        help="lm-eval tasks: ruadapt's bpb_<LANG> for each --text LANG and copy_ru (needs --text ru or "
+        "--copy-file), tasks of --include-path dirs, or any task of lm-eval's registry (e.g. "
+        "belebele_rus_Cyrl; its dataset must be reachable or in the Hugging Face cache)",
+    )
+    p.add_argument(
+        "--include-path",
+        action="append",
+        type=path_arg,
+        default=[],
+        metavar="DIR",
+        help="a directory of your own lm-eval task YAMLs whose task names --tasks may use "
+        "(repeat; as lm-eval's --include_path)",
+    )
+    p.add_argument(
+        "--system-instruction",
+        default=None,
+        metavar="TEXT",
+        help="system message for the lm-eval tasks' prompts (as lm-eval's --system_instruction): "
+        "through the chat template for generation tasks, else prepended as text",
+    )
+    p.add_argument(
+        "--device",
+        default="auto",
+        help="auto (cuda when torch sees a GPU, else cpu), cpu, cuda or cuda:N; the record keeps the one used",
+    )
+    p.add_argument(
+        "--dtype", default="auto", help="auto (float32 on cpu, bfloat16 on cuda), float32, bfloat16, float16"
+    )
+    p.add_argument(
+        "--window",
+        type=int,
+        default=1024,
+        help="tokens per forward pass for bpb and lm-eval (capped by every model's max positions)",
+    )
+    p.add_argument(
+        "--stride",
+        type=int,
+        default=None,
+        help="window step for long texts (default = window: lm-eval's loglikelihood_rolling policy)",
+    )
     p.add_argument("--batch-tokens", type=int, default=2048, help="padded tokens per bpb forward batch")
     p.add_argument("--max-lines", type=int, default=None, help="use only the first N lines of each --text/--chat file")
     p.add_argument("--speed-prompts", type=int, default=8, help="prompts for the speed test (0 = skip it)")
     p.add_argument("--new-tokens", type=int, default=64, help="tokens generated per prompt in the speed test")
-    p.add_argument("--speed-mode", default="greedy", choices=choices(SpeedMode),
-                   help="greedy: the model's own continuation; reference: forced to the rest of the prompt line "
-                   "(real Russian text even from an untrained body)")
-    p.add_argument("--speed-rounds", type=int, default=5,
-                   help="rounds of the speed test (every prompt on every model each round); figures are medians "
-                   "over rounds with their spread")
+    p.add_argument(
+        "--speed-mode",
+        default="greedy",
+        choices=choices(SpeedMode),
+        help="greedy: the model's own continuation; reference: forced to the rest of the prompt line "
+        "(real Russian text even from an untrained body)",
+    )
+    p.add_argument(
+        "--speed-rounds",
+        type=int,
+        default=5,
+        help="rounds of the speed test (every prompt on every model each round); figures are medians "
+        "over rounds with their spread",
+    )
     p.add_argument("--copy-file", type=path_arg, metavar="FILE", help="paragraphs for copy_ru (default: --text ru)")
-    p.add_argument("--task-batch-size", type=int, default=1,
-                   help="requests per lm-eval batch (lm-eval's --batch_size); generation pads on the left")
+    p.add_argument(
+        "--task-batch-size",
+        type=int,
+        default=1,
+        help="requests per lm-eval batch (lm-eval's --batch_size); generation pads on the left",
+    )
     p.add_argument("--task-limit", type=int, default=None, help="documents per lm-eval task (default: all)")
-    p.add_argument("--start-base", default=None, metavar="NAME",
-                   help="the --model the others were swapped from: adds, per --text, the share of bytes in tokens it "
-                   "lacks, bpb at new vs old tokens, greedy predictions of new tokens, new tokens never predicted")
+    p.add_argument(
+        "--start-base",
+        default=None,
+        metavar="NAME",
+        help="the --model the others were swapped from: adds, per --text, the share of bytes in tokens it "
+        "lacks, bpb at new vs old tokens, greedy predictions of new tokens, new tokens never predicted",
+    )
     p.add_argument("--out", type=path_arg, required=True, help="new output directory")
     add_revision(p)
     p.set_defaults(func=run)

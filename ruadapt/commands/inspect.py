@@ -19,7 +19,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         examples="ruadapt inspect ./Qwen2.5-7B\nruadapt inspect ./Qwen2.5-7B --json > layout.json\n"
         "ruadapt inspect Qwen/Qwen2.5-7B --revision main   # a Hub repo id: fetched into the HF cache (no weights read)",
     )
-    p.add_argument("model", type=model_arg, help="Hugging Face model directory (safetensors), or a Hub repo id such as Qwen/Qwen2.5-7B")
+    p.add_argument(
+        "model",
+        type=model_arg,
+        help="Hugging Face model directory (safetensors), or a Hub repo id such as Qwen/Qwen2.5-7B",
+    )
     add_revision(p)
     p.add_argument("--json", action="store_true", help="print JSON instead of the table")
     p.set_defaults(func=run)

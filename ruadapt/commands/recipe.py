@@ -50,10 +50,18 @@ ruadapt recipe cp cpu-tiny /tmp/tiny --set CPT_STEPS=20                 # the de
     )
     cp.add_argument("name", metavar="NAME", help="recipe name, as `ruadapt recipe ls` lists it")
     cp.add_argument("dest", metavar="DEST", type=path_arg, help="directory for the copy (and, as RUN, for the outputs)")
-    cp.add_argument("--set", action="append", default=[], metavar="VAR=VALUE",
-                    help="value of one of the recipe's ${VAR}s or script variables (repeat)")
-    cp.add_argument("--force", action="store_true",
-                    help="replace the recipe's files where DEST already has them (other files in DEST stay)")
+    cp.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="VAR=VALUE",
+        help="value of one of the recipe's ${VAR}s or script variables (repeat)",
+    )
+    cp.add_argument(
+        "--force",
+        action="store_true",
+        help="replace the recipe's files where DEST already has them (other files in DEST stay)",
+    )
     cp.set_defaults(func=run_cp)
 
     env = add_parser(
@@ -69,8 +77,13 @@ ruadapt recipe cp cpu-tiny /tmp/tiny --set CPT_STEPS=20                 # the de
         "ruadapt recipe env runs/qwen7b          # a copy made by ruadapt recipe cp\n"
         'eval "$(ruadapt recipe env qwen2.5-72b)"; echo "$HOSTFILE"',
     )
-    env.add_argument("recipe", metavar="RECIPE", nargs="?", default=None,
-                     help="a recipe name or a directory holding recipe.yaml (default: the pipeline's defaults only)")
+    env.add_argument(
+        "recipe",
+        metavar="RECIPE",
+        nargs="?",
+        default=None,
+        help="a recipe name or a directory holding recipe.yaml (default: the pipeline's defaults only)",
+    )
     env.set_defaults(func=run_env)
 
 
@@ -87,7 +100,10 @@ def run_ls(args: argparse.Namespace) -> int:
 def run_cp(args: argparse.Namespace) -> int:
     r = copy_recipe(args.name, args.dest, args.set, force=args.force)
     dest = r["dest"]
-    print(f"{r['recipe']} -> {dest}: {' '.join(r['files'])}" + (f" ({len(r['replaced'])} replaced)" if r["replaced"] else ""))
+    print(
+        f"{r['recipe']} -> {dest}: {' '.join(r['files'])}"
+        + (f" ({len(r['replaced'])} replaced)" if r["replaced"] else "")
+    )
     print("  filled in: " + " ".join(f"{k}={v}" for k, v in r["filled"].items()))
     if r["environment"]:
         print("  read from the environment when ruadapt train runs: " + " ".join(r["environment"]))

@@ -34,18 +34,40 @@ def register(sub: argparse._SubParsersAction) -> None:
         "ruadapt swap --model ./Qwen2.5-7B --tokenizer ./qwen-ru --out runs/x --dry-run   # the plan only\n"
         "ruadapt swap --model ./Qwen2.5-7B --tokenizer ./qwen-ru --out ./q-ru --init-input last --init-output mean-all",
     )
-    p.add_argument("--model", required=True, type=model_arg, help="base model dir (safetensors + config + its tokenizer) or Hub repo id")
-    p.add_argument("--tokenizer", required=True, type=model_arg, help="new tokenizer dir (extension or replacement) or Hub repo id")
+    p.add_argument(
+        "--model",
+        required=True,
+        type=model_arg,
+        help="base model dir (safetensors + config + its tokenizer) or Hub repo id",
+    )
+    p.add_argument(
+        "--tokenizer", required=True, type=model_arg, help="new tokenizer dir (extension or replacement) or Hub repo id"
+    )
     p.add_argument("--out", required=True, type=path_arg, help="output model dir (must not exist or be empty)")
-    p.add_argument("--init", choices=choices(OutputRule), default=None, metavar="RULE",
-                   help=f"rule of a new row in every vocabulary matrix (tied models: the only one), one of "
-                   f"{', '.join(choices(OutputRule))}; default {DEFAULT_TIED} (tied) — see docs/init.md")
-    p.add_argument("--init-input", choices=choices(InputRule), default=None, metavar="RULE",
-                   help=f"untied models: rule of the input embedding's new rows ({', '.join(choices(InputRule))}; "
-                   f"default {DEFAULT_INPUT})")
-    p.add_argument("--init-output", choices=choices(OutputRule), default=None, metavar="RULE",
-                   help=f"untied models: rule of the lm_head's new rows ({', '.join(choices(OutputRule))}; "
-                   f"default {DEFAULT_OUTPUT})")
+    p.add_argument(
+        "--init",
+        choices=choices(OutputRule),
+        default=None,
+        metavar="RULE",
+        help=f"rule of a new row in every vocabulary matrix (tied models: the only one), one of "
+        f"{', '.join(choices(OutputRule))}; default {DEFAULT_TIED} (tied) — see docs/init.md",
+    )
+    p.add_argument(
+        "--init-input",
+        choices=choices(InputRule),
+        default=None,
+        metavar="RULE",
+        help=f"untied models: rule of the input embedding's new rows ({', '.join(choices(InputRule))}; "
+        f"default {DEFAULT_INPUT})",
+    )
+    p.add_argument(
+        "--init-output",
+        choices=choices(OutputRule),
+        default=None,
+        metavar="RULE",
+        help=f"untied models: rule of the lm_head's new rows ({', '.join(choices(OutputRule))}; "
+        f"default {DEFAULT_OUTPUT})",
+    )
     add_vocab_output_arguments(p, mistakes=("same-tokenizer", "foreign-tokenizer"))
     add_revision(p)
     p.set_defaults(func=run)

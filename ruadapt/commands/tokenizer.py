@@ -36,13 +36,34 @@ def register(sub: argparse._SubParsersAction) -> None:
         "ruadapt tokenizer train --base ./Llama-3-8B --corpus ru.txt en.txt --new-tokens 32000 --min-frequency 5 --out tok\n"
         "ruadapt tokenizer train --base ./Qwen2.5-7B --corpus ru_train.txt --mode replace --vocab-size 64000 --out tok-ru64k",
     )
-    t.add_argument("--base", type=model_arg, required=True, help="base tokenizer dir (tokenizer.json), a model dir holding one, or a Hub repo id (only its tokenizer files are fetched)")
-    t.add_argument("--corpus", type=path_arg, nargs="+", required=True, metavar="FILE", help="training corpus: UTF-8 text (a document per line), JSONL (\"text\" field) or Parquet (\"text\" column); .gz/.zst too")
-    t.add_argument("--mode", choices=choices(TokenizerMode), default="extend",
-                   help="continue the base BPE, or train a new one")
+    t.add_argument(
+        "--base",
+        type=model_arg,
+        required=True,
+        help="base tokenizer dir (tokenizer.json), a model dir holding one, or a Hub repo id (only its tokenizer files are fetched)",
+    )
+    t.add_argument(
+        "--corpus",
+        type=path_arg,
+        nargs="+",
+        required=True,
+        metavar="FILE",
+        help='training corpus: UTF-8 text (a document per line), JSONL ("text" field) or Parquet ("text" column); .gz/.zst too',
+    )
+    t.add_argument(
+        "--mode", choices=choices(TokenizerMode), default="extend", help="continue the base BPE, or train a new one"
+    )
     t.add_argument("--new-tokens", type=int, default=None, metavar="N", help="extend: number of tokens to add")
-    t.add_argument("--vocab-size", type=int, default=None, metavar="N", help="replace: len(new tokenizer), the base's added tokens included")
-    t.add_argument("--min-frequency", type=int, default=2, metavar="K", help="a pair must occur at least K times to be merged")
+    t.add_argument(
+        "--vocab-size",
+        type=int,
+        default=None,
+        metavar="N",
+        help="replace: len(new tokenizer), the base's added tokens included",
+    )
+    t.add_argument(
+        "--min-frequency", type=int, default=2, metavar="K", help="a pair must occur at least K times to be merged"
+    )
     t.add_argument("--out", type=path_arg, required=True, help="new (or empty) output directory")
     add_allow_argument(t, ("json-text",))
     add_revision(t)
@@ -59,9 +80,19 @@ def register(sub: argparse._SubParsersAction) -> None:
         examples="ruadapt tokenizer report --tokenizer base=./Qwen2.5-7B --tokenizer ru48k=tok-ru48k "
         "--text ru=ru_eval.txt --text en=en_eval.txt --out report",
     )
-    r.add_argument("--tokenizer", action="append", required=True, metavar="NAME=DIR", help="tokenizer dir or Hub repo id (repeat; the first is the reference)")
-    r.add_argument("--text", action="append", required=True, metavar="LANG=FILE", help="UTF-8 text, one document per line (repeat)")
-    r.add_argument("--top-unused", type=int, default=20, metavar="K", help="list the first K unused new tokens per text")
+    r.add_argument(
+        "--tokenizer",
+        action="append",
+        required=True,
+        metavar="NAME=DIR",
+        help="tokenizer dir or Hub repo id (repeat; the first is the reference)",
+    )
+    r.add_argument(
+        "--text", action="append", required=True, metavar="LANG=FILE", help="UTF-8 text, one document per line (repeat)"
+    )
+    r.add_argument(
+        "--top-unused", type=int, default=20, metavar="K", help="list the first K unused new tokens per text"
+    )
     r.add_argument("--out", type=path_arg, required=True, help="new (or empty) output directory")
     add_allow_argument(r, ("json-text",))
     add_revision(r)
@@ -71,20 +102,41 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run_train(args: argparse.Namespace) -> int:
     from ..tokenizer.train import plan_tokenizer_train, write_trained
 
-    record = write_trained(plan_tokenizer_train(TokenizerTrainOptions(
-        base=resolve(args.base, "--base", revision=args.revision, what=TOKENIZER),
-        corpora=tuple(args.corpus),
-        out=args.out,
-        mode=args.mode,
-        new_tokens=args.new_tokens,
-        vocab_size=args.vocab_size,
-        min_frequency=args.min_frequency,
-        allow=tuple(args.allow),
-        progress=not os.environ.get("TQDM_DISABLE"),
-    )))
+    record = write_trained(
+        plan_tokenizer_train(
+            TokenizerTrainOptions(
+                base=resolve(args.base, "--base", revision=args.revision, what=TOKENIZER),
+                corpora=tuple(args.corpus),
+                out=args.out,
+                mode=args.mode,
+                new_tokens=args.new_tokens,
+                vocab_size=args.vocab_size,
+                min_frequency=args.min_frequency,
+                allow=tuple(args.allow),
+                progress=not os.environ.get("TQDM_DISABLE"),
+            )
+        )
+    )
     r = record["result"]
     print(f"{args.out}: {r['tokens']} tokens ({args.mode}); record in {args.out}/ruadapt_tokenizer.json")
-    print(json.dumps({k: r[k] for k in r if k in ("new_tokens", "new_merges", "trained_tokens", "merges", "added_tokens", "training_tokens_before", "training_tokens_after")}))
+    print(
+        json.dumps(
+            {
+                k: r[k]
+                for k in r
+                if k
+                in (
+                    "new_tokens",
+                    "new_merges",
+                    "trained_tokens",
+                    "merges",
+                    "added_tokens",
+                    "training_tokens_before",
+                    "training_tokens_after",
+                )
+            }
+        )
+    )
     return 0
 
 

@@ -69,30 +69,57 @@ def register(sub: argparse._SubParsersAction) -> None:
         "ruadapt train --config cpt.yaml --set train.max_steps=2000 --overwrite # changed config: start over\n"
         "DS_ACCELERATOR=cpu ruadapt train --config recipes/cpu-tiny/cpt-embeddings.yaml --num-gpus 2",
     )
-    p.add_argument("--config", type=path_arg, action="append", required=True,
-                   help="run YAML; repeat to run several in sequence (a later one may train an earlier one's out)")
+    p.add_argument(
+        "--config",
+        type=path_arg,
+        action="append",
+        required=True,
+        help="run YAML; repeat to run several in sequence (a later one may train an earlier one's out)",
+    )
     p.add_argument("--num-gpus", type=int, default=None, help="processes per node (default: all visible GPUs)")
     p.add_argument("--hostfile", type=path_arg, default=None, help="DeepSpeed hostfile for multi-node runs")
-    p.add_argument("--master-port", type=int, default=None,
-                   help="rendezvous port (default: a random free one from 29500 up to the kernel's ephemeral ports, re-picked "
-                   "if taken at the rendezvous; with --hostfile DeepSpeed's 29500)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a YAML value, e.g. --set train.max_steps=10")
-    p.add_argument("--resume", action="store_true",
-                   help="fail unless a complete checkpoint exists (without it, resuming is automatic)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="discard an earlier run of these configs whose config differs (its out, checkpoints and "
-                   "logs; the token cache stays) and start it over")
-    p.add_argument("--stop-grace", type=float, default=30.0, metavar="SECONDS",
-                   help="after SIGINT/SIGTERM, how long the ranks may take to finish their step before every process "
-                   "of the run is SIGKILLed")
+    p.add_argument(
+        "--master-port",
+        type=int,
+        default=None,
+        help="rendezvous port (default: a random free one from 29500 up to the kernel's ephemeral ports, re-picked "
+        "if taken at the rendezvous; with --hostfile DeepSpeed's 29500)",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a YAML value, e.g. --set train.max_steps=10",
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="fail unless a complete checkpoint exists (without it, resuming is automatic)",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="discard an earlier run of these configs whose config differs (its out, checkpoints and "
+        "logs; the token cache stays) and start it over",
+    )
+    p.add_argument(
+        "--stop-grace",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="after SIGINT/SIGTERM, how long the ranks may take to finish their step before every process "
+        "of the run is SIGKILLed",
+    )
     p.add_argument("--dry-run", action="store_true", help="validate and print the launch command; start nothing")
     p.set_defaults(func=run)
 
 
 def launch_command(args: argparse.Namespace, launch: Path, port: int | None) -> list[str]:
     """The DeepSpeed launcher's command line: every rank reads the runs still to do from ``launch``."""
-    launcher = shutil.which("deepspeed", path=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
+    launcher = shutil.which(
+        "deepspeed", path=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    )
     if launcher is None:
         raise RuadaptError("the `deepspeed` launcher is not on PATH; install deepspeed in this environment")
     cmd = [launcher]
@@ -193,8 +220,14 @@ def _run(args: argparse.Namespace, state: dict) -> int:
         return launch(args, pending, launch_json, port, env, building)
 
 
-def launch(args: argparse.Namespace, pending: list, launch_json: Path, port: int | None, env: dict[str, str],
-           building: str | None) -> int:
+def launch(
+    args: argparse.Namespace,
+    pending: list,
+    launch_json: Path,
+    port: int | None,
+    env: dict[str, str],
+    building: str | None,
+) -> int:
     """Supervise the launcher; when rank 0 found a default port taken at the rendezvous (another job bound it
     after we checked it), relaunch on a new random port, a few times."""
     cmd = launch_command(args, launch_json, port)
@@ -210,17 +243,24 @@ def launch(args: argparse.Namespace, pending: list, launch_json: Path, port: int
         if code != PORT_IN_USE_EXIT or port is None:
             return code
         if args.master_port is not None:
-            raise RuadaptError(f"--master-port {port}: another process took the port before the rendezvous bound it; "
-                               "choose another or leave --master-port out to get a free one")
+            raise RuadaptError(
+                f"--master-port {port}: another process took the port before the rendezvous bound it; "
+                "choose another or leave --master-port out to get a free one"
+            )
         if attempt == PORT_RELAUNCHES:
             break
         old, port = port, pick_master_port(avoid={port})
-        print(f"ruadapt train: the rendezvous port {old} was taken by another process before rank 0 bound it; "
-              f"relaunching on port {port}", file=sys.stderr)
+        print(
+            f"ruadapt train: the rendezvous port {old} was taken by another process before rank 0 bound it; "
+            f"relaunching on port {port}",
+            file=sys.stderr,
+        )
         cmd = launch_command(args, launch_json, port)
         building = None
-    raise RuadaptError(f"the rendezvous port was taken {PORT_RELAUNCHES + 1} times in a row by other processes; "
-                       "pass a --master-port reserved for this run")
+    raise RuadaptError(
+        f"the rendezvous port was taken {PORT_RELAUNCHES + 1} times in a row by other processes; "
+        "pass a --master-port reserved for this run"
+    )
 
 
 def rank_env(configs: list, started: float) -> dict[str, str]:

@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -54,14 +54,20 @@ def plan_windows(context: Sequence[int], target: Sequence[int], window: int, str
     out: list[Window] = []
     start, end = c, min(n, max(window + 1, c + stride))
     while True:
-        out.append(Window(doc, seq[max(0, end - 1 - window): end - 1], seq[start:end]))
+        out.append(Window(doc, seq[max(0, end - 1 - window) : end - 1], seq[start:end]))
         if end == n:
             return out
         start, end = end, min(n, end + stride)
 
 
-def score_windows(em: EvalModel, windows: list[Window], *, batch_tokens: int = 4096, desc: str = "bpb",
-                  per_token: dict[int, tuple[list[float], list[int]]] | None = None) -> list[float]:
+def score_windows(
+    em: EvalModel,
+    windows: list[Window],
+    *,
+    batch_tokens: int = 4096,
+    desc: str = "bpb",
+    per_token: dict[int, tuple[list[float], list[int]]] | None = None,
+) -> list[float]:
     """Summed NLL (nats, float64) of each window's targets. Windows are batched by length (right padding, so the
     real positions see exactly the unpadded computation) within ``batch_tokens`` padded tokens.
 
@@ -90,7 +96,7 @@ def score_windows(em: EvalModel, windows: list[Window], *, batch_tokens: int = 4
             for row, i in enumerate(batch):
                 w = windows[i]
                 n, k = len(w.inputs), len(w.targets)
-                logp = torch.log_softmax(logits[row, n - k: n].float(), dim=-1)
+                logp = torch.log_softmax(logits[row, n - k : n].float(), dim=-1)
                 tgt = torch.tensor(w.targets, device=logp.device).unsqueeze(1)
                 tok_nll = -logp.gather(1, tgt).squeeze(1).double()
                 nll[i] = float(tok_nll.sum())
@@ -135,19 +141,34 @@ class BpbResult:
         return self.nll_nats / (math.log(2) * self.bytes)
 
     def summary(self) -> dict:
-        return {"bpb": self.bpb, "nll_nats": self.nll_nats, "docs": self.docs, "windows": self.windows,
-                **{k: v for k, v in self.counts.items() if k != "lines"}}
+        return {
+            "bpb": self.bpb,
+            "nll_nats": self.nll_nats,
+            "docs": self.docs,
+            "windows": self.windows,
+            **{k: v for k, v in self.counts.items() if k != "lines"},
+        }
 
 
-def _result(em: EvalModel, texts: Sequence[str], targets: Sequence[Sequence[int]], windows: list[Window],
-            nll: list[float], per_token: dict[int, tuple[list[float], list[int]]] | None = None) -> BpbResult:
+def _result(
+    em: EvalModel,
+    texts: Sequence[str],
+    targets: Sequence[Sequence[int]],
+    windows: list[Window],
+    nll: list[float],
+    per_token: dict[int, tuple[list[float], list[int]]] | None = None,
+) -> BpbResult:
 
     doc_nll = [0.0] * len(texts)
     for w, x in zip(windows, nll):
         doc_nll[w.doc] += x
-    result = BpbResult(docs=len(texts), nll_nats=math.fsum(doc_nll), windows=len(windows),
-                       counts=measure(em.tokenizer.backend_tokenizer, list(texts), [list(t) for t in targets]),
-                       doc_nll=doc_nll)
+    result = BpbResult(
+        docs=len(texts),
+        nll_nats=math.fsum(doc_nll),
+        windows=len(windows),
+        counts=measure(em.tokenizer.backend_tokenizer, list(texts), [list(t) for t in targets]),
+        doc_nll=doc_nll,
+    )
     if per_token is not None:  # a document's windows score its targets in order, each exactly once
         result.token_targets = [list(t) for t in targets]
         result.token_nll = [[] for _ in texts]
@@ -163,8 +184,16 @@ def encode(em: EvalModel, text: str) -> list[int]:
     return em.tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
-def text_bpb(em: EvalModel, lines: Sequence[str], *, window: int, stride: int | None = None,
-             batch_tokens: int = 4096, desc: str = "bpb", per_token: bool = False) -> BpbResult:
+def text_bpb(
+    em: EvalModel,
+    lines: Sequence[str],
+    *,
+    window: int,
+    stride: int | None = None,
+    batch_tokens: int = 4096,
+    desc: str = "bpb",
+    per_token: bool = False,
+) -> BpbResult:
     """Bits per byte of ``lines`` (each a document), every token scored, the first after BOS/EOS.
     ``per_token``: also keep each token's NLL and the greedy prediction (``BpbResult.token_*``)."""
     stride = stride or window
@@ -181,8 +210,16 @@ def chat_prompt_ids(em: EvalModel, messages: list[dict[str, str]]) -> list[int]:
     return em.tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
-def chat_bpb(em: EvalModel, chats: Sequence[list[dict[str, str]]], *, window: int, stride: int | None = None,
-             batch_tokens: int = 4096, source: str = "--chat", desc: str = "chat bpb") -> BpbResult:
+def chat_bpb(
+    em: EvalModel,
+    chats: Sequence[list[dict[str, str]]],
+    *,
+    window: int,
+    stride: int | None = None,
+    batch_tokens: int = 4096,
+    source: str = "--chat",
+    desc: str = "chat bpb",
+) -> BpbResult:
     """Bits per byte of the assistant turns of ``chats``, each conditioned on the conversation before it."""
     if not em.has_chat_template:
         raise RuadaptError(f"{source}: model {em.name} ({em.path}) has no chat template; chat bpb needs one")
@@ -197,7 +234,9 @@ def chat_bpb(em: EvalModel, chats: Sequence[list[dict[str, str]]], *, window: in
             try:
                 context = chat_prompt_ids(em, messages[:i])
             except Exception as e:  # jinja raises for role orders a template does not accept
-                raise RuadaptError(f"{source}: conversation {n}: chat template of model {em.name} fails ({e})") from None
+                raise RuadaptError(
+                    f"{source}: conversation {n}: chat template of model {em.name} fails ({e})"
+                ) from None
             target = encode(em, m["content"])
             windows += plan_windows(context or [em.prefix_id], target, window, stride, len(texts))
             texts.append(m["content"])

@@ -13,8 +13,6 @@ from ..errors import RuadaptError
 from ..io.corpus import read_documents
 
 
-
-
 def parse_named(items: list[str] | None, option: str) -> dict[str, Path]:
     """``["ru=a.txt", "en=b.txt"]`` -> ``{"ru": Path("a.txt"), ...}``; names must be unique and non-empty."""
     out: dict[str, Path] = {}

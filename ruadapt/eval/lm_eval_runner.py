@@ -35,7 +35,9 @@ def available_tasks(text_files: dict[str, Path], copy_file: Path | None) -> dict
     return tasks
 
 
-def task_config(name: str, spec: dict[str, Any], *, max_lines: int | None = None, max_gen_toks: int | None = None) -> dict:
+def task_config(
+    name: str, spec: dict[str, Any], *, max_lines: int | None = None, max_gen_toks: int | None = None
+) -> dict:
     """The task YAML as lm-eval would load it, with this run's name, data path and limits filled in."""
     from lm_eval.tasks._yaml_loader import load_yaml  # lm-eval's loader: resolves !function relative to the YAML
 
@@ -58,14 +60,24 @@ def copy_max_gen_toks(em: EvalModel, cfg: dict, window: int) -> int:
     kw = cfg["dataset_kwargs"]
     paragraphs = copy_paragraphs(kw["path"], kw.get("max_docs", 100), kw.get("min_chars", 40), kw.get("max_chars", 300))
     if not paragraphs:
-        raise RuadaptError(f"{kw['path']}: no line with {kw.get('min_chars')}..{kw.get('max_chars')} characters for copy_ru")
+        raise RuadaptError(
+            f"{kw['path']}: no line with {kw.get('min_chars')}..{kw.get('max_chars')} characters for copy_ru"
+        )
     longest = max(len(em.tokenizer(p, add_special_tokens=False)["input_ids"]) for p in paragraphs)
     return max(1, min(window // 2, int(1.5 * longest) + 16))
 
 
-def run_task(em: EvalModel, name: str, spec: dict[str, Any], *, window: int, batch_size: int = 1,
-             max_lines: int | None = None, limit: int | None = None,
-             system_instruction: str | None = None) -> dict[str, Any]:
+def run_task(
+    em: EvalModel,
+    name: str,
+    spec: dict[str, Any],
+    *,
+    window: int,
+    batch_size: int = 1,
+    max_lines: int | None = None,
+    limit: int | None = None,
+    system_instruction: str | None = None,
+) -> dict[str, Any]:
     """Run one task on ``em`` and return ``{"metrics": {...}, "samples": [...], ...}``.
 
     ``spec`` is a shipped task's (from :func:`available_tasks`) or an include-path/registry task's (from
@@ -92,8 +104,15 @@ def run_task(em: EvalModel, name: str, spec: dict[str, Any], *, window: int, bat
     chat = generates and em.has_chat_template
     if generates and not chat:
         log.warning("%s: model %s has no chat template; %s prompts are given as plain text", name, em.name, name)
-    lm = HFLM(pretrained=em.model, tokenizer=em.tokenizer, backend="causal", max_length=window,
-              batch_size=batch_size, prefix_token_id=em.prefix_id, add_bos_token=False)
+    lm = HFLM(
+        pretrained=em.model,
+        tokenizer=em.tokenizer,
+        backend="causal",
+        max_length=window,
+        batch_size=batch_size,
+        prefix_token_id=em.prefix_id,
+        add_bos_token=False,
+    )
     out = simple_evaluate(
         model=lm,
         tasks=tasks,
@@ -104,21 +123,36 @@ def run_task(em: EvalModel, name: str, spec: dict[str, Any], *, window: int, bat
         gen_kwargs=gen_kwargs,
         bootstrap_iters=0,
         log_samples=True,
-        random_seed=0, numpy_random_seed=0, torch_random_seed=0, fewshot_random_seed=0,
+        random_seed=0,
+        numpy_random_seed=0,
+        torch_random_seed=0,
+        fewshot_random_seed=0,
     )
     per_task = {t: _metrics(r) for t, r in out["results"].items()}
     metrics = per_task.get(name) or {}
     if not metrics:  # a tag, or a group without an aggregate: every leaf's metrics, named leaf/metric
         metrics = {f"{t}/{k}": v for t, m in per_task.items() if t != name for k, v in m.items()}
     samples = [
-        {**({"task": t} if t != name else {}),
-         "doc": s["doc"], "prompt": s["arguments"][0][0] if s.get("arguments") else None,
-         "response": s["resps"][0][0] if s.get("resps") else None,
-         "filtered": s.get("filtered_resps"), "target": s.get("target")}
-        for t, rows in out.get("samples", {}).items() for s in rows
+        {
+            **({"task": t} if t != name else {}),
+            "doc": s["doc"],
+            "prompt": s["arguments"][0][0] if s.get("arguments") else None,
+            "response": s["resps"][0][0] if s.get("resps") else None,
+            "filtered": s.get("filtered_resps"),
+            "target": s.get("target"),
+        }
+        for t, rows in out.get("samples", {}).items()
+        for s in rows
     ]
-    res = {"task": name, "data": data, "chat_template": chat, "max_length": window, "metrics": metrics,
-           "docs": len(samples), "samples": samples}
+    res = {
+        "task": name,
+        "data": data,
+        "chat_template": chat,
+        "max_length": window,
+        "metrics": metrics,
+        "docs": len(samples),
+        "samples": samples,
+    }
     if "source" in spec:
         res["source"] = "lm-eval registry" if spec["source"] == "registry" else "--include-path"
         res["yaml"] = str(spec["yaml"]) if spec.get("yaml") else None  # None for a tag (it has no YAML of its own)

@@ -14,8 +14,8 @@ from typing import Any
 
 import torch
 
-from ..io.checkpoint import CheckpointReader
 from ..errors import RuadaptError
+from ..io.checkpoint import CheckpointReader
 from ..io.tokdir import chat_template, tokenizer_json_path
 from ..vocab.arch import model_fingerprint
 
@@ -107,7 +107,9 @@ def load_model(name: str, path: Path, *, device: str = "cpu", dtype: torch.dtype
         )
     prefix = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
     if prefix is None:
-        raise RuadaptError(f"{path}: --model {name} tokenizer has neither a BOS nor an EOS token to condition the first token on")
+        raise RuadaptError(
+            f"{path}: --model {name} tokenizer has neither a BOS nor an EOS token to condition the first token on"
+        )
     text_cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
     max_positions = getattr(text_cfg, "max_position_embeddings", None)
     facts = {
@@ -123,6 +125,14 @@ def load_model(name: str, path: Path, *, device: str = "cpu", dtype: torch.dtype
         "max_position_embeddings": max_positions,
         "chat_template": chat_template(path) is not None,
     }
-    log.info("loaded %s from %s: %s parameters, %s tokens, %s rows, %s on %s", name, path, facts["parameters"],
-             len(tokenizer), rows, facts["dtype"], device)
+    log.info(
+        "loaded %s from %s: %s parameters, %s tokens, %s rows, %s on %s",
+        name,
+        path,
+        facts["parameters"],
+        len(tokenizer),
+        rows,
+        facts["dtype"],
+        device,
+    )
     return EvalModel(name, path, model, tokenizer, prefix, rows, max_positions, bool(tokenizer.chat_template), facts)

@@ -18,7 +18,10 @@ def _fmt(x: Any, digits: int = 4) -> str:
 
 def markdown_table(header: list[str], rows: list[list[Any]]) -> list[str]:
     """Lines of a GitHub table: first column left-aligned, the others right-aligned and formatted by ``_fmt``."""
-    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" if i == 0 else "---:" for i in range(len(header))) + "|"]
+    out = [
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join("---" if i == 0 else "---:" for i in range(len(header))) + "|",
+    ]
     out += ["| " + " | ".join(_fmt(c) for c in row) + " |" for row in rows]
     return out
 
@@ -38,36 +41,81 @@ def markdown(report: dict) -> str:
     """``report.md``: tables with one row per model."""
     models = list(report["models"])
     lines = ["# ruadapt eval", ""]
-    lines += markdown_table(["model", "path", "parameters", "len(tokenizer)", "rows", "dtype"],
-                    [[m, report["models"][m]["path"], report["models"][m]["parameters"], report["models"][m]["tokenizer_size"],
-                      report["models"][m]["embedding_rows"], report["models"][m]["dtype"]] for m in models])
+    lines += markdown_table(
+        ["model", "path", "parameters", "len(tokenizer)", "rows", "dtype"],
+        [
+            [
+                m,
+                report["models"][m]["path"],
+                report["models"][m]["parameters"],
+                report["models"][m]["tokenizer_size"],
+                report["models"][m]["embedding_rows"],
+                report["models"][m]["dtype"],
+            ]
+            for m in models
+        ],
+    )
     bpb = report.get("bpb") or {}
     labels = list(dict.fromkeys(label for m in bpb.values() for label in m))
     if labels:
         pol = report["window_policy"]
         lines += ["", f"## Bits per byte (lower is better; window {pol['window']} tokens, stride {pol['stride']})", ""]
         header = ["model"] + [f"{label} bpb" for label in labels] + [f"{label} chars/token" for label in labels]
-        rows = [[m] + [bpb[m][label]["bpb"] for label in labels] + [bpb[m][label]["chars_per_token"] for label in labels]
-                for m in models]
+        rows = [
+            [m] + [bpb[m][label]["bpb"] for label in labels] + [bpb[m][label]["chars_per_token"] for label in labels]
+            for m in models
+        ]
         lines += markdown_table(header, rows)
-        lines += ["", "Same bytes for every model: " + ", ".join(
-            f"{label} {bpb[models[0]][label]['bytes']:,} bytes in {bpb[models[0]][label]['docs']:,} "
-            f"{'assistant turns' if bpb[models[0]][label].get('kind') == 'chat' else 'lines'}" for label in labels) + "."]
+        lines += [
+            "",
+            "Same bytes for every model: "
+            + ", ".join(
+                f"{label} {bpb[models[0]][label]['bytes']:,} bytes in {bpb[models[0]][label]['docs']:,} "
+                f"{'assistant turns' if bpb[models[0]][label].get('kind') == 'chat' else 'lines'}"
+                for label in labels
+            )
+            + ".",
+        ]
     lines += start_table(report)
     speed = report.get("speed")
     if speed:
-        lines += ["", f"## Generation speed ({speed['mode']}, {speed['new_tokens']} new tokens × {speed['prompts']} prompts "
-                  f"× {speed['rounds']} rounds, batch 1, rotating order, warm-up excluded)", "",
-                  "Medians over rounds ± half their range; ratios are medians of per-round ratios [lowest–highest round]. "
-                  "Decode = the steps after the first token, without the prompt's prefill; the MAC column is the decode "
-                  "ratio the models' arithmetic predicts.", ""]
+        lines += [
+            "",
+            f"## Generation speed ({speed['mode']}, {speed['new_tokens']} new tokens × {speed['prompts']} prompts "
+            f"× {speed['rounds']} rounds, batch 1, rotating order, warm-up excluded)",
+            "",
+            "Medians over rounds ± half their range; ratios are medians of per-round ratios [lowest–highest round]. "
+            "Decode = the steps after the first token, without the prompt's prefill; the MAC column is the decode "
+            "ratio the models' arithmetic predicts.",
+            "",
+        ]
         base = speed["baseline"]
-        rows = [[m, median_spread(s, "chars_per_s"), median_spread(s, "tokens_per_s"),
-                 median_spread(s, "decode_tokens_per_s"), s["chars_per_token"], ratio_range(s, "chars_per_s_ratio"),
-                 ratio_range(s, "decode_tokens_per_s_ratio"), f"{s['mac_ratio']:.3f}"]
-                for m, s in speed["models"].items()]
-        lines += markdown_table(["model", "chars/s", "tokens/s", "decode tokens/s", "chars/token", f"chars/s ÷ {base}",
-                                 f"decode ÷ {base}", f"MACs predict ÷ {base}"], rows)
+        rows = [
+            [
+                m,
+                median_spread(s, "chars_per_s"),
+                median_spread(s, "tokens_per_s"),
+                median_spread(s, "decode_tokens_per_s"),
+                s["chars_per_token"],
+                ratio_range(s, "chars_per_s_ratio"),
+                ratio_range(s, "decode_tokens_per_s_ratio"),
+                f"{s['mac_ratio']:.3f}",
+            ]
+            for m, s in speed["models"].items()
+        ]
+        lines += markdown_table(
+            [
+                "model",
+                "chars/s",
+                "tokens/s",
+                "decode tokens/s",
+                "chars/token",
+                f"chars/s ÷ {base}",
+                f"decode ÷ {base}",
+                f"MACs predict ÷ {base}",
+            ],
+            rows,
+        )
         if speed.get("warnings"):
             lines += [""] + [f"Warning: {w}." for w in speed["warnings"]]
     lm = report.get("lm_eval") or {}
@@ -80,10 +128,15 @@ def markdown(report: dict) -> str:
         agree = report.get("bpb_agreement") or {}
         if agree:
             worst = max(abs(v["abs_diff"]) for m in agree.values() for v in m.values())
-            lines += ["", f"lm-eval bits_per_byte vs ruadapt bpb on the same lines and window: largest difference {worst:.2e}."]
+            lines += [
+                "",
+                f"lm-eval bits_per_byte vs ruadapt bpb on the same lines and window: largest difference {worst:.2e}.",
+            ]
     failures = report.get("failures") or []
     if failures:
-        lines += ["", "## Failures (measures without a number; `ruadapt eval` exits 1)", ""] + [f"- {f}" for f in failures]
+        lines += ["", "## Failures (measures without a number; `ruadapt eval` exits 1)", ""] + [
+            f"- {f}" for f in failures
+        ]
     lines.append("")
     return "\n".join(lines)
 
@@ -97,12 +150,35 @@ def start_table(report: dict) -> list[str]:
     rows = []
     for m, per_label in start["models"].items():
         for label, d in per_label.items():
-            rows.append([m, label, d["bpb"], d["base_bpb"], f"{100 * d['gap']:+.1f} %",
-                         f"{100 * d['new_byte_share']:.1f} %", d["bpb_new"], d["bpb_old"], f"{100 * d['new_prediction_share']:.1f} %",
-                         f"{d['new_never_predicted']:,} of {d['new_tokens']:,}"])
+            rows.append(
+                [
+                    m,
+                    label,
+                    d["bpb"],
+                    d["base_bpb"],
+                    f"{100 * d['gap']:+.1f} %",
+                    f"{100 * d['new_byte_share']:.1f} %",
+                    d["bpb_new"],
+                    d["bpb_old"],
+                    f"{100 * d['new_prediction_share']:.1f} %",
+                    f"{d['new_never_predicted']:,} of {d['new_tokens']:,}",
+                ]
+            )
     return ["", f"## Start (new tokens = those {start['base']}'s tokenizer lacks)", ""] + markdown_table(
-        ["model", "text", "bpb", f"{start['base']} bpb", "gap", "bytes in new tokens", "bpb at new", "bpb at old",
-         "greedy = new", "new never predicted"], rows)
+        [
+            "model",
+            "text",
+            "bpb",
+            f"{start['base']} bpb",
+            "gap",
+            "bytes in new tokens",
+            "bpb at new",
+            "bpb at old",
+            "greedy = new",
+            "new never predicted",
+        ],
+        rows,
+    )
 
 
 def plots(report: dict, out: Path) -> list[str]:
@@ -139,14 +215,18 @@ def plots(report: dict, out: Path) -> list[str]:
         fig, axes = plt.subplots(1, 2, figsize=(2 + 1.6 * len(names), 3.4))
         for ax, key, title in ((axes[0], "chars_per_s", "characters / s"), (axes[1], "tokens_per_s", "tokens / s")):
             mid = [speed["models"][n][key] for n in names]
-            err = [[m - speed["models"][n][key + "_spread"]["min"] for m, n in zip(mid, names)],
-                   [speed["models"][n][key + "_spread"]["max"] - m for m, n in zip(mid, names)]]
+            err = [
+                [m - speed["models"][n][key + "_spread"]["min"] for m, n in zip(mid, names)],
+                [speed["models"][n][key + "_spread"]["max"] - m for m, n in zip(mid, names)],
+            ]
             bars = ax.bar(names, mid, yerr=err, capsize=3, color=["C0", "C1", "C2", "C3", "C4"][: len(names)])
             ax.bar_label(bars, fmt="%.1f", fontsize=8)
             ax.set_title(title)
             ax.tick_params(axis="x", labelrotation=20, labelsize=8)
-        fig.suptitle(f"Generation speed ({speed['mode']}, {speed['new_tokens']} new tokens; median, bars: "
-                     f"range over {speed['rounds']} rounds)")
+        fig.suptitle(
+            f"Generation speed ({speed['mode']}, {speed['new_tokens']} new tokens; median, bars: "
+            f"range over {speed['rounds']} rounds)"
+        )
         fig.tight_layout()
         fig.savefig(out / "speed.png", dpi=120)
         plt.close(fig)

@@ -13,17 +13,17 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import require
+from ..io.chatdata import read_chats
 from ..io.outdir import atomic_output_dir, check_output_dir
 from ..io.record import StageRecord
-from .bpb import chat_bpb, common_window, text_bpb
-from ..io.chatdata import read_chats
 from ..vocab.arch import model_fingerprint
+from .bpb import chat_bpb, common_window, text_bpb
 from .data import read_lines
 from .lm_eval_runner import available_tasks, run_task
 from .load import check_device, check_model_dir, load_model, resolve_dtype
 from .report import write_report
-from .start import start_diagnostics
 from .speed import MODES, measure_speed, select_prompts
+from .start import start_diagnostics
 from .task_select import check_include_paths, check_task_data, resolve_tasks
 
 log = logging.getLogger(__name__)
@@ -68,15 +68,19 @@ def run_eval(
     options = {k: v for k, v in locals().items() if k not in ("models", "out")}
     # ---- check everything before loading anything
     require(models, "--model: give at least one NAME=DIR")
-    require(start_base is None or start_base in models,
-            f"--start-base {start_base}: not one of the --model names ({', '.join(models)})")
+    require(
+        start_base is None or start_base in models,
+        f"--start-base {start_base}: not one of the --model names ({', '.join(models)})",
+    )
     require(start_base is None or texts, f"--start-base {start_base}: give --text LANG=FILE to measure the start on")
     device = check_device(device)
     torch_dtype = resolve_dtype(dtype, device)
     require(speed_mode in MODES, f"--speed-mode {speed_mode}: unknown; use {' or '.join(MODES)}")
     require(speed_rounds >= 1, f"--speed-rounds {speed_rounds}: must be at least 1")
-    require(new_tokens != 1 or speed_prompts == 0,
-            "--new-tokens 1: the speed test times the decoding steps after the first token; give at least 2")
+    require(
+        new_tokens != 1 or speed_prompts == 0,
+        "--new-tokens 1: the speed test times the decoding steps after the first token; give at least 2",
+    )
     for label in chats:
         require(label not in texts, f"--chat {label}: the name is also used by --text; names must differ")
     readers = {name: check_model_dir(name, path) for name, path in models.items()}
@@ -101,8 +105,10 @@ def run_eval(
             prompt_lines = text_lines["ru"]
         else:
             log.warning("no --prompts and no --text ru: generation speed is not measured")
-    require(text_lines or chat_data or prompt_lines or tasks,
-            "nothing to measure: give --text LANG=FILE, --chat LANG=FILE.jsonl, --prompts FILE or --tasks")
+    require(
+        text_lines or chat_data or prompt_lines or tasks,
+        "nothing to measure: give --text LANG=FILE, --chat LANG=FILE.jsonl, --prompts FILE or --tasks",
+    )
     inputs = [r.path for r in readers.values()] + list(texts.values()) + list(chats.values())
     inputs += [p for p in (prompts, copy_file) if p is not None]
     check_output_dir(out, inputs)
@@ -127,7 +133,8 @@ def run_eval(
         "device": device,
         "models": {em.name: em.facts for em in loaded},
         "window_policy": {
-            "window": window, "stride": stride,
+            "window": window,
+            "stride": stride,
             "first_token_context": "BOS, or EOS when the tokenizer has no BOS",
             "same_as_lm_eval_loglikelihood_rolling": stride == window,
         },
@@ -141,16 +148,30 @@ def run_eval(
     with record.timed("bpb"):
         for em in loaded:
             for label, lines in text_lines.items():
-                r = text_bpb(em, lines, window=window, stride=stride, batch_tokens=batch_tokens, desc=f"bpb {label}",
-                             per_token=em.name in starts)
+                r = text_bpb(
+                    em,
+                    lines,
+                    window=window,
+                    stride=stride,
+                    batch_tokens=batch_tokens,
+                    desc=f"bpb {label}",
+                    per_token=em.name in starts,
+                )
                 report["bpb"][em.name][label] = {"kind": "text", "file": str(texts[label]), **r.summary()}
                 if em.name in starts:
                     diag = start_diagnostics(r, *starts[em.name])
                     report["start"]["models"][em.name][label] = {"bpb": r.bpb, **diag}
                 log.info("%s %s: %.4f bits/byte, %.3f chars/token", em.name, label, r.bpb, r.chars / r.tokens)
             for label, convs in chat_data.items():
-                r = chat_bpb(em, convs, window=window, stride=stride, batch_tokens=batch_tokens,
-                             source=f"--chat {label}", desc=f"bpb {label}")
+                r = chat_bpb(
+                    em,
+                    convs,
+                    window=window,
+                    stride=stride,
+                    batch_tokens=batch_tokens,
+                    source=f"--chat {label}",
+                    desc=f"bpb {label}",
+                )
                 report["bpb"][em.name][label] = {"kind": "chat", "file": str(chats[label]), **r.summary()}
                 log.info("%s %s (assistant turns): %.4f bits/byte", em.name, label, r.bpb)
         for name, per_label in (report.get("start") or {}).get("models", {}).items():
@@ -162,8 +183,7 @@ def run_eval(
     if prompt_lines:
         with record.timed("speed"):
             chosen = select_prompts(prompt_lines, loaded, speed_prompts, new_tokens=new_tokens, mode=speed_mode)
-            report["speed"] = measure_speed(loaded, chosen, new_tokens=new_tokens, mode=speed_mode,
-                                            rounds=speed_rounds)
+            report["speed"] = measure_speed(loaded, chosen, new_tokens=new_tokens, mode=speed_mode, rounds=speed_rounds)
             report["speed"]["prompt_source"] = str(prompts or texts.get("ru"))
 
     # ---- lm-eval
@@ -173,8 +193,16 @@ def run_eval(
         with record.timed("lm_eval"):
             for em in loaded:
                 for task in tasks:
-                    res = run_task(em, task, offered[task], window=window, max_lines=max_lines, limit=task_limit,
-                                   system_instruction=system_instruction, batch_size=task_batch_size)
+                    res = run_task(
+                        em,
+                        task,
+                        offered[task],
+                        window=window,
+                        max_lines=max_lines,
+                        limit=task_limit,
+                        system_instruction=system_instruction,
+                        batch_size=task_batch_size,
+                    )
                     samples.setdefault(em.name, {})[task] = res.pop("samples")
                     report["lm_eval"][em.name][task] = res
         report["bpb_agreement"] = _agreement(report, task_limit)
@@ -201,8 +229,11 @@ def start_setup(loaded: list, start_base: str | None) -> dict[str, tuple[set[int
     from .start import new_token_ids
 
     base = next(em for em in loaded if em.name == start_base).tokenizer.backend_tokenizer
-    return {em.name: (new_token_ids(base, em.tokenizer.backend_tokenizer), TokenCodec(em.tokenizer.backend_tokenizer))
-            for em in loaded if em.name != start_base}
+    return {
+        em.name: (new_token_ids(base, em.tokenizer.backend_tokenizer), TokenCodec(em.tokenizer.backend_tokenizer))
+        for em in loaded
+        if em.name != start_base
+    }
 
 
 def failed_measures(report: dict) -> list[str]:
@@ -246,10 +277,14 @@ def _agreement(report: dict, task_limit: int | None) -> dict:
     out: dict[str, dict] = {}
     for name, per_task in report.get("lm_eval", {}).items():
         for task, res in per_task.items():
-            label = task[len("bpb_"):] if task.startswith("bpb_") else None
+            label = task[len("bpb_") :] if task.startswith("bpb_") else None
             ours = report["bpb"].get(name, {}).get(label)
             if label is None or ours is None or "bits_per_byte" not in res["metrics"]:
                 continue
             theirs = res["metrics"]["bits_per_byte"]
-            out.setdefault(name, {})[label] = {"ruadapt": ours["bpb"], "lm_eval": theirs, "abs_diff": abs(ours["bpb"] - theirs)}
+            out.setdefault(name, {})[label] = {
+                "ruadapt": ours["bpb"],
+                "lm_eval": theirs,
+                "abs_diff": abs(ours["bpb"] - theirs),
+            }
     return out

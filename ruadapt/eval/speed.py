@@ -31,8 +31,9 @@ import logging
 import math
 import statistics
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence, get_args
+from typing import Any, get_args
 
 import torch
 from tqdm.auto import tqdm
@@ -66,8 +67,9 @@ def split_prompts(lines: Sequence[str], n: int, prompt_chars: int = 200) -> list
     return out
 
 
-def select_prompts(lines: Sequence[str], models: Sequence[EvalModel], n: int, *, new_tokens: int, mode: str,
-                   prompt_chars: int = 200) -> list[Prompt]:
+def select_prompts(
+    lines: Sequence[str], models: Sequence[EvalModel], n: int, *, new_tokens: int, mode: str, prompt_chars: int = 200
+) -> list[Prompt]:
     """``n`` prompts from ``lines``; in ``reference`` mode only lines whose continuation gives every model at
     least ``new_tokens`` tokens, so all models produce the same text span's worth of steps."""
     if mode != "reference":
@@ -79,8 +81,10 @@ def select_prompts(lines: Sequence[str], models: Sequence[EvalModel], n: int, *,
             if len(out) == n:
                 break
     if not out:
-        raise RuadaptError(f"--speed-mode reference: no prompt line is long enough for --new-tokens {new_tokens} "
-                           f"after its first {prompt_chars} characters; give longer lines with --prompts")
+        raise RuadaptError(
+            f"--speed-mode reference: no prompt line is long enough for --new-tokens {new_tokens} "
+            f"after its first {prompt_chars} characters; give longer lines with --prompts"
+        )
     return out
 
 
@@ -150,18 +154,23 @@ def generate_once(em: EvalModel, prompt: Prompt, new_tokens: int, mode: str = "g
         processors.append(_ForceTokens(ids.shape[1], forced))
     eos = tok.eos_token_id if tok.eos_token_id is not None else em.prefix_id
     config = GenerationConfig(
-        max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, num_beams=1,
-        eos_token_id=eos, pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else eos,
+        max_new_tokens=new_tokens,
+        min_new_tokens=new_tokens,
+        do_sample=False,
+        num_beams=1,
+        eos_token_id=eos,
+        pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else eos,
     )
     ids = ids.to(em.device)
     with torch.inference_mode():
         _sync(em.device)
         t0 = time.perf_counter()
-        out = em.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=config,
-                                logits_processor=processors)
+        out = em.model.generate(
+            input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=config, logits_processor=processors
+        )
         _sync(em.device)
         seconds = time.perf_counter() - t0
-    new = out[0, ids.shape[1]:].tolist()
+    new = out[0, ids.shape[1] :].tolist()
     text = tok.decode(new, skip_special_tokens=True)
     return Generation(seconds, len(new), len(text), text, ids.shape[1], clock.times[-1] - clock.times[0])
 
@@ -176,8 +185,15 @@ def spread(values: Sequence[float]) -> dict[str, float]:
     return {"min": min(values), "max": max(values), "rel": (max(values) - min(values)) / 2 / mid if mid else math.inf}
 
 
-def measure_speed(models: Sequence[EvalModel], prompts: Sequence[Prompt], *, new_tokens: int = 64,
-                  mode: str = "greedy", warmup: int = 1, rounds: int = 5) -> dict:
+def measure_speed(
+    models: Sequence[EvalModel],
+    prompts: Sequence[Prompt],
+    *,
+    new_tokens: int = 64,
+    mode: str = "greedy",
+    warmup: int = 1,
+    rounds: int = 5,
+) -> dict:
     """Speed of every model over ``rounds`` rounds of every prompt; see the module docstring.
 
     Per model: ``tokens_per_s``, ``chars_per_s``, ``decode_tokens_per_s`` and their ``*_ratio`` to the first model
@@ -192,8 +208,10 @@ def measure_speed(models: Sequence[EvalModel], prompts: Sequence[Prompt], *, new
     if rounds < 1:
         raise RuadaptError(f"--speed-rounds {rounds}: must be at least 1")
     if new_tokens < 2:
-        raise RuadaptError(f"--new-tokens {new_tokens}: the speed test needs at least 2 (decoding steps are timed "
-                           "between the first token and the last)")
+        raise RuadaptError(
+            f"--new-tokens {new_tokens}: the speed test needs at least 2 (decoding steps are timed "
+            "between the first token and the last)"
+        )
     for em in models:  # warm-up: allocator, kernels, caches; not counted
         for _ in range(warmup):
             generate_once(em, prompts[0], new_tokens, mode)
@@ -210,18 +228,28 @@ def measure_speed(models: Sequence[EvalModel], prompts: Sequence[Prompt], *, new
             for em in order:
                 g = generate_once(em, prompt, new_tokens, mode)
                 t = per_round[em.name][r]
-                for key, value in (("seconds", g.seconds), ("tokens", g.tokens), ("chars", g.chars),
-                                   ("generations", 1), ("decode_seconds", g.decode_seconds),
-                                   ("decode_steps", g.tokens - 1), ("prompt_tokens", g.prompt_tokens)):
+                for key, value in (
+                    ("seconds", g.seconds),
+                    ("tokens", g.tokens),
+                    ("chars", g.chars),
+                    ("generations", 1),
+                    ("decode_seconds", g.decode_seconds),
+                    ("decode_steps", g.tokens - 1),
+                    ("prompt_tokens", g.prompt_tokens),
+                ):
                     t[key] += value
                 samples.setdefault(em.name, g.text)
                 bar.update(1)
     bar.close()
     first = models[0].name
-    rates = {name: {"tokens_per_s": [t["tokens"] / t["seconds"] for t in ts],
-                    "chars_per_s": [t["chars"] / t["seconds"] for t in ts],
-                    "decode_tokens_per_s": [t["decode_steps"] / t["decode_seconds"] for t in ts]}
-             for name, ts in per_round.items()}
+    rates = {
+        name: {
+            "tokens_per_s": [t["tokens"] / t["seconds"] for t in ts],
+            "chars_per_s": [t["chars"] / t["seconds"] for t in ts],
+            "decode_tokens_per_s": [t["decode_steps"] / t["decode_seconds"] for t in ts],
+        }
+        for name, ts in per_round.items()
+    }
     per_model = {}
     for em in models:
         ts = per_round[em.name]
@@ -233,9 +261,16 @@ def measure_speed(models: Sequence[EvalModel], prompts: Sequence[Prompt], *, new
         for rate in RATES:
             values = rates[em.name][rate]
             ratios = [v / b for v, b in zip(values, rates[first][rate])]
-            s.update({rate: statistics.median(values), f"{rate}_spread": spread(values), f"{rate}_rounds": values,
-                      f"{rate}_ratio": statistics.median(ratios), f"{rate}_ratio_spread": spread(ratios),
-                      f"{rate}_ratio_rounds": ratios})
+            s.update(
+                {
+                    rate: statistics.median(values),
+                    f"{rate}_spread": spread(values),
+                    f"{rate}_rounds": values,
+                    f"{rate}_ratio": statistics.median(ratios),
+                    f"{rate}_ratio_spread": spread(ratios),
+                    f"{rate}_ratio_rounds": ratios,
+                }
+            )
         s["mean_context"] = context
         s["macs_per_step"] = macs_per_token(em.model.config, _lm_head_rows(em), context)
         s["sample"] = samples.get(em.name, "")
@@ -250,7 +285,8 @@ def measure_speed(models: Sequence[EvalModel], prompts: Sequence[Prompt], *, new
                 f"per-step ratio disagrees with the MAC count: {name} decodes at {measured:.3f}× {first}'s tokens/s "
                 f"(rounds {rng['min']:.3f}–{rng['max']:.3f}) but its MACs per step predict {s['mac_ratio']:.3f}×: "
                 "the timing is noise (a busy machine) or the models differ in more than their arithmetic "
-                "(dtype, attention kernel, or per-step overhead that dominates a small model)")
+                "(dtype, attention kernel, or per-step overhead that dominates a small model)"
+            )
             log.warning("%s", warnings[-1])
     return {
         "mode": mode,

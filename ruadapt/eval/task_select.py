@@ -42,8 +42,9 @@ def _manager(include_paths: list[Path], include_defaults: bool) -> Any:
     return TaskManager(include_path=[str(p) for p in include_paths] or None, include_defaults=include_defaults)
 
 
-def resolve_tasks(requested: list[str], shipped: dict[str, dict[str, Any]],
-                  include_paths: list[Path] | None = None) -> dict[str, dict[str, Any]]:
+def resolve_tasks(
+    requested: list[str], shipped: dict[str, dict[str, Any]], include_paths: list[Path] | None = None
+) -> dict[str, dict[str, Any]]:
     """``--tasks`` names -> specs, in the order given (duplicates dropped). A shipped task keeps its spec from
     ``shipped``; another gets ``{"source": "include" | "registry", "manager": TaskManager, "yaml": ...}``.
     An unknown name is a one-line error that says where it was looked for (and close names, if any)."""
@@ -51,7 +52,7 @@ def resolve_tasks(requested: list[str], shipped: dict[str, dict[str, Any]],
     include_paths = list(include_paths or [])
     for n in names:  # a shipped name this run cannot offer: say what it needs, without indexing anything
         if n not in shipped and (n == "copy_ru" or n.startswith("bpb_")):
-            need = "--text ru=FILE or --copy-file FILE" if n == "copy_ru" else f"--text {n[len('bpb_'):]}=FILE"
+            need = "--text ru=FILE or --copy-file FILE" if n == "copy_ru" else f"--text {n[len('bpb_') :]}=FILE"
             raise RuadaptError(f"--tasks {n}: ruadapt's task {n} needs {need}")
     out: dict[str, dict[str, Any]] = {n: shipped[n] for n in names if n in shipped}
     rest = [n for n in names if n not in out]
@@ -70,8 +71,13 @@ def resolve_tasks(requested: list[str], shipped: dict[str, dict[str, Any]],
         for n in rest:
             entry = tm.task_index.get(n)
             if entry is not None:
-                out[n] = {"source": source, "manager": tm, "yaml": entry.yaml_path, "kind": entry.kind.name.lower(),
-                          "dataset": dataset_of(entry.cfg)}
+                out[n] = {
+                    "source": source,
+                    "manager": tm,
+                    "yaml": entry.yaml_path,
+                    "kind": entry.kind.name.lower(),
+                    "dataset": dataset_of(entry.cfg),
+                }
         rest = [n for n in rest if n not in out]
         if not rest:
             break
@@ -104,7 +110,9 @@ def _offline() -> bool:
         pass
     import datasets
 
-    return bool(getattr(datasets.config, "HF_HUB_OFFLINE", False) or getattr(datasets.config, "HF_DATASETS_OFFLINE", False))
+    return bool(
+        getattr(datasets.config, "HF_HUB_OFFLINE", False) or getattr(datasets.config, "HF_DATASETS_OFFLINE", False)
+    )
 
 
 def _data_errors() -> tuple[type[BaseException], ...]:
@@ -113,9 +121,14 @@ def _data_errors() -> tuple[type[BaseException], ...]:
     import datasets.exceptions
     from huggingface_hub import errors as hub_errors
 
-    errs: list[type[BaseException]] = [ConnectionError, TimeoutError, FileNotFoundError,
-                                       datasets.exceptions.DatasetNotFoundError, hub_errors.LocalEntryNotFoundError,
-                                       hub_errors.HfHubHTTPError]
+    errs: list[type[BaseException]] = [
+        ConnectionError,
+        TimeoutError,
+        FileNotFoundError,
+        datasets.exceptions.DatasetNotFoundError,
+        hub_errors.LocalEntryNotFoundError,
+        hub_errors.HfHubHTTPError,
+    ]
     try:
         import requests
 
@@ -149,9 +162,23 @@ def check_task_data(specs: dict[str, dict[str, Any]]) -> None:
             raise RuadaptError(f"--tasks {name}: names no task (an empty group or tag)")
         spec["leaves"] = sorted(tasks)
         if not spec.get("dataset"):  # a group or tag: the datasets of its tasks
-            spec["dataset"] = ", ".join(sorted({dataset_of({k: getattr(t.config, k, None) for k in
-                                                            ("dataset_path", "dataset_name", "dataset_kwargs")})
-                                                or "?" for t in tasks.values()}))
+            spec["dataset"] = ", ".join(
+                sorted(
+                    {
+                        dataset_of(
+                            {k: getattr(t.config, k, None) for k in ("dataset_path", "dataset_name", "dataset_kwargs")}
+                        )
+                        or "?"
+                        for t in tasks.values()
+                    }
+                )
+            )
         spec["output_types"] = sorted({t.get_config("output_type") for t in tasks.values()})
-        log.info("task %s (%s): %d task(s), %s, data %s", name, spec["source"], len(tasks),
-                 "/".join(spec["output_types"]), spec.get("dataset"))
+        log.info(
+            "task %s (%s): %d task(s), %s, data %s",
+            name,
+            spec["source"],
+            len(tasks),
+            "/".join(spec["output_types"]),
+            spec.get("dataset"),
+        )

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import itertools
 import json
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from ..errors import RuadaptError
 from .corpus import iter_line_blocks
@@ -38,7 +38,9 @@ def _conversation(line: str, path: Path, n: int) -> list[dict[str, str]]:
         raise RuadaptError(f"{path}: line {n} is not JSON ({e.msg})") from None
     messages = record.get("messages") if isinstance(record, dict) else None
     if not isinstance(messages, list) or not messages:
-        raise RuadaptError(f"{path}: line {n} has no \"messages\" list; expected {{\"messages\": [{{\"role\": ..., \"content\": ...}}]}}")
+        raise RuadaptError(
+            f'{path}: line {n} has no "messages" list; expected {{"messages": [{{"role": ..., "content": ...}}]}}'
+        )
     for m in messages:
         if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
             raise RuadaptError(f"{path}: line {n}: every message needs a role ({'/'.join(ROLES)}) and a string content")

@@ -20,9 +20,10 @@ import json
 import logging
 import os
 import shutil
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterable, Iterator, Mapping, Union
+from typing import BinaryIO, Union
 
 import torch
 from safetensors import safe_open
@@ -172,12 +173,16 @@ class CheckpointReader:
                 with safe_open(shard, framework="pt") as f:
                     names = list(f.keys())
             except Exception as e:  # safetensors raises its own error type for truncated/corrupt files
-                raise RuadaptError(f"{shard}: not a readable safetensors file ({e}); re-download or re-save it") from None
+                raise RuadaptError(
+                    f"{shard}: not a readable safetensors file ({e}); re-download or re-save it"
+                ) from None
             header, data_start = read_header(shard)
             entries = json.loads(header)
             for name in names:
                 e = entries[name]
-                self.infos[name] = TensorInfo(name, tuple(e["shape"]), e["dtype"], shard, data_start + e["data_offsets"][0])
+                self.infos[name] = TensorInfo(
+                    name, tuple(e["shape"]), e["dtype"], shard, data_start + e["data_offsets"][0]
+                )
         if self._weight_map is not None:
             for name, shard in self._weight_map.items():
                 info = self.infos.get(name)
@@ -276,7 +281,9 @@ class RowBlocks:
             raise ValueError(f"{self.source.name}: row blocks need a 2-D source, got shape {self.source.shape}")
         for b in self.blocks:
             if isinstance(b, torch.Tensor) and (b.dim() != 2 or b.shape[1] != self.width or b.dtype != self.dtype):
-                raise ValueError(f"{self.source.name}: a block of shape {tuple(b.shape)} {b.dtype} does not fit rows of {self.width} {self.dtype}")
+                raise ValueError(
+                    f"{self.source.name}: a block of shape {tuple(b.shape)} {b.dtype} does not fit rows of {self.width} {self.dtype}"
+                )
 
     @property
     def dtype(self) -> torch.dtype:
@@ -351,13 +358,19 @@ class CheckpointWriter:
         tensor = tensor.detach().to("cpu").contiguous()
         if tensor.dtype not in _ST_DTYPES:
             raise ValueError(f"tensor {name}: dtype {tensor.dtype} cannot be stored in safetensors")
-        self._queue(_Pending(name, tuple(tensor.shape), _ST_DTYPES[tensor.dtype], tensor.numel() * tensor.element_size(), [tensor]))
+        self._queue(
+            _Pending(
+                name, tuple(tensor.shape), _ST_DTYPES[tensor.dtype], tensor.numel() * tensor.element_size(), [tensor]
+            )
+        )
 
     def add_from(self, info: TensorInfo) -> None:
         """Queue a tensor of an input shard unchanged: its bytes are copied from the file when the shard is written."""
         if info.offset < 0:
             raise ValueError(f"tensor {info.name}: no file offset known")
-        self._queue(_Pending(info.name, info.shape, info.st_dtype, info.nbytes, [(info.shard, info.offset, info.nbytes)]))
+        self._queue(
+            _Pending(info.name, info.shape, info.st_dtype, info.nbytes, [(info.shard, info.offset, info.nbytes)])
+        )
 
     def _queue(self, entry: _Pending) -> None:
         if entry.name in self._names:
@@ -476,7 +489,7 @@ def read_range(src: BinaryIO, offset: int, count: int, path: Path, block_bytes: 
         count -= len(block)
 
 
-Replacement = Union[torch.Tensor, RowBlocks, Callable[[], Union[torch.Tensor, RowBlocks]], None]
+Replacement = Union[torch.Tensor, RowBlocks, Callable[[], torch.Tensor | RowBlocks], None]
 
 
 def write_with_replacements(

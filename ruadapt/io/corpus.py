@@ -20,8 +20,9 @@ import gzip
 import io
 import json
 import zlib
+from collections.abc import Collection, Iterator
 from pathlib import Path
-from typing import BinaryIO, Collection, Iterator
+from typing import BinaryIO
 
 from ..errors import RuadaptError
 from ..mistakes import refuse
@@ -50,7 +51,9 @@ def check_corpus(path: Path | str, option: str = "--corpus") -> Path:
     if not path.exists():
         raise RuadaptError(f"{path}: {option} file not found")
     if not path.is_file():
-        raise RuadaptError(f"{path}: {option} is not a file (give a UTF-8 text, JSONL or Parquet file, one document per line or row)")
+        raise RuadaptError(
+            f"{path}: {option} is not a file (give a UTF-8 text, JSONL or Parquet file, one document per line or row)"
+        )
     if path.stat().st_size == 0:
         raise RuadaptError(f"{path}: {option} file is empty")
     fmt, compression = corpus_format(path)
@@ -147,8 +150,10 @@ def _line_blocks(path: Path, option: str) -> Iterator[tuple[int, list[str]]]:
         what = "gzip" if compression == "gzip" else "Zstandard" if compression == "zstd" else "compressed"
         good = lineno - 1 + pending.count(b"\n")  # complete lines that decompressed fine
         where = f"after line {good}" if good else "before the end of its first line"
-        raise RuadaptError(f"{path}: {option}: the {what} stream is damaged or truncated {where} "
-                           f"({' '.join(str(e).split())}); download or compress it again") from None
+        raise RuadaptError(
+            f"{path}: {option}: the {what} stream is damaged or truncated {where} "
+            f"({' '.join(str(e).split())}); download or compress it again"
+        ) from None
 
 
 def _decode(block: bytes, path: Path, option: str, first_line: int) -> str:
@@ -156,15 +161,16 @@ def _decode(block: bytes, path: Path, option: str, first_line: int) -> str:
         text = block.decode("utf-8")
     except UnicodeDecodeError as e:
         line = first_line + block.count(b"\n", 0, e.start)
-        raise RuadaptError(f"{path}: {option} is not UTF-8 text (invalid byte 0x{block[e.start]:02x} on line {line}); "
-                           "convert it with iconv -t UTF-8") from None
+        raise RuadaptError(
+            f"{path}: {option} is not UTF-8 text (invalid byte 0x{block[e.start]:02x} on line {line}); "
+            "convert it with iconv -t UTF-8"
+        ) from None
     if first_line == 1 and text.startswith("\ufeff"):
         text = text[1:]
     return text.replace("\r\n", "\n") if "\r" in text else text
 
 
-def refuse_json_as_text(path: Path | str, option: str = "--corpus", allow: Collection[str] = (),
-                        how: str = "") -> None:
+def refuse_json_as_text(path: Path | str, option: str = "--corpus", allow: Collection[str] = (), how: str = "") -> None:
     """A corpus read as plain text whose first lines are all JSON objects is JSON Lines under another name:
     trained on as text, a tokenizer learns merges such as ``."}`` and ``{"text":``, a model learns the JSON syntax
     and a report measures it. Refused unless ``--allow json-text`` (:mod:`ruadapt.mistakes`; ``how`` names the
@@ -185,10 +191,14 @@ def refuse_json_as_text(path: Path | str, option: str = "--corpus", allow: Colle
                 return
         except ValueError:
             return
-    refuse("json-text", allow,
-           f"{path}: {option} is read as plain text, but its first {len(sample)} lines are JSON objects (JSON Lines); "
-           "the JSON syntax would be learned as text",
-           "name it .jsonl so the documents are read from its \"text\" field", how)
+    refuse(
+        "json-text",
+        allow,
+        f"{path}: {option} is read as plain text, but its first {len(sample)} lines are JSON objects (JSON Lines); "
+        "the JSON syntax would be learned as text",
+        'name it .jsonl so the documents are read from its "text" field',
+        how,
+    )
 
 
 def iter_line_blocks(path: Path | str, option: str = "--corpus") -> Iterator[list[tuple[int, str]]]:
@@ -238,13 +248,16 @@ def _jsonl_text(line: str, path: Path, lineno: int, option: str, text_field: str
     try:
         rec = json.loads(line)
     except json.JSONDecodeError as e:
-        raise RuadaptError(f"{path}: {option}: line {lineno} is not valid JSON ({e.msg}); "
-                           f"expected one object per line with a string {text_field!r}") from None
+        raise RuadaptError(
+            f"{path}: {option}: line {lineno} is not valid JSON ({e.msg}); "
+            f"expected one object per line with a string {text_field!r}"
+        ) from None
     text = rec.get(text_field) if isinstance(rec, dict) else None
     if not isinstance(text, str):
         got = "no such key" if isinstance(rec, dict) and text_field not in rec else type(text).__name__
-        raise RuadaptError(f"{path}: {option}: line {lineno} has no string {text_field!r} ({got}); "
-                           "set the JSON key with text_field")
+        raise RuadaptError(
+            f"{path}: {option}: line {lineno} has no string {text_field!r} ({got}); set the JSON key with text_field"
+        )
     return text
 
 
@@ -255,12 +268,20 @@ def _parquet_blocks(path: Path, option: str, text_field: str) -> Iterator[list[s
     try:
         pf = pq.ParquetFile(path)
     except (pa.ArrowException, OSError) as e:
-        raise RuadaptError(f"{path}: {option}: not a readable Parquet file ({' '.join(str(e).split())[:200]})") from None
+        raise RuadaptError(
+            f"{path}: {option}: not a readable Parquet file ({' '.join(str(e).split())[:200]})"
+        ) from None
     names = pf.schema_arrow.names
     if text_field not in names:
-        raise RuadaptError(f"{path}: {option}: no column {text_field!r} (columns: {', '.join(names[:10])}); set text_field")
-    if not pa.types.is_string(pf.schema_arrow.field(text_field).type) and not pa.types.is_large_string(pf.schema_arrow.field(text_field).type):
-        raise RuadaptError(f"{path}: {option}: column {text_field!r} is {pf.schema_arrow.field(text_field).type}, not text")
+        raise RuadaptError(
+            f"{path}: {option}: no column {text_field!r} (columns: {', '.join(names[:10])}); set text_field"
+        )
+    if not pa.types.is_string(pf.schema_arrow.field(text_field).type) and not pa.types.is_large_string(
+        pf.schema_arrow.field(text_field).type
+    ):
+        raise RuadaptError(
+            f"{path}: {option}: column {text_field!r} is {pf.schema_arrow.field(text_field).type}, not text"
+        )
     row = 0
     any_doc = False
     try:
@@ -277,6 +298,8 @@ def _parquet_blocks(path: Path, option: str, text_field: str) -> Iterator[list[s
                 any_doc = True
                 yield docs
     except (pa.ArrowException, OSError) as e:
-        raise RuadaptError(f"{path}: {option}: Parquet data is damaged after row {row} ({' '.join(str(e).split())[:200]})") from None
+        raise RuadaptError(
+            f"{path}: {option}: Parquet data is damaged after row {row} ({' '.join(str(e).split())[:200]})"
+        ) from None
     if not any_doc:
         raise RuadaptError(f"{path}: {option} holds no text (no non-empty {text_field!r} value)")

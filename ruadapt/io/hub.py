@@ -36,8 +36,18 @@ log = logging.getLogger(__name__)
 MODEL = "model"
 TOKENIZER = "tokenizer"
 # what ruadapt (and transformers' AutoTokenizer / AutoModelForCausalLM on safetensors) reads from a model repo
-TOKENIZER_PATTERNS = ("*.json", "*.jinja", "tokenizer.model", "*.tiktoken", "merges.txt", "vocab.txt",
-                      "README*", "LICENSE*", "NOTICE*", "USE_POLICY*")
+TOKENIZER_PATTERNS = (
+    "*.json",
+    "*.jinja",
+    "tokenizer.model",
+    "*.tiktoken",
+    "merges.txt",
+    "vocab.txt",
+    "README*",
+    "LICENSE*",
+    "NOTICE*",
+    "USE_POLICY*",
+)
 MODEL_PATTERNS = ("*.safetensors", *TOKENIZER_PATTERNS)
 IGNORE_PATTERNS = ("original/*", "consolidated*")  # other formats of the same weights (Llama, Mistral)
 
@@ -110,8 +120,13 @@ def resolve(text: str | Path, option: str, *, revision: str | None = None, what:
 def snapshot(repo_id: str, revision: str | None, *, option: str, text: str, what: str = MODEL) -> HubSnapshot:
     """Download (or find in the cache) the files ruadapt reads of ``repo_id`` at ``revision``."""
     from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import (HfHubHTTPError, IncompleteSnapshotError, LocalEntryNotFoundError,
-                                        RepositoryNotFoundError, RevisionNotFoundError)
+    from huggingface_hub.errors import (
+        HfHubHTTPError,
+        IncompleteSnapshotError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
 
     rev = revision or "main"
     cache = hub_cache()
@@ -123,8 +138,14 @@ def snapshot(repo_id: str, revision: str | None, *, option: str, text: str, what
     else:
         log.info("%s: fetching %s of %s@%s from the Hugging Face Hub into %s", where, what, repo_id, rev, cache)
     try:
-        folder = snapshot_download(repo_id, revision=rev, cache_dir=cache, local_files_only=local_only,
-                                   allow_patterns=list(patterns), ignore_patterns=list(IGNORE_PATTERNS))
+        folder = snapshot_download(
+            repo_id,
+            revision=rev,
+            cache_dir=cache,
+            local_files_only=local_only,
+            allow_patterns=list(patterns),
+            ignore_patterns=list(IGNORE_PATTERNS),
+        )
     except IncompleteSnapshotError as e:
         missing = re.search(r"(\d+ file\(s\) are missing \([^)]*\))", str(e))
         raise RuadaptError(
@@ -168,8 +189,11 @@ def clip(text: str, limit: int = 240) -> str:
 def _cached_note(cache: Path, repo_id: str) -> str:
     """``; cached: main, v1`` — the revisions the cache does hold for ``repo_id`` (empty when none)."""
     folder = cache / ("models--" + repo_id.replace("/", "--"))
-    refs = sorted(p.relative_to(folder / "refs").as_posix() for p in (folder / "refs").rglob("*") if p.is_file()) \
-        if (folder / "refs").is_dir() else []
+    refs = (
+        sorted(p.relative_to(folder / "refs").as_posix() for p in (folder / "refs").rglob("*") if p.is_file())
+        if (folder / "refs").is_dir()
+        else []
+    )
     commits = sorted(p.name[:12] for p in (folder / "snapshots").iterdir()) if (folder / "snapshots").is_dir() else []
     held = refs or commits
     return f"; the cache holds {', '.join(held)}" if held else ""
@@ -190,7 +214,14 @@ def describe(path: str | Path) -> dict[str, str]:
     repo_dir = p.parent.parent
     if p.parent.name != "snapshots" or not repo_dir.name.startswith("models--") or not _COMMIT.fullmatch(p.name):
         return {}
-    repo_id = repo_dir.name[len("models--"):].replace("--", "/")
-    refs = sorted(r.relative_to(repo_dir / "refs").as_posix() for r in (repo_dir / "refs").rglob("*")
-                  if r.is_file() and r.read_text().strip() == p.name) if (repo_dir / "refs").is_dir() else []
+    repo_id = repo_dir.name[len("models--") :].replace("--", "/")
+    refs = (
+        sorted(
+            r.relative_to(repo_dir / "refs").as_posix()
+            for r in (repo_dir / "refs").rglob("*")
+            if r.is_file() and r.read_text().strip() == p.name
+        )
+        if (repo_dir / "refs").is_dir()
+        else []
+    )
     return {"repo_id": repo_id, "revision": ",".join(refs) or p.name, "commit": p.name}

@@ -95,12 +95,23 @@ def tokenizer_figures(tokenizer_dir: Path) -> dict | None:
     before, after = r.get("training_tokens_before"), r.get("training_tokens_after")
     if not (chars and before and after):
         return None
-    return {"mode": r.get("mode"), "tokens": r.get("tokens"), "corpus_chars": chars,
-            "chars_per_token_base": round(chars / before, 3), "chars_per_token": round(chars / after, 3)}
+    return {
+        "mode": r.get("mode"),
+        "tokens": r.get("tokens"),
+        "corpus_chars": chars,
+        "chars_per_token_base": round(chars / before, 3),
+        "chars_per_token": round(chars / after, 3),
+    }
 
 
-def write_model_card(out: Path, record: dict, *, started_from: Path, other_inputs: dict[str, Path] | None = None,
-                     tokenizer_dir: Path | None = None) -> None:
+def write_model_card(
+    out: Path,
+    record: dict,
+    *,
+    started_from: Path,
+    other_inputs: dict[str, Path] | None = None,
+    tokenizer_dir: Path | None = None,
+) -> None:
     """Write ``ruadapt_lineage.json`` and ``README.md`` into ``out`` for the stage of ``record``.
 
     ``started_from``: the model this output continues (its lineage and licence are carried); ``other_inputs``:
@@ -116,7 +127,9 @@ def write_model_card(out: Path, record: dict, *, started_from: Path, other_input
         "stage": stage,
         "finished": record.get("finished"),
         "inputs": {k: model_name(v["path"]) for k, v in record["inputs"].items() if "fingerprint" in v},
-        "options": {k: record["options"][k] for k in _KEY_OPTIONS.get(stage, ()) if record["options"].get(k) is not None},
+        "options": {
+            k: record["options"][k] for k in _KEY_OPTIONS.get(stage, ()) if record["options"].get(k) is not None
+        },
         "figures": _figures(stage, record["result"]),
     }
     tok = tokenizer_figures(tokenizer_dir) if tokenizer_dir is not None else None
@@ -133,25 +146,43 @@ def render_card(lineage: dict) -> str:
     meta.update(lineage.get("license") or {})
     names = [card_name(r) for r in lineage["roots"]]
     meta["base_model"] = names if len(names) > 1 else names[0]
-    meta.update({"language": ["ru"], "library_name": "transformers", "pipeline_tag": "text-generation",
-                 "tags": ["ruadapt", "russian", "vocabulary-adaptation"]})
+    meta.update(
+        {
+            "language": ["ru"],
+            "library_name": "transformers",
+            "pipeline_tag": "text-generation",
+            "tags": ["ruadapt", "russian", "vocabulary-adaptation"],
+        }
+    )
     lines = ["---", yaml.safe_dump(meta, allow_unicode=True, sort_keys=False).strip(), "---", ""]
     lines += [f"# {' + '.join(names)}, adapted to Russian with ruadapt", ""]
-    lines.append("Made with ruadapt by the stages below (each stage's full record, `ruadapt_<stage>.json`, stays next "
-                 "to that stage's output; `ruadapt_lineage.json` here lists them all).")
+    lines.append(
+        "Made with ruadapt by the stages below (each stage's full record, `ruadapt_<stage>.json`, stays next "
+        "to that stage's output; `ruadapt_lineage.json` here lists them all)."
+    )
     if not lineage.get("license"):
         lines += ["", "Licence: the model it started from states none in its card; check the base model's terms."]
     toks = [s["tokenizer"] for s in lineage["stages"] if s.get("tokenizer")]
     if toks:
         t = toks[-1]
-        lines += ["", f"Tokenizer: {t['mode']} to {t['tokens']:,} tokens; on its training corpus "
-                  f"{t['chars_per_token']:.2f} chars/token against the base tokenizer's {t['chars_per_token_base']:.2f} "
-                  f"({t['chars_per_token'] / t['chars_per_token_base']:.2f}× fewer tokens per character)."]
+        lines += [
+            "",
+            f"Tokenizer: {t['mode']} to {t['tokens']:,} tokens; on its training corpus "
+            f"{t['chars_per_token']:.2f} chars/token against the base tokenizer's {t['chars_per_token_base']:.2f} "
+            f"({t['chars_per_token'] / t['chars_per_token_base']:.2f}× fewer tokens per character).",
+        ]
     lines += ["", "| # | stage | finished | options | figures |", "|---:|---|---|---|---|"]
     for k, s in enumerate(lineage["stages"], start=1):
         opts = ", ".join(f"{a}={b}" for a, b in s["options"].items()) or "—"
         figs = "; ".join(f"{a} {b}" for a, b in s["figures"].items()) or "—"
         lines.append(f"| {k} | {s['stage']} | {s.get('finished') or ''} | {opts} | {figs} |")
-    lines += ["", "```python", "from transformers import AutoModelForCausalLM, AutoTokenizer",
-              "tok = AutoTokenizer.from_pretrained(PATH)", "model = AutoModelForCausalLM.from_pretrained(PATH)", "```", ""]
+    lines += [
+        "",
+        "```python",
+        "from transformers import AutoModelForCausalLM, AutoTokenizer",
+        "tok = AutoTokenizer.from_pretrained(PATH)",
+        "model = AutoModelForCausalLM.from_pretrained(PATH)",
+        "```",
+        "",
+    ]
     return "\n".join(lines)

@@ -10,8 +10,8 @@ import contextlib
 import logging
 import os
 import shutil
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Iterator, Sequence
 
 from ..errors import RuadaptError
 
@@ -76,7 +76,7 @@ def clean_stale_tmp(out: Path) -> None:
     for entry in parent.iterdir():
         if not entry.name.startswith(prefix):
             continue
-        pid_text = entry.name[len(prefix):].split("-")[0]
+        pid_text = entry.name[len(prefix) :].split("-")[0]
         if pid_text.isdigit() and _pid_alive(int(pid_text)) and int(pid_text) != os.getpid():
             continue
         log.info("removing stale temporary output %s", entry)
@@ -138,7 +138,9 @@ def atomic_files_into(out: Path, *, option: str = "--out") -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def check_output_file(out: Path, inputs: Sequence[Path] = (), *, option: str = "--out", overwrite: bool = False) -> Path:
+def check_output_file(
+    out: Path, inputs: Sequence[Path] = (), *, option: str = "--out", overwrite: bool = False
+) -> Path:
     """Refuse a single-file output that exists (unless ``overwrite``), is a directory, or lies inside an input."""
     out = Path(out).expanduser().resolve()
     _refuse_inputs(out, inputs, option, "write it elsewhere", contains=False)
@@ -151,7 +153,9 @@ def check_output_file(out: Path, inputs: Sequence[Path] = (), *, option: str = "
 
 
 @contextlib.contextmanager
-def atomic_output_file(out: Path, inputs: Sequence[Path] = (), *, option: str = "--out", overwrite: bool = False) -> Iterator[Path]:
+def atomic_output_file(
+    out: Path, inputs: Sequence[Path] = (), *, option: str = "--out", overwrite: bool = False
+) -> Iterator[Path]:
     """Yield a temporary file path beside ``out`` (not created); on success rename the file written there to
     ``out`` (``os.replace``: an old ``out`` is swapped whole only with ``overwrite``), on error remove it."""
     out = check_output_file(out, inputs, option=option, overwrite=overwrite)

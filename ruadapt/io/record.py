@@ -20,9 +20,10 @@ import os
 import platform
 import sys
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any
 
 from .. import __version__
 from ..errors import RuadaptError
@@ -92,7 +93,7 @@ class StageRecord:
         """An input file, identified by the sha256 of its bytes."""
         self.input(name, path, sha256=sha256_file(Path(path)), bytes=Path(path).stat().st_size, **facts)
 
-    def input_model(self, name: str, reader: "CheckpointReader", fingerprint: str, **facts: Any) -> None:
+    def input_model(self, name: str, reader: CheckpointReader, fingerprint: str, **facts: Any) -> None:
         """An input checkpoint, identified by its fingerprint (:func:`ruadapt.vocab.arch.model_fingerprint`,
         computed by the caller: which tensors it hashes whole is a fact of the architecture, above this layer)."""
         self.input(name, reader.path, fingerprint=fingerprint, **facts)
@@ -131,8 +132,17 @@ def check_record(data: dict, where: str = "record") -> dict:
     if not isinstance(data, dict) or tuple(data) != SCHEMA:
         keys = list(data) if isinstance(data, dict) else type(data).__name__
         raise RuadaptError(f"{where}: keys {keys} are not the stage record schema {list(SCHEMA)}")
-    for key, typ in (("schema", int), ("stage", str), ("started", str), ("finished", str), ("options", dict),
-                     ("inputs", dict), ("timings_s", dict), ("versions", dict), ("result", dict)):
+    for key, typ in (
+        ("schema", int),
+        ("stage", str),
+        ("started", str),
+        ("finished", str),
+        ("options", dict),
+        ("inputs", dict),
+        ("timings_s", dict),
+        ("versions", dict),
+        ("result", dict),
+    ):
         if not isinstance(data[key], typ):
             raise RuadaptError(f"{where}: {key} is {type(data[key]).__name__}, expected {typ.__name__}")
     for name, facts in data["inputs"].items():

@@ -13,8 +13,8 @@ from pathlib import Path
 
 from tokenizers import Tokenizer
 
-from .checkpoint import read_json
 from ..errors import RuadaptError
+from .checkpoint import read_json
 
 TOKENIZER_FILES = (
     "tokenizer.json",
@@ -24,7 +24,14 @@ TOKENIZER_FILES = (
     "chat_template.json",
 )
 # ids that configs carry and that move when the vocabulary is replaced or trimmed
-TOKEN_ID_KEYS = ("bos_token_id", "eos_token_id", "pad_token_id", "unk_token_id", "decoder_start_token_id", "sep_token_id")
+TOKEN_ID_KEYS = (
+    "bos_token_id",
+    "eos_token_id",
+    "pad_token_id",
+    "unk_token_id",
+    "decoder_start_token_id",
+    "sep_token_id",
+)
 
 
 def tokenizer_json_path(directory: Path | str, option: str = "--tokenizer") -> Path:
@@ -150,7 +157,9 @@ def remap_token_ids(config: dict, old: Tokenizer, new: Tokenizer, *, where: str 
     return changes
 
 
-def remap_model_configs(model_dir: Path, config: dict, old: Tokenizer, new: Tokenizer) -> tuple[dict, dict | None, dict]:
+def remap_model_configs(
+    model_dir: Path, config: dict, old: Tokenizer, new: Tokenizer
+) -> tuple[dict, dict | None, dict]:
     """Copies of ``config`` (the parsed config.json of ``model_dir``) and of its generation_config.json (``None``
     when absent) with every token id moved from ``old``'s ids to ``new``'s (:func:`remap_token_ids`), and
     ``{file: {key: [old, new]}}`` of what changed. The one place swap, LEP and trim keep configs and vocabulary in step."""
@@ -165,7 +174,14 @@ def remap_model_configs(model_dir: Path, config: dict, old: Tokenizer, new: Toke
 
 
 # tokenizer_config.json keys that name special tokens (LEP takes them from the instruct model with its template)
-SPECIAL_TOKEN_KEYS = ("bos_token", "eos_token", "pad_token", "unk_token", "additional_special_tokens", "extra_special_tokens")
+SPECIAL_TOKEN_KEYS = (
+    "bos_token",
+    "eos_token",
+    "pad_token",
+    "unk_token",
+    "additional_special_tokens",
+    "extra_special_tokens",
+)
 
 
 @dataclass
@@ -207,12 +223,15 @@ def write_tokenizer(dst: Path, spec: TokenizerFiles, rows: int | None = None) ->
             ours.update({k: theirs[k] for k in SPECIAL_TOKEN_KEYS if k in theirs})
             write_json(dst_cfg, ours)
     sync_added_tokens_decoder(dst, spec.tokenizer)
-    check_written_tokenizer(dst, spec.tokenizer, rows, copied_from=None if spec.rewrite else tokenizer_json_path(spec.source))
+    check_written_tokenizer(
+        dst, spec.tokenizer, rows, copied_from=None if spec.rewrite else tokenizer_json_path(spec.source)
+    )
     return copied
 
 
-def check_written_tokenizer(directory: Path, expected: Tokenizer, rows: int | None = None,
-                            copied_from: Path | None = None) -> None:
+def check_written_tokenizer(
+    directory: Path, expected: Tokenizer, rows: int | None = None, copied_from: Path | None = None
+) -> None:
     """The one check of a written tokenizer (docs/design.md: always verify after saving): tokenizer.json reloads
     with every token (added ones included) at the id the matrices were built for, and no id lies past ``rows``.
     A file byte-identical to ``copied_from`` (the tokenizer.json ``expected`` was loaded from) needs no reload: equal
@@ -228,7 +247,9 @@ def check_written_tokenizer(directory: Path, expected: Tokenizer, rows: int | No
         if vocab != expected.get_vocab(with_added_tokens=True):
             raise RuadaptError(f"{path}: token ids changed on reload; output not written")
     if rows is not None and vocab and max(vocab.values()) >= rows:
-        raise RuadaptError(f"{path}: token id {max(vocab.values())} lies past the {rows} embedding rows; output not written")
+        raise RuadaptError(
+            f"{path}: token id {max(vocab.values())} lies past the {rows} embedding rows; output not written"
+        )
 
 
 def same_bytes(p: Path, q: Path) -> bool:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 def _patch(module, pre: str) -> int:
     """Make every class of ``module`` that defines ``get_vocab_base_pre`` return ``pre``; returns how many."""
+
     def get_vocab_base_pre(self, tokenizer) -> str:
         return pre
 

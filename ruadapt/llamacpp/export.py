@@ -26,16 +26,15 @@ from typing import Any
 
 from tokenizers import Tokenizer
 
-from ..io.checkpoint import CheckpointReader
-from ..options import GgufOptions, PlanFigures
-from ..vocab.arch import arch_for_config
 from ..errors import RuadaptError, require
+from ..io.checkpoint import CheckpointReader
 from ..io.outdir import atomic_output_file, check_output_file
 from ..io.record import StageRecord, sha256_file
 from ..io.tokdir import tokenizer_json_path, tokenizer_size
-from ..vocab.arch import model_fingerprint
-from ..vocab.pieces import detect_family, piece_to_bytes
+from ..options import GgufOptions, PlanFigures
+from ..vocab.arch import arch_for_config, model_fingerprint
 from ..vocab.checktext import CHECK_TEXT, check_text_hash, check_text_ids
+from ..vocab.pieces import detect_family, piece_to_bytes
 from .prename import lookup
 from .readback import check_gguf
 from .source import OUTTYPES, find_converter
@@ -63,13 +62,18 @@ def tokens_over_32_bytes(tok: Tokenizer) -> int:
 def choose_pre(spec: dict, where: str, pre: str | None) -> tuple[str, str, str | None]:
     """(name, where it came from, table family or None): ``--pre`` if given, else the table's (or an error)."""
     if pre is not None:
-        require(pre.strip() and pre == pre.strip() and pre != "-", f"--pre {pre!r}: give llama.cpp's pre-tokenizer name, e.g. qwen2")
+        require(
+            pre.strip() and pre == pre.strip() and pre != "-",
+            f"--pre {pre!r}: give llama.cpp's pre-tokenizer name, e.g. qwen2",
+        )
         try:
             entry = lookup(spec, where)
         except RuadaptError:
             return pre, "--pre", None
         if entry.pre != pre:
-            log.warning("--pre %s: ruadapt's table gives %r for this tokenizer (the %s family)", pre, entry.pre, entry.base)
+            log.warning(
+                "--pre %s: ruadapt's table gives %r for this tokenizer (the %s family)", pre, entry.pre, entry.base
+            )
         return pre, "--pre", entry.base
     entry = lookup(spec, where)
     return entry.pre, "table", entry.base
@@ -78,7 +82,18 @@ def choose_pre(spec: dict, where: str, pre: str | None) -> tuple[str, str, str |
 def run_converter(root: Path, pre: str | None, model_dir: Path, outfile: Path, outtype: str) -> str:
     """Run the converter in a child process; returns its output. A failure is a one-line error with the
     converter's last line (its log goes to this logger)."""
-    cmd = [sys.executable, str(CHILD), str(root), pre or "-", "--", str(model_dir), "--outfile", str(outfile), "--outtype", outtype]
+    cmd = [
+        sys.executable,
+        str(CHILD),
+        str(root),
+        pre or "-",
+        "--",
+        str(model_dir),
+        "--outfile",
+        str(outfile),
+        "--outtype",
+        outtype,
+    ]
     log.info("running llama.cpp's converter: %s", " ".join(cmd))
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace", env=env)
@@ -118,9 +133,18 @@ class GgufPlan:
         per = {"f32": 4.0, "q8_0": 34 / 32}.get(self.options.outtype, 2.0)
         numel = [math.prod(i.shape) for i in self.reader.infos.values()]
         params, largest = sum(numel), max(numel, default=0) * 4
-        return PlanFigures("gguf", self.out, rows, {"tokens": tokens, "pad": rows - tokens}, int(params * per), largest,
-                           (f"pre-tokenizer {self.pre!r} ({self.record.result['pre']['source']}); "
-                            "the read-back and --verify-text checks run when written",))
+        return PlanFigures(
+            "gguf",
+            self.out,
+            rows,
+            {"tokens": tokens, "pad": rows - tokens},
+            int(params * per),
+            largest,
+            (
+                f"pre-tokenizer {self.pre!r} ({self.record.result['pre']['source']}); "
+                "the read-back and --verify-text checks run when written",
+            ),
+        )
 
 
 def export_gguf(model_dir: Path, llama_cpp: Path, out: Path, **options: Any) -> dict[str, Any]:
@@ -143,7 +167,9 @@ def plan_gguf(options: GgufOptions) -> GgufPlan:
     logits_tolerance = opts.logits_tolerance
     require(outtype in OUTTYPES, f"--outtype {outtype}: choose one of {', '.join(OUTTYPES)}")
     require(logit_lines >= 0, f"--logit-lines {logit_lines}: must be 0 or more")
-    require(logits_tolerance is None or logits_tolerance > 0, f"--logits-tolerance {logits_tolerance}: must be positive")
+    require(
+        logits_tolerance is None or logits_tolerance > 0, f"--logits-tolerance {logits_tolerance}: must be positive"
+    )
     if logits_tolerance is None and outtype == "f32":
         logits_tolerance = F32_LOGITS_TOLERANCE
     require(verify_lines is None or verify_lines > 0, f"--verify-lines {verify_lines}: must be positive")
@@ -151,7 +177,9 @@ def plan_gguf(options: GgufOptions) -> GgufPlan:
     tj = tokenizer_json_path(model_dir, "--model")
     out = check_output_file(out, [model_dir], overwrite=opts.overwrite)
     if verify_texts and not have_llama_cpp():
-        raise RuadaptError("--verify-text needs llama-cpp-python (pip install llama-cpp-python), which is not importable")
+        raise RuadaptError(
+            "--verify-text needs llama-cpp-python (pip install llama-cpp-python), which is not importable"
+        )
     lines = read_lines(verify_texts, verify_lines) if verify_texts else []
     converter = find_converter(opts.llama_cpp)
 
@@ -161,20 +189,44 @@ def plan_gguf(options: GgufOptions) -> GgufPlan:
     chk = check_text_hash(check_text_ids(tok))
     stock = converter.stock_names().get(chk)
     if converter.check_text() != CHECK_TEXT:
-        log.warning("%s: the converter's check text differs from ruadapt's; `tokenizer train --mode extend` guards "
-                    "an older text, so a stock conversion of new tokenizers may fail (ruadapt gguf is unaffected)", converter.script)
+        log.warning(
+            "%s: the converter's check text differs from ruadapt's; `tokenizer train --mode extend` guards "
+            "an older text, so a stock conversion of new tokenizers may fail (ruadapt gguf is unaffected)",
+            converter.script,
+        )
 
-    record = StageRecord("gguf", {"outtype": outtype, "pre": opts.pre, "overwrite": opts.overwrite,
-                                  "verify_texts": [str(p) for p in verify_texts], "verify_lines": verify_lines,
-                                  "logit_lines": logit_lines, "logits_tolerance": logits_tolerance})
+    record = StageRecord(
+        "gguf",
+        {
+            "outtype": outtype,
+            "pre": opts.pre,
+            "overwrite": opts.overwrite,
+            "verify_texts": [str(p) for p in verify_texts],
+            "verify_lines": verify_lines,
+            "logit_lines": logit_lines,
+            "logits_tolerance": logits_tolerance,
+        },
+    )
     record.input_model("model", reader, model_fingerprint(reader), tokenizer_json_sha256=sha256_file(tj))
     record.input("converter", converter.root, **converter.fingerprint())
     for i, p in enumerate(verify_texts):
         record.input_file(f"verify_text_{i}", p)
-    record.set("pre", {"name": name, "source": source, "table_family": family, "check_text_sha256": chk,
-                       "stock_converter_name": stock})
+    record.set(
+        "pre",
+        {
+            "name": name,
+            "source": source,
+            "table_family": family,
+            "check_text_sha256": chk,
+            "stock_converter_name": stock,
+        },
+    )
     if stock is None:
-        log.info("llama.cpp's converter alone would not recognise this tokenizer (check-text hash %s…); giving it %r", chk[:12], name)
+        log.info(
+            "llama.cpp's converter alone would not recognise this tokenizer (check-text hash %s…); giving it %r",
+            chk[:12],
+            name,
+        )
     return GgufPlan(opts, out, model_dir, reader, tok, lines, logits_tolerance, name, converter.root, record)
 
 
@@ -185,15 +237,19 @@ def verify_gguf(plan: GgufPlan, tmp: Path) -> None:
         ids = compare_ids(tmp, plan.model_dir, lines)
     record.set("verify_ids", ids)
     if ids["lines_differing"]:
-        raise RuadaptError(f"{out}: llama.cpp tokenizes {ids['lines_differing']} of {ids['lines']} --verify-text lines "
-                           f"differently from transformers (first: {ids['first_difference']}); output not written")
+        raise RuadaptError(
+            f"{out}: llama.cpp tokenizes {ids['lines_differing']} of {ids['lines']} --verify-text lines "
+            f"differently from transformers (first: {ids['first_difference']}); output not written"
+        )
     if plan.options.logit_lines:
         with record.timed("verify_logits"):
             lg = compare_logits(tmp, plan.model_dir, lines[: plan.options.logit_lines])
         record.set("verify_logits", lg)
         if plan.logits_tolerance is not None and lg["max_abs_diff"] > plan.logits_tolerance:
-            raise RuadaptError(f"{out}: llama.cpp's logits differ from transformers' by up to {lg['max_abs_diff']:.3g} "
-                               f"(> --logits-tolerance {plan.logits_tolerance}); output not written")
+            raise RuadaptError(
+                f"{out}: llama.cpp's logits differ from transformers' by up to {lg['max_abs_diff']:.3g} "
+                f"(> --logits-tolerance {plan.logits_tolerance}); output not written"
+            )
 
 
 def write_gguf(plan: GgufPlan) -> dict[str, Any]:
@@ -210,8 +266,11 @@ def write_gguf(plan: GgufPlan) -> dict[str, Any]:
         long = tokens_over_32_bytes(plan.tok)
         record.set("tokens_over_32_bytes", long)
         if long:
-            log.info("%d tokens are longer than 32 bytes: llama-cpp-python's detokenize() drops them (llama.cpp's own "
-                     "programs do not)", long)
+            log.info(
+                "%d tokens are longer than 32 bytes: llama-cpp-python's detokenize() drops them (llama.cpp's own "
+                "programs do not)",
+                long,
+            )
         with record.timed("sha256"):
             record.set("file", {"bytes": tmp.stat().st_size, "sha256": sha256_file(tmp)})
     # the record goes in after the file, also whole (written beside it, then renamed): it never describes a missing file

@@ -18,6 +18,7 @@ from functools import cache
 from pathlib import Path
 
 import yaml
+
 from tokenizers import Tokenizer
 
 from ..errors import RuadaptError
@@ -30,10 +31,10 @@ TABLE = Path(__file__).with_name("pre_names.yaml")
 class PreName:
     """One base tokenizer family in ``pre_names.yaml``."""
 
-    base: str                  # the base family, for people and error messages
-    pipeline_sha256: str       # :func:`pipeline_sha256` of its tokenizer.json
-    pre: str                   # tokenizer.ggml.pre that llama.cpp's converter gives the base
-    check_text_sha256: str     # llama.cpp's chkhsh of the base (the table entry the name comes from)
+    base: str  # the base family, for people and error messages
+    pipeline_sha256: str  # :func:`pipeline_sha256` of its tokenizer.json
+    pre: str  # tokenizer.ggml.pre that llama.cpp's converter gives the base
+    check_text_sha256: str  # llama.cpp's chkhsh of the base (the table entry the name comes from)
     ignore_merges: bool = False
     byte_fallback: bool = False
 
@@ -53,14 +54,21 @@ def pipeline_sha256(spec: dict) -> str:
     """sha256 of a tokenizer.json's normalizer and pre-tokenizer, as ``tokenizers`` writes them back (so default
     fields a re-saved file spells out, or leaves out, hash the same)."""
     mini = {
-        "version": "1.0", "truncation": None, "padding": None, "added_tokens": [],
-        "normalizer": spec.get("normalizer"), "pre_tokenizer": spec.get("pre_tokenizer"),
-        "post_processor": None, "decoder": None,
+        "version": "1.0",
+        "truncation": None,
+        "padding": None,
+        "added_tokens": [],
+        "normalizer": spec.get("normalizer"),
+        "pre_tokenizer": spec.get("pre_tokenizer"),
+        "post_processor": None,
+        "decoder": None,
         "model": {"type": "BPE", "vocab": {}, "merges": []},
     }
     canon = json.loads(Tokenizer.from_str(json.dumps(mini)).to_str())
     key = {"normalizer": canon.get("normalizer"), "pre_tokenizer": canon.get("pre_tokenizer")}
-    return hashlib.sha256(json.dumps(key, sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode()).hexdigest()
+    return hashlib.sha256(
+        json.dumps(key, sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode()
+    ).hexdigest()
 
 
 def lookup(spec: dict, where: str) -> PreName:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from tokenizers import Tokenizer
 
 from ..errors import RuadaptError
@@ -56,7 +57,9 @@ def _token_string(value: Any) -> str | None:
 def _merge_strings(merges: list) -> list[str]:
     """tokenizer.json merges as the converter writes them: "a b" (a space inside a piece becomes U+0120+256)."""
     if merges and not isinstance(merges[0], str):
-        return [" ".join("".join(chr(ord(c) + 256) if c == " " else c for c in part) for part in pair) for pair in merges]
+        return [
+            " ".join("".join(chr(ord(c) + 256) if c == " " else c for c in part) for part in pair) for pair in merges
+        ]
     return list(merges)
 
 
@@ -74,8 +77,10 @@ def check_gguf(path: Path, model_dir: Path, pre: str) -> dict[str, Any]:
 
     got_model, got_pre = _field(reader, "tokenizer.ggml.model"), _field(reader, "tokenizer.ggml.pre")
     if got_model != "gpt2":
-        fail(f"tokenizer.ggml.model is {got_model!r}, expected 'gpt2' (BPE from tokenizer.json); a tokenizer.model "
-             "or another vocabulary file in the model directory may have been used instead")
+        fail(
+            f"tokenizer.ggml.model is {got_model!r}, expected 'gpt2' (BPE from tokenizer.json); a tokenizer.model "
+            "or another vocabulary file in the model directory may have been used instead"
+        )
     if got_pre != pre:
         fail(f"tokenizer.ggml.pre is {got_pre!r}, not the {pre!r} asked for (this converter class picks its own name)")
 
@@ -114,7 +119,10 @@ def check_gguf(path: Path, model_dir: Path, pre: str) -> dict[str, Any]:
     want_merges = _merge_strings(spec["model"].get("merges") or [])
     got_merges = _field(reader, "tokenizer.ggml.merges") or []
     if got_merges != want_merges:
-        k = next((k for k, (a, b) in enumerate(zip(got_merges, want_merges)) if a != b), min(len(got_merges), len(want_merges)))
+        k = next(
+            (k for k, (a, b) in enumerate(zip(got_merges, want_merges)) if a != b),
+            min(len(got_merges), len(want_merges)),
+        )
         fail(f"{len(got_merges)} merges, tokenizer.json has {len(want_merges)}; first difference at rank {k}")
 
     cfg_path = model_dir / "tokenizer_config.json"
@@ -130,7 +138,9 @@ def check_gguf(path: Path, model_dir: Path, pre: str) -> dict[str, Any]:
             if int(got_id) >= n_tokens:
                 fail(f"tokenizer.ggml.{suffix}_token_id {got_id} is past the {n_tokens} tokens")
         if want_id is not None and got_id is not None and int(got_id) != want_id:
-            fail(f"tokenizer.ggml.{suffix}_token_id is {got_id}, tokenizer_config.json's {cfg_key} {name!r} is id {want_id}")
+            fail(
+                f"tokenizer.ggml.{suffix}_token_id is {got_id}, tokenizer_config.json's {cfg_key} {name!r} is id {want_id}"
+            )
         if suffix in ("bos", "eos") and want_id is not None and got_id is None:
             fail(f"no tokenizer.ggml.{suffix}_token_id, tokenizer_config.json's {cfg_key} is {name!r}")
     return {

@@ -44,7 +44,9 @@ class Converter:
         for path in (self.root / "conversion" / "base.py", self.script):
             if path.is_file() and "def get_vocab_base_pre" in path.read_text(encoding="utf-8"):
                 return path
-        raise RuadaptError(f"{self.root}: {SCRIPT} defines no get_vocab_base_pre(); not a llama.cpp converter ruadapt knows")
+        raise RuadaptError(
+            f"{self.root}: {SCRIPT} defines no get_vocab_base_pre(); not a llama.cpp converter ruadapt knows"
+        )
 
     def stock_names(self) -> dict[str, str]:
         """The converter's own table: check-text hash (chkhsh) -> pre-tokenizer name."""
@@ -79,11 +81,15 @@ def find_converter(src: Path, option: str = "--llama-cpp") -> Converter:
     """The converter in ``src`` (a llama.cpp checkout) or ``src/vendor/llama.cpp`` (a llama-cpp-python sdist)."""
     src = Path(src).expanduser().resolve()
     if not src.is_dir():
-        raise RuadaptError(f"{src}: {option} directory not found (a llama.cpp checkout, or an unpacked llama-cpp-python sdist)")
+        raise RuadaptError(
+            f"{src}: {option} directory not found (a llama.cpp checkout, or an unpacked llama-cpp-python sdist)"
+        )
     for root in (src, src / "vendor" / "llama.cpp"):
         if (root / SCRIPT).is_file():
             if not (root / "gguf-py" / "gguf").is_dir():
-                raise RuadaptError(f"{root}: {SCRIPT} without gguf-py/ next to it; {option} needs the whole llama.cpp tree")
+                raise RuadaptError(
+                    f"{root}: {SCRIPT} without gguf-py/ next to it; {option} needs the whole llama.cpp tree"
+                )
             return Converter(root)
     raise RuadaptError(
         f"{src}: no {SCRIPT} here or in vendor/llama.cpp; {option} takes a llama.cpp checkout or an unpacked "

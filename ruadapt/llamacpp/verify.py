@@ -51,10 +51,9 @@ def compare_ids(gguf_path: Path, model_dir: Path, lines: list[str]) -> dict[str,
             differing += 1
             if first is None:
                 k = next((k for k, (a, b) in enumerate(zip(got, w)) if a != b), min(len(got), len(w)))
-                first = {"line": line[:200], "position": k, "llama_cpp": got[k:k + 5], "transformers": w[k:k + 5]}
+                first = {"line": line[:200], "position": k, "llama_cpp": got[k : k + 5], "transformers": w[k : k + 5]}
     llm.close()
-    return {"lines": len(lines), "lines_differing": differing, "first_difference": first,
-            "tokens": sum(map(len, want))}
+    return {"lines": len(lines), "lines_differing": differing, "first_difference": first, "tokens": sum(map(len, want))}
 
 
 def compare_logits(gguf_path: Path, model_dir: Path, lines: list[str]) -> dict[str, Any]:
@@ -71,9 +70,17 @@ def compare_logits(gguf_path: Path, model_dir: Path, lines: list[str]) -> dict[s
     import llama_cpp
 
     # float32 KV cache: llama.cpp's default f16 cache alone moves logits by ~1e-2 (4e-6 with f32 on tiny models)
-    llm = Llama(model_path=str(gguf_path), n_ctx=LOGIT_TOKENS + 8, n_batch=LOGIT_TOKENS + 8, logits_all=True,
-                verbose=False, n_threads=max(1, min(8, os.cpu_count() or 1)), flash_attn=False,
-                type_k=llama_cpp.GGML_TYPE_F32, type_v=llama_cpp.GGML_TYPE_F32)
+    llm = Llama(
+        model_path=str(gguf_path),
+        n_ctx=LOGIT_TOKENS + 8,
+        n_batch=LOGIT_TOKENS + 8,
+        logits_all=True,
+        verbose=False,
+        n_threads=max(1, min(8, os.cpu_count() or 1)),
+        flash_attn=False,
+        type_k=llama_cpp.GGML_TYPE_F32,
+        type_v=llama_cpp.GGML_TYPE_F32,
+    )
     worst, agree, total = 0.0, 0, 0
     for line in lines:
         ids = hf(line)["input_ids"][:LOGIT_TOKENS]

@@ -9,18 +9,18 @@ from __future__ import annotations
 import json
 import logging
 from collections import Counter
+from collections.abc import Collection
 from pathlib import Path
-from typing import Collection
 
 from tokenizers import Tokenizer
 
 from ..errors import RuadaptError, require
+from ..io.corpus import read_documents, refuse_json_as_text
 from ..io.outdir import atomic_output_dir, check_output_dir
 from ..io.record import StageRecord
 from ..io.tokdir import load_tokenizer, tokenizer_json_path, tokenizer_size
 from ..vocab.measure import encode_lines, measure
 from ..vocab.pieces import TokenCodec
-from ..io.corpus import read_documents, refuse_json_as_text
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +95,9 @@ def tokenizer_report(
     check_output_dir(out, inputs)
     record = StageRecord("tokenizer_report", {"top_unused": top_unused})
     for name, path in toks:
-        record.input_file(f"tokenizer:{name}", tokenizer_json_path(path, "--tokenizer"), tokens=tokenizer_size(loaded[name]))
+        record.input_file(
+            f"tokenizer:{name}", tokenizer_json_path(path, "--tokenizer"), tokens=tokenizer_size(loaded[name])
+        )
     for lang, path in txts:
         record.input_file(f"text:{lang}", path, lines=len(lines[lang]))
 
@@ -110,13 +112,18 @@ def tokenizer_report(
             for lang, _ in txts:
                 ids = encode_lines(tok, lines[lang])
                 m = measure(tok, lines[lang], ids)
-                report[name][lang] = {k: m[k] for k in ("chars", "tokens", "chars_per_token", "bytes_per_token", "tokens_per_word")}
+                report[name][lang] = {
+                    k: m[k] for k in ("chars", "tokens", "chars_per_token", "bytes_per_token", "tokens_per_word")
+                }
                 if new_ids:
                     usage[name][lang] = token_usage(tok, ids, new_ids, top_unused)
     with atomic_output_dir(out, inputs) as tmp:
         (tmp / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         (tmp / "usage.json").write_text(json.dumps(usage, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        (tmp / "report.md").write_text(format_markdown(report, usage, toks, txts, {n: tokenizer_size(t) for n, t in loaded.items()}), encoding="utf-8")
+        (tmp / "report.md").write_text(
+            format_markdown(report, usage, toks, txts, {n: tokenizer_size(t) for n, t in loaded.items()}),
+            encoding="utf-8",
+        )
         plot_report(report, tmp / "chars_per_token.png")
         record.set("tokenizers", report)
         record.set("new_token_usage", usage)
@@ -137,10 +144,12 @@ def format_markdown(
         "",
         "Texts: " + ", ".join(f"`{lang}` = `{path}`" for lang, path in txts),
         "",
-        "| tokenizer | tokens | " + " | ".join(f"{lang} chars/token | {lang} ratio | {lang} tokens/word" for lang in langs) + " |",
+        "| tokenizer | tokens | "
+        + " | ".join(f"{lang} chars/token | {lang} ratio | {lang} tokens/word" for lang in langs)
+        + " |",
         "|---|---:|" + "---:|---:|---:|" * len(langs),
     ]
-    for name, path in toks:
+    for name, _path in toks:
         row = [name, f"{sizes[name]:,}"]
         for lang in langs:
             r = report[name][lang]

@@ -28,7 +28,7 @@ from typing import Any
 from tokenizers import Tokenizer
 
 from ..errors import RuadaptError, require
-from ..options import TokenizerTrainOptions
+from ..io.corpus import check_corpus, iter_documents, refuse_json_as_text
 from ..io.outdir import atomic_output_dir, check_output_dir
 from ..io.record import StageRecord, sha256_file
 from ..io.tokdir import (
@@ -39,10 +39,10 @@ from ..io.tokdir import (
     tokenizer_size,
     write_json,
 )
+from ..options import TokenizerTrainOptions
+from ..vocab.checktext import CHECK_TEXT, adjacent_pairs, check_text_words
 from ..vocab.pieces import BYTE_LEVEL, SENTENCEPIECE, detect_family
 from .bpe import learn_merges
-from ..io.corpus import check_corpus, iter_documents, refuse_json_as_text
-from ..vocab.checktext import CHECK_TEXT, adjacent_pairs, check_text_words
 from .words import CorpusInfo, count_words, follows_sentencepiece_rules, sentencepiece_piece_ok
 
 log = logging.getLogger(__name__)
@@ -56,8 +56,9 @@ def train_tokenizer(base: Path, corpora: list[Path], out: Path, **options: Any) 
     record. ``options``: the other fields of :class:`ruadapt.options.TokenizerTrainOptions`."""
     if "allow" in options:
         options["allow"] = tuple(options["allow"])
-    return write_trained(plan_tokenizer_train(TokenizerTrainOptions(base=base, corpora=tuple(corpora), out=out,
-                                                                    **options)))
+    return write_trained(
+        plan_tokenizer_train(TokenizerTrainOptions(base=base, corpora=tuple(corpora), out=out, **options))
+    )
 
 
 @dataclass
@@ -86,7 +87,9 @@ def plan_tokenizer_train(options: TokenizerTrainOptions) -> TokenizerTrainPlan:
     base_tok = load_tokenizer(base, "--base")
     family = detect_family(base_tok)
     record = StageRecord("tokenizer", options.record_options())
-    record.input("base", base, tokenizer_json_sha256=sha256_file(base_json), tokens=tokenizer_size(base_tok), family=family)
+    record.input(
+        "base", base, tokenizer_json_sha256=sha256_file(base_json), tokens=tokenizer_size(base_tok), family=family
+    )
     return TokenizerTrainPlan(options, base, corpora, base_json, base_tok, family, record)
 
 
@@ -103,12 +106,22 @@ def write_trained(plan: TokenizerTrainPlan) -> dict:
     id_map: dict[str, list[int]] = {}
     if opts.mode == "extend":
         assert opts.new_tokens is not None  # checked by options.check()
-        spec, facts, check_words = extend_spec(spec, base_tok, plan.family, counts, opts.new_tokens, opts.min_frequency,
-                                               record, opts.progress, keep_check_text=opts.keep_check_text)
+        spec, facts, check_words = extend_spec(
+            spec,
+            base_tok,
+            plan.family,
+            counts,
+            opts.new_tokens,
+            opts.min_frequency,
+            record,
+            opts.progress,
+            keep_check_text=opts.keep_check_text,
+        )
     else:
         assert opts.vocab_size is not None
-        spec, facts, id_map = replace_spec(spec, base_tok, plan.family, counts, opts.vocab_size, opts.min_frequency,
-                                           record, opts.progress)
+        spec, facts, id_map = replace_spec(
+            spec, base_tok, plan.family, counts, opts.vocab_size, opts.min_frequency, record, opts.progress
+        )
         check_words = []
     record.update(facts)
 
@@ -117,7 +130,9 @@ def write_trained(plan: TokenizerTrainPlan) -> dict:
             copy_tokenizer_files(base, tmp)
             # written as JSON directly (same key order as the base's file): deterministic, and one parse of a
             # 33 MB Gemma file less than building a Tokenizer first; verify_tokenizer loads it back
-            (tmp / "tokenizer.json").write_text(json.dumps(spec, ensure_ascii=False, separators=(",", ":")), encoding="utf-8")
+            (tmp / "tokenizer.json").write_text(
+                json.dumps(spec, ensure_ascii=False, separators=(",", ":")), encoding="utf-8"
+            )
             if opts.mode == "replace":
                 sync_added_tokens_decoder(tmp, Tokenizer.from_file(str(tmp / "tokenizer.json")))
                 write_json(tmp / TOKEN_ID_MAP, {"base": str(base.resolve()), "added_tokens": id_map})
@@ -152,13 +167,18 @@ def extend_spec(
     With ``keep_check_text`` no new merge joins two base tokens that stand side by side in llama.cpp's check text
     (nor, with ``ignore_merges``, makes a check-text word one token), so the check text keeps its base ids."""
     model = spec["model"]
-    require(model.get("type") == "BPE", f"--base: a {model.get('type')} tokenizer cannot be extended with BPE merges (only BPE tokenizers)")
+    require(
+        model.get("type") == "BPE",
+        f"--base: a {model.get('type')} tokenizer cannot be extended with BPE merges (only BPE tokenizers)",
+    )
     vocab: dict[str, int] = model["vocab"]
     n_base = tokenizer_size(base_tok)
     added = {t.content: i for i, t in base_tok.get_added_tokens_decoder().items()}
     for content, i in added.items():
         if content in vocab and vocab[content] != i:
-            raise RuadaptError(f"--base: added token {content!r} has id {i} but model vocab id {vocab[content]}; fix the base tokenizer.json")
+            raise RuadaptError(
+                f"--base: added token {content!r} has id {i} but model vocab id {vocab[content]}; fix the base tokenizer.json"
+            )
 
     word_list = list(counts)
     word_counts = [counts[w] for w in word_list]
@@ -199,9 +219,16 @@ def extend_spec(
             forbidden_results=forbidden_words,
             progress=progress,
         )
-    log.info("learned %d merges (%d new tokens) in %.1f s", len(res.merges), len(res.new_tokens), time.perf_counter() - t0)
+    log.info(
+        "learned %d merges (%d new tokens) in %.1f s", len(res.merges), len(res.new_tokens), time.perf_counter() - t0
+    )
     if len(res.new_tokens) < n_new:
-        log.warning("only %d of %d new tokens: %s (use a larger corpus or a lower --min-frequency)", len(res.new_tokens), n_new, res.stopped)
+        log.warning(
+            "only %d of %d new tokens: %s (use a larger corpus or a lower --min-frequency)",
+            len(res.new_tokens),
+            n_new,
+            res.stopped,
+        )
     tokens_after = sum(len(s) * c for s, c in zip(res.words, word_counts))
 
     # keep every added token's id: tokenizers numbers added tokens absent from the model vocab from its size
@@ -213,7 +240,9 @@ def extend_spec(
     for a, b in res.merges:
         if fmt == "string":
             if " " in a or " " in b:
-                raise RuadaptError(f"--base: merge pieces {a!r} {b!r} contain a space and cannot be written as 'a b' merges")
+                raise RuadaptError(
+                    f"--base: merge pieces {a!r} {b!r} contain a space and cannot be written as 'a b' merges"
+                )
             model["merges"].append(f"{a} {b}")
         else:
             model["merges"].append([a, b])
@@ -234,7 +263,9 @@ def extend_spec(
         "training_tokens_before": tokens_before,
         "training_tokens_after": tokens_after,
         # segmentation_kept is set by verify_tokenizer, after reloading what was written
-        "llama_cpp_check_text": {"pairs_forbidden": len(forbidden_pairs), "merges_skipped": res.skipped_forbidden} if keep_check_text else {},
+        "llama_cpp_check_text": {"pairs_forbidden": len(forbidden_pairs), "merges_skipped": res.skipped_forbidden}
+        if keep_check_text
+        else {},
     }
     top = sorted(range(len(word_list)), key=lambda k: -word_counts[k])[:5000]
     return spec, facts, [(word_list[k], res.words[k]) for k in top]
@@ -264,7 +295,10 @@ def replace_spec(
     from tokenizers import models, pre_tokenizers, trainers
 
     model = spec["model"]
-    require(model.get("type") == "BPE", f"--base: a {model.get('type')} tokenizer; --mode replace trains BPE and needs a BPE base")
+    require(
+        model.get("type") == "BPE",
+        f"--base: a {model.get('type')} tokenizer; --mode replace trains BPE and needs a BPE base",
+    )
     added = sorted(base_tok.get_added_tokens_decoder().items())
     byte_fallback = bool(model.get("byte_fallback"))
     n_bytes = 256 if byte_fallback else 0
@@ -279,7 +313,11 @@ def replace_spec(
         + f" and some merges need at least {minimum}",
     )
     trainer = trainers.BpeTrainer(
-        vocab_size=n_model, min_frequency=min_frequency, show_progress=progress, initial_alphabet=alphabet, special_tokens=[]
+        vocab_size=n_model,
+        min_frequency=min_frequency,
+        show_progress=progress,
+        initial_alphabet=alphabet,
+        special_tokens=[],
     )
     learner = Tokenizer(models.BPE())
     total = sum(counts.values())
@@ -299,7 +337,12 @@ def replace_spec(
             f"use more than {len(trained['vocab']) + len(added) + n_bytes}"
         )
     if len(trained["vocab"]) < n_model:
-        log.warning("only %d of %d BPE tokens learned: no more pairs occur %d times or more", len(trained["vocab"]), n_model, min_frequency)
+        log.warning(
+            "only %d of %d BPE tokens learned: no more pairs occur %d times or more",
+            len(trained["vocab"]),
+            n_model,
+            min_frequency,
+        )
     vocab: dict[str, int] = dict(sorted(trained["vocab"].items(), key=lambda kv: kv[1]))
     merges = [m.split(" ") if isinstance(m, str) else list(m) for m in trained["merges"]]
     next_id = len(vocab)
@@ -313,7 +356,9 @@ def replace_spec(
     base_added_spec = {t["content"]: t for t in spec.get("added_tokens", [])}
     for old_id, tok in added:
         if tok.content in vocab:
-            raise RuadaptError(f"--base: added token {tok.content!r} was also learned as a normal token; this should not happen")
+            raise RuadaptError(
+                f"--base: added token {tok.content!r} was also learned as a normal token; this should not happen"
+            )
         vocab[tok.content] = next_id
         id_map[tok.content] = [old_id, next_id]
         entry = dict(base_added_spec.get(tok.content, {}))
@@ -376,7 +421,9 @@ def verify_tokenizer(
         base_vocab = base_tok.get_vocab(with_added_tokens=True)
         moved = [(s, i, new_vocab.get(s)) for s, i in base_vocab.items() if new_vocab.get(s) != i]
         if moved:
-            raise RuadaptError(f"{path}: {len(moved)} base tokens changed id after reload (first: {moved[0]}); nothing written")
+            raise RuadaptError(
+                f"{path}: {len(moved)} base tokens changed id after reload (first: {moved[0]}); nothing written"
+            )
         base_added = {i: t.content for i, t in base_tok.get_added_tokens_decoder().items()}
         if base_added != new_added:
             raise RuadaptError(f"{path}: added tokens differ from the base's after reload; nothing written")
@@ -384,7 +431,9 @@ def verify_tokenizer(
     else:
         wrong = [c for c, (_, n) in id_map.items() if new_added.get(n) != c or new_vocab.get(c) != n]
         if wrong:
-            raise RuadaptError(f"{path}: {len(wrong)} added tokens are not at their mapped ids after reload (first {wrong[0]!r})")
+            raise RuadaptError(
+                f"{path}: {len(wrong)} added tokens are not at their mapped ids after reload (first {wrong[0]!r})"
+            )
         checked["added_tokens_remapped"] = len(id_map)
     n = tokenizer_size(new_tok)
     if n != facts["tokens"]:
@@ -392,14 +441,18 @@ def verify_tokenizer(
 
     bad = [w for w, s in check_words if [t.id for t in new_tok.model.tokenize(w)] != s]
     if bad:
-        raise RuadaptError(f"{path}: {len(bad)} training words segment differently after reload (first {bad[0]!r}); nothing written")
+        raise RuadaptError(
+            f"{path}: {len(bad)} training words segment differently after reload (first {bad[0]!r}); nothing written"
+        )
     checked["words_resegmented_identically"] = len(check_words)
 
     # llama.cpp's converter hashes the ids of its check text: equal ids -> the base's hash -> a stock conversion works
     kept = new_tok.encode(CHECK_TEXT).ids == base_tok.encode(CHECK_TEXT).ids
     facts["llama_cpp_check_text"]["segmentation_kept"] = kept
     if facts["mode"] == "extend" and facts["llama_cpp_check_text"].get("pairs_forbidden") is not None and not kept:
-        raise RuadaptError(f"{path}: llama.cpp's check text segments differently from the base despite the forbidden pairs; nothing written")
+        raise RuadaptError(
+            f"{path}: llama.cpp's check text segments differently from the base despite the forbidden pairs; nothing written"
+        )
 
     lines = list(itertools.islice(iter_documents(infos[0].path), VERIFY_LINES))
     ids = [e.ids for e in new_tok.encode_batch(lines, add_special_tokens=False)]
@@ -420,9 +473,13 @@ def verify_tokenizer(
     hf_ids = hf(lines, add_special_tokens=False)["input_ids"]
     if hf_ids != ids:
         k = sum(a != b for a, b in zip(hf_ids, ids))
-        raise RuadaptError(f"{out_dir}: transformers AutoTokenizer encodes {k} of {len(lines)} lines differently from tokenizers")
+        raise RuadaptError(
+            f"{out_dir}: transformers AutoTokenizer encodes {k} of {len(lines)} lines differently from tokenizers"
+        )
     checked["lines_same_ids_transformers"] = len(lines)
     if hf.encode(CHECK_TEXT) != new_tok.encode(CHECK_TEXT).ids:  # what llama.cpp's converter calls
-        raise RuadaptError(f"{out_dir}: transformers AutoTokenizer encodes llama.cpp's check text differently from tokenizers")
+        raise RuadaptError(
+            f"{out_dir}: transformers AutoTokenizer encodes llama.cpp's check text differently from tokenizers"
+        )
     checked["transformers_class"] = type(hf).__name__
     return checked

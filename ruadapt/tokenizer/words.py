@@ -18,12 +18,13 @@ import logging
 import re
 import unicodedata
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+
+from tqdm import tqdm
 
 from tokenizers import Tokenizer
-from tqdm import tqdm
 
 from ..io.corpus import iter_documents
 from ..io.record import sha256_file
@@ -46,7 +47,13 @@ class CorpusInfo:
     sha256: str
 
     def as_dict(self) -> dict:
-        return {"path": str(self.path.resolve()), "bytes": self.bytes, "lines": self.lines, "chars": self.chars, "sha256": self.sha256}
+        return {
+            "path": str(self.path.resolve()),
+            "bytes": self.bytes,
+            "lines": self.lines,
+            "chars": self.chars,
+            "sha256": self.sha256,
+        }
 
 
 def split_sentencepiece_words(text: str) -> list[str]:
@@ -62,7 +69,9 @@ class WordSplitter:
         self.pre_tokenizer = tokenizer.pre_tokenizer
         self.sentencepiece = family == SENTENCEPIECE
         # added tokens are cut out of the raw text before normalization, as the tokenizer does at inference
-        contents = sorted({t.content for t in tokenizer.get_added_tokens_decoder().values() if t.content}, key=len, reverse=True)
+        contents = sorted(
+            {t.content for t in tokenizer.get_added_tokens_decoder().values() if t.content}, key=len, reverse=True
+        )
         self._first_chars = frozenset(c[0] for c in contents)
         self._added = re.compile("|".join(re.escape(c) for c in contents)) if contents else None
 
@@ -104,8 +113,6 @@ def count_words(
         infos.append(CorpusInfo(path, size, n_lines, n_chars, sha256_file(path)))
         log.info("%s: %d lines, %d distinct words so far", path, n_lines, len(counts))
     return counts, infos
-
-
 
 
 _SAME_SCRIPT = {"HIRAGANA": "HAN", "KATAKANA": "HAN", "KATAKANA-HIRAGANA": "HAN", "CJK": "HAN"}  # as SentencePiece

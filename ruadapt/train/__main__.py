@@ -25,8 +25,12 @@ from .supervise import PORT_IN_USE_EXIT, is_port_in_use, keep_ignored, watch_sup
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m ruadapt.train", description=__doc__)
     # not --launch: the deepspeed launcher would take it for an abbreviation of its --launcher
-    p.add_argument("--launch-json", required=True, type=Path,
-                   help="the launch.json `ruadapt train` wrote: the resolved runs, in order, with DeepSpeed configs")
+    p.add_argument(
+        "--launch-json",
+        required=True,
+        type=Path,
+        help="the launch.json `ruadapt train` wrote: the resolved runs, in order, with DeepSpeed configs",
+    )
     p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     from .runner import StopRequested, install_stop_handlers, run
@@ -52,8 +56,11 @@ def main(argv: list[str] | None = None) -> int:
         if not is_port_in_use(e):
             raise
         # another job bound the rendezvous port after `ruadapt train` checked it: a code it re-picks the port on
-        print(f"ruadapt train: error: the rendezvous port {os.environ.get('MASTER_PORT', '?')} is taken by another "
-              f"process ({type(e).__name__})", file=sys.stderr)
+        print(
+            f"ruadapt train: error: the rendezvous port {os.environ.get('MASTER_PORT', '?')} is taken by another "
+            f"process ({type(e).__name__})",
+            file=sys.stderr,
+        )
         return PORT_IN_USE_EXIT
     finally:
         import torch.distributed as dist

@@ -14,16 +14,17 @@ import importlib.util
 import json
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 import yaml
 
 from ..errors import RuadaptError
-from ..schema import build
-from ..io.hub import resolve
 from ..io.corpus import check_corpus, refuse_json_as_text
+from ..io.hub import resolve
+from ..schema import build
 
 # The choices of a config, as types: the schema (ruadapt/schema.py) checks a value against them, and anything that
 # lists them (errors, docs) reads them with typing.get_args, so a choice is written down once.
@@ -42,7 +43,9 @@ class SourceConfig:
     SHORTHAND = "path"  # the key a plain string stands for
 
     path: str
-    weight: float = 0.0  # relative share of the sequences trained on; 0 everywhere = each file's natural share (its size)
+    weight: float = (
+        0.0  # relative share of the sequences trained on; 0 everywhere = each file's natural share (its size)
+    )
     text_field: str = ""  # JSONL key / Parquet column of the text; "" = data.text_field
 
 
@@ -171,12 +174,15 @@ _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 def _expand(value: Any, where: str, key: str = "") -> Any:
     """``${VAR}`` in string values from the environment; an unset one names the file, the key and what to do."""
     if isinstance(value, str):
+
         def sub(m: re.Match) -> str:
             name = m.group(1)
             if name not in os.environ:
                 top = key.split("[")[0]
-                raise RuadaptError(f"{where}: {key} uses ${{{name}}} but the environment variable {name} is not set; "
-                                   f"export {name}=..., or give {top} with --set {top}=...")
+                raise RuadaptError(
+                    f"{where}: {key} uses ${{{name}}} but the environment variable {name} is not set; "
+                    f"export {name}=..., or give {top} with --set {top}=..."
+                )
             return os.environ[name]
 
         return _VAR.sub(sub, value)
@@ -228,7 +234,9 @@ def load_configs(paths: list[str], overrides: list[str] | tuple[str, ...] = ()) 
     return configs
 
 
-def load_config(path: Path | str, overrides: list[str] | tuple[str, ...] = (), *, check_files: bool = True) -> RunConfig:
+def load_config(
+    path: Path | str, overrides: list[str] | tuple[str, ...] = (), *, check_files: bool = True
+) -> RunConfig:
     """Read, expand and validate a run YAML; its problems are one :class:`RuadaptError`, a line each.
 
     The schema's problems (unknown or missing keys, wrong types, a value outside its choices) come first, all of
@@ -267,7 +275,9 @@ def resolve_model(cfg: RunConfig) -> None:
     hub cache. That path names the commit, so the config recorded for a resume pins the weights: a relaunch after
     the repo moved on is refused as a changed ``model`` instead of resuming on other weights."""
     path = resolve(cfg.model, f"{cfg.source or 'config'}: model", revision=cfg.revision or None)
-    if path != Path(cfg.model).expanduser():  # a repo id; a local model keeps its spelling, as earlier launches recorded it
+    if (
+        path != Path(cfg.model).expanduser()
+    ):  # a repo id; a local model keeps its spelling, as earlier launches recorded it
         cfg.model = str(path)
 
 
@@ -293,17 +303,27 @@ def validate(cfg: RunConfig, *, check_files: bool = True, skip_model: bool = Fal
     need(len(t.betas) == 2, "train.betas must be two numbers, e.g. [0.9, 0.95]")
     need(cfg.lora.r >= 1, "lora.r must be at least 1")
     need(cfg.data.train, "data.train lists no files")
-    need(set(cfg.data.allow) <= {"json-text"}, f"data.allow {cfg.data.allow}: the only likely mistake it can allow is json-text")
+    need(
+        set(cfg.data.allow) <= {"json-text"},
+        f"data.allow {cfg.data.allow}: the only likely mistake it can allow is json-text",
+    )
     weights = [src.weight for src in cfg.data.train]
     need(all(w >= 0 for w in weights), "data.train: a weight must not be negative")
-    need(all(w == 0 for w in weights) or all(w > 0 for w in weights),
-         "data.train: give every source a weight, or none (then each file counts by its size)")
+    need(
+        all(w == 0 for w in weights) or all(w > 0 for w in weights),
+        "data.train: give every source a weight, or none (then each file counts by its size)",
+    )
     for r in t.report_to:
-        need(importlib.util.find_spec(r) is not None,
-             f"train.report_to lists {r} but it is not installed; pip install {r} (or remove it from train.report_to)")
+        need(
+            importlib.util.find_spec(r) is not None,
+            f"train.report_to lists {r} but it is not installed; pip install {r} (or remove it from train.report_to)",
+        )
     if cfg.embeddings.new_rows_only:
         need(cfg.stage == "embeddings", "embeddings.new_rows_only needs stage: embeddings")
-        need(cfg.embeddings.new_rows_from > 0, "embeddings.new_rows_only needs embeddings.new_rows_from (the first new row)")
+        need(
+            cfg.embeddings.new_rows_from > 0,
+            "embeddings.new_rows_only needs embeddings.new_rows_from (the first new row)",
+        )
     if cfg.stage == "distill":
         need(cfg.task == "cpt", "stage distill needs task: cpt (it reads plain text)")
         need(cfg.distill.base, "stage distill needs distill.base (the model the swap started from)")
@@ -321,7 +341,9 @@ def _check_files(cfg: RunConfig, skip_model: bool, need: Callable[[object, str],
             try:
                 check_corpus(Path(source.path), section)
                 if cfg.task == "cpt":  # SFT files are chat JSONL whatever their name; the chat reader checks them
-                    refuse_json_as_text(Path(source.path), section, cfg.data.allow, "add `allow: [json-text]` under data")
+                    refuse_json_as_text(
+                        Path(source.path), section, cfg.data.allow, "add `allow: [json-text]` under data"
+                    )
             except RuadaptError as e:
                 need(False, str(e))
     ds = Path(cfg.deepspeed)
@@ -331,15 +353,18 @@ def _check_files(cfg: RunConfig, skip_model: bool, need: Callable[[object, str],
         except RuadaptError as e:
             need(False, str(e))
     model = Path(cfg.model)
-    if not skip_model and need((model / "config.json").is_file(),
-                               f"model {model} has no config.json (expected a Hugging Face model directory)"):
+    if not skip_model and need(
+        (model / "config.json").is_file(), f"model {model} has no config.json (expected a Hugging Face model directory)"
+    ):
         mcfg = json.loads((model / "config.json").read_text(encoding="utf-8"))
         mcfg = mcfg.get("text_config", mcfg) if "max_position_embeddings" not in mcfg else mcfg
         positions = mcfg.get("max_position_embeddings")
         if positions:
-            need(cfg.block_size <= positions,
-                 f"block_size {cfg.block_size} is above the model's max_position_embeddings {positions} "
-                 f"({model}/config.json)")
+            need(
+                cfg.block_size <= positions,
+                f"block_size {cfg.block_size} is above the model's max_position_embeddings {positions} "
+                f"({model}/config.json)",
+            )
         if cfg.stage in ("embeddings", "distill") or (cfg.stage == "lora" and cfg.lora.train_embeddings):
             try:
                 _check_embeddings(cfg, model)
@@ -349,8 +374,10 @@ def _check_files(cfg: RunConfig, skip_model: bool, need: Callable[[object, str],
                 need(False, str(e).removeprefix(f"{cfg.source}: "))
         rows = mcfg.get("vocab_size")
         if (cfg.embeddings.new_rows_only or cfg.stage == "distill") and rows:
-            need(cfg.embeddings.new_rows_from < rows,
-                 f"embeddings.new_rows_from {cfg.embeddings.new_rows_from} is not below the model's {rows} rows")
+            need(
+                cfg.embeddings.new_rows_from < rows,
+                f"embeddings.new_rows_from {cfg.embeddings.new_rows_from} is not below the model's {rows} rows",
+            )
     try:
         _check_out(cfg, model)
     except RuadaptError as e:
@@ -368,19 +395,22 @@ def _check_embeddings(cfg: RunConfig, model: Path) -> None:
     except RuadaptError as e:
         raise RuadaptError(f"{cfg.source}: {what} cannot find the embeddings: {e}") from None
     if names[0] not in reader:
-        raise RuadaptError(f"{cfg.source}: {what}: the checkpoint {model} has no tensor {names[0]} (embeddings not found)")
+        raise RuadaptError(
+            f"{cfg.source}: {what}: the checkpoint {model} has no tensor {names[0]} (embeddings not found)"
+        )
 
 
 def _check_distill_base(cfg: RunConfig, model: Path) -> None:
     """distill.base is a model dir with a tokenizer, and the model's old rows are its rows (the teacher is the
     model itself on those rows: ruadapt/train/distill.py)."""
-    from .distill import check_base_rows
-
     from ..io.tokdir import load_tokenizer, tokenizer_size
+    from .distill import check_base_rows
 
     base = Path(cfg.distill.base)
     if not (base / "config.json").is_file() or not (base / "tokenizer.json").is_file():
-        raise RuadaptError(f"{cfg.source}: distill.base {base} is not a model directory with config.json and tokenizer.json")
+        raise RuadaptError(
+            f"{cfg.source}: distill.base {base} is not a model directory with config.json and tokenizer.json"
+        )
     if cfg.embeddings.new_rows_from <= 0:  # an extension's first new id: len(base tokenizer) (docs/design.md §2)
         cfg.embeddings.new_rows_from = tokenizer_size(load_tokenizer(base, "distill.base"))
     names, _ = embedding_names(model)
@@ -394,13 +424,15 @@ def _check_out(cfg: RunConfig, model: Path) -> None:
     if cfg.done:
         return
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise RuadaptError(f"{out}: out exists and is not empty (and holds no finished run); remove it or choose a new directory")
+        raise RuadaptError(
+            f"{out}: out exists and is not empty (and holds no finished run); remove it or choose a new directory"
+        )
 
 
 def embedding_names(model_dir: Path) -> tuple[list[str], bool]:
     """(tensor names of the vocabulary matrices, tied) from the arch table; a one-line error if unknown."""
-    from ..vocab.arch import arch_for_config
     from ..io.checkpoint import read_json
+    from ..vocab.arch import arch_for_config
 
     cfg_path = Path(model_dir) / "config.json"
     arch = arch_for_config(read_json(cfg_path), cfg_path)
@@ -433,7 +465,7 @@ def fill_deepspeed_config(ds: dict, cfg: RunConfig) -> dict:
         if ds.get(k, "auto") == "auto":
             ds[k] = v
         elif ds[k] != v:
-            raise RuadaptError(f"{cfg.deepspeed}: {k} is {ds[k]} but the YAML says {v}; set it to \"auto\"")
+            raise RuadaptError(f'{cfg.deepspeed}: {k} is {ds[k]} but the YAML says {v}; set it to "auto"')
     zero = ds.get("zero_optimization", {})
     for k, v in list(zero.items()):
         if v == "auto":  # bucket sizes: DeepSpeed's defaults are fine for every size we ship

@@ -10,13 +10,14 @@ import itertools
 import os
 import time
 from collections import deque
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
-from tokenizers import Tokenizer
 from tqdm.auto import tqdm
+
+from tokenizers import Tokenizer
 
 from ..errors import RuadaptError
 from .supervise import tokenizer_worker_init, worker_context
@@ -35,7 +36,7 @@ class BlockSource:
 
     def item(self, i: int) -> tuple[np.ndarray, None]:
         b = self.block_size
-        return np.asarray(self.tf.tokens[i * b:(i + 1) * b]), None
+        return np.asarray(self.tf.tokens[i * b : (i + 1) * b]), None
 
 
 WORKERS_ENV = "RUADAPT_PREPARE_WORKERS"  # processes that tokenize (default: every core this process may use)
@@ -73,8 +74,16 @@ def _encode_block(docs: list[str]) -> tuple[np.ndarray, np.ndarray, int]:
     return flat, lengths, sum(map(len, docs))
 
 
-def write_documents(tokenizer_json: Path, blocks: Iterator[list[str]], writer: TokenFileWriter, *, eos_id: int,
-                    limit: int = 0, desc: str = "", workers: int = 0) -> dict:
+def write_documents(
+    tokenizer_json: Path,
+    blocks: Iterator[list[str]],
+    writer: TokenFileWriter,
+    *,
+    eos_id: int,
+    limit: int = 0,
+    desc: str = "",
+    workers: int = 0,
+) -> dict:
     """Encode every document (or the first ``limit``), each followed by ``eos_id``, and append them in order.
 
     Blocks of documents go to ``workers`` processes (default :func:`prepare_workers`), each with its own
@@ -89,8 +98,9 @@ def write_documents(tokenizer_json: Path, blocks: Iterator[list[str]], writer: T
     if limit:
         blocks = _first(blocks, limit)
     ctx = worker_context()  # spawn, SIGINT blocked until the worker ignores it (see _init_worker)
-    pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
-                               initargs=(str(tokenizer_json), eos_id, writer.dtype.str))
+    pool = ProcessPoolExecutor(
+        workers, mp_context=ctx, initializer=_init_worker, initargs=(str(tokenizer_json), eos_id, writer.dtype.str)
+    )
     try:
         with tqdm(desc=desc, unit=" docs", mininterval=2.0, disable=not desc) as bar:
             pending: deque = deque()
@@ -112,8 +122,12 @@ def write_documents(tokenizer_json: Path, blocks: Iterator[list[str]], writer: T
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
     seconds = time.perf_counter() - t0
-    return {"chars": chars, "seconds": round(seconds, 3), "workers": workers,
-            "tokens_per_s": round(writer.n_tokens / max(seconds, 1e-9), 1)}
+    return {
+        "chars": chars,
+        "seconds": round(seconds, 3),
+        "workers": workers,
+        "tokens_per_s": round(writer.n_tokens / max(seconds, 1e-9), 1),
+    }
 
 
 def _first(blocks: Iterator[list[str]], limit: int) -> Iterator[list[str]]:

@@ -95,7 +95,11 @@ def apportion(weights: list[Fraction], total: int) -> list[int]:
 
 def normalized_weights(weights: list[float], sizes: list[int]) -> list[Fraction]:
     """Exact shares: the given weights, or each source's size when every weight is 0 (the natural mix)."""
-    raw = [Fraction(w).limit_denominator(10**6) for w in weights] if any(w > 0 for w in weights) else [Fraction(n) for n in sizes]
+    raw = (
+        [Fraction(w).limit_denominator(10**6) for w in weights]
+        if any(w > 0 for w in weights)
+        else [Fraction(n) for n in sizes]
+    )
     total = sum(raw)
     if total <= 0:
         raise RuadaptError("data.train: the sources hold no training sequence")
@@ -181,7 +185,9 @@ class MixSampler:
             )
         for s, (w, n) in enumerate(zip(self.weights, items.sizes)):
             if w > 0 and n == 0:
-                raise RuadaptError(f"data.train: {items.names[s]} gives no training sequence (too short for one block?)")
+                raise RuadaptError(
+                    f"data.train: {items.names[s]} gives no training sequence (too short for one block?)"
+                )
         self._perms: dict[int, tuple[int, IndexPermutation]] = {}  # source -> (epoch, its permutation)
 
     def _perm(self, source: int, epoch: int) -> IndexPermutation:
@@ -209,8 +215,8 @@ class MixSampler:
     def micro_batches(self, step: int) -> list[np.ndarray]:
         """Item ids of this rank's ``accum`` micro-batches at optimizer ``step`` (0-based)."""
         per_rank = self.micro * self.accum
-        mine = self.step_items(step)[self.rank * per_rank:(self.rank + 1) * per_rank]
-        return [mine[i * self.micro:(i + 1) * self.micro] for i in range(self.accum)]
+        mine = self.step_items(step)[self.rank * per_rank : (self.rank + 1) * per_rank]
+        return [mine[i * self.micro : (i + 1) * self.micro] for i in range(self.accum)]
 
 
 def eos_token_id(model_dir: Path) -> int:

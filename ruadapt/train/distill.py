@@ -87,20 +87,26 @@ def build_piece_table(base_dir: Path, model_dir: Path, first_new: int, rows: int
             sources.append(tuple(vmap.sources[i]))
         else:  # a padding row: never in a token file; map it to itself so a lookup cannot fail
             sources.append((i,))
-    bad = [(i, s) for i, s in enumerate(sources) if i >= first_new and vmap.n_rows > i and vmap.sources[i]
-           and any(p >= first_new for p in s)]
+    bad = [
+        (i, s)
+        for i, s in enumerate(sources)
+        if i >= first_new and vmap.n_rows > i and vmap.sources[i] and any(p >= first_new for p in s)
+    ]
     if bad:
         i, s = bad[0]
-        raise RuadaptError(f"{model_dir}: token {i} maps to base ids {list(s)} at or above new_rows_from {first_new}; "
-                           "embeddings.new_rows_from must be len(base tokenizer) of an extension")
+        raise RuadaptError(
+            f"{model_dir}: token {i} maps to base ids {list(s)} at or above new_rows_from {first_new}; "
+            "embeddings.new_rows_from must be len(base tokenizer) of an extension"
+        )
     lengths = np.fromiter((len(s) for s in sources), dtype=np.int64, count=len(sources))
     offsets = np.concatenate([[0], np.cumsum(lengths)])
     flat = np.fromiter((p for s in sources for p in s), dtype=np.int64, count=int(offsets[-1]))
     return PieceTable(flat, offsets, first_new)
 
 
-def check_base_rows(model_dir: Path, base_dir: Path, first_new: int, names: list[str], where: str,
-                    samples: int = 512) -> None:
+def check_base_rows(
+    model_dir: Path, base_dir: Path, first_new: int, names: list[str], where: str, samples: int = 512
+) -> None:
     """The model's rows below ``first_new`` must equal the base's (the teacher is the model on those rows): every
     vocabulary matrix, compared on ``samples`` rows spread over the old range (headers + a few rows: seconds at 72B)."""
     from ..io.checkpoint import CheckpointReader
@@ -112,13 +118,17 @@ def check_base_rows(model_dir: Path, base_dir: Path, first_new: int, names: list
         if model.info(name).shape[1:] != base.info(name).shape[1:]:
             raise RuadaptError(f"{where}: {name} of {model_dir} and of distill.base {base_dir} differ in width")
         if base.info(name).shape[0] < first_new:
-            raise RuadaptError(f"{where}: embeddings.new_rows_from {first_new} is above the {base.info(name).shape[0]} "
-                               f"rows of {name} in distill.base {base_dir}")
+            raise RuadaptError(
+                f"{where}: embeddings.new_rows_from {first_new} is above the {base.info(name).shape[0]} "
+                f"rows of {name} in distill.base {base_dir}"
+            )
         for r in sorted({int(x) for x in np.linspace(0, first_new - 1, min(samples, first_new))}):
             if not torch.equal(model.get_rows(name, r, r + 1), base.get_rows(name, r, r + 1)):
-                raise RuadaptError(f"{where}: row {r} of {name} differs between the model and distill.base {base_dir}; "
-                                   "distill needs the model straight out of `ruadapt swap` from that base (extend mode), "
-                                   "before any CPT")
+                raise RuadaptError(
+                    f"{where}: row {r} of {name} differs between the model and distill.base {base_dir}; "
+                    "distill needs the model straight out of `ruadapt swap` from that base (extend mode), "
+                    "before any CPT"
+                )
     model.close()
     base.close()
 
@@ -128,8 +138,10 @@ def prepare_distill(model, cfg, zero_stage: int, vocab: dict[str, torch.nn.Param
     from .model import mask_old_rows
 
     if zero_stage >= 3:
-        raise RuadaptError(f"{cfg.source}: stage distill needs ZeRO stage 0-2 (the gradient mask acts on the whole "
-                           "matrix); use a ZeRO-2 config, e.g. the recipes' zero2.json")
+        raise RuadaptError(
+            f"{cfg.source}: stage distill needs ZeRO stage 0-2 (the gradient mask acts on the whole "
+            "matrix); use a ZeRO-2 config, e.g. the recipes' zero2.json"
+        )
     for p in model.parameters():
         p.requires_grad_(False)
     names = list(vocab)
@@ -183,8 +195,9 @@ class DistillObjective:
             self.teacher_tokens += int(teacher_ids.numel())
             self.student_tokens += int(ids.numel())
         with torch.no_grad():
-            t_states = engine.module.get_decoder()(input_ids=teacher_ids, output_hidden_states=True,
-                                                   use_cache=False).hidden_states[self.d.layer]
+            t_states = engine.module.get_decoder()(
+                input_ids=teacher_ids, output_hidden_states=True, use_cache=False
+            ).hidden_states[self.d.layer]
         out = engine(input_ids=ids, output_hidden_states=True, use_cache=False)
         s_states = out.hidden_states[self.d.layer]
         target = torch.gather(t_states, 1, align[..., None].expand(-1, -1, t_states.shape[-1]))
@@ -206,30 +219,70 @@ class DistillObjective:
         bound on the cost)."""
         ratio = self.teacher_tokens / max(self.student_tokens, 1)
         teacher = round(tokens * ratio)
-        return {"teacher_tokens_per_token": round(ratio, 6), "student_tokens": tokens, "teacher_tokens": teacher,
-                "cpt_equivalent_tokens": tokens + teacher}
+        return {
+            "teacher_tokens_per_token": round(ratio, 6),
+            "student_tokens": tokens,
+            "teacher_tokens": teacher,
+            "cpt_equivalent_tokens": tokens + teacher,
+        }
 
 
 # ------------------------------------------------------------------------------------------------ a callable path
-def distill_config(base: Path, model: Path, corpus: Path, out: Path, *, steps: int, block_size: int = 128,
-                   micro_batch_size: int = 4, lr: float = 1e-2, seed: int = 42, layer: int = -1,
-                   next_token_weight: float = 0.0, deepspeed: Path | None = None, max_documents: int = 0,
-                   eval_blocks: int = 16) -> dict:
+def distill_config(
+    base: Path,
+    model: Path,
+    corpus: Path,
+    out: Path,
+    *,
+    steps: int,
+    block_size: int = 128,
+    micro_batch_size: int = 4,
+    lr: float = 1e-2,
+    seed: int = 42,
+    layer: int = -1,
+    next_token_weight: float = 0.0,
+    deepspeed: Path | None = None,
+    max_documents: int = 0,
+    eval_blocks: int = 16,
+) -> dict:
     """The run YAML (as a dict) of a distillation of ``model``'s new rows from ``base`` on ``corpus``."""
     ds = deepspeed or Path(__file__).resolve().parents[1] / "recipes" / "deepspeed" / "zero2.json"
     return {
-        "task": "cpt", "model": str(model), "out": str(out), "deepspeed": str(ds), "stage": "distill",
+        "task": "cpt",
+        "model": str(model),
+        "out": str(out),
+        "deepspeed": str(ds),
+        "stage": "distill",
         "block_size": block_size,
         "distill": {"base": str(base), "layer": layer, "next_token_weight": next_token_weight},
         "data": {"train": [str(corpus)], "eval_blocks": eval_blocks, "max_documents": max_documents},
-        "train": {"micro_batch_size": micro_batch_size, "max_steps": steps, "lr": lr, "warmup_steps": min(5, steps),
-                  "scheduler": "cosine", "min_lr_ratio": 0.1, "weight_decay": 0.0, "save_steps": max(steps, 1),
-                  "log_steps": max(1, steps // 10), "seed": seed, "bf16": "false"},
+        "train": {
+            "micro_batch_size": micro_batch_size,
+            "max_steps": steps,
+            "lr": lr,
+            "warmup_steps": min(5, steps),
+            "scheduler": "cosine",
+            "min_lr_ratio": 0.1,
+            "weight_decay": 0.0,
+            "save_steps": max(steps, 1),
+            "log_steps": max(1, steps // 10),
+            "seed": seed,
+            "bf16": "false",
+        },
     }
 
 
-def run_distill(base: Path, model: Path, corpus: Path, out: Path, *, steps: int, num_gpus: int = 2,
-                master_port: int | None = None, **options: Any) -> Path:
+def run_distill(
+    base: Path,
+    model: Path,
+    corpus: Path,
+    out: Path,
+    *,
+    steps: int,
+    num_gpus: int = 2,
+    master_port: int | None = None,
+    **options: Any,
+) -> Path:
     """Distil ``model``'s new rows from ``base`` through the real ``ruadapt train`` (DeepSpeed launcher) and return
     ``out``. For scripts (bench/init.py): one more initialisation = the swapped model after ``steps`` steps.
     The YAML is written beside ``out`` (``<out>.yaml``); a finished run is reused, an interrupted one resumed."""

@@ -18,12 +18,19 @@ from typing import Any
 
 import torch
 
-from ..vocab.arch import INPUT, arch_for_config
-from ..io.checkpoint import INDEX_FILE, CheckpointReader, CheckpointWriter, parse_size, read_json, write_with_replacements
-from ..vocab.lora import ADAPTER_WEIGHTS, PEFT_PREFIX, merge_replacements, read_adapter
+from ..io.checkpoint import (
+    INDEX_FILE,
+    CheckpointReader,
+    CheckpointWriter,
+    parse_size,
+    read_json,
+    write_with_replacements,
+)
 from ..io.model_card import write_model_card
 from ..io.outdir import atomic_output_dir
 from ..io.record import StageRecord
+from ..vocab.arch import INPUT, arch_for_config
+from ..vocab.lora import ADAPTER_WEIGHTS, PEFT_PREFIX, merge_replacements, read_adapter
 from .config import RunConfig
 
 log = logging.getLogger(__name__)
@@ -108,8 +115,14 @@ def plot_losses(history: list[dict], evals: list[dict], path: Path, title: str) 
     plt.close(fig)
 
 
-def export_run(cfg: RunConfig, trained: dict[str, torch.Tensor], record: StageRecord, history: list[dict],
-               evals: list[dict], peft_config: Any = None) -> Path:
+def export_run(
+    cfg: RunConfig,
+    trained: dict[str, torch.Tensor],
+    record: StageRecord,
+    history: list[dict],
+    evals: list[dict],
+    peft_config: Any = None,
+) -> Path:
     """Write the run's output directory atomically (rank 0 only).
 
     The LoRA tensors are removed from ``trained`` once the adapter is written: the merge reads them back from it

@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 def checkpoint_name(param_name: str) -> str:
     """A parameter's tensor name in the checkpoint (peft's wrapper prefix and ``base_layer`` removed)."""
     if param_name.startswith(PEFT_PREFIX):
-        param_name = param_name[len(PEFT_PREFIX):]
+        param_name = param_name[len(PEFT_PREFIX) :]
     return param_name.replace(".base_layer.", ".")
 
 
@@ -79,8 +79,10 @@ def prepare_stage(model, cfg: RunConfig, zero_stage: int):
             p.requires_grad_(True)
         if cfg.embeddings.new_rows_only:
             if zero_stage >= 3:
-                raise RuadaptError(f"{cfg.source}: embeddings.new_rows_only needs ZeRO stage 0-2 (the gradient mask "
-                                   "acts on the whole matrix); use a ZeRO-2 config, e.g. the recipes' zero2.json")
+                raise RuadaptError(
+                    f"{cfg.source}: embeddings.new_rows_only needs ZeRO stage 0-2 (the gradient mask "
+                    "acts on the whole matrix); use a ZeRO-2 config, e.g. the recipes' zero2.json"
+                )
             for p in vocab.values():
                 mask_old_rows(p, cfg.embeddings.new_rows_from)
     elif stage == "distill":  # the vocabulary's new input rows (+ lm_head rows); see ruadapt/train/distill.py
@@ -94,8 +96,13 @@ def prepare_stage(model, cfg: RunConfig, zero_stage: int):
         n_layers = model.config.get_text_config().num_hidden_layers
         layers = resolve_layers(lc.layers, n_layers) if lc.layers else None
         peft_cfg = LoraConfig(
-            r=lc.r, lora_alpha=lc.alpha, lora_dropout=lc.dropout, target_modules=list(lc.targets),
-            layers_to_transform=layers, bias="none", task_type="CAUSAL_LM",
+            r=lc.r,
+            lora_alpha=lc.alpha,
+            lora_dropout=lc.dropout,
+            target_modules=list(lc.targets),
+            layers_to_transform=layers,
+            bias="none",
+            task_type="CAUSAL_LM",
         )
         torch.manual_seed(cfg.train.seed)  # LoRA A init independent of how loading used the RNG (ZeRO-3 does)
         try:

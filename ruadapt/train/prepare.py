@@ -17,20 +17,19 @@ import json
 import logging
 import os
 import socket
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
-from ..io.corpus import iter_document_blocks
 from ..errors import RuadaptError
+from ..io.chatdata import iter_chats
+from ..io.corpus import iter_document_blocks
 from ..io.record import sha256_file
 from ..io.tokdir import load_tokenizer, tokenizer_json_path, tokenizer_size
 from .config import RunConfig, SourceConfig
-from .data import Items, eos_token_id, normalized_weights, pad_token_id
-from .tokenfile import (DamagedTokenFile, TokenFileWriter, locked, open_token_file, publish, temp_dir_for,
-                        token_dtype)
-from .rundir import discard_run, last_complete
 from .cpt import BlockSource, write_documents
-from ..io.chatdata import iter_chats
+from .data import Items, eos_token_id, normalized_weights, pad_token_id
+from .rundir import discard_run, last_complete
+from .tokenfile import DamagedTokenFile, TokenFileWriter, locked, open_token_file, publish, temp_dir_for, token_dtype
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +40,9 @@ def manifest_path(cfg: RunConfig) -> Path:
     return cfg.work_dir / MANIFEST
 
 
-def prepare_run(cfg: RunConfig, *, tokenizer_dir: Path | None = None, progress: bool = True,
-                overwrite: bool = False) -> dict:
+def prepare_run(
+    cfg: RunConfig, *, tokenizer_dir: Path | None = None, progress: bool = True, overwrite: bool = False
+) -> dict:
     """Make (or reuse) the token file of every source of ``cfg`` and write the run's manifest; return it.
 
     ``tokenizer_dir`` stands in for ``cfg.model`` when that model is made by an earlier run of the same launch
@@ -66,17 +66,41 @@ def prepare_run(cfg: RunConfig, *, tokenizer_dir: Path | None = None, progress: 
     for section, sources in (("train", cfg.data.train), ("eval", cfg.data.eval)):
         for src in sources:
             field = src.text_field or cfg.data.text_field
-            key = {**common, "file_sha256": sha256_file(Path(src.path)), "text_field": field if cfg.task == "cpt" else ""}
+            key = {
+                **common,
+                "file_sha256": sha256_file(Path(src.path)),
+                "text_field": field if cfg.task == "cpt" else "",
+            }
             plan.append((section, src, field, key, entry_path(cache, f"{cfg.task}-{Path(src.path).name}", key)))
     _refuse_changed_data(cfg, plan, overwrite)
-    manifest: dict = {"task": cfg.task, "model": str(model), "cache": str(cache), "tokenizer_sha256": common["tokenizer_sha256"],
-                      "train": [], "eval": []}
+    manifest: dict = {
+        "task": cfg.task,
+        "model": str(model),
+        "cache": str(cache),
+        "tokenizer_sha256": common["tokenizer_sha256"],
+        "train": [],
+        "eval": [],
+    }
     for section, src, field, key, entry in plan:
-        ensure_entry(entry, key, lambda w, s=src, f=field, sec=section: build(w, s, f, f"data.{sec}"),
-                     rows=rows, with_mask=cfg.task == "sft")
+        ensure_entry(
+            entry,
+            key,
+            lambda w, s=src, f=field, sec=section: build(w, s, f, f"data.{sec}"),
+            rows=rows,
+            with_mask=cfg.task == "sft",
+        )
         tf = open_token_file(entry)
-        manifest[section].append({"path": src.path, "weight": src.weight, "text_field": field, "entry": str(entry),
-                                  "file_sha256": key["file_sha256"], "n_docs": tf.n_docs, "n_tokens": tf.n_tokens})
+        manifest[section].append(
+            {
+                "path": src.path,
+                "weight": src.weight,
+                "text_field": field,
+                "entry": str(entry),
+                "file_sha256": key["file_sha256"],
+                "n_docs": tf.n_docs,
+                "n_tokens": tf.n_tokens,
+            }
+        )
     path = manifest_path(cfg)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -85,8 +109,9 @@ def prepare_run(cfg: RunConfig, *, tokenizer_dir: Path | None = None, progress: 
     return manifest
 
 
-def prepare_configs(configs: list[RunConfig], *, skip_done: bool = True, progress: bool = True,
-                    overwrite: bool = False) -> list[tuple[RunConfig, dict]]:
+def prepare_configs(
+    configs: list[RunConfig], *, skip_done: bool = True, progress: bool = True, overwrite: bool = False
+) -> list[tuple[RunConfig, dict]]:
     """:func:`prepare_run` for runs meant to execute in sequence; a run whose model an earlier run makes uses that
     earlier run's tokenizer. Finished runs are skipped with ``skip_done`` (a relaunch does not retokenize them)."""
     tokenizer_of: dict[Path, Path] = {}
@@ -106,7 +131,9 @@ def entry_path(cache: Path, name: str, key: dict) -> Path:
     return Path(cache) / f"{name}-{hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]}"
 
 
-def ensure_entry(entry: Path, key: dict, build: Callable[[TokenFileWriter], dict], *, rows: int, with_mask: bool) -> Path:
+def ensure_entry(
+    entry: Path, key: dict, build: Callable[[TokenFileWriter], dict], *, rows: int, with_mask: bool
+) -> Path:
     """The complete cache entry for ``key``: reused when it opens cleanly, else built (under a lock) and published."""
     if _usable(entry):
         return entry
@@ -142,9 +169,11 @@ def _refuse_changed_data(cfg: RunConfig, plan: list, overwrite: bool) -> None:
         for p in discard_run(cfg):
             log.warning("--overwrite: %s changed since the run started; removed %s", changed[0], p)
     elif changed:
-        raise RuadaptError(f"{changed[0]}: its contents (or the tokenizer) changed since the checkpoints in "
-                           f"{cfg.work_dir / 'checkpoints'} were written; resuming would train on other data: restore "
-                           "it, or add --overwrite to ruadapt train to start the run over")
+        raise RuadaptError(
+            f"{changed[0]}: its contents (or the tokenizer) changed since the checkpoints in "
+            f"{cfg.work_dir / 'checkpoints'} were written; resuming would train on other data: restore "
+            "it, or add --overwrite to ruadapt train to start the run over"
+        )
 
 
 def _usable(entry: Path) -> bool:
@@ -164,8 +193,14 @@ def _cpt_builder(cfg: RunConfig, model: Path, tokenizer_json: Path, progress: bo
 
     def build(writer: TokenFileWriter, src: SourceConfig, field: str, section: str) -> dict:
         blocks = iter_document_blocks(Path(src.path), section, field)
-        stats = write_documents(tokenizer_json, blocks, writer, eos_id=eos, limit=cfg.data.max_documents,
-                                desc=f"tokenizing {Path(src.path).name}" if progress else "")
+        stats = write_documents(
+            tokenizer_json,
+            blocks,
+            writer,
+            eos_id=eos,
+            limit=cfg.data.max_documents,
+            desc=f"tokenizing {Path(src.path).name}" if progress else "",
+        )
         return {"source": _source_facts(src), **stats}
 
     return build
@@ -179,8 +214,14 @@ def _sft_builder(cfg: RunConfig, model: Path, progress: bool) -> Callable:
     def build(writer: TokenFileWriter, src: SourceConfig, field: str, section: str) -> dict:
         if not holder:
             holder.append(load_chat_tokenizer(model))
-        stats = write_chats(holder[0], iter_chats(Path(src.path), what=section), writer, block_size=cfg.block_size,
-                            limit=cfg.data.max_documents, desc=f"rendering {Path(src.path).name}" if progress else "")
+        stats = write_chats(
+            holder[0],
+            iter_chats(Path(src.path), what=section),
+            writer,
+            block_size=cfg.block_size,
+            limit=cfg.data.max_documents,
+            desc=f"rendering {Path(src.path).name}" if progress else "",
+        )
         if writer.n_docs == 0:
             raise RuadaptError(f"{src.path}: no conversation with assistant tokens within block_size {cfg.block_size}")
         return {"source": _source_facts(src), **stats}
@@ -197,13 +238,19 @@ def load_run_data(cfg: RunConfig) -> tuple[Items, Items | None, list[float]]:
     """(train items, eval items or None, the train sources' weights) from the run's manifest, memory-mapped."""
     path = manifest_path(cfg)
     if not path.is_file():
-        raise RuadaptError(f"{path}: no prepared data; run `ruadapt data prepare --config {cfg.source}` "
-                           "(ruadapt train does it before launching)")
+        raise RuadaptError(
+            f"{path}: no prepared data; run `ruadapt data prepare --config {cfg.source}` "
+            "(ruadapt train does it before launching)"
+        )
     manifest = json.loads(path.read_text(encoding="utf-8"))
     want = [s.path for s in cfg.data.train], [s.path for s in cfg.data.eval]
-    if ([e["path"] for e in manifest["train"]], [e["path"] for e in manifest["eval"]]) != want or manifest["task"] != cfg.task:
-        raise RuadaptError(f"{path}: prepared for other data files than {cfg.source} lists; "
-                           f"run `ruadapt data prepare --config {cfg.source}` again")
+    if ([e["path"] for e in manifest["train"]], [e["path"] for e in manifest["eval"]]) != want or manifest[
+        "task"
+    ] != cfg.task:
+        raise RuadaptError(
+            f"{path}: prepared for other data files than {cfg.source} lists; "
+            f"run `ruadapt data prepare --config {cfg.source}` again"
+        )
     pad = pad_token_id(Path(cfg.model)) if cfg.task == "sft" else 0
 
     def sources(section: str) -> list:
@@ -226,8 +273,11 @@ def load_run_data(cfg: RunConfig) -> tuple[Items, Items | None, list[float]]:
     weights = [float(e["weight"]) for e in manifest["train"]]
     if cfg.data.eval:
         ev = sources("eval")
-        return (Items([(s, 0, len(s)) for s in train_sources], pad_id=pad, names=names),
-                Items([(s, 0, len(s)) for s in ev], pad_id=pad, names=[e["path"] for e in manifest["eval"]]), weights)
+        return (
+            Items([(s, 0, len(s)) for s in train_sources], pad_id=pad, names=names),
+            Items([(s, 0, len(s)) for s in ev], pad_id=pad, names=[e["path"] for e in manifest["eval"]]),
+            weights,
+        )
     if cfg.data.eval_blocks <= 0:
         return Items([(s, 0, len(s)) for s in train_sources], pad_id=pad, names=names), None, weights
     # held out: the tail of each source, as many items as its share of the mix (natural or weighted)

@@ -53,10 +53,26 @@ class Progress:
         elapsed = self.elapsed()
         rate = self.tokens / max(elapsed, 1e-9)
         eta = elapsed / max(step - self.first_step, 1) * (t.max_steps - step)
-        log.info("step %d/%d  loss %.4f  lr %.3g  %.0f tok/s  elapsed %s  eta %s",
-                 step, t.max_steps, loss, lr, rate, hms(elapsed), hms(eta))
-        self.scalars(step, {"train/loss": loss, "train/lr": lr, "train/tokens_per_s": rate,
-                            "train/elapsed_s": elapsed, "train/eta_s": eta})
+        log.info(
+            "step %d/%d  loss %.4f  lr %.3g  %.0f tok/s  elapsed %s  eta %s",
+            step,
+            t.max_steps,
+            loss,
+            lr,
+            rate,
+            hms(elapsed),
+            hms(eta),
+        )
+        self.scalars(
+            step,
+            {
+                "train/loss": loss,
+                "train/lr": lr,
+                "train/tokens_per_s": rate,
+                "train/elapsed_s": elapsed,
+                "train/eta_s": eta,
+            },
+        )
 
     def eval_done(self, step: int, loss: float, message: str = "step %d  eval loss %.4f") -> None:
         if self.enabled:
@@ -99,8 +115,12 @@ class _Wandb:
 
         import wandb
 
-        self.run = wandb.init(project=os.environ.get("WANDB_PROJECT", "ruadapt"), name=Path(cfg.out).name,
-                              config=cfg.to_dict(), dir=str(cfg.work_dir))
+        self.run = wandb.init(
+            project=os.environ.get("WANDB_PROJECT", "ruadapt"),
+            name=Path(cfg.out).name,
+            config=cfg.to_dict(),
+            dir=str(cfg.work_dir),
+        )
 
     def write(self, step: int, values: dict[str, float]) -> None:
         self.run.log(values, step=step)

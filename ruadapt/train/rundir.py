@@ -125,7 +125,9 @@ def discard_run(cfg: RunConfig) -> list[Path]:
     ruadapt's; the token cache stays (it is keyed by content, so it is still valid)."""
     out, work = cfg.out_path, cfg.work_dir
     if out.exists() and not (out / TRAIN_RECORD).is_file():
-        raise RuadaptError(f"{out}: --overwrite refuses to delete it: it holds no {TRAIN_RECORD} (not a ruadapt train output)")
+        raise RuadaptError(
+            f"{out}: --overwrite refuses to delete it: it holds no {TRAIN_RECORD} (not a ruadapt train output)"
+        )
     removed = []
     # only a work dir with run.json is a run's (without it there are no checkpoints to discard)
     ours = [work / "checkpoints", work / "tensorboard", work / RUN_JSON] if (work / RUN_JSON).is_file() else []
@@ -199,12 +201,20 @@ def _lock_run(work: Path, cfg: RunConfig, command: str) -> int:
         os.close(fd)
         raise RuadaptError(
             f"{cfg.out}: another launch is running this run ({holder}; lock {path}); wait for it to end or stop it "
-            "(kill -INT its pid), or choose another out") from None
+            "(kill -INT its pid), or choose another out"
+        ) from None
     except BaseException:
         os.close(fd)
         raise
-    text = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "command": command,
-                       "argv": sys.argv[1:], "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+    text = json.dumps(
+        {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "command": command,
+            "argv": sys.argv[1:],
+            "since": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+    )
     os.ftruncate(fd, 0)
     os.pwrite(fd, (text + "\n").encode(), 0)
     return fd

@@ -27,14 +27,15 @@ import os
 import shutil
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 
-from ..io.checkpoint import CheckpointReader
 from ..errors import RuadaptError
+from ..io.checkpoint import CheckpointReader
 from ..io.record import StageRecord
 from ..vocab.arch import model_fingerprint
 from .config import RunConfig, deepspeed_for_world
@@ -111,8 +112,9 @@ def lm_loss(engine, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     return engine(**batch).loss
 
 
-def evaluate(engine, dataset, *, rank: int, world: int, micro: int, device: torch.device,
-             objective: Callable = lm_loss) -> float:
+def evaluate(
+    engine, dataset, *, rank: int, world: int, micro: int, device: torch.device, objective: Callable = lm_loss
+) -> float:
     """Mean token loss over the held-out set; every rank runs the same number of forwards (ZeRO-3 needs it)."""
     n = len(dataset)
     per_rank = -(-n // world)
@@ -138,8 +140,9 @@ def evaluate(engine, dataset, *, rank: int, world: int, micro: int, device: torc
 class TrainingRun:
     """One run (one YAML) in this rank. :meth:`run` calls the steps in order; each is usable on its own."""
 
-    def __init__(self, cfg: RunConfig, *, deepspeed: dict, resume: bool = False,
-                 callbacks: list[StepCallback] | None = None):
+    def __init__(
+        self, cfg: RunConfig, *, deepspeed: dict, resume: bool = False, callbacks: list[StepCallback] | None = None
+    ):
         self.cfg, self.t = cfg, cfg.train
         self.deepspeed = deepspeed  # filled and validated by the launcher (launch.json); the world is added here
         self.require_checkpoint = resume
@@ -182,9 +185,14 @@ class TrainingRun:
         self.device = torch.device(acc.device_name(local_rank)) if acc.device_name() != "cpu" else torch.device("cpu")
         if self.device.type != "cpu":
             acc.set_device(local_rank)
-        logging.basicConfig(level=logging.INFO if self.rank == 0 else logging.WARNING,
-                            format=f"%(asctime)s [rank {self.rank}] %(name)s: %(message)s", datefmt="%H:%M:%S")
-        self.bf16 = {"true": True, "false": False}.get(self.t.bf16, self.device.type != "cpu" and acc.is_bf16_supported())
+        logging.basicConfig(
+            level=logging.INFO if self.rank == 0 else logging.WARNING,
+            format=f"%(asctime)s [rank {self.rank}] %(name)s: %(message)s",
+            datefmt="%H:%M:%S",
+        )
+        self.bf16 = {"true": True, "false": False}.get(
+            self.t.bf16, self.device.type != "cpu" and acc.is_bf16_supported()
+        )
         self.ds_cfg = deepspeed_for_world(self.deepspeed, self.cfg, world_size=self.world, bf16=self.bf16)
         self.zero_stage = int(self.ds_cfg.get("zero_optimization", {}).get("stage", 0))
         if self.rank == 0:
@@ -200,11 +208,20 @@ class TrainingRun:
         """The token files prepared before launch, memory-mapped (no rank tokenizes, none waits for another), and
         the sampler of the weighted mix."""
         self.train_ds, self.eval_ds, self.weights = load_run_data(self.cfg)
-        self.sampler = MixSampler(self.train_ds, self.weights, micro=self.t.micro_batch_size, accum=self.t.grad_accum,
-                                  world=self.world, rank=self.rank, seed=self.t.seed)
+        self.sampler = MixSampler(
+            self.train_ds,
+            self.weights,
+            micro=self.t.micro_batch_size,
+            accum=self.t.grad_accum,
+            world=self.world,
+            rank=self.rank,
+            seed=self.t.seed,
+        )
         self.source_seen = np.zeros((2, len(self.train_ds.parts)))  # sequences, tokens per source (all ranks)
         if self.rank == 0:
-            shares = ", ".join(f"{Path(n).name} {float(w):.1%}" for n, w in zip(self.train_ds.names, self.sampler.weights))
+            shares = ", ".join(
+                f"{Path(n).name} {float(w):.1%}" for n, w in zip(self.train_ds.names, self.sampler.weights)
+            )
             log.info("data: %s training sequences; target shares of the mix: %s", f"{len(self.train_ds):,}", shares)
 
     # ------------------------------------------------------------------------------------------ model
@@ -227,10 +244,13 @@ class TrainingRun:
         model, self.trainable = prepare_stage(model, self.cfg, self.zero_stage)
         self.n_trainable = sum(p.ds_numel if hasattr(p, "ds_numel") else p.numel() for p in self.trainable.values())
         log.info("stage %s: %d trainable tensors, %d parameters", self.cfg.stage, len(self.trainable), self.n_trainable)
-        optimizer = torch.optim.AdamW(param_groups(self.trainable, self.cfg), lr=self.t.lr, betas=tuple(self.t.betas), eps=1e-8)
+        optimizer = torch.optim.AdamW(
+            param_groups(self.trainable, self.cfg), lr=self.t.lr, betas=tuple(self.t.betas), eps=1e-8
+        )
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(self.cfg))
-        self.engine, _, _, self.scheduler = deepspeed.initialize(model=model, optimizer=optimizer,
-                                                                 lr_scheduler=scheduler, config=self.ds_cfg)
+        self.engine, _, _, self.scheduler = deepspeed.initialize(
+            model=model, optimizer=optimizer, lr_scheduler=scheduler, config=self.ds_cfg
+        )
         del keep_alive
         self.objective: Callable = lm_loss
         if self.cfg.stage == "distill":  # the loss is selected by stage; its logic lives in distill.py
@@ -307,19 +327,37 @@ class TrainingRun:
             signum = _stop_signal[0] if _stop_signal else signal.SIGTERM
             tag = last_complete(self.ckpt_dir)
             if self.rank == 0:
-                log.warning("stopping after step %d (%s); last complete checkpoint: %s; nothing else written",
-                            step, stop_signal_name(signum), tag or "none")
+                log.warning(
+                    "stopping after step %d (%s); last complete checkpoint: %s; nothing else written",
+                    step,
+                    stop_signal_name(signum),
+                    tag or "none",
+                )
             raise StopRequested(step, tag, signum)
         loss = loss_sum / (self.t.grad_accum * self.world)
         self.tokens_done += int(tokens_all)
         self.source_seen += seen
-        self.history.append({"step": step, "loss": round(loss, 6), "lr": lr, "tokens": int(tokens_all),
-                             "time_s": round(self.progress.elapsed(), 4)})  # since this launch's loop started
+        self.history.append(
+            {
+                "step": step,
+                "loss": round(loss, 6),
+                "lr": lr,
+                "tokens": int(tokens_all),
+                "time_s": round(self.progress.elapsed(), 4),
+            }
+        )  # since this launch's loop started
         self.progress.step_done(step, loss=loss, lr=lr, tokens=int(tokens_all))
 
     def _evaluate(self, step: int, message: str = "step %d  eval loss %.4f") -> None:
-        ev = evaluate(self.engine, self.eval_ds, rank=self.rank, world=self.world, micro=self.t.micro_batch_size,
-                      device=self.device, objective=self.objective)
+        ev = evaluate(
+            self.engine,
+            self.eval_ds,
+            rank=self.rank,
+            world=self.world,
+            micro=self.t.micro_batch_size,
+            device=self.device,
+            objective=self.objective,
+        )
         self.evals.append({"step": step, "loss": round(ev, 6)})
         self.progress.eval_done(step, ev, message)
 
@@ -330,9 +368,16 @@ class TrainingRun:
         self.engine.save_checkpoint(str(self.ckpt_dir), tag=tag, save_latest=False)
         self.barrier()
         if self.rank == 0:
-            state = {"step": step, "history": self.history, "evals": self.evals, "tokens": self.tokens_done,
-                     "source_seen": self.source_seen.tolist(), "started": self.started, "world_size": self.world,
-                     "zero_stage": self.zero_stage}
+            state = {
+                "step": step,
+                "history": self.history,
+                "evals": self.evals,
+                "tokens": self.tokens_done,
+                "source_seen": self.source_seen.tolist(),
+                "started": self.started,
+                "world_size": self.world,
+                "zero_stage": self.zero_stage,
+            }
             (self.ckpt_dir / tag / STATE).write_text(json.dumps(state) + "\n")
             tmp = self.ckpt_dir / f".{COMPLETE}.tmp"
             tmp.write_text(tag + "\n")
@@ -371,20 +416,36 @@ class TrainingRun:
         record.input("tokenizer", Path(cfg.model) / "tokenizer.json", sha256=manifest.get("tokenizer_sha256"))
         for section in ("train", "eval"):
             for e in manifest[section]:
-                record.input(f"data.{section}:{e['path']}", e["path"], sha256=e.get("file_sha256"), documents=e["n_docs"],
-                             tokens=e["n_tokens"])
+                record.input(
+                    f"data.{section}:{e['path']}",
+                    e["path"],
+                    sha256=e.get("file_sha256"),
+                    documents=e["n_docs"],
+                    tokens=e["n_tokens"],
+                )
         record.set("data", self._mix_record())
         peak = self.acc.max_memory_allocated() if self.device.type != "cpu" else _peak_rss()
         tokens_this_run = sum(x["tokens"] for x in h if x["step"] > self.start)
-        record.update({
-            "world_size": self.world, "zero_stage": self.zero_stage, "dtype": str(self.dtype).replace("torch.", ""),
-            "steps": t.max_steps, "resumed_from_step": self.start, "trainable_parameters": self.n_trainable,
-            "tokens": self.tokens_done, "tokens_this_run": tokens_this_run, "seconds_this_run": round(self.elapsed, 3),
-            "tokens_per_s": round(tokens_this_run / max(self.elapsed, 1e-9), 2),
-            "train_sequences": len(self.train_ds), "eval_sequences": len(self.eval_ds) if self.eval_ds is not None else 0,
-            "first_loss": h[0]["loss"] if h else None, "last_loss": h[-1]["loss"] if h else None,
-            "eval_loss": self.evals[-1]["loss"] if self.evals else None, "peak_memory_bytes_rank0": peak,
-        })
+        record.update(
+            {
+                "world_size": self.world,
+                "zero_stage": self.zero_stage,
+                "dtype": str(self.dtype).replace("torch.", ""),
+                "steps": t.max_steps,
+                "resumed_from_step": self.start,
+                "trainable_parameters": self.n_trainable,
+                "tokens": self.tokens_done,
+                "tokens_this_run": tokens_this_run,
+                "seconds_this_run": round(self.elapsed, 3),
+                "tokens_per_s": round(tokens_this_run / max(self.elapsed, 1e-9), 2),
+                "train_sequences": len(self.train_ds),
+                "eval_sequences": len(self.eval_ds) if self.eval_ds is not None else 0,
+                "first_loss": h[0]["loss"] if h else None,
+                "last_loss": h[-1]["loss"] if h else None,
+                "eval_loss": self.evals[-1]["loss"] if self.evals else None,
+                "peak_memory_bytes_rank0": peak,
+            }
+        )
         if hasattr(self.objective, "record"):
             record.set("distill", self.objective.record(self.tokens_done))
         record.set("losses", h)
@@ -395,11 +456,21 @@ class TrainingRun:
         """Target share of each source and the shares of sequences and tokens the run actually trained on."""
         ds, (seqs, toks) = self.train_ds, self.source_seen
         target = normalized_weights(self.weights, [int(n) for n in ds.sizes])
-        return {"sources": [
-            {"path": name, "weight": w, "target_share": round(float(share), 6), "sequences": int(seqs[k]),
-             "tokens": int(toks[k]), "sequence_share": round(float(seqs[k] / max(seqs.sum(), 1)), 6),
-             "token_share": round(float(toks[k] / max(toks.sum(), 1)), 6), "available_sequences": int(ds.sizes[k])}
-            for k, (name, w, share) in enumerate(zip(ds.names, self.weights, target))]}
+        return {
+            "sources": [
+                {
+                    "path": name,
+                    "weight": w,
+                    "target_share": round(float(share), 6),
+                    "sequences": int(seqs[k]),
+                    "tokens": int(toks[k]),
+                    "sequence_share": round(float(seqs[k] / max(seqs.sum(), 1)), 6),
+                    "token_share": round(float(toks[k] / max(toks.sum(), 1)), 6),
+                    "available_sequences": int(ds.sizes[k]),
+                }
+                for k, (name, w, share) in enumerate(zip(ds.names, self.weights, target))
+            ]
+        }
 
     def close(self) -> None:
         """Free the engine and the model before the next run in the same processes."""
@@ -413,9 +484,11 @@ def mix_lines(sources: list[dict]) -> list[str]:
     the shares of sequences and tokens it got (a mix that drifted from its weights is seen without opening JSON)."""
     lines = [f"data mix over {len(sources)} source{'s' if len(sources) != 1 else ''}:"]
     for s in sources:
-        lines.append(f"  {Path(s['path']).name}: target {s['target_share']:.1%}, trained {s['sequence_share']:.1%} of "
-                     f"sequences ({s['sequences']:,}), {s['token_share']:.1%} of tokens ({s['tokens']:,}); "
-                     f"{s['available_sequences']:,} available")
+        lines.append(
+            f"  {Path(s['path']).name}: target {s['target_share']:.1%}, trained {s['sequence_share']:.1%} of "
+            f"sequences ({s['sequences']:,}), {s['token_share']:.1%} of tokens ({s['tokens']:,}); "
+            f"{s['available_sequences']:,} available"
+        )
     return lines
 
 

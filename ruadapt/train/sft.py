@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import itertools
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -45,7 +45,9 @@ def assistant_spans(tok, messages: list[dict]) -> tuple[str, list[tuple[int, int
         before = tok.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True) if i else ""
         through = tok.apply_chat_template(messages[: i + 1], tokenize=False)
         if not full.startswith(through) or not through.startswith(before):
-            raise RuadaptError("the chat template does not render conversations incrementally; cannot locate assistant turns")
+            raise RuadaptError(
+                "the chat template does not render conversations incrementally; cannot locate assistant turns"
+            )
         end = len(through.rstrip())
         spans.append((len(before), end))
     return full, spans
@@ -85,8 +87,9 @@ class ChatSource:
         return np.asarray(self.tf.tokens[a:b]), np.asarray(self.tf.mask[a:b])
 
 
-def write_chats(tok, chats: Iterator[list[dict]], writer: TokenFileWriter, *, block_size: int, limit: int = 0,
-                desc: str = "") -> dict:
+def write_chats(
+    tok, chats: Iterator[list[dict]], writer: TokenFileWriter, *, block_size: int, limit: int = 0, desc: str = ""
+) -> dict:
     """Render, tokenize and store conversations (ids + trained mask), ``CHAT_BATCH`` at a time; conversations that
     truncation to ``block_size`` leaves with nothing to learn are dropped (counted in the returned statistics)."""
     t0 = time.perf_counter()

@@ -198,8 +198,9 @@ def _alive(pid: int, started: float) -> bool:
         return False
 
 
-def watch_supervisor(value: str | None = None, *, interval_s: float = WATCH_INTERVAL_S,
-                     grace_s: float = WATCH_GRACE_S) -> threading.Thread | None:
+def watch_supervisor(
+    value: str | None = None, *, interval_s: float = WATCH_INTERVAL_S, grace_s: float = WATCH_GRACE_S
+) -> threading.Thread | None:
     """In a rank: stop it when the ``ruadapt train`` that started it is gone (SIGKILL, the OOM killer).
 
     A daemon thread polls the supervisor named by :data:`SUPERVISOR_ENV`; when it is gone, the rank sends
@@ -225,7 +226,8 @@ def watch_supervisor(value: str | None = None, *, interval_s: float = WATCH_INTE
         import logging
 
         logging.getLogger("ruadapt.train").warning(
-            "ruadapt train (pid %d) is gone; stopping this rank (SIGKILL in %.0f s)", pid_i, grace_s)
+            "ruadapt train (pid %d) is gone; stopping this rank (SIGKILL in %.0f s)", pid_i, grace_s
+        )
         os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(grace_s)
         os.kill(os.getpid(), signal.SIGKILL)
@@ -295,8 +297,10 @@ def master_port(explicit: int | None, hostfile: object) -> int | None:
         if not 1 <= explicit <= 65535:
             raise RuadaptError(f"--master-port {explicit}: not a port number (1-65535)")
         if hostfile is None and not port_is_free(explicit):
-            raise RuadaptError(f"--master-port {explicit}: the port is in use on this machine; "
-                               "choose another or leave --master-port out to get a free one")
+            raise RuadaptError(
+                f"--master-port {explicit}: the port is in use on this machine; "
+                "choose another or leave --master-port out to get a free one"
+            )
         return explicit
     return None if hostfile is not None else pick_master_port()
 
@@ -343,11 +347,14 @@ def prepare_extension(env: dict[str, str]) -> str | None:
         return None
     compiler = env.get("CXX") or "c++"
     if shutil.which(compiler, path=env.get("PATH")) is None:
-        raise RuadaptError(f"DeepSpeed on CPU compiles its C++ op {SHM_EXTENSION} at the first launch and no C++ "
-                           f"compiler was found ({compiler!r} not on PATH): install one (e.g. `apt install g++`) or "
-                           "set CXX; it is built once into " + str(ext))
-    return (f"ruadapt train: DeepSpeed is building its CPU op {SHM_EXTENSION} into {ext} "
-            "(once per environment; 30-120 s)")
+        raise RuadaptError(
+            f"DeepSpeed on CPU compiles its C++ op {SHM_EXTENSION} at the first launch and no C++ "
+            f"compiler was found ({compiler!r} not on PATH): install one (e.g. `apt install g++`) or "
+            "set CXX; it is built once into " + str(ext)
+        )
+    return (
+        f"ruadapt train: DeepSpeed is building its CPU op {SHM_EXTENSION} into {ext} (once per environment; 30-120 s)"
+    )
 
 
 # ------------------------------------------------------------------------------------------------ supervise
@@ -396,6 +403,7 @@ def supervise(cmd: list[str], *, grace_s: float, env: dict[str, str] | None = No
         return 128 + received[0], received[0]
     return (rc if rc >= 0 else 128 - rc), None
 
+
 def _supervise_group(cmd: list[str], grace_s: float, env: dict[str, str], received: list[int], note: Path) -> int:
     """Start ``cmd`` (through the parent-death wrapper) in a session of its own and wait until its whole process
     group is gone, forwarding the stop signals ``received`` lists; returns the launcher's exit status."""
@@ -424,7 +432,6 @@ def _supervise_group(cmd: list[str], grace_s: float, env: dict[str, str], receiv
             _killpg(pgid, signal.SIGKILL)
             deadline = time.monotonic() + 3600  # once
         time.sleep(0.2)
-
 
 
 if __name__ == "__main__":

@@ -27,10 +27,10 @@ import json
 import logging
 import os
 import shutil
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
@@ -133,8 +133,15 @@ class TokenFileWriter:
                 f.flush()
                 os.fsync(f.fileno())
                 f.close()
-        full = {"format": FORMAT, "version": VERSION, "dtype": self.dtype.str, "n_tokens": self.n_tokens,
-                "n_docs": self.n_docs, "has_mask": self.with_mask, **meta}
+        full = {
+            "format": FORMAT,
+            "version": VERSION,
+            "dtype": self.dtype.str,
+            "n_tokens": self.n_tokens,
+            "n_docs": self.n_docs,
+            "has_mask": self.with_mask,
+            **meta,
+        }
         (self.tmp / META).write_text(json.dumps(full, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
     def abort(self) -> None:

@@ -7,20 +7,23 @@ are compared old vs new, so a 14M-character corpus is encoded once per tokenizer
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
-from tokenizers import Tokenizer
 from tqdm.auto import tqdm
+
+from tokenizers import Tokenizer
 
 from ..io.corpus import read_documents  # the one reader of corpus files
 
 BATCH_LINES = 4096
 
 
-def encode_batches(tok: Tokenizer, lines: Sequence[str], *, desc: str = "", progress: bool = False) -> Iterator[list[list[int]]]:
+def encode_batches(
+    tok: Tokenizer, lines: Sequence[str], *, desc: str = "", progress: bool = False
+) -> Iterator[list[list[int]]]:
     """Ids of ``lines`` (no special tokens added), batch by batch."""
     fast = getattr(tok, "encode_batch_fast", tok.encode_batch)
     with tqdm(total=len(lines), desc=desc, unit="line", disable=not progress) as bar:
@@ -70,7 +73,13 @@ def count_tokens(tok: Tokenizer, files: Sequence[Path], n_ids: int, *, progress:
 
 
 def compare_segmentation(
-    old: Tokenizer, new: Tokenizer, old_to_new: dict[int, int], lines: Sequence[str], *, desc: str = "", progress: bool = False
+    old: Tokenizer,
+    new: Tokenizer,
+    old_to_new: dict[int, int],
+    lines: Sequence[str],
+    *,
+    desc: str = "",
+    progress: bool = False,
 ) -> dict:
     """chars/token before/after, lines whose segmentation changed (old ids mapped ≠ new ids) and lines whose
     ``decode(encode(line)) != line`` after trimming."""

@@ -17,23 +17,31 @@ trims Qwen2.5's vocabulary before training a tiny base model from scratch).
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Collection, Sequence
 
 import torch
+
 from tokenizers import Tokenizer
 
-from ..vocab.arch import Arch, arch_for_config, check_vocab_tensors, model_fingerprint, padded_rows, padding_multiple
+from ..errors import RuadaptError
 from ..io.checkpoint import CheckpointReader, RowBlocks, read_json
 from ..io.corpus import check_corpus, read_documents, refuse_json_as_text
-from ..errors import RuadaptError
 from ..io.outdir import atomic_output_dir, check_output_dir
 from ..io.record import StageRecord
-from ..io.tokdir import TokenizerFiles, load_tokenizer, remap_model_configs, tokenizer_json_path, write_json, write_tokenizer
+from ..io.tokdir import (
+    TokenizerFiles,
+    load_tokenizer,
+    remap_model_configs,
+    tokenizer_json_path,
+    write_json,
+    write_tokenizer,
+)
 from ..options import PlanFigures, TrimOptions
-from ..vocab.pieces import mean_of_rows
+from ..vocab.arch import Arch, arch_for_config, check_vocab_tensors, model_fingerprint, padded_rows, padding_multiple
 from ..vocab.output import VocabOutput, check_token_ids, output_tensor_bytes, write_vocab_output
+from ..vocab.pieces import mean_of_rows
 from .corpus import TokenCounts, compare_segmentation, count_tokens
 from .tokenizer import Selection, VocabSurgeon
 
@@ -69,7 +77,9 @@ def read_keep_tokens(path: Path, surgeon: VocabSurgeon) -> list[int]:
             continue
         i = surgeon.id_of.get(token, by_content.get(token))
         if i is None:
-            raise RuadaptError(f"{path}:{n}: {token!r} is not a token of the tokenizer (write tokens as tokenizer.json spells them)")
+            raise RuadaptError(
+                f"{path}:{n}: {token!r} is not a token of the tokenizer (write tokens as tokenizer.json spells them)"
+            )
         ids.append(i)
     return ids
 
@@ -112,14 +122,18 @@ def _measure(plan: TokenSelection, corpora: Sequence[Path], eval_texts: Sequence
     """Segmentation before/after on the corpus (all files together) and on each eval text."""
     corpus_lines = [line for f in corpora for line in read_documents(f)]
     out = {
-        "corpus": compare_segmentation(plan.old_tok, plan.new_tok, plan.old_to_new, corpus_lines, desc="corpus after trim", progress=progress),
+        "corpus": compare_segmentation(
+            plan.old_tok, plan.new_tok, plan.old_to_new, corpus_lines, desc="corpus after trim", progress=progress
+        ),
         "eval": {},
     }
     out["corpus"]["coverage_of_token_occurrences"] = round(plan.counts.coverage(plan.selection.kept), 6)
     out["corpus"]["distinct_tokens_used"] = int((plan.counts.counts > 0).sum())
     for f in eval_texts:
         lines = read_documents(Path(f), "--eval-text")
-        out["eval"][str(f)] = compare_segmentation(plan.old_tok, plan.new_tok, plan.old_to_new, lines, desc=Path(f).name, progress=progress)
+        out["eval"][str(f)] = compare_segmentation(
+            plan.old_tok, plan.new_tok, plan.old_to_new, lines, desc=Path(f).name, progress=progress
+        )
     return out
 
 
@@ -171,10 +185,20 @@ def trim_tokenizer(
     check_output_dir(out, [tokenizer_dir])
     for f in eval_texts:
         check_corpus(f, "--eval-text")
-    record = StageRecord("trim", {"keep_top": keep_top, "min_count": min_count, "keep_tokens": keep_tokens, "tokenizer_only": True})
+    record = StageRecord(
+        "trim", {"keep_top": keep_top, "min_count": min_count, "keep_tokens": keep_tokens, "tokenizer_only": True}
+    )
     with record.timed("select"):
-        plan = select_tokens(tokenizer_dir, corpora, keep_top=keep_top, min_count=min_count, keep_tokens=keep_tokens,
-                             option="--tokenizer", allow=allow, progress=progress)
+        plan = select_tokens(
+            tokenizer_dir,
+            corpora,
+            keep_top=keep_top,
+            min_count=min_count,
+            keep_tokens=keep_tokens,
+            option="--tokenizer",
+            allow=allow,
+            progress=progress,
+        )
     with record.timed("measure"):
         measured = _measure(plan, corpora, eval_texts, progress)
     record.input_file("tokenizer", tokenizer_json_path(tokenizer_dir, "--tokenizer"))
@@ -217,9 +241,15 @@ class TrimPlan:
         for name in self.names:
             info = self.reader.info(name)
             held += pads * info.nbytes // info.shape[0] + 4096 * info.shape[1] * 4
-        return PlanFigures("trim", self.options.out, self.new_rows, {"copy": self.selection.n_new, "pad": pads},
-                           output_tensor_bytes(self.reader, self.arch, self.new_rows), held,
-                           ("the segmentation before/after is measured when written",))
+        return PlanFigures(
+            "trim",
+            self.options.out,
+            self.new_rows,
+            {"copy": self.selection.n_new, "pad": pads},
+            output_tensor_bytes(self.reader, self.arch, self.new_rows),
+            held,
+            ("the segmentation before/after is measured when written",),
+        )
 
 
 def trim_model(model_dir: Path, corpora: Sequence[Path], out: Path, **options) -> dict:
@@ -246,23 +276,44 @@ def plan_trim(options: TrimOptions) -> TrimPlan:
         check_corpus(f, "--eval-text")
     max_shard_bytes = opts.max_shard_bytes()
     with record.timed("select"):
-        sel = select_tokens(model_dir, corpora, keep_top=opts.keep_top, min_count=opts.min_count,
-                            keep_tokens=opts.keep_tokens, allow=opts.allow, progress=opts.progress)
+        sel = select_tokens(
+            model_dir,
+            corpora,
+            keep_top=opts.keep_top,
+            min_count=opts.min_count,
+            keep_tokens=opts.keep_tokens,
+            allow=opts.allow,
+            progress=opts.progress,
+        )
     check_vocab_tensors(reader, arch, sel.n_old)
     names = sorted(arch.matrix_roles(reader.infos))
     old_rows = reader.info(arch.input_name).shape[0]
     for n in names:
         if reader.info(n).shape[0] < sel.n_old:
-            raise RuadaptError(f"{reader.path}: {n} has {reader.info(n).shape[0]} rows but the tokenizer has "
-                               f"{sel.n_old} tokens")
+            raise RuadaptError(
+                f"{reader.path}: {n} has {reader.info(n).shape[0]} rows but the tokenizer has {sel.n_old} tokens"
+            )
     multiple = opts.pad_to_multiple_of or padding_multiple(old_rows, sel.n_old)
     new_rows = padded_rows(sel.n_new, multiple)
     config, gen_config, id_changes = remap_model_configs(reader.path, reader.config, sel.old_tok, sel.new_tok)
     check_token_ids(config, new_rows, str(reader.path / "config.json"))  # before the measuring pass, not after it
     if gen_config is not None:
         check_token_ids(gen_config, new_rows, str(reader.path / "generation_config.json"))
-    return TrimPlan(opts, record, reader, arch, sel, names, old_rows, multiple, new_rows, config, gen_config,
-                    id_changes, max_shard_bytes)
+    return TrimPlan(
+        opts,
+        record,
+        reader,
+        arch,
+        sel,
+        names,
+        old_rows,
+        multiple,
+        new_rows,
+        config,
+        gen_config,
+        id_changes,
+        max_shard_bytes,
+    )
 
 
 def trimmed_matrix(plan: TrimPlan, name: str) -> RowBlocks:

@@ -23,8 +23,8 @@ original best path is the same path).
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
 
 from tokenizers import Tokenizer
 
@@ -211,9 +211,7 @@ class VocabSurgeon:
         if self.type == "BPE":
             vocab = {p: old_to_new[i] for p, i in self.model["vocab"].items() if i in old_to_new}
             model["vocab"] = vocab
-            model["merges"] = [
-                m for m in self.model.get("merges", []) if _merge_kept(m, vocab)
-            ]
+            model["merges"] = [m for m in self.model.get("merges", []) if _merge_kept(m, vocab)]
         else:
             pieces = self.model["vocab"]
             model["vocab"] = [pieces[i] for i in kept if i < len(pieces)]  # scores kept; index = new id

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import copy
 import functools
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable
+from typing import TYPE_CHECKING
 
 import yaml
 
@@ -95,7 +96,9 @@ def parse_arch_table(text: str, where: str = "archs.yaml") -> dict[str, ArchEntr
 
 @functools.cache
 def _table() -> dict[str, ArchEntry]:
-    return parse_arch_table(resources.files("ruadapt.vocab").joinpath("archs.yaml").read_text(encoding="utf-8"), "ruadapt/vocab/archs.yaml")
+    return parse_arch_table(
+        resources.files("ruadapt.vocab").joinpath("archs.yaml").read_text(encoding="utf-8"), "ruadapt/vocab/archs.yaml"
+    )
 
 
 def supported_model_types() -> list[str]:
@@ -150,7 +153,7 @@ def padded_rows(n_rows_wanted: int, multiple: int) -> int:
     return -(-n_rows_wanted // multiple) * multiple
 
 
-def check_vocab_tensors(reader: "CheckpointReader", arch: Arch, n_tokens: int, option: str | None = None) -> None:
+def check_vocab_tensors(reader: CheckpointReader, arch: Arch, n_tokens: int, option: str | None = None) -> None:
     """The vocabulary matrices exist, are rows × hidden, agree in shape and cover every token id of the
     checkpoint's tokenizer. ``option`` (``--instruct``) names the input in the messages of a stage with several."""
     cfg_path = reader.path / "config.json"
@@ -180,7 +183,7 @@ def check_vocab_tensors(reader: "CheckpointReader", arch: Arch, n_tokens: int, o
         )
 
 
-def model_fingerprint(reader: "CheckpointReader") -> str:
+def model_fingerprint(reader: CheckpointReader) -> str:
     """The fingerprint of a checkpoint as every stage record stores it: headers, sampled windows and the whole
     vocabulary matrices of its architecture (:meth:`ruadapt.io.checkpoint.CheckpointReader.fingerprint`).
 

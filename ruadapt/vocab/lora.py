@@ -16,15 +16,15 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Mapping
 
 import torch
 from safetensors import safe_open
 
-from ..io.checkpoint import CheckpointReader, read_json
 from ..errors import RuadaptError
+from ..io.checkpoint import CheckpointReader, read_json
 from ..io.record import sha256_file
 
 # how peft prefixes module names in a saved adapter (PeftModel -> LoraModel -> the transformers model)
@@ -67,9 +67,15 @@ class LoraAdapter:
     modules: dict[str, LoraModule]
 
     def summary(self) -> dict:
-        return {"adapter": str(self.path), "r": self.config.get("r"), "lora_alpha": self.config.get("lora_alpha"),
-                "use_rslora": bool(self.config.get("use_rslora")), "rank_pattern": self.config.get("rank_pattern") or {},
-                "alpha_pattern": self.config.get("alpha_pattern") or {}, "sha256": sha256_file(self.weights)}
+        return {
+            "adapter": str(self.path),
+            "r": self.config.get("r"),
+            "lora_alpha": self.config.get("lora_alpha"),
+            "use_rslora": bool(self.config.get("use_rslora")),
+            "rank_pattern": self.config.get("rank_pattern") or {},
+            "alpha_pattern": self.config.get("alpha_pattern") or {},
+            "sha256": sha256_file(self.weights),
+        }
 
 
 def adapter_dir(path: Path) -> Path:
@@ -91,10 +97,12 @@ def read_adapter(path: Path) -> LoraAdapter:
     cfg = read_json(cfg_path)
     if cfg.get("peft_type", "LORA") != "LORA":
         raise RuadaptError(f"{cfg_path}: peft_type {cfg.get('peft_type')!r}; only LORA adapters can be merged")
-    for key, what in (("use_dora", "DoRA adapters (the magnitude vector needs the merged weight's norms)"),
-                      ("fan_in_fan_out", "fan_in_fan_out adapters (Conv1D models)"),
-                      ("lora_bias", "adapters with LoRA biases"),
-                      ("target_parameters", "adapters on nn.Parameter targets (target_parameters)")):
+    for key, what in (
+        ("use_dora", "DoRA adapters (the magnitude vector needs the merged weight's norms)"),
+        ("fan_in_fan_out", "fan_in_fan_out adapters (Conv1D models)"),
+        ("lora_bias", "adapters with LoRA biases"),
+        ("target_parameters", "adapters on nn.Parameter targets (target_parameters)"),
+    ):
         if cfg.get(key):
             raise RuadaptError(f"{cfg_path}: {what} are not supported by ruadapt's LoRA merge")
     r0, alpha0, rslora = int(cfg.get("r", 8)), float(cfg.get("lora_alpha", 8)), bool(cfg.get("use_rslora"))
@@ -107,7 +115,9 @@ def read_adapter(path: Path) -> LoraAdapter:
     found: dict[str, dict[str, str]] = {}
     for key in keys:
         if ".lora_embedding_" in key or ".lora_magnitude_vector" in key:
-            raise RuadaptError(f"{weights}: {key} is an embedding/DoRA LoRA tensor; ruadapt merges LoRA on linear layers only")
+            raise RuadaptError(
+                f"{weights}: {key} is an embedding/DoRA LoRA tensor; ruadapt merges LoRA on linear layers only"
+            )
         for part in _PARTS:
             marker = f".{part}."
             if marker in key:
@@ -122,7 +132,9 @@ def read_adapter(path: Path) -> LoraAdapter:
         r = int(pattern_value(rank_pattern, module, r0))
         alpha = float(pattern_value(alpha_pattern, module, alpha0))
         scaling = alpha / (math.sqrt(r) if rslora else r)
-        modules[module + ".weight"] = LoraModule(module, module + ".weight", parts["lora_A"], parts["lora_B"], r, alpha, scaling)
+        modules[module + ".weight"] = LoraModule(
+            module, module + ".weight", parts["lora_A"], parts["lora_B"], r, alpha, scaling
+        )
     return LoraAdapter(path, weights, cfg, modules)
 
 
@@ -157,13 +169,19 @@ def merge_replacements(
                 skipped.append(target)
                 continue
             if target not in reader:
-                raise RuadaptError(f"{adapter.weights}: adapter module {m.module} has no weight {target} in {reader.path}")
+                raise RuadaptError(
+                    f"{adapter.weights}: adapter module {m.module} has no weight {target} in {reader.path}"
+                )
             a_shape, b_shape = tuple(f.get_slice(m.key_a).get_shape()), tuple(f.get_slice(m.key_b).get_shape())
             want = tuple(reader.info(target).shape)
             if len(a_shape) != 2 or len(b_shape) != 2 or (b_shape[0], a_shape[1]) != want or a_shape[0] != b_shape[1]:
-                raise RuadaptError(f"{adapter.weights}: {m.module} lora_B {b_shape} · lora_A {a_shape} does not fit {target} {want} of {reader.path}")
+                raise RuadaptError(
+                    f"{adapter.weights}: {m.module} lora_B {b_shape} · lora_A {a_shape} does not fit {target} {want} of {reader.path}"
+                )
             if a_shape[0] != m.r:
-                raise RuadaptError(f"{adapter.weights}: {m.module} has rank {a_shape[0]} but {ADAPTER_CONFIG} (r, rank_pattern) gives {m.r}")
+                raise RuadaptError(
+                    f"{adapter.weights}: {m.module} has rank {a_shape[0]} but {ADAPTER_CONFIG} (r, rank_pattern) gives {m.r}"
+                )
             plan[target] = m
 
     def build(m: LoraModule) -> Callable[[], torch.Tensor]:

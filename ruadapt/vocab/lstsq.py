@@ -53,7 +53,9 @@ class NormalEquations:
     def add(self, x: torch.Tensor, y: torch.Tensor) -> None:
         """Add rows ``x`` (k×d_in) and their targets ``y`` (k×d_out), any float dtype."""
         if x.shape[0] != y.shape[0] or x.shape[1] != self.d_in or y.shape[1] != self.d_out:
-            raise ValueError(f"chunk shapes {tuple(x.shape)} / {tuple(y.shape)} do not fit a {self.d_in}×{self.d_out} fit")
+            raise ValueError(
+                f"chunk shapes {tuple(x.shape)} / {tuple(y.shape)} do not fit a {self.d_in}×{self.d_out} fit"
+            )
         if x.shape[0] == 0:
             return
         x = x.to(torch.float64).contiguous()

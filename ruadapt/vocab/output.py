@@ -23,17 +23,17 @@ The options these stages share are declared once (:class:`ruadapt.options.VocabO
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
 
-from .arch import INPUT, Arch
-from ..io.checkpoint import CheckpointReader, Replacement, write_with_replacements
 from ..errors import RuadaptError
+from ..io.checkpoint import CheckpointReader, Replacement, write_with_replacements
 from ..io.model_card import write_model_card
 from ..io.outdir import atomic_output_dir
 from ..io.record import StageRecord
 from ..io.tokdir import TOKEN_ID_KEYS, TokenizerFiles, tokenizer_size, write_json, write_tokenizer
+from .arch import INPUT, Arch
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +111,9 @@ def check_token_ids(config: dict, rows: int, where: str) -> None:
         value = config.get(key)
         for v in value if isinstance(value, list) else [value]:
             if v is not None and int(v) >= rows:
-                raise RuadaptError(f"{where}: {key} {v} lies past the {rows} rows of the new vocabulary and is no token")
+                raise RuadaptError(
+                    f"{where}: {key} {v} lies past the {rows} rows of the new vocabulary and is no token"
+                )
 
 
 def write_vocab_output(
@@ -130,7 +132,9 @@ def write_vocab_output(
     replacements = plan.replacements()
     with atomic_output_dir(plan.out, plan.inputs) as tmp:
         with record.timed("write"):
-            write_with_replacements(plan.reader, tmp, replacements, max_shard_bytes=plan.max_shard_bytes, progress=progress)
+            write_with_replacements(
+                plan.reader, tmp, replacements, max_shard_bytes=plan.max_shard_bytes, progress=progress
+            )
         replacements.clear()  # drop the new matrices before the rest is written
         plan.input_matrix = plan.output_matrix = None
         plan.extra = {}
@@ -153,8 +157,13 @@ def write_vocab_output(
         if finish is not None:
             finish(tmp)
         record.write(tmp)
-        write_model_card(tmp, record.data, started_from=plan.started_from or plan.reader.path,
-                         other_inputs=dict(plan.other_inputs), tokenizer_dir=plan.tokenizer_dir)
+        write_model_card(
+            tmp,
+            record.data,
+            started_from=plan.started_from or plan.reader.path,
+            other_inputs=dict(plan.other_inputs),
+            tokenizer_dir=plan.tokenizer_dir,
+        )
     log.info("wrote %s", plan.out)
     return Path(plan.out)
 
@@ -165,5 +174,7 @@ def _check_written_matrices(tmp: Path, plan: VocabOutput) -> int:
     shapes = {n: written.info(n).shape for n in plan.arch.matrix_roles(plan.reader.infos)}
     hidden = {s[1] for s in shapes.values() if len(s) == 2}
     if any(len(s) != 2 or s[0] != plan.rows for s in shapes.values()) or len(hidden) != 1:
-        raise RuadaptError(f"{plan.out}: written vocabulary tensors have shapes {shapes}, expected {plan.rows} rows each; output not written")
+        raise RuadaptError(
+            f"{plan.out}: written vocabulary tensors have shapes {shapes}, expected {plan.rows} rows each; output not written"
+        )
     return hidden.pop()

@@ -13,12 +13,13 @@ row (same bytes, or the same special-token content), or the mean of the old rows
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Sequence
 
 import torch
-from tokenizers import Tokenizer
 from tqdm.auto import tqdm
+
+from tokenizers import Tokenizer
 
 from .init_rules import RULES, rule_parts  # noqa: F401 (RULES: the names, re-exported with the arithmetic)
 
@@ -136,10 +137,10 @@ class TokenCodec:
         return [t.id for t in self.tokenizer.model.tokenize(piece)]
 
 
-ROW_COPY = "copy"        # same bytes / same special content as an old token: the old row, bit-identical
-ROW_MEAN = "mean"        # new token: mean of the old rows of its pieces
+ROW_COPY = "copy"  # same bytes / same special content as an old token: the old row, bit-identical
+ROW_MEAN = "mean"  # new token: mean of the old rows of its pieces
 ROW_SPECIAL = "special"  # added/special token matched by content in the old tokenizer
-ROW_PAD = "pad"          # a matrix row that belongs to no token
+ROW_PAD = "pad"  # a matrix row that belongs to no token
 
 
 @dataclass
@@ -156,7 +157,7 @@ class VocabMap:
     def n_rows(self) -> int:
         return len(self.kinds)
 
-    def with_rows(self, n_rows: int) -> "VocabMap":
+    def with_rows(self, n_rows: int) -> VocabMap:
         """The same map padded with ``pad`` rows up to ``n_rows``."""
         extra = n_rows - self.n_rows
         if extra < 0:
@@ -183,7 +184,11 @@ class VocabMap:
         return [tuple(r) for r in runs]
 
     def mean_rows(self) -> list[int]:
-        return [i for i, (k, s) in enumerate(zip(self.kinds, self.sources)) if s and not (k in (ROW_COPY, ROW_SPECIAL) and len(s) == 1)]
+        return [
+            i
+            for i, (k, s) in enumerate(zip(self.kinds, self.sources))
+            if s and not (k in (ROW_COPY, ROW_SPECIAL) and len(s) == 1)
+        ]
 
     def pad_rows(self) -> list[int]:
         return [i for i, s in enumerate(self.sources) if not s]
@@ -227,7 +232,7 @@ def piece_weights(n: int, init: str) -> list[float]:
     if init == "mean":
         return [1.0 / n] * n
     if init == "weighted":
-        raw = [2.0 ** -k for k in range(n)]
+        raw = [2.0**-k for k in range(n)]
         s = sum(raw)
         return [w / s for w in raw]
     raise ValueError(f"unknown init {init!r}")
@@ -377,7 +382,9 @@ def matrix_blocks(
 
 def build_matrix(vmap: VocabMap, old: torch.Tensor, **options) -> torch.Tensor:
     """The new vocabulary matrix of :func:`matrix_blocks` assembled in memory (copied rows bit-identical)."""
-    return torch.cat([old[b[0] : b[0] + b[1]] if isinstance(b, tuple) else b for b in matrix_blocks(vmap, old, **options)])
+    return torch.cat(
+        [old[b[0] : b[0] + b[1]] if isinstance(b, tuple) else b for b in matrix_blocks(vmap, old, **options)]
+    )
 
 
 def mean_row(matrix: torch.Tensor, n_rows: int, chunk_rows: int = 4096) -> torch.Tensor:

@@ -25,8 +25,9 @@ def copy_paragraphs(path: str, max_docs: int = 100, min_chars: int = 40, max_cha
     return [line for line in read_lines(path) if min_chars <= len(line) <= max_chars][:max_docs]
 
 
-def copy_dataset(path: str | None = None, max_docs: int = 100, min_chars: int = 40, max_chars: int = 300,
-                 **_: Any) -> datasets.DatasetDict:
+def copy_dataset(
+    path: str | None = None, max_docs: int = 100, min_chars: int = 40, max_chars: int = 300, **_: Any
+) -> datasets.DatasetDict:
     if not path:
         raise ValueError("copy task: dataset_kwargs.path is not set (ruadapt eval sets it from --text ru=FILE)")
     texts = copy_paragraphs(path, max_docs, min_chars, max_chars)

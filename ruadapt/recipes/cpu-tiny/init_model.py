@@ -14,8 +14,8 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from ruadapt.io.outdir import atomic_output_dir
-from ruadapt.vocab.arch import padded_rows
 from ruadapt.io.tokdir import TOKENIZER_FILES
+from ruadapt.vocab.arch import padded_rows
 
 
 def main() -> None:
@@ -53,7 +53,9 @@ def main() -> None:
             if (args.tokenizer / name).is_file():
                 shutil.copyfile(args.tokenizer / name, tmp / name)
     n = sum(p.numel() for p in model.parameters())
-    print(f"{args.out}: qwen2 hidden {args.hidden} x {args.layers} layers, {len(tok)} tokens / {config.vocab_size} rows, {n:,} parameters")
+    print(
+        f"{args.out}: qwen2 hidden {args.hidden} x {args.layers} layers, {len(tok)} tokens / {config.vocab_size} rows, {n:,} parameters"
+    )
 
 
 if __name__ == "__main__":

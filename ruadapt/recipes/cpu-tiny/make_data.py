@@ -96,8 +96,13 @@ def skill_items(ru: str, en: str, index: int) -> dict[str, tuple[str, str]]:
 
 
 def chat(prompt: str, answer: str) -> dict:
-    return {"messages": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": prompt},
-                         {"role": "assistant", "content": answer}]}
+    return {
+        "messages": [
+            {"role": "system", "content": SYSTEM},
+            {"role": "user", "content": prompt},
+            {"role": "assistant", "content": answer},
+        ]
+    }
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> None:
@@ -118,15 +123,18 @@ def main() -> None:
     args = ap.parse_args()
     with open(args.pairs, encoding="utf-8", newline="") as f:
         rows = [(r["ru"].strip(), r["en"].strip()) for r in csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)]
-    rows = [r for r in rows if 0 < len(r[0]) <= args.max_chars and 0 < len(r[1]) <= args.max_chars
-            and len(WORD.findall(r[0])) >= 2]
+    rows = [
+        r
+        for r in rows
+        if 0 < len(r[0]) <= args.max_chars and 0 < len(r[1]) <= args.max_chars and len(WORD.findall(r[0])) >= 2
+    ]
     rows = list(dict.fromkeys(rows))
     rows.sort(key=lambda r: hashlib.sha256(r[0].encode()).hexdigest())  # a fixed shuffle
     questions = [r for r in rows if is_question(r[0])]  # held out half and half, so "нет" alone scores 0.5
     others = [r for r in rows if not is_question(r[0])]
     held = questions[: args.heldout // 2] + others[: args.heldout - args.heldout // 2]
     held.sort(key=lambda r: hashlib.sha256(r[0].encode()).hexdigest())
-    train = questions[args.heldout // 2:] + others[args.heldout - args.heldout // 2:]
+    train = questions[args.heldout // 2 :] + others[args.heldout - args.heldout // 2 :]
     train.sort(key=lambda r: hashlib.sha256(r[0].encode()).hexdigest())
     held_text = {s for pair in held for s in pair}
     train = [r for r in train if r[0] not in held_text and r[1] not in held_text]
@@ -141,7 +149,9 @@ def main() -> None:
     short = [s for s in (line.strip() for line in corpora["ru_train.txt"]) if 10 <= len(s) <= 120]
     repeats = [f"{s} {s}" for s in rng.sample(short, min(args.repeats, len(short)))]
 
-    with atomic_output_dir(args.out, [args.pairs, args.ru_train, args.en_train]) as tmp:  # a relaunch skips a complete folder only
+    with atomic_output_dir(
+        args.out, [args.pairs, args.ru_train, args.en_train]
+    ) as tmp:  # a relaunch skips a complete folder only
         for name, lines in corpora.items():
             (tmp / name).write_text("".join(line + "\n" for line in lines), encoding="utf-8")
         write_jsonl(tmp / "sft_train.jsonl", sft)
@@ -156,12 +166,15 @@ def main() -> None:
             max_gen = args.max_chars if skill == "copy" else 16  # tokens: room for the longest answer (≥ 1 char/token)
             (tmp / "tasks" / f"demo_{skill}.yaml").write_text(
                 TASK_YAML.format(skill=skill, path=json.dumps(str(path), ensure_ascii=False), max_gen_toks=max_gen),
-                encoding="utf-8")
+                encoding="utf-8",
+            )
         write_jsonl(tmp / "heldout_chat_ru.jsonl", chats)
     removed = {name: len(original[name]) - len(corpora[name]) for name in given}
-    print(f"{args.out}: {len(sft)} chats of {len(SKILLS)} skills from {len(train)} training pairs; "
-          f"{len(held)} held-out items per skill; {len(repeats)} repeat documents; held-out lines removed from "
-          + ", ".join(f"{k} {v}" for k, v in removed.items()))
+    print(
+        f"{args.out}: {len(sft)} chats of {len(SKILLS)} skills from {len(train)} training pairs; "
+        f"{len(held)} held-out items per skill; {len(repeats)} repeat documents; held-out lines removed from "
+        + ", ".join(f"{k} {v}" for k, v in removed.items())
+    )
 
 
 if __name__ == "__main__":

@@ -18,9 +18,9 @@ import json
 import math
 from pathlib import Path
 
-from ruadapt.vocab.arch import arch_for_config
-from ruadapt.io.checkpoint import CheckpointReader
 from ruadapt.eval.report import median_spread, ratio_range
+from ruadapt.io.checkpoint import CheckpointReader
+from ruadapt.vocab.arch import arch_for_config
 
 ROWS = [  # (label in the tables, eval model name)
     ("instruct (original tokenizer)", "instruct"),
@@ -85,14 +85,16 @@ def skill_scores(ev: dict) -> dict[str, dict[str, dict[str, float]]]:
     for model, per_task in (ev.get("lm_eval") or {}).items():
         for task, res in per_task.items():
             if task.startswith("demo_"):
-                out.setdefault(model, {})[task[len("demo_"):]] = res.get("metrics", {})
+                out.setdefault(model, {})[task[len("demo_") :]] = res.get("metrics", {})
     return out
 
 
 def kept(scores: dict[str, dict[str, float]], ref: dict[str, dict[str, float]]) -> float:
     """Share of the instruct model's skills a model kept: mean over skills of its exact match ÷ the instruct
     model's (skills the instruct model scores 0 on carry no information and are left out)."""
-    ratios = [scores.get(s, {}).get("exact_match", 0.0) / r["exact_match"] for s, r in ref.items() if r.get("exact_match")]
+    ratios = [
+        scores.get(s, {}).get("exact_match", 0.0) / r["exact_match"] for s, r in ref.items() if r.get("exact_match")
+    ]
     return sum(ratios) / len(ratios) if ratios else NAN
 
 
@@ -108,8 +110,9 @@ def main() -> None:
     ev = load(run / "eval" / "report.json")
     bpb, speed = ev.get("bpb", {}), (ev.get("speed") or {}).get("models", {})
     labels = dict((m, label) for label, m in ROWS)
-    rows = list(ROWS) + [(f"{labels.get(m[: -len('+calib')], m)} + calibration", m) for m in bpb
-                         if m.endswith("+calib") and m != CONTROL]
+    rows = list(ROWS) + [
+        (f"{labels.get(m[: -len('+calib')], m)} + calibration", m) for m in bpb if m.endswith("+calib") and m != CONTROL
+    ]
     rows += [(f"{labels['cpt-no-lep']} + calibration (control)", CONTROL)] if CONTROL in bpb else []
     present = [(label, m) for label, m in rows if m in bpb]
     skills = skill_scores(ev)
@@ -123,22 +126,27 @@ def main() -> None:
     body_rec = load(run / "instruct-body" / "ruadapt_train.json")
     cpt_rec, tok_rec = load(run / "cpt1" / "ruadapt_train.json"), load(run / "tokenizer" / "ruadapt_tokenizer.json")
     cfg = load(run / "base" / "config.json")
-    calibrated = [m[len("lep-"): -len("+calib")] for _, m in present if m.endswith("+calib") and m != CONTROL]
+    calibrated = [m[len("lep-") : -len("+calib")] for _, m in present if m.endswith("+calib") and m != CONTROL]
     lines.append(
         f"Tiny Qwen2 (hidden {cfg.get('hidden_size')}, {cfg.get('num_hidden_layers')} layers, "
         f"{cfg.get('vocab_size', 0):,} rows: the Qwen2.5 vocabulary trimmed to the most used tokens of ru/en train) "
         f"pretrained from scratch for {_steps(base_rec)} (half of its sequences from documents that repeat "
-        f"themselves, for copying); its \"instruct\" model learned four skills by LoRA on the body for "
+        f'themselves, for copying); its "instruct" model learned four skills by LoRA on the body for '
         f"{_steps(body_rec)}, then a full SFT at a small lr for {_steps(inst_rec)}; then "
         f"+{tok_rec.get('result', {}).get('new_tokens', '?')} Russian merges, swap, CPT stage 1 (embeddings only, "
         f"DeepSpeed, 2 CPU processes{_replay(cpt_rec)}) for {_steps(cpt_rec)}, LEP with each method, and a short "
         f"LoRA calibration (first/last layer + embeddings, on the same chat data) of "
         f"LEP-{', LEP-'.join(calibrated) or '?'}"
-        + (" and, as the control, of the CPT'd base with the same config and steps" if CONTROL in bpb else "") + "."
+        + (" and, as the control, of the CPT'd base with the same config and steps" if CONTROL in bpb else "")
+        + "."
     )
     lines += ["", "## Instruction skills kept (held-out items, greedy, through the chat template)", ""]
-    header = (["model"] + [f"{s} exact" for s in names] + ["copy chrF"] * ("copy" in names)
-              + ["skills kept ÷ instruct", "ru tokens saved (chars/token ÷ instruct)"])
+    header = (
+        ["model"]
+        + [f"{s} exact" for s in names]
+        + ["copy chrF"] * ("copy" in names)
+        + ["skills kept ÷ instruct", "ru tokens saved (chars/token ÷ instruct)"]
+    )
     lines += ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
     for label, m in present:
         sk = skills.get(m, {})
@@ -147,57 +155,92 @@ def main() -> None:
             cells.append(fmt(sk.get("copy", {}).get("chrf"), ".1f"))
         cells += [fmt(kept(sk, inst_sk) * 100, ".0f") + " %", fmt(saving.get(m), ".2f") + "×"]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    lines += ["", "Exact match: the answer up to the end of its line equals the reference; chrF: sacrebleu's corpus "
-              "chrF (lm-eval's `chrf`). Items: `data/heldout_<skill>.jsonl`, sentences no training stage saw."]
+    lines += [
+        "",
+        "Exact match: the answer up to the end of its line equals the reference; chrF: sacrebleu's corpus "
+        "chrF (lm-eval's `chrf`). Items: `data/heldout_<skill>.jsonl`, sentences no training stage saw.",
+    ]
     if CONTROL in bpb:
-        lines += ["", ("The control row is the CPT'd base (no LEP, no instruct body) calibrated with the same config, "
-                       "data and steps as the LEP variants: the gap between it and LEP + calibration is what the "
-                       "instruct body brings, not what the calibration teaches.")]
+        lines += [
+            "",
+            (
+                "The control row is the CPT'd base (no LEP, no instruct body) calibrated with the same config, "
+                "data and steps as the LEP variants: the gap between it and LEP + calibration is what the "
+                "instruct body brings, not what the calibration teaches."
+            ),
+        ]
 
     start = load(run / "eval-start" / "report.json").get("bpb", {})
     lines += start_table(run, start, cpt_rec)
 
     lines += ["", "## Russian and English bits per byte and speed — Table 3 of the paper, in miniature", ""]
-    header = ["model", "ru_chat bpb (assistant answers)", "Δ vs instruct", "ru_eval bpb", "en_eval bpb",
-              "Δ en vs instruct", "ru_eval chars/token", "decode tokens/s", "decode ÷ instruct", "MACs predict"]
+    header = [
+        "model",
+        "ru_chat bpb (assistant answers)",
+        "Δ vs instruct",
+        "ru_eval bpb",
+        "en_eval bpb",
+        "Δ en vs instruct",
+        "ru_eval chars/token",
+        "decode tokens/s",
+        "decode ÷ instruct",
+        "MACs predict",
+    ]
     lines += ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
     inst = bpb.get("instruct", {})
     for label, m in present:
         chat, text, en, sp = bpb[m].get("ru_chat", {}), bpb[m].get("ru", {}), bpb[m].get("en", {}), speed.get(m, {})
         delta = (chat["bpb"] / inst["ru_chat"]["bpb"] - 1) * 100 if chat and "ru_chat" in inst else None
         en_delta = (en["bpb"] / inst["en"]["bpb"] - 1) * 100 if en and "en" in inst else None
-        lines.append(f"| {label} | {fmt(chat.get('bpb'))} | {fmt(delta, '+.1f')} % | {fmt(text.get('bpb'))} | "
-                     f"{fmt(en.get('bpb'))} | {fmt(en_delta, '+.1f')} % | "
-                     f"{fmt(text.get('chars_per_token'), '.2f')} | " + " | ".join(_timing(sp)) + " |")
+        lines.append(
+            f"| {label} | {fmt(chat.get('bpb'))} | {fmt(delta, '+.1f')} % | {fmt(text.get('bpb'))} | "
+            f"{fmt(en.get('bpb'))} | {fmt(en_delta, '+.1f')} % | "
+            f"{fmt(text.get('chars_per_token'), '.2f')} | " + " | ".join(_timing(sp)) + " |"
+        )
     rounds = (ev.get("speed") or {}).get("rounds", "?")
-    lines += ["", f"Decode tokens/s: greedy generation steps after the first token, median of {rounds} rounds ± half "
-              "their range; ratios are medians of per-round ratios [lowest–highest round], next to the ratio the MAC "
-              "count of one step predicts. On one body the models differ only in the lm_head's extra rows, so a "
-              "step of an adapted model costs a little more and produces more text: the token saving above is what "
-              "turns into speed."]
+    lines += [
+        "",
+        f"Decode tokens/s: greedy generation steps after the first token, median of {rounds} rounds ± half "
+        "their range; ratios are medians of per-round ratios [lowest–highest round], next to the ratio the MAC "
+        "count of one step predicts. On one body the models differ only in the lm_head's extra rows, so a "
+        "step of an adapted model costs a little more and produces more text: the token saving above is what "
+        "turns into speed.",
+    ]
     for w in (ev.get("speed") or {}).get("warnings") or []:
         lines += ["", f"Warning: {w}."]
 
     lines += ["", "## Why the variants rank as they do", ""]
     moved = relative_change(run / "base", run / "instruct")
-    lines.append("How far instruct tuning moved the vocabulary matrices: " + ", ".join(
-        f"‖E_i − E_b‖/‖E_b‖ ({role}) = {v:.3f}" for role, v in moved.items()) + ".")
-    lines += ["", "| LEP method | matrix | rows in fit | relative residual ‖XW−Y‖/‖Y‖ | cond(XᵀX) |", "|---|---|---:|---:|---:|"]
+    lines.append(
+        "How far instruct tuning moved the vocabulary matrices: "
+        + ", ".join(f"‖E_i − E_b‖/‖E_b‖ ({role}) = {v:.3f}" for role, v in moved.items())
+        + "."
+    )
+    lines += [
+        "",
+        "| LEP method | matrix | rows in fit | relative residual ‖XW−Y‖/‖Y‖ | cond(XᵀX) |",
+        "|---|---|---:|---:|---:|",
+    ]
     residuals: dict[str, dict[str, float]] = {}
     for method in ("overlap", "conversion"):
         fits = load(run / f"lep-{method}" / "ruadapt_lep.json").get("result", {}).get("fits", {}) or {}
         for role, f in fits.items():
             residuals.setdefault(method, {})[role] = f.get("relative_residual", NAN)
-            lines.append(f"| {method} | {role} | {f.get('rows', '')} | {fmt(f.get('relative_residual'), '.4f')} | "
-                         f"{fmt(f.get('condition_number_xtx'), '.3g')} |")
+            lines.append(
+                f"| {method} | {role} | {f.get('rows', '')} | {fmt(f.get('relative_residual'), '.4f')} | "
+                f"{fmt(f.get('condition_number_xtx'), '.3g')} |"
+            )
 
     copy_items = run / "data" / "heldout_copy.jsonl"
     if copy_items.is_file():
         sentences = [json.loads(line)["answer"] for line in copy_items.read_text(encoding="utf-8").splitlines()[:100]]
         first, second = repeat_accuracy(run / "base", sentences)
-        lines += ["", f"Copying needs a base that can copy: on `S S` for the held-out sentences the base predicts "
-                  f"{first:.1%} of the tokens of the first S and {second:.1%} of the second (a model that copies gets "
-                  "nearly all of the second)."]
+        lines += [
+            "",
+            f"Copying needs a base that can copy: on `S S` for the held-out sentences the base predicts "
+            f"{first:.1%} of the tokens of the first S and {second:.1%} of the second (a model that copies gets "
+            "nearly all of the second).",
+        ]
 
     lines += ["", "## Verdict", ""] + verdict(present, skills, inst_sk, saving, moved, residuals)
     lines += start_targets(start) + [""]
@@ -215,48 +258,66 @@ def verdict(present, skills, inst_sk, saving, moved, residuals) -> list[str]:
         return ["No skill scores in eval/report.json: nothing to judge."]
     adapted = [m for _, m in present if m.startswith("lep-") and not math.isnan(share[m])]
     if not adapted:
-        out.append("- The instruct model scored 0 on every skill: it has nothing to keep (too few training steps), "
-                   "so no variant can be ranked by skills.")
+        out.append(
+            "- The instruct model scored 0 on every skill: it has nothing to keep (too few training steps), "
+            "so no variant can be ranked by skills."
+        )
     best = max(adapted, key=lambda m: (share[m], m.endswith("+calib")), default=None)
     plain = max((m for m in adapted if m in LEP), key=share.get, default=None)
     if best:
         close = [m for m in adapted if m != best and share[best] - share[m] < 0.005]
-        out.append(f"- **{best}** kept the most of the instruct model's skills: {share[best]:.0%}"
-                   + (f" ({', '.join(close)} within half a point)" if close else "")
-                   + f"; the CPT'd base without LEP {share.get('cpt-no-lep', NAN):.0%}. It spends "
-                   f"{saving.get(best, NAN):.2f}× fewer tokens per Russian character of the held-out answers.")
+        out.append(
+            f"- **{best}** kept the most of the instruct model's skills: {share[best]:.0%}"
+            + (f" ({', '.join(close)} within half a point)" if close else "")
+            + f"; the CPT'd base without LEP {share.get('cpt-no-lep', NAN):.0%}. It spends "
+            f"{saving.get(best, NAN):.2f}× fewer tokens per Russian character of the held-out answers."
+        )
     if plain:
         plain_shares = [share[m] for m in LEP if m in share and not math.isnan(share[m])]
-        why = (f"Why: instruct tuning moved the input embedding by {moved.get('input', NAN):.3f} and the lm_head by "
-               f"{moved.get('output', NAN):.3f} of their norm")
+        why = (
+            f"Why: instruct tuning moved the input embedding by {moved.get('input', NAN):.3f} and the lm_head by "
+            f"{moved.get('output', NAN):.3f} of their norm"
+        )
         explained = "; ".join(
-            f"{m} maps explain " + ", ".join(f"{1 - r / moved[role]:.0%} of the {role} move" for role, r in v.items()
-                                              if moved.get(role)) for m, v in residuals.items())
-        out.append(f"- Without calibration the best method is {plain} ({share[plain]:.0%}; the three methods lie within "
-                   f"{(max(plain_shares) - min(plain_shares)) * 100:.1f} points of each other). {why}"
-                   + (f"; the fitted d×d maps ({explained}, as 1 − fit residual ÷ move)" if explained else "")
-                   + ". The maps correct only that move, so the methods differ little: the skills live in the instruct "
-                   "body, which every variant carries, and what the variants lose is what the CPT'd embeddings (trained "
-                   "against the base body) do not give that body; the short calibration gives most of it back.")
+            f"{m} maps explain "
+            + ", ".join(f"{1 - r / moved[role]:.0%} of the {role} move" for role, r in v.items() if moved.get(role))
+            for m, v in residuals.items()
+        )
+        out.append(
+            f"- Without calibration the best method is {plain} ({share[plain]:.0%}; the three methods lie within "
+            f"{(max(plain_shares) - min(plain_shares)) * 100:.1f} points of each other). {why}"
+            + (f"; the fitted d×d maps ({explained}, as 1 − fit residual ÷ move)" if explained else "")
+            + ". The maps correct only that move, so the methods differ little: the skills live in the instruct "
+            "body, which every variant carries, and what the variants lose is what the CPT'd embeddings (trained "
+            "against the base body) do not give that body; the short calibration gives most of it back."
+        )
     met = [s for s, r in inst_sk.items() if r.get("exact_match", 0) >= 0.5]
     em_list = ", ".join(f"{s} {r.get('exact_match', 0):.2f}" for s, r in inst_sk.items())
-    out.append(f"- Target: instruct exact match ≥ 0.5 on at least two skills — "
-               f"{'met' if len(met) >= 2 else 'NOT met'} ({em_list}).")
+    out.append(
+        f"- Target: instruct exact match ≥ 0.5 on at least two skills — "
+        f"{'met' if len(met) >= 2 else 'NOT met'} ({em_list})."
+    )
     cpt_share = share.get("cpt-no-lep", NAN)
-    out.append(f"- Target: CPT'd base without LEP ≤ half the instruct model's scores — "
-               f"{'met' if cpt_share <= 0.5 else 'NOT met'} ({cpt_share:.0%}).")
+    out.append(
+        f"- Target: CPT'd base without LEP ≤ half the instruct model's scores — "
+        f"{'met' if cpt_share <= 0.5 else 'NOT met'} ({cpt_share:.0%})."
+    )
     cal = [m for _, m in present if m.endswith("+calib") and m != CONTROL]
     if cal and CONTROL in share:
         best_cal = max(cal, key=lambda m: -1.0 if math.isnan(share[m]) else share[m])
-        out.append(f"- The control (the CPT'd base calibrated the same way) kept {fmt(share[CONTROL] * 100, '.0f')} % "
-                   f"against {fmt(share[best_cal] * 100, '.0f')} % for {best_cal}: "
-                   f"{fmt((share[best_cal] - share[CONTROL]) * 100, '+.0f')} points that the instruct body brings, "
-                   "since everything else (embeddings, calibration) is the same.")
+        out.append(
+            f"- The control (the CPT'd base calibrated the same way) kept {fmt(share[CONTROL] * 100, '.0f')} % "
+            f"against {fmt(share[best_cal] * 100, '.0f')} % for {best_cal}: "
+            f"{fmt((share[best_cal] - share[CONTROL]) * 100, '+.0f')} points that the instruct body brings, "
+            "since everything else (embeddings, calibration) is the same."
+        )
     if cal:
         c = max(cal, key=lambda m: -1.0 if math.isnan(share[m]) else share[m])
         ok = share[c] >= 0.9 and saving.get(c, 0) >= 1.3
-        out.append(f"- Target: best LEP + calibration ≥ 90 % of the instruct scores at ≥ 1.3× fewer tokens per Russian "
-                   f"character — {'met' if ok else 'NOT met'} ({c}: {share[c]:.0%}, {saving.get(c, NAN):.2f}×).")
+        out.append(
+            f"- Target: best LEP + calibration ≥ 90 % of the instruct scores at ≥ 1.3× fewer tokens per Russian "
+            f"character — {'met' if ok else 'NOT met'} ({c}: {share[c]:.0%}, {saving.get(c, NAN):.2f}×)."
+        )
     return out
 
 
@@ -268,8 +329,13 @@ def start_table(run: Path, start: dict, cpt_rec: dict) -> list[str]:
         return []
     base = start["base"]
     any_model = base.get("ru") or base.get("en") or {}
-    out = ["", "## The start: base, swapped before CPT, after CPT (held-out ru_eval / en_eval)", "",
-           "| model | ru bpb | Δ ru vs base | en bpb | Δ en vs base |", "|---|---:|---:|---:|---:|"]
+    out = [
+        "",
+        "## The start: base, swapped before CPT, after CPT (held-out ru_eval / en_eval)",
+        "",
+        "| model | ru bpb | Δ ru vs base | en bpb | Δ en vs base |",
+        "|---|---:|---:|---:|---:|",
+    ]
     for label, m in START:
         r = start.get(m)
         if not r:
@@ -283,8 +349,13 @@ def start_table(run: Path, start: dict, cpt_rec: dict) -> list[str]:
             v, b = (r.get(lang) or {}).get("bpb"), (base.get(lang) or {}).get("bpb")
             cells += [fmt(v), fmt((v / b - 1) * 100 if v and b else None, "+.1f") + " %"]
         out.append(f"| {label} | " + " | ".join(cells) + " |")
-    out += ["", (f"`ruadapt eval --window 256`, first {any_model.get('docs', '?'):,} lines of each file "
-                 "(eval-start/report.json). Bits per byte count the same bytes for every tokenizer.")]
+    out += [
+        "",
+        (
+            f"`ruadapt eval --window 256`, first {any_model.get('docs', '?'):,} lines of each file "
+            "(eval-start/report.json). Bits per byte count the same bytes for every tokenizer."
+        ),
+    ]
     return out
 
 
@@ -296,10 +367,14 @@ def start_targets(start: dict) -> list[str]:
     except (KeyError, TypeError, ZeroDivisionError):
         return []
     ru_ok = round(c["ru"]["bpb"], 3) <= round(b["ru"]["bpb"], 3)  # at the printed precision
-    return [(f"- Target: English bits per byte after CPT within 3 % of the base's — "
-             f"{'met' if en <= 0.03 else 'NOT met'} "
-             f"({c['en']['bpb']:.3f} vs {b['en']['bpb']:.3f}, {en:+.1%}); Russian no worse than the base's — "
-             f"{'met' if ru_ok else 'NOT met'} ({c['ru']['bpb']:.3f} vs {b['ru']['bpb']:.3f}, {ru:+.1%}).")]
+    return [
+        (
+            f"- Target: English bits per byte after CPT within 3 % of the base's — "
+            f"{'met' if en <= 0.03 else 'NOT met'} "
+            f"({c['en']['bpb']:.3f} vs {b['en']['bpb']:.3f}, {en:+.1%}); Russian no worse than the base's — "
+            f"{'met' if ru_ok else 'NOT met'} ({c['ru']['bpb']:.3f} vs {b['ru']['bpb']:.3f}, {ru:+.1%})."
+        )
+    ]
 
 
 def _replay(rec: dict) -> str:
@@ -313,7 +388,11 @@ def _replay(rec: dict) -> str:
 def _timing(sp: dict | None) -> list[str]:
     if not sp:
         return ["–"] * 3
-    return [median_spread(sp, "decode_tokens_per_s"), ratio_range(sp, "decode_tokens_per_s_ratio"), f"{sp['mac_ratio']:.3f}"]
+    return [
+        median_spread(sp, "decode_tokens_per_s"),
+        ratio_range(sp, "decode_tokens_per_s_ratio"),
+        f"{sp['mac_ratio']:.3f}",
+    ]
 
 
 def _steps(rec: dict) -> str:
