@@ -1,12 +1,14 @@
 # make demo  - create .venv if missing, run the whole pipeline on a tiny model on CPU (recipes/cpu-tiny.sh)
-# make test  - create .venv if missing, fetch llama.cpp's converter (tests/test_gguf.py), run the test suite
+# make test  - create .venv if missing, fetch llama.cpp's converter (tests/test_gguf.py), make lint, run the test suite
+# make lint  - ruff check, ruff format --check and mypy (settings in pyproject.toml)
+# make test-fast - the suite without the tests marked slow
 # make llama-cpp - only fetch the converter: the llama-cpp-python sdist (no build), its vendor/llama.cpp unpacked
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.ruadapt-installed
 
-.PHONY: venv test demo clean llama-cpp
+.PHONY: venv test test-fast lint demo clean llama-cpp
 
 # llama.cpp's convert_hf_to_gguf.py for `ruadapt gguf` tests: the llama-cpp-python sdist (76 MB) from PyPI, kept
 # whole (bench/gguf_llama_cpp.py builds llama_cpp from it) and its converter unpacked beside it; nothing is compiled
@@ -37,8 +39,16 @@ $(LLAMA_CPP_OK): | $(STAMP)
 # 2-core machine; each DeepSpeed test file uses master ports of its own. TEST_WORKERS=0 runs them in one process.
 TEST_WORKERS ?= 2
 
-test: $(STAMP) $(LLAMA_CPP_OK)
+lint: $(STAMP)
+	$(VENV)/bin/ruff check ruadapt tests bench
+	$(VENV)/bin/ruff format --check ruadapt tests bench
+	$(VENV)/bin/mypy
+
+test: lint $(STAMP) $(LLAMA_CPP_OK)
 	DS_ACCELERATOR=cpu RUADAPT_LLAMA_CPP=$(abspath $(LLAMA_CPP)) $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests
+
+test-fast: $(STAMP) $(LLAMA_CPP_OK)
+	DS_ACCELERATOR=cpu RUADAPT_LLAMA_CPP=$(abspath $(LLAMA_CPP)) $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not slow" tests
 
 demo: $(STAMP)
 	PATH="$(abspath $(VENV))/bin:$$PATH" bash recipes/cpu-tiny.sh
