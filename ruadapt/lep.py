@@ -15,7 +15,7 @@ Special/added tokens never enter a fit; every added token of I takes I's own row
 Streaming: the fit accumulates XᵀX and XᵀY in float64 over row chunks (:mod:`ruadapt.vocab.lstsq`), reading only the
 rows a chunk needs; the output matrices are built one at a time, just when their shard is written, and every
 other tensor of I is copied through (whole shards as files). A 72B model (V = 152,064, d = 8,192, untied) needs
-two d×d float64 matrices, one chunk and one output matrix in memory: 4-5 GB (README, bench/lep.py: 4.02 GB
+two d×d float64 matrices, one chunk and one output matrix in memory: 4-5 GB (docs/benchmarks.md, bench/lep.py: 4.02 GB
 tied, 5.09 GB untied peak RSS with 16,000 new tokens, the solves' peak).
 
 :func:`plan_lep` opens and checks the three models and chooses the fitted rows without reading a matrix

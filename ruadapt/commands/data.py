@@ -32,7 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "<dir of out>/.ruadapt-cache/tokens), keyed by a content hash of file, tokenizer and options, so "
         "`ruadapt train` with the same YAML reuses them. Run it on a CPU node, then train elsewhere on the same "
         "file system. Memory stays bounded whatever the corpus size; a killed run leaves no entry that a later run "
-        "trusts. The token format is documented in ruadapt/train/tokenfile.py and README (Training data).",
+        "trusts. The token format is documented in ruadapt/train/tokenfile.py and docs/commands.md (Training data).",
         examples="ruadapt data prepare --config runs/q7/cpt-embeddings.yaml\n"
         "ruadapt data prepare --config cpt.yaml --set data.cache_dir=/scratch/tokens\n"
         "RUADAPT_PREPARE_WORKERS=32 ruadapt data prepare --config cpt.yaml     # tokenizing processes (default: all cores)",
