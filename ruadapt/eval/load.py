@@ -52,7 +52,8 @@ def resolve_device(device: str) -> str:
 
 
 def check_device(device: str) -> str:
-    """The device to use: ``auto`` resolved, else ``cpu``, ``cuda`` or ``cuda:N``, and CUDA must be there if asked for."""
+    """The device to use: ``auto`` resolved, else ``cpu``, ``cuda`` or ``cuda:N``, and CUDA must be there if asked
+    for."""
     device = resolve_device(device)
     if not re.fullmatch(r"cpu|cuda(:\d+)?", device or ""):
         raise RuadaptError(f"--device {device}: unknown device; use auto, cpu or cuda (or cuda:N)")

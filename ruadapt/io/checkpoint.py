@@ -23,7 +23,7 @@ import shutil
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Union
+from typing import BinaryIO
 
 import torch
 from safetensors import safe_open
@@ -282,7 +282,8 @@ class RowBlocks:
         for b in self.blocks:
             if isinstance(b, torch.Tensor) and (b.dim() != 2 or b.shape[1] != self.width or b.dtype != self.dtype):
                 raise ValueError(
-                    f"{self.source.name}: a block of shape {tuple(b.shape)} {b.dtype} does not fit rows of {self.width} {self.dtype}"
+                    f"{self.source.name}: a block of shape {tuple(b.shape)} {b.dtype} does not fit rows of "
+                    f"{self.width} {self.dtype}"
                 )
 
     @property
@@ -489,7 +490,7 @@ def read_range(src: BinaryIO, offset: int, count: int, path: Path, block_bytes: 
         count -= len(block)
 
 
-Replacement = Union[torch.Tensor, RowBlocks, Callable[[], torch.Tensor | RowBlocks], None]
+Replacement = torch.Tensor | RowBlocks | Callable[[], torch.Tensor | RowBlocks] | None
 
 
 def write_with_replacements(

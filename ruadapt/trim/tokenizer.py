@@ -235,7 +235,8 @@ class VocabSurgeon:
         return new_tok, old_to_new
 
     def _verify(self, new_tok: Tokenizer, old_to_new: dict[int, int]) -> None:
-        """Every kept token must have its new id under its old string (docs/design.md §2: verify ids after rebuilding)."""
+        """Every kept token must have its new id under its old string (docs/design.md §2: verify ids after
+        rebuilding)."""
         for old, new in old_to_new.items():
             want = self.tok.id_to_token(old)
             got = new_tok.id_to_token(new)

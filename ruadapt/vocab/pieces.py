@@ -347,8 +347,8 @@ def matrix_blocks(
     unchanged from ``old`` (rows × d), or a tensor of computed rows: new tokens the (weighted) mean of their
     pieces, accumulated in float32 in chunks of ``chunk_rows`` new rows (small chunks: their temporaries are
     cheap to allocate, measured 1.8× faster than 8,192); padding rows ``pad_row`` (default: the mean of the old
-    token rows). :class:`ruadapt.io.checkpoint.RowBlocks` writes such a list with the old runs copied from the input file,
-    so only the computed rows are ever in memory, and ``old`` may be a lazily mapped tensor of which only the
+    token rows). :class:`ruadapt.io.checkpoint.RowBlocks` writes such a list with the old runs copied from the input
+    file, so only the computed rows are ever in memory, and ``old`` may be a lazily mapped tensor of which only the
     pieces' rows are read. :func:`build_matrix` assembles it in memory. ``init`` is any rule of :data:`RULES`;
     the ō of the ``*all`` rules is ``pad_row`` (the mean of the old token rows), so it is computed once.
     """
