@@ -147,6 +147,7 @@ def remap_token_ids(config: dict, old: Tokenizer, new: Tokenizer, *, where: str 
         value = config.get(key)
         if value is None:
             continue
+        new_value: int | list[int]
         if isinstance(value, list):
             new_value = [one(key, int(v)) for v in value]
         else:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 
@@ -72,7 +72,7 @@ def check_gguf(path: Path, model_dir: Path, pre: str) -> dict[str, Any]:
     reader = _reader(path)
     where = f"{path} (from {model_dir})"
 
-    def fail(what: str) -> None:
+    def fail(what: str) -> NoReturn:
         raise RuadaptError(f"{where}: {what}; output not written")
 
     got_model, got_pre = _field(reader, "tokenizer.ggml.model"), _field(reader, "tokenizer.ggml.pre")
