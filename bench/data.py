@@ -3,9 +3,10 @@
 Corpora are ``../shared/data/ru_train.txt`` repeated to 100 MB, 600 MB and 1 GB (the repeats change no cost: every
 line is tokenized again). The model is a tiny Qwen2 (hidden 64, 2 layers, tied) with the real Qwen2.5 tokenizer,
 stage embeddings, ZeRO-2, block 128, micro-batch 1, so the training step is cheap and the data path dominates (a
-bigger micro-batch adds its 152k-wide logits — ≈ 80 MB per copy per 128 tokens — to every rank). Every command runs in a fresh process; the memory figure is the
-peak of the RSS *summed over the command's whole process tree* (launcher + every rank), sampled every 0.2 s —
-file-backed pages of the memory-mapped token files count in each rank that touched them. In one run it measures:
+bigger micro-batch adds its 152k-wide logits — ≈ 80 MB per copy per 128 tokens — to every rank). Every command runs
+in a fresh process; the memory figure is the peak of the RSS *summed over the command's whole process tree* (launcher
++ every rank), sampled every 0.2 s — file-backed pages of the memory-mapped token files count in each rank that
+touched them. In one run it measures:
 
 * bare: a plain parallel ``Tokenizer.encode_batch`` pass over the file (lines in 4 MB blocks, all cores, the ids
   counted and dropped) — the reference a preparation cannot beat by much;

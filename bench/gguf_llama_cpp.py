@@ -16,7 +16,7 @@ with ``--outtype f32`` by :func:`ruadapt.llamacpp.export.export_gguf` (structura
 :mod:`ruadapt.llamacpp.verify` on the file: ids of every eval line (llama.cpp vs transformers), logits on 3 lines.
 Also: the stock converter (no name given) on the same directory, chars/token on ru_eval (the guard's cost), and
 the tokens longer than 32 bytes (llama-cpp-python's ``detokenize`` drops them).
-"""
+"""  # noqa: E501 (the usage lines are printed verbatim by --help)
 
 from __future__ import annotations
 

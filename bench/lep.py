@@ -286,7 +286,8 @@ def main() -> None:
     out_json.write_text(json.dumps(results, indent=2) + "\n")
     print(
         f"\n{args.rows:,} × {args.hidden:,} bf16, {'tied' if args.tied else 'untied'}, adapted rows "
-        f"{results['adapted_rows']:,} (+{args.new_tokens} tokens); (a) float64 GEMMs = {a:.0f} s, (b) raw read = {b:.0f} s\n"
+        f"{results['adapted_rows']:,} (+{args.new_tokens} tokens); (a) float64 GEMMs = {a:.0f} s, (b) raw read = "
+        f"{b:.0f} s\n"
     )
     print(table(rows, ["method", "tied", "new_tokens", "wall_s", "peak_rss_gb", "reference_s", "wall/reference"]))
 

@@ -258,7 +258,8 @@ def main() -> None:
     for row in rows:
         row["× cp time"] = round(row["wall_s"] / cp_time, 2)
     print(
-        f"\ncheckpoint: {size_gb:.2f} GB in 2 GB shards; embed + lm_head = {vocab_gb:.2f} GB; +{args.new_tokens} tokens\n"
+        f"\ncheckpoint: {size_gb:.2f} GB in 2 GB shards; embed + lm_head = {vocab_gb:.2f} GB; +{args.new_tokens} "
+        "tokens\n"
     )
     print(table(rows, ["tool", "wall_s", "× cp time", "peak_rss_gb", "new rows right (embed / lm_head)", "walls_s"]))
     res_dir = ROOT / "bench" / "results"

@@ -77,7 +77,8 @@ def main() -> None:
         f"Qwen2.5 + N new tokens, continued BPE on `{args.corpus.name}`; chars/token on ru_eval / en_eval "
         f"(ratio to the base). Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs.",
         "",
-        "| N new | train wall s | train CPU s | load avg | count words s | learn merges s | write+verify s | ru_eval chars/token | en_eval chars/token |",
+        "| N new | train wall s | train CPU s | load avg | count words s | learn merges s | write+verify s | ru_eval "
+        "chars/token | en_eval chars/token |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
@@ -85,7 +86,8 @@ def main() -> None:
             lines.append(f"| 0 (base) | – | – | – | – | – | – | {r['ru_eval']:.3f} | {r['en_eval']:.3f} |")
             continue
         lines.append(
-            f"| {r['new_tokens']:,} | {r['train_s']:.1f} | {r['train_cpu_s']:.1f} | {r['load_avg_1min']:.1f} | {r['count_words_s']:.1f} | {r['learn_merges_s']:.1f} | "
+            f"| {r['new_tokens']:,} | {r['train_s']:.1f} | {r['train_cpu_s']:.1f} | {r['load_avg_1min']:.1f} | "
+            f"{r['count_words_s']:.1f} | {r['learn_merges_s']:.1f} | "
             f"{r['write_verify_s']:.1f} | {r['ru_eval']:.3f} ({r['ru_eval'] / base_ru:.2f}×) | "
             f"{r['en_eval']:.3f} ({r['en_eval'] / base_en:.3f}×) |"
         )

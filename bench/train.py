@@ -199,7 +199,8 @@ def main() -> None:
         "last_loss",
     ]
     print(
-        f"model: {result['model']}, block {args.block}, micro {args.micro} × {args.num_gpus} processes, {args.steps} steps"
+        f"model: {result['model']}, block {args.block}, micro {args.micro} × {args.num_gpus} processes, {args.steps} "
+        "steps"
     )
     print("| " + " | ".join(cols) + " |\n|" + "---|" * len(cols))
     for r in rows:

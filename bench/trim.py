@@ -137,9 +137,12 @@ def trim_run(ckpt: Path, out: Path, keep_top: int | None, reuse: bool = False) -
         "disk": f"{model['bytes_on_disk_before'] / 2**20:.0f} → {model['bytes_on_disk_after'] / 2**20:.0f} MiB",
         "coverage": f"{100 * seg['corpus']['coverage_of_token_occurrences']:.2f} %",
         "corpus c/t": f"{seg['corpus']['chars_per_token_before']:.3f} → {seg['corpus']['chars_per_token_after']:.3f}",
-        "ru_eval c/t": f"{ev['ru_eval.txt']['chars_per_token_before']:.3f} → {ev['ru_eval.txt']['chars_per_token_after']:.3f}",
-        "en_eval c/t": f"{ev['en_eval.txt']['chars_per_token_before']:.3f} → {ev['en_eval.txt']['chars_per_token_after']:.3f}",
-        "eval lines changed": f"{ev['ru_eval.txt']['lines_segmentation_changed']:,} / {ev['en_eval.txt']['lines_segmentation_changed']:,}",
+        "ru_eval c/t": f"{ev['ru_eval.txt']['chars_per_token_before']:.3f} → "
+        f"{ev['ru_eval.txt']['chars_per_token_after']:.3f}",
+        "en_eval c/t": f"{ev['en_eval.txt']['chars_per_token_before']:.3f} → "
+        f"{ev['en_eval.txt']['chars_per_token_after']:.3f}",
+        "eval lines changed": f"{ev['ru_eval.txt']['lines_segmentation_changed']:,} / "
+        f"{ev['en_eval.txt']['lines_segmentation_changed']:,}",
         "wall": f"{m['wall_s']} s",
         "peak RSS": f"{m['peak_rss_gb']} GiB",
         "record": {"model": model, "tokens": tokens, "segmentation": seg, "timings_s": rec["timings_s"]},

@@ -107,7 +107,8 @@ def open_model(path: Path, option: str, same_tokenizer_as: Model | None = None) 
     arch = arch_for_config(reader.config, reader.path / "config.json")
     if arch.encoder_decoder:
         raise RuadaptError(
-            f"{reader.path / 'config.json'}: {option} is an encoder-decoder ({arch.model_type}); LEP supports decoder-only models"
+            f"{reader.path / 'config.json'}: {option} is an encoder-decoder ({arch.model_type}); LEP supports "
+            "decoder-only models"
         )
     if same_tokenizer_as is not None and same_bytes(
         tokenizer_json_path(reader.path, option), tokenizer_json_path(same_tokenizer_as.path)

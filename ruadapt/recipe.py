@@ -31,6 +31,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field, fields
 from importlib import resources
 from importlib.resources.abc import Traversable
@@ -113,7 +114,9 @@ def read_spec(path: Path | Traversable) -> RecipeSpec:
         raise RuadaptError(*(f"{path}: {line}" for line in e.lines)) from None
 
 
-def shell_assignments(values: dict[str, str], fixed: set[str] = frozenset(), recipe_dir: str | None = None) -> str:
+def shell_assignments(
+    values: dict[str, str], fixed: AbstractSet[str] = frozenset(), recipe_dir: str | None = None
+) -> str:
     """``values`` as bash that lib.sh evaluates: a default only where the variable is empty (the environment
     wins), a fixed one always; quoted by :func:`shlex.quote`, so any value survives as written."""
     lines = [

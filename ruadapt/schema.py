@@ -34,12 +34,13 @@ def _coerce(value: Any, typ: Any, where: str, problems: list[str]) -> Any:
     if dataclasses.is_dataclass(typ):
         if value is None:
             value = {}
-        if isinstance(value, str) and getattr(typ, "SHORTHAND", None):
-            value = {typ.SHORTHAND: value}
+        cls: Any = typ  # a dataclass type (is_dataclass narrows to instance | type)
+        if isinstance(value, str) and getattr(cls, "SHORTHAND", None):
+            value = {cls.SHORTHAND: value}
         if not isinstance(value, dict):
             problems.append(f"{where}: expected a mapping, got {value!r}")
             return None
-        return _build(typ, value, where, problems)
+        return _build(cls, value, where, problems)
     if origin is list:
         (inner,) = get_args(typ)
         if isinstance(value, (str, int, float)):
@@ -117,7 +118,7 @@ def _build(cls: type, raw: dict, where: str, problems: list[str]) -> Any:
         if f.name not in known:
             continue
         if f.name not in raw:
-            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:  # type: ignore[misc]
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
                 problems.append(f"missing required key {f.name!r}{section}")
             continue
         kwargs[f.name] = _coerce(raw[f.name], hints[f.name], f"{where}.{f.name}" if where else f.name, problems)

@@ -249,12 +249,14 @@ def keeps_base_ids(base_tok: Tokenizer, new_tok: Tokenizer) -> bool:
 def check_likely_mistakes(
     model_dir: Path, tokenizer_dir: Path, base_tok: Tokenizer, new_tok: Tokenizer, allow: Collection[str]
 ) -> None:
-    """A tokenizer that changes nothing, or one of another family, is refused unless allowed (:mod:`ruadapt.mistakes`)."""
+    """A tokenizer that changes nothing, or one of another family, is refused unless allowed
+    (:mod:`ruadapt.mistakes`)."""
     if base_tok.get_vocab(with_added_tokens=True) == new_tok.get_vocab(with_added_tokens=True):
         refuse(
             "same-tokenizer",
             allow,
-            f"{tokenizer_dir}: --tokenizer has exactly the vocabulary of --model {model_dir}; swap would change nothing",
+            f"{tokenizer_dir}: --tokenizer has exactly the vocabulary of --model {model_dir}; swap would change "
+            "nothing",
             "give the new tokenizer's directory (ruadapt tokenizer train --out)",
         )
     ours, theirs = (

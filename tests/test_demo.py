@@ -1,7 +1,7 @@
 """`make demo`, the README's entry point: with a user's defaults (TOY and RUN unset) it prints every stage's command
 under DRY_RUN=1; at toy size the whole pipeline runs through `make`, the real CLI and launcher, every stage's output
-loads, every model is scored on every skill and the report has every row, and a relaunch resumes (skips every finished step). Every recipe script passes
-shellcheck."""
+loads, every model is scored on every skill and the report has every row, and a relaunch resumes (skips every
+finished step). Every recipe script passes shellcheck."""
 
 import glob
 import json

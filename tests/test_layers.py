@@ -241,7 +241,8 @@ def test_the_checks_see_what_they_must(tmp_path, monkeypatch):
     monkeypatch.setattr(here, "IMPORTS", {m: _imports(m) for m in MODULES})
     assert upward_imports() == [
         "ruadapt/io/bad.py:1: ruadapt.io.bad (io) imports ruadapt.vocab.arch (vocab)",
-        "ruadapt/tokenizer/report.py:1: stage ruadapt.tokenizer imports stage ruadapt.eval; move what both use below them",
+        "ruadapt/tokenizer/report.py:1: stage ruadapt.tokenizer imports stage ruadapt.eval; move what both use below "
+        "them",
     ]
     assert [line.split(":")[:2] for line in needless_local_imports()] == [["ruadapt/eval/bpb.py", "2"]]
 

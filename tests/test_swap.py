@@ -367,7 +367,8 @@ def test_sigkill_while_writing_leaves_nothing_and_rerun_succeeds(tmp_path, tiny)
         "    os.kill(os.getpid(), signal.SIGKILL)\n"
         "c.CheckpointWriter.add_shard_file = add_and_die\n"
         "from ruadapt.cli import main\n"
-        f"main(['-q', 'swap', '--model', {str(tiny)!r}, '--tokenizer', {str(tiny)!r}, '--out', {str(out)!r}, '--allow', 'same-tokenizer'])\n"
+        f"main(['-q', 'swap', '--model', {str(tiny)!r}, '--tokenizer', {str(tiny)!r}, '--out', {str(out)!r}, "
+        "'--allow', 'same-tokenizer'])\n"
     )
     r = subprocess.run([sys.executable, "-c", killer], cwd=ROOT)
     assert r.returncode == -9

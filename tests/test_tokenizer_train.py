@@ -173,7 +173,7 @@ def test_extend_keeps_base_and_compresses_russian(family, extended, eval_lines):
 @pytest.mark.parametrize("family", sorted(VECTORS))
 def test_untouched_words_match_llama_cpp_vectors(family, extended):
     """Strings whose tokenization uses no new token give exactly llama.cpp's expected base ids."""
-    new = Tokenizer.from_file(str(extended(family) / "tokenizer.json"))  # noqa: read once per family
+    new = Tokenizer.from_file(str(extended(family) / "tokenizer.json"))  # read once per family
     n_base = max(base_tok(family).get_vocab(with_added_tokens=True).values()) + 1
     name = VECTORS[family]
     texts = (TESTVECTORS / f"{name}.inp").read_text(encoding="utf-8").split("\n__ggml_vocab_test__\n")[:-1]

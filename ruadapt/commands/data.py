@@ -19,7 +19,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "data",
         help="prepare training data: streaming parallel tokenization into memory-mapped token files",
         description="Training data outside training: what `ruadapt train` does before it launches DeepSpeed.",
-        examples="ruadapt data prepare --config runs/q7/cpt-embeddings.yaml   # from `ruadapt recipe cp qwen2.5-7b runs/q7`",
+        examples="ruadapt data prepare --config runs/q7/cpt-embeddings.yaml   # from `ruadapt recipe cp qwen2.5-7b "
+        "runs/q7`",
     )
     dsub = p.add_subparsers(dest="data_command", metavar="SUBCOMMAND", required=True)
     d = add_parser(
@@ -35,7 +36,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "trusts. The token format is documented in ruadapt/train/tokenfile.py and docs/commands.md (Training data).",
         examples="ruadapt data prepare --config runs/q7/cpt-embeddings.yaml\n"
         "ruadapt data prepare --config cpt.yaml --set data.cache_dir=/scratch/tokens\n"
-        "RUADAPT_PREPARE_WORKERS=32 ruadapt data prepare --config cpt.yaml     # tokenizing processes (default: all cores)",
+        "RUADAPT_PREPARE_WORKERS=32 ruadapt data prepare --config cpt.yaml     # tokenizing processes (default: all "
+        "cores)",
     )
     d.add_argument(
         "--config",

@@ -53,7 +53,8 @@ ruadapt gguf --model ./qwen-ru-lep --llama-cpp ~/src/llama.cpp --out qwen-ru.ggu
     p.add_argument(
         "--pre",
         metavar="NAME",
-        help="llama.cpp pre-tokenizer name to write (default: from ruadapt's table for the tokenizer's normalizer + pre-tokenizer)",
+        help="llama.cpp pre-tokenizer name to write (default: from ruadapt's table for the tokenizer's normalizer + "
+        "pre-tokenizer)",
     )
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out (whole, on success only)")
     p.add_argument(
@@ -62,7 +63,8 @@ ruadapt gguf --model ./qwen-ru-lep --llama-cpp ~/src/llama.cpp --out qwen-ru.ggu
         nargs="+",
         default=[],
         metavar="FILE",
-        help="UTF-8 texts (a document per line) tokenized by llama.cpp and transformers: every line must give the same ids (needs llama-cpp-python)",
+        help="UTF-8 texts (a document per line) tokenized by llama.cpp and transformers: every line must give the same "
+        "ids (needs llama-cpp-python)",
     )
     p.add_argument(
         "--verify-lines",
@@ -81,7 +83,8 @@ ruadapt gguf --model ./qwen-ru-lep --llama-cpp ~/src/llama.cpp --out qwen-ru.ggu
         "--logits-tolerance",
         type=float,
         metavar="X",
-        help="largest |logit difference| accepted (default: 0.01 for --outtype f32; for 16-bit and quantized types the difference is only recorded)",
+        help="largest |logit difference| accepted (default: 0.01 for --outtype f32; for 16-bit and quantized types the "
+        "difference is only recorded)",
     )
     add_dry_run(p)
     p.set_defaults(func=run)
@@ -110,7 +113,8 @@ def run(args: argparse.Namespace) -> int:
     data = write_gguf(plan)
     r = data["result"]
     print(
-        f"{args.out}: {r['gguf']['tokens']} tokens, {r['gguf']['rows']} rows, pre-tokenizer {r['pre']['name']!r} ({r['pre']['source']}); record in {record_path(args.out)}"
+        f"{args.out}: {r['gguf']['tokens']} tokens, {r['gguf']['rows']} rows, pre-tokenizer {r['pre']['name']!r} "
+        f"({r['pre']['source']}); record in {record_path(args.out)}"
     )
     summary = {k: r[k] for k in ("verify_ids", "verify_logits") if k in r}
     if summary:

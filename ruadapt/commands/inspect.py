@@ -17,7 +17,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Show model_type, dtype, hidden size, tie setting, config.vocab_size vs matrix rows vs "
         "len(tokenizer), special tokens, chat template, shards. Reads no tensor data.",
         examples="ruadapt inspect ./Qwen2.5-7B\nruadapt inspect ./Qwen2.5-7B --json > layout.json\n"
-        "ruadapt inspect Qwen/Qwen2.5-7B --revision main   # a Hub repo id: fetched into the HF cache (no weights read)",
+        "ruadapt inspect Qwen/Qwen2.5-7B --revision main   # a Hub repo id: fetched into the HF cache (no weights "
+        "read)",
     )
     p.add_argument(
         "model",

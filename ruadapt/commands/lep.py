@@ -26,8 +26,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         "instruct model's, apply them to the adapted base's rows and write the instruct model with the new "
         "vocabulary: body, norms and chat-token rows are the instruct model's; tokenizer = the adapted one with "
         "the instruct chat template. Writes ruadapt_lep.json (residuals, conditioning, row norms, timings).",
-        examples="ruadapt lep --base ./Qwen2.5-7B --instruct ./Qwen2.5-7B-Instruct --adapted ./runs/cpt --out ./runs/lep\n"
-        "ruadapt lep --base Qwen/Qwen2.5-7B --instruct Qwen/Qwen2.5-7B-Instruct --adapted ./runs/cpt --out ./runs/lep   # Hub repo ids\n"
+        examples="ruadapt lep --base ./Qwen2.5-7B --instruct ./Qwen2.5-7B-Instruct --adapted ./runs/cpt --out "
+        "./runs/lep\n"
+        "ruadapt lep --base Qwen/Qwen2.5-7B --instruct Qwen/Qwen2.5-7B-Instruct --adapted ./runs/cpt --out ./runs/lep  "
+        " # Hub repo ids\n"
         "ruadapt lep --base B --instruct I --adapted A --out O --method overlap\n"
         "ruadapt lep --base B --instruct I --adapted A --out O --lora-deltas ./runs/cpt-lora --alpha-scale 2\n"
         "ruadapt lep --base B --instruct I --adapted A --out O --dry-run   # the plan only: no fit, nothing written",
@@ -55,7 +57,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--method",
         choices=choices(LepMethod),
         default="conversion",
-        help="rows that fit W: conversion = T·E over the new vocabulary; overlap = tokens in both; swap = W is the identity",
+        help="rows that fit W: conversion = T·E over the new vocabulary; overlap = tokens in both; swap = W is the "
+        "identity",
     )
     p.add_argument(
         "--lora-deltas",
@@ -69,7 +72,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--chunk-rows",
         type=int,
         default=None,
-        help="rows per chunk of the streamed fit and apply; default: about 512 MiB of float64 per chunk (2,048 rows for an untied d=8192 model)",
+        help="rows per chunk of the streamed fit and apply; default: about 512 MiB of float64 per chunk (2,048 rows "
+        "for an untied d=8192 model)",
     )
     add_vocab_output_arguments(
         p, mistakes=("same-model", "adapted-is-base"), pad=False, shard_default="the largest shard of --instruct"

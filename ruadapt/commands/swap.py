@@ -29,8 +29,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         "models: one rule for the input embedding, one for the lm_head; docs/init.md); padding rows get the mean "
         "row. Only the vocabulary matrices are loaded; every other tensor is copied through unchanged.",
         examples="ruadapt swap --model ./Qwen2.5-7B --tokenizer tokenizers/qwen2.5-ru48k --out runs/qwen7b-swapped\n"
-        "ruadapt swap --model Qwen/Qwen2.5-7B --tokenizer tokenizers/qwen2.5-ru48k --out runs/qwen7b-swapped   # Hub repo id\n"
-        "ruadapt swap --model ./Llama-3-8B --tokenizer ./llama3-ru --out ./l3-ru --init weighted --pad-to-multiple-of 128\n"
+        "ruadapt swap --model Qwen/Qwen2.5-7B --tokenizer tokenizers/qwen2.5-ru48k --out runs/qwen7b-swapped   # Hub "
+        "repo id\n"
+        "ruadapt swap --model ./Llama-3-8B --tokenizer ./llama3-ru --out ./l3-ru --init weighted --pad-to-multiple-of "
+        "128\n"
         "ruadapt swap --model ./Qwen2.5-7B --tokenizer ./qwen-ru --out runs/x --dry-run   # the plan only\n"
         "ruadapt swap --model ./Qwen2.5-7B --tokenizer ./qwen-ru --out ./q-ru --init-input last --init-output mean-all",
     )

@@ -18,8 +18,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         "tokenizer",
         help="train a Russian tokenizer (extend / replace) and report chars per token",
         description="Stage 1: a tokenizer for the new vocabulary, and its characters-per-token report.",
-        examples="ruadapt tokenizer train --base ./Qwen2.5-7B --corpus ru_train.txt --mode extend --new-tokens 48000 --out tok-ru48k\n"
-        "ruadapt tokenizer report --tokenizer base=./Qwen2.5-7B --tokenizer ru48k=tok-ru48k --text ru=ru_eval.txt --out report",
+        examples="ruadapt tokenizer train --base ./Qwen2.5-7B --corpus ru_train.txt --mode extend --new-tokens 48000 "
+        "--out tok-ru48k\n"
+        "ruadapt tokenizer report --tokenizer base=./Qwen2.5-7B --tokenizer ru48k=tok-ru48k --text ru=ru_eval.txt "
+        "--out report",
     )
     tsub = p.add_subparsers(dest="tokenizer_command", metavar="SUBCOMMAND", required=True)
 
@@ -32,15 +34,19 @@ def register(sub: argparse._SubParsersAction) -> None:
         "its base segmentation, so llama.cpp's own converter still recognises the tokenizer). replace: a new BPE of "
         "--vocab-size tokens with the base's pre-tokenizer family and the base's special tokens appended "
         "(old->new ids in token_id_map.json). Writes OUT/ruadapt_tokenizer.json.",
-        examples="ruadapt tokenizer train --base ./Qwen2.5-7B --corpus ru_train.txt --mode extend --new-tokens 48000 --out tok-ru48k\n"
-        "ruadapt tokenizer train --base ./Llama-3-8B --corpus ru.txt en.txt --new-tokens 32000 --min-frequency 5 --out tok\n"
-        "ruadapt tokenizer train --base ./Qwen2.5-7B --corpus ru_train.txt --mode replace --vocab-size 64000 --out tok-ru64k",
+        examples="ruadapt tokenizer train --base ./Qwen2.5-7B --corpus ru_train.txt --mode extend --new-tokens 48000 "
+        "--out tok-ru48k\n"
+        "ruadapt tokenizer train --base ./Llama-3-8B --corpus ru.txt en.txt --new-tokens 32000 --min-frequency 5 --out "
+        "tok\n"
+        "ruadapt tokenizer train --base ./Qwen2.5-7B --corpus ru_train.txt --mode replace --vocab-size 64000 --out "
+        "tok-ru64k",
     )
     t.add_argument(
         "--base",
         type=model_arg,
         required=True,
-        help="base tokenizer dir (tokenizer.json), a model dir holding one, or a Hub repo id (only its tokenizer files are fetched)",
+        help="base tokenizer dir (tokenizer.json), a model dir holding one, or a Hub repo id (only its tokenizer files "
+        "are fetched)",
     )
     t.add_argument(
         "--corpus",
@@ -48,7 +54,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         nargs="+",
         required=True,
         metavar="FILE",
-        help='training corpus: UTF-8 text (a document per line), JSONL ("text" field) or Parquet ("text" column); .gz/.zst too',
+        help='training corpus: UTF-8 text (a document per line), JSONL ("text" field) or Parquet ("text" column); '
+        ".gz/.zst too",
     )
     t.add_argument(
         "--mode", choices=choices(TokenizerMode), default="extend", help="continue the base BPE, or train a new one"

@@ -61,7 +61,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "is a plain Hugging Face model dir with ruadapt_train.json and loss.png. A live run holds OUT.work/lock: a "
         "second launch on the same out is refused. On a machine without GPUs set DS_ACCELERATOR=cpu (2 processes = "
         "--num-gpus 2; DeepSpeed then builds a C++ op once per environment, so a C++ compiler is needed).",
-        examples="ruadapt recipe cp qwen2.5-7b runs/q7 --set CORPUS=/data/ru.txt   # a shipped recipe's YAMLs to start from\n"
+        examples="ruadapt recipe cp qwen2.5-7b runs/q7 --set CORPUS=/data/ru.txt   # a shipped recipe's YAMLs to start "
+        "from\n"
         "ruadapt train --config runs/q7/cpt-embeddings.yaml --num-gpus 8\n"
         "ruadapt train --config stage1.yaml --config stage2.yaml --num-gpus 8   # one start-up, two runs\n"
         "ruadapt train --config cpt.yaml --hostfile hosts.txt                  # multi-node (DeepSpeed hostfile)\n"

@@ -50,7 +50,8 @@ ruadapt trim --model ./Qwen2.5-0.5B --corpus ru_train.txt --keep-top 32000 --out
         type=path_arg,
         nargs="+",
         required=True,
-        help='corpus files: UTF-8 text (a document per line), JSONL ("text" field) or Parquet ("text" column); .gz/.zst too',
+        help='corpus files: UTF-8 text (a document per line), JSONL ("text" field) or Parquet ("text" column); '
+        ".gz/.zst too",
     )
     p.add_argument(
         "--out", type=path_arg, required=True, help="new directory for the trimmed model (must not exist or be empty)"
@@ -60,7 +61,8 @@ ruadapt trim --model ./Qwen2.5-0.5B --corpus ru_train.txt --keep-top 32000 --out
         "--keep-top",
         type=int,
         metavar="N",
-        help="vocabulary size to keep: must-keep tokens, then the most frequent used tokens with their closure (default: every used token)",
+        help="vocabulary size to keep: must-keep tokens, then the most frequent used tokens with their closure "
+        "(default: every used token)",
     )
     how.add_argument(
         "--min-count", type=int, metavar="K", help="keep used tokens that occur at least K times (default 1)"

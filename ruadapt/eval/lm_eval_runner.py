@@ -89,6 +89,7 @@ def run_task(
     from lm_eval.tasks import TaskManager
 
     gen_kwargs = None
+    tasks: list[str | dict]
     if "source" in spec:  # an include-path or registry task: lm-eval's TaskManager builds it from its YAML
         tasks, manager, data = [name], spec["manager"], spec.get("dataset")
         generates = "generate_until" in spec.get("output_types", [])

@@ -10,7 +10,7 @@ import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -52,7 +52,8 @@ def resolve_device(device: str) -> str:
 
 
 def check_device(device: str) -> str:
-    """The device to use: ``auto`` resolved, else ``cpu``, ``cuda`` or ``cuda:N``, and CUDA must be there if asked for."""
+    """The device to use: ``auto`` resolved, else ``cpu``, ``cuda`` or ``cuda:N``, and CUDA must be there if asked
+    for."""
     device = resolve_device(device)
     if not re.fullmatch(r"cpu|cuda(:\d+)?", device or ""):
         raise RuadaptError(f"--device {device}: unknown device; use auto, cpu or cuda (or cuda:N)")
@@ -98,8 +99,8 @@ def load_model(name: str, path: Path, *, device: str = "cpu", dtype: torch.dtype
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, use_safetensors=True, trust_remote_code=False)
     except Exception as e:
         raise RuadaptError(f"{path}: --model {name} does not load as a causal LM ({type(e).__name__}: {e})") from None
-    model.to(device).eval()
-    rows = model.get_input_embeddings().weight.shape[0]
+    model.to(device).eval()  # type: ignore[arg-type]  # transformers types the @wraps-decorated .to as taking a model
+    rows = cast(torch.Tensor, model.get_input_embeddings().weight).shape[0]  # Module.__getattr__: Tensor | Module
     if len(tokenizer) > rows:
         raise RuadaptError(
             f"{path}: --model {name} tokenizer has {len(tokenizer)} tokens but the model only {rows} embedding rows; "

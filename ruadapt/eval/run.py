@@ -96,6 +96,7 @@ def run_eval(
     offered = resolve_tasks(tasks, available_tasks(texts, copy_file), include_paths)
     tasks = list(offered)
     if "copy_ru" in tasks:
+        assert copy_file is not None  # copy_ru is offered only with a copy file
         read_lines(copy_file, what="--copy-file")
     prompt_lines: list[str] = []
     if speed_prompts > 0 and new_tokens > 0:

@@ -33,7 +33,7 @@ import statistics
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, get_args
+from typing import Any, cast, get_args
 
 import torch
 from tqdm.auto import tqdm
@@ -99,7 +99,7 @@ class _ForceTokens:
         step = input_ids.shape[1] - self.prompt_len
         out = torch.full_like(scores, float("-inf"))
         out[:, self.forced[step]] = 0.0
-        return out
+        return cast(torch.FloatTensor, out)  # full_like keeps the float dtype; torch types it as Tensor
 
 
 class _StepClock:
@@ -216,7 +216,9 @@ def measure_speed(
         for _ in range(warmup):
             generate_once(em, prompts[0], new_tokens, mode)
     keys = ("seconds", "tokens", "chars", "generations", "decode_seconds", "decode_steps", "prompt_tokens")
-    per_round = {em.name: [dict.fromkeys(keys, 0) for _ in range(rounds)] for em in models}
+    per_round: dict[str, list[dict[str, float]]] = {
+        em.name: [dict.fromkeys(keys, 0) for _ in range(rounds)] for em in models
+    }
     order_log: list[list[str]] = []
     samples: dict[str, str] = {}
     bar = tqdm(total=rounds * len(prompts) * len(models), desc="speed", unit="gen", leave=False)

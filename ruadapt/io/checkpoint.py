@@ -23,7 +23,7 @@ import shutil
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Union
+from typing import Any, BinaryIO
 
 import torch
 from safetensors import safe_open
@@ -136,7 +136,7 @@ class CheckpointReader:
         self.index_path: Path | None = None
         self.infos: dict[str, TensorInfo] = {}
         self._open_shard: Path | None = None
-        self._handle = None
+        self._handle: Any = None  # safe_open of _open_shard
         self._load_headers()
 
     # ------------------------------------------------------------------ layout
@@ -153,7 +153,7 @@ class CheckpointReader:
             for shard in shards:
                 if not (self.path / shard).is_file():
                     raise RuadaptError(f"{index}: names shard {shard} which is missing from {self.path}")
-            self._weight_map = weight_map
+            self._weight_map: dict | None = weight_map
             return [self.path / s for s in shards]
         if single.is_file():
             self._weight_map = None
@@ -179,9 +179,9 @@ class CheckpointReader:
             header, data_start = read_header(shard)
             entries = json.loads(header)
             for name in names:
-                e = entries[name]
+                meta = entries[name]
                 self.infos[name] = TensorInfo(
-                    name, tuple(e["shape"]), e["dtype"], shard, data_start + e["data_offsets"][0]
+                    name, tuple(meta["shape"]), meta["dtype"], shard, data_start + meta["data_offsets"][0]
                 )
         if self._weight_map is not None:
             for name, shard in self._weight_map.items():
@@ -282,7 +282,8 @@ class RowBlocks:
         for b in self.blocks:
             if isinstance(b, torch.Tensor) and (b.dim() != 2 or b.shape[1] != self.width or b.dtype != self.dtype):
                 raise ValueError(
-                    f"{self.source.name}: a block of shape {tuple(b.shape)} {b.dtype} does not fit rows of {self.width} {self.dtype}"
+                    f"{self.source.name}: a block of shape {tuple(b.shape)} {b.dtype} does not fit rows of "
+                    f"{self.width} {self.dtype}"
                 )
 
     @property
@@ -423,7 +424,7 @@ class CheckpointWriter:
                 for piece in e.parts:
                     if isinstance(piece, torch.Tensor):
                         if piece.numel():
-                            f.write(memoryview(piece.contiguous().reshape(-1).view(torch.uint8).numpy()))
+                            f.write(memoryview(piece.contiguous().reshape(-1).view(torch.uint8).numpy()))  # type: ignore[arg-type]  # numpy stubs: no __buffer__ before 3.12
                     else:
                         _copy_range(*piece, f)
         self._parts.append((part, [e.name for e in self._buffer]))
@@ -489,7 +490,7 @@ def read_range(src: BinaryIO, offset: int, count: int, path: Path, block_bytes: 
         count -= len(block)
 
 
-Replacement = Union[torch.Tensor, RowBlocks, Callable[[], torch.Tensor | RowBlocks], None]
+Replacement = torch.Tensor | RowBlocks | Callable[[], torch.Tensor | RowBlocks] | None
 
 
 def write_with_replacements(

@@ -22,7 +22,6 @@ import json
 import zlib
 from collections.abc import Collection, Iterator
 from pathlib import Path
-from typing import BinaryIO
 
 from ..errors import RuadaptError
 from ..mistakes import refuse
@@ -77,7 +76,7 @@ class _ZstdReader(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
-    def readinto(self, b) -> int:  # type: ignore[override]
+    def readinto(self, b) -> int:
         while not self._buf:
             raw = self._f.read(1 << 20)
             if not raw:
@@ -104,15 +103,15 @@ class _ZstdReader(io.RawIOBase):
         super().close()
 
 
-def _open_binary(path: Path, compression: str | None) -> BinaryIO:
+def _open_binary(path: Path, compression: str | None) -> io.BufferedIOBase:
     if compression == "gzip":
-        return gzip.open(path, "rb")  # type: ignore[return-value]
+        return gzip.open(path, "rb")
     if compression == "zstd":
         try:
             import zstandard  # noqa: F401
         except ImportError:
             raise RuadaptError(f"{path}: reading .zst needs the zstandard package (pip install zstandard)") from None
-        return io.BufferedReader(_ZstdReader(path), BLOCK_BYTES)  # type: ignore[return-value]
+        return io.BufferedReader(_ZstdReader(path), BLOCK_BYTES)
     return open(path, "rb")
 
 

@@ -147,6 +147,7 @@ def remap_token_ids(config: dict, old: Tokenizer, new: Tokenizer, *, where: str 
         value = config.get(key)
         if value is None:
             continue
+        new_value: int | list[int]
         if isinstance(value, list):
             new_value = [one(key, int(v)) for v in value]
         else:
@@ -162,7 +163,8 @@ def remap_model_configs(
 ) -> tuple[dict, dict | None, dict]:
     """Copies of ``config`` (the parsed config.json of ``model_dir``) and of its generation_config.json (``None``
     when absent) with every token id moved from ``old``'s ids to ``new``'s (:func:`remap_token_ids`), and
-    ``{file: {key: [old, new]}}`` of what changed. The one place swap, LEP and trim keep configs and vocabulary in step."""
+    ``{file: {key: [old, new]}}`` of what changed. The one place swap, LEP and trim keep configs and vocabulary in
+    step."""
     model_dir = Path(model_dir)
     config = dict(config)
     gen_path = model_dir / "generation_config.json"

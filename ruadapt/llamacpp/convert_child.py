@@ -11,6 +11,7 @@ on ``sys.path``, as the converter expects.
 
 import sys
 from pathlib import Path
+from typing import Any
 
 
 def _patch(module, pre: str) -> int:
@@ -22,7 +23,8 @@ def _patch(module, pre: str) -> int:
     n = 0
     for obj in list(vars(module).values()):
         if isinstance(obj, type) and "get_vocab_base_pre" in vars(obj) and obj.__module__ == module.__name__:
-            obj.get_vocab_base_pre = get_vocab_base_pre
+            cls: Any = obj  # a converter class of the loaded module: give it our method
+            cls.get_vocab_base_pre = get_vocab_base_pre
             n += 1
     return n
 

@@ -16,6 +16,7 @@ import json
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -53,7 +54,7 @@ def load_table(path: Path = TABLE) -> tuple[PreName, ...]:
 def pipeline_sha256(spec: dict) -> str:
     """sha256 of a tokenizer.json's normalizer and pre-tokenizer, as ``tokenizers`` writes them back (so default
     fields a re-saved file spells out, or leaves out, hash the same)."""
-    mini = {
+    mini: dict[str, Any] = {
         "version": "1.0",
         "truncation": None,
         "padding": None,

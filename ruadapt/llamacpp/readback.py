@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 
@@ -72,7 +72,7 @@ def check_gguf(path: Path, model_dir: Path, pre: str) -> dict[str, Any]:
     reader = _reader(path)
     where = f"{path} (from {model_dir})"
 
-    def fail(what: str) -> None:
+    def fail(what: str) -> NoReturn:
         raise RuadaptError(f"{where}: {what}; output not written")
 
     got_model, got_pre = _field(reader, "tokenizer.ggml.model"), _field(reader, "tokenizer.ggml.pre")
@@ -139,7 +139,8 @@ def check_gguf(path: Path, model_dir: Path, pre: str) -> dict[str, Any]:
                 fail(f"tokenizer.ggml.{suffix}_token_id {got_id} is past the {n_tokens} tokens")
         if want_id is not None and got_id is not None and int(got_id) != want_id:
             fail(
-                f"tokenizer.ggml.{suffix}_token_id is {got_id}, tokenizer_config.json's {cfg_key} {name!r} is id {want_id}"
+                f"tokenizer.ggml.{suffix}_token_id is {got_id}, tokenizer_config.json's {cfg_key} {name!r} is id "
+                f"{want_id}"
             )
         if suffix in ("bos", "eos") and want_id is not None and got_id is None:
             fail(f"no tokenizer.ggml.{suffix}_token_id, tokenizer_config.json's {cfg_key} is {name!r}")

@@ -153,9 +153,9 @@ def learn_merges(
             set_word(wi, merge_word(words[wi], a, b, tid), grown, tid)
         pair_count.pop((a, b), None)
         if whole is not None:
-            wi = whole.get(s)
-            if wi is not None and words[wi] != [tid]:
-                set_word(wi, [tid], grown, tid)
+            whole_wi = whole.get(s)
+            if whole_wi is not None and words[whole_wi] != [tid]:
+                set_word(whole_wi, [tid], grown, tid)
         for p in grown:
             n = pair_count.get(p, 0)
             if n >= min_frequency and p != (a, b):

@@ -177,7 +177,8 @@ def extend_spec(
     for content, i in added.items():
         if content in vocab and vocab[content] != i:
             raise RuadaptError(
-                f"--base: added token {content!r} has id {i} but model vocab id {vocab[content]}; fix the base tokenizer.json"
+                f"--base: added token {content!r} has id {i} but model vocab id {vocab[content]}; fix the base "
+                "tokenizer.json"
             )
 
     word_list = list(counts)
@@ -451,7 +452,8 @@ def verify_tokenizer(
     facts["llama_cpp_check_text"]["segmentation_kept"] = kept
     if facts["mode"] == "extend" and facts["llama_cpp_check_text"].get("pairs_forbidden") is not None and not kept:
         raise RuadaptError(
-            f"{path}: llama.cpp's check text segments differently from the base despite the forbidden pairs; nothing written"
+            f"{path}: llama.cpp's check text segments differently from the base despite the forbidden pairs; nothing "
+            "written"
         )
 
     lines = list(itertools.islice(iter_documents(infos[0].path), VERIFY_LINES))

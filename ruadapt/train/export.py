@@ -22,6 +22,7 @@ from ..io.checkpoint import (
     INDEX_FILE,
     CheckpointReader,
     CheckpointWriter,
+    Replacement,
     parse_size,
     read_json,
     write_with_replacements,
@@ -51,12 +52,12 @@ def gather_to_rank0(named: dict[str, torch.nn.Parameter], rank: int) -> dict[str
     return out
 
 
-def vocab_replacements(reader: CheckpointReader, trained: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def vocab_replacements(reader: CheckpointReader, trained: dict[str, torch.Tensor]) -> dict[str, Replacement]:
     """Trained non-LoRA tensors cast to the checkpoint's dtype; every stored tensor the tie rule gives the input
     matrix (:meth:`ruadapt.vocab.arch.Arch.matrix_roles`: tied copies, a tied lm_head stored anyway) gets the trained
     input matrix too (a stale copy would silently break the tie on load)."""
     arch = arch_for_config(reader.config)
-    out = {}
+    out: dict[str, Replacement] = {}
     for name, t in trained.items():
         if ".lora_" in name:
             continue

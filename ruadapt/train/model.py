@@ -123,7 +123,8 @@ def prepare_stage(model, cfg: RunConfig, zero_stage: int):
 def param_groups(trainable: dict[str, torch.nn.Parameter], cfg: RunConfig) -> list[dict]:
     """AdamW groups: weight decay on matrices; none on norms/biases, nor on masked embeddings (see mask_old_rows)."""
     vocab = set(embedding_names(Path(cfg.model))[0])
-    decay, no_decay = [], []
+    decay: list[torch.nn.Parameter] = []
+    no_decay: list[torch.nn.Parameter] = []
     for name, p in trainable.items():
         masked = (cfg.embeddings.new_rows_only or cfg.stage == "distill") and name in vocab
         ndim = len(getattr(p, "ds_shape", p.shape))  # a ZeRO-3 partition is stored flat: ask for the real shape

@@ -19,6 +19,7 @@ import os
 import socket
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from ..errors import RuadaptError
 from ..io.chatdata import iter_chats
@@ -34,6 +35,8 @@ from .tokenfile import DamagedTokenFile, TokenFileWriter, locked, open_token_fil
 log = logging.getLogger(__name__)
 
 MANIFEST = "data.json"
+# builds one cache entry: (writer, source, text field, section) -> stats
+Builder = Callable[[TokenFileWriter, SourceConfig, str, str], dict]
 
 
 def manifest_path(cfg: RunConfig) -> Path:
@@ -62,7 +65,7 @@ def prepare_run(
     rows = tokenizer_size(tok)
     build = _cpt_builder(cfg, model, tok_json, progress) if cfg.task == "cpt" else _sft_builder(cfg, model, progress)
     cache = cfg.token_cache
-    plan = []  # (section, source, text field, key, entry)
+    plan: list[tuple[str, SourceConfig, str, dict, Path]] = []  # (section, source, text field, key, entry)
     for section, sources in (("train", cfg.data.train), ("eval", cfg.data.eval)):
         for src in sources:
             field = src.text_field or cfg.data.text_field
@@ -82,10 +85,14 @@ def prepare_run(
         "eval": [],
     }
     for section, src, field, key, entry in plan:
+
+        def build_entry(w: TokenFileWriter, s: SourceConfig = src, f: str = field, sec: str = section) -> dict:
+            return build(w, s, f, f"data.{sec}")
+
         ensure_entry(
             entry,
             key,
-            lambda w, s=src, f=field, sec=section: build(w, s, f, f"data.{sec}"),
+            build_entry,
             rows=rows,
             with_mask=cfg.task == "sft",
         )
@@ -188,7 +195,7 @@ def _usable(entry: Path) -> bool:
     return True
 
 
-def _cpt_builder(cfg: RunConfig, model: Path, tokenizer_json: Path, progress: bool) -> Callable:
+def _cpt_builder(cfg: RunConfig, model: Path, tokenizer_json: Path, progress: bool) -> Builder:
     eos = eos_token_id(model)
 
     def build(writer: TokenFileWriter, src: SourceConfig, field: str, section: str) -> dict:
@@ -206,7 +213,7 @@ def _cpt_builder(cfg: RunConfig, model: Path, tokenizer_json: Path, progress: bo
     return build
 
 
-def _sft_builder(cfg: RunConfig, model: Path, progress: bool) -> Callable:
+def _sft_builder(cfg: RunConfig, model: Path, progress: bool) -> Builder:
     from .sft import load_chat_tokenizer, write_chats
 
     holder: list = []
@@ -254,7 +261,7 @@ def load_run_data(cfg: RunConfig) -> tuple[Items, Items | None, list[float]]:
     pad = pad_token_id(Path(cfg.model)) if cfg.task == "sft" else 0
 
     def sources(section: str) -> list:
-        out = []
+        out: list[Any] = []  # BlockSource or ChatSource
         for e in manifest[section]:
             try:
                 tf = open_token_file(Path(e["entry"]))

@@ -29,7 +29,7 @@ import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -245,7 +245,10 @@ class TrainingRun:
         self.n_trainable = sum(p.ds_numel if hasattr(p, "ds_numel") else p.numel() for p in self.trainable.values())
         log.info("stage %s: %d trainable tensors, %d parameters", self.cfg.stage, len(self.trainable), self.n_trainable)
         optimizer = torch.optim.AdamW(
-            param_groups(self.trainable, self.cfg), lr=self.t.lr, betas=tuple(self.t.betas), eps=1e-8
+            param_groups(self.trainable, self.cfg),
+            lr=self.t.lr,
+            betas=cast(tuple[float, float], tuple(self.t.betas)),
+            eps=1e-8,
         )
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(self.cfg))
         self.engine, _, _, self.scheduler = deepspeed.initialize(
@@ -302,7 +305,7 @@ class TrainingRun:
     def _train_step(self, step: int) -> None:
         """One optimizer step (grad_accum micro-batches); its all-reduce also carries the stop flag."""
         loss_sum = 0.0
-        seen = np.zeros_like(self.source_seen)  # this rank's sequences and tokens per source
+        seen: np.ndarray = np.zeros_like(self.source_seen)  # this rank's sequences and tokens per source
         lr = self.scheduler.get_last_lr()[0] if self.scheduler is not None else self.t.lr  # the lr this step uses
         for idx in self.sampler.micro_batches(step - 1):
             batch = self.train_ds.collate(idx)

@@ -39,7 +39,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from multiprocessing.context import SpawnContext, SpawnProcess
 from pathlib import Path
@@ -117,7 +117,7 @@ def _kill_pool_workers() -> None:
             pass
 
 
-def keep_ignored(ignored: list[int]) -> None:
+def keep_ignored(ignored: Sequence[int]) -> None:
     """In a rank, after its own stop handlers are installed: put back the signals it inherited as ignored."""
     for s in ignored:
         signal.signal(s, signal.SIG_IGN)

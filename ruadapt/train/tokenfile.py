@@ -120,10 +120,10 @@ class TokenFileWriter:
         """Append documents given as one flat id array and their lengths (no per-document arrays needed)."""
         if self.with_mask != (mask is not None):
             raise ValueError("a mask goes with every document of an SFT token file and with none of a CPT one")
-        self._tokens.write(memoryview(np.ascontiguousarray(flat, dtype=self.dtype)))
-        self._docs.write(memoryview((self.n_tokens + np.cumsum(lengths)).astype("<i8")))
+        self._tokens.write(memoryview(np.ascontiguousarray(flat, dtype=self.dtype)))  # type: ignore[arg-type]  # numpy stubs: no __buffer__ before 3.12
+        self._docs.write(memoryview((self.n_tokens + np.cumsum(lengths)).astype("<i8")))  # type: ignore[arg-type]  # numpy stubs: no __buffer__ before 3.12
         if self._mask is not None:
-            self._mask.write(memoryview(np.ascontiguousarray(mask, dtype=np.uint8)))
+            self._mask.write(memoryview(np.ascontiguousarray(mask, dtype=np.uint8)))  # type: ignore[arg-type]  # numpy stubs: no __buffer__ before 3.12
         self.n_tokens += int(lengths.sum())
         self.n_docs += len(lengths)
 

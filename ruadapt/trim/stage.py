@@ -428,7 +428,8 @@ def format_report(data: dict) -> str:
     model = data.get("model")
     if model:
         lines += [
-            f"rows            {model['rows_before']:,} -> {model['rows_after']:,} (padding multiple {model['padding_multiple']})",
+            f"rows            {model['rows_before']:,} -> {model['rows_after']:,} (padding multiple "
+            f"{model['padding_multiple']})",
             f"parameters      {model['parameters_before']:,} -> {model['parameters_after']:,} "
             f"(vocabulary matrices {model['vocab_parameters_before']:,} -> {model['vocab_parameters_after']:,})",
             f"bytes on disk   {model['bytes_on_disk_before']:,} -> {model['bytes_on_disk_after']:,}",

@@ -25,11 +25,15 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from tokenizers import Tokenizer
 
 from ..errors import RuadaptError
 from ..vocab.pieces import BYTE_LEVEL, bytes_to_unicode, detect_family
+
+if TYPE_CHECKING:
+    import numpy as np
 
 REASONS = ("special", "alphabet", "keep_tokens", "used", "closure")
 
@@ -162,7 +166,7 @@ class VocabSurgeon:
     # ------------------------------------------------------------------ selection
     def select(
         self,
-        counts: Sequence[int],
+        counts: Sequence[int] | np.ndarray,
         *,
         keep_top: int | None = None,
         min_count: int | None = None,
@@ -235,7 +239,8 @@ class VocabSurgeon:
         return new_tok, old_to_new
 
     def _verify(self, new_tok: Tokenizer, old_to_new: dict[int, int]) -> None:
-        """Every kept token must have its new id under its old string (docs/design.md §2: verify ids after rebuilding)."""
+        """Every kept token must have its new id under its old string (docs/design.md §2: verify ids after
+        rebuilding)."""
         for old, new in old_to_new.items():
             want = self.tok.id_to_token(old)
             got = new_tok.id_to_token(new)
@@ -268,7 +273,7 @@ def _remap_processor(node, ids: dict[str, int], source: str):
         return [_remap_processor(x, ids, source) for x in node]
     if not isinstance(node, dict):
         return node
-    out = {}
+    out: dict[str, Any] = {}
     for key, value in node.items():
         if key == "special_tokens" and isinstance(value, dict):  # TemplateProcessing
             out[key] = {

@@ -176,11 +176,13 @@ def merge_replacements(
             want = tuple(reader.info(target).shape)
             if len(a_shape) != 2 or len(b_shape) != 2 or (b_shape[0], a_shape[1]) != want or a_shape[0] != b_shape[1]:
                 raise RuadaptError(
-                    f"{adapter.weights}: {m.module} lora_B {b_shape} · lora_A {a_shape} does not fit {target} {want} of {reader.path}"
+                    f"{adapter.weights}: {m.module} lora_B {b_shape} · lora_A {a_shape} does not fit {target} {want} "
+                    f"of {reader.path}"
                 )
             if a_shape[0] != m.r:
                 raise RuadaptError(
-                    f"{adapter.weights}: {m.module} has rank {a_shape[0]} but {ADAPTER_CONFIG} (r, rank_pattern) gives {m.r}"
+                    f"{adapter.weights}: {m.module} has rank {a_shape[0]} but {ADAPTER_CONFIG} (r, rank_pattern) gives "
+                    f"{m.r}"
                 )
             plan[target] = m
 

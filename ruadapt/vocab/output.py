@@ -175,6 +175,7 @@ def _check_written_matrices(tmp: Path, plan: VocabOutput) -> int:
     hidden = {s[1] for s in shapes.values() if len(s) == 2}
     if any(len(s) != 2 or s[0] != plan.rows for s in shapes.values()) or len(hidden) != 1:
         raise RuadaptError(
-            f"{plan.out}: written vocabulary tensors have shapes {shapes}, expected {plan.rows} rows each; output not written"
+            f"{plan.out}: written vocabulary tensors have shapes {shapes}, expected {plan.rows} rows each; output not "
+            "written"
         )
     return hidden.pop()

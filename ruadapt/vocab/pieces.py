@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import cast
 
 import torch
 from tqdm.auto import tqdm
@@ -181,7 +182,7 @@ class VocabMap:
                 runs[-1][2] += 1
             else:
                 runs.append([i, j, 1])
-        return [tuple(r) for r in runs]
+        return [(i, j, n) for i, j, n in runs]
 
     def mean_rows(self) -> list[int]:
         return [
@@ -347,8 +348,8 @@ def matrix_blocks(
     unchanged from ``old`` (rows × d), or a tensor of computed rows: new tokens the (weighted) mean of their
     pieces, accumulated in float32 in chunks of ``chunk_rows`` new rows (small chunks: their temporaries are
     cheap to allocate, measured 1.8× faster than 8,192); padding rows ``pad_row`` (default: the mean of the old
-    token rows). :class:`ruadapt.io.checkpoint.RowBlocks` writes such a list with the old runs copied from the input file,
-    so only the computed rows are ever in memory, and ``old`` may be a lazily mapped tensor of which only the
+    token rows). :class:`ruadapt.io.checkpoint.RowBlocks` writes such a list with the old runs copied from the input
+    file, so only the computed rows are ever in memory, and ``old`` may be a lazily mapped tensor of which only the
     pieces' rows are read. :func:`build_matrix` assembles it in memory. ``init`` is any rule of :data:`RULES`;
     the ō of the ``*all`` rules is ``pad_row`` (the mean of the old token rows), so it is computed once.
     """
@@ -366,6 +367,7 @@ def matrix_blocks(
             values[torch.tensor([slot[i] for i in chunk])] = rows.to(old.dtype)
             bar.update(len(chunk))
     if pads:
+        assert pad_row is not None  # computed above when there are padding rows
         values[torch.tensor([slot[i] for i in pads])] = pad_row.to(old.dtype)
 
     blocks: list[tuple[int, int] | torch.Tensor] = []
@@ -403,7 +405,7 @@ def mean_of_rows(get_rows: Callable[[int, int], torch.Tensor], n_rows: int, chun
     the whole matrix (see :func:`rows_are_finite`); a chunk whose float32 sum overflows on finite values is
     summed again in float64.
     """
-    acc = None
+    acc: torch.Tensor | None = None
     buf = None
     for k in range(0, n_rows, chunk_rows):
         rows = get_rows(k, min(k + chunk_rows, n_rows))
@@ -413,7 +415,7 @@ def mean_of_rows(get_rows: Callable[[int, int], torch.Tensor], n_rows: int, chun
         if not torch.isfinite(part).all() and torch.isfinite(rows).all():
             part = rows.sum(0, dtype=torch.float64)
         acc = part if acc is None else acc + part
-    return acc / max(n_rows, 1)
+    return cast(torch.Tensor, acc) / max(n_rows, 1)
 
 
 def rows_are_finite(mean: torch.Tensor) -> bool:

@@ -54,7 +54,8 @@ def main() -> None:
                 shutil.copyfile(args.tokenizer / name, tmp / name)
     n = sum(p.numel() for p in model.parameters())
     print(
-        f"{args.out}: qwen2 hidden {args.hidden} x {args.layers} layers, {len(tok)} tokens / {config.vocab_size} rows, {n:,} parameters"
+        f"{args.out}: qwen2 hidden {args.hidden} x {args.layers} layers, {len(tok)} tokens / {config.vocab_size} rows, "
+        f"{n:,} parameters"
     )
 
 

@@ -263,7 +263,7 @@ def verdict(present, skills, inst_sk, saving, moved, residuals) -> list[str]:
             "so no variant can be ranked by skills."
         )
     best = max(adapted, key=lambda m: (share[m], m.endswith("+calib")), default=None)
-    plain = max((m for m in adapted if m in LEP), key=share.get, default=None)
+    plain = max((m for m in adapted if m in LEP), key=share.__getitem__, default=None)
     if best:
         close = [m for m in adapted if m != best and share[best] - share[m] < 0.005]
         out.append(
