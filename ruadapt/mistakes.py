@@ -28,11 +28,10 @@ MISTAKES: dict[str, str] = {
 def refuse(name: str, allowed: Collection[str], message: str, instead: str, how: str = "") -> None:
     """Raise the one-line error of mistake ``name``, unless ``--allow name`` was given (then warn and go on).
     ``how`` says how to allow it where that is not a ``--allow`` option (a training YAML: ``data.allow``)."""
-    how = how or f"pass --allow {name}"
     if name in allowed:
-        log.warning("%s (going on: %s)", message, how)
+        log.warning("%s (going on: %s)", message, how or f"--allow {name}")
         return
-    raise RuadaptError(f"{message}; {instead}, or {how} if this is what you want")
+    raise RuadaptError(f"{message}; {instead}, or {how or f'pass --allow {name}'} if this is what you want")
 
 
 def add_allow_argument(parser: argparse.ArgumentParser, names: Collection[str]) -> None:
