@@ -530,10 +530,13 @@ def stop_preparation(cmd: list[str], stop) -> dict:
     t0 = time.monotonic()
     stop(proc)
     _, err = proc.communicate(timeout=60)
-    print(f"{' '.join(cmd[-4:])}: exit {proc.returncode} {time.monotonic() - t0:.1f} s after the signal")
+    stop_s = time.monotonic() - t0
+    print(f"{' '.join(cmd[-4:])}: exit {proc.returncode} {stop_s:.1f} s after the signal")
+    while any(alive(p) for p in family) and time.monotonic() - t0 < 10:  # a SIGKILLed worker may still be exiting
+        time.sleep(0.1)
     return {
         "rc": proc.returncode,
-        "stop_s": time.monotonic() - t0,
+        "stop_s": stop_s,
         "stderr": err,
         "family": len(family),
         "alive": [f"{p.pid} {status(p)} {' '.join(cmdline(p))[:120]}" for p in family if alive(p)],
@@ -562,7 +565,8 @@ def alive(p: psutil.Process) -> bool:
 def assert_nothing_trusted(config: Path) -> None:
     """No token file of the big corpus is in the cache: no entry, no half-written temp dir (lock files may stay)."""
     cache = config.parent / ".ruadapt-cache" / "tokens"
-    assert not [p.name for p in cache.iterdir() if p.is_dir()] if cache.is_dir() else True
+    left = [p.name for p in cache.iterdir() if p.is_dir()] if cache.is_dir() else []
+    assert not left, left
     assert not (config.parent / "out_big.work" / "data.json").exists()
 
 
