@@ -567,7 +567,8 @@ def assert_nothing_trusted(config: Path) -> None:
     (``.NAME.tmp-PID``) is never trusted: it is not an entry, and the next preparation removes it
     (``tokenfile.temp_dir_for``); normally the stopped process has removed it already."""
     cache = config.parent / ".ruadapt-cache" / "tokens"
-    dirs = [p.name for p in cache.iterdir() if p.is_dir()] if cache.is_dir() else []
+    # only the big corpus's entries: the module's other runs cache their own small ru.txt in the same folder
+    dirs = [p.name for p in cache.iterdir() if p.is_dir() and "big.txt" in p.name] if cache.is_dir() else []
     assert not [d for d in dirs if not (d.startswith(".") and ".tmp-" in d)], dirs
     assert not (config.parent / "out_big.work" / "data.json").exists()
 
