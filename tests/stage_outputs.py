@@ -4,7 +4,8 @@ Refactoring a stage (options dataclass, plan, writer) must not change one byte o
 ``tokenizer train`` (extend), ``swap`` (tied and untied), ``lep`` (all three methods) and ``trim`` (tied and untied)
 through the real CLI on seeded tiny models with the real tokenizers, and hashes every output file. What a rerun
 cannot reproduce is taken out first, only from the text files (records, lineage, model card): times of day (replaced
-by ``<TIME>``), the work folder's path (``<ROOT>``), and the records' timings and library versions.
+by ``<TIME>``), the work folder's path (``<ROOT>``), the test data folder's (``<SHARED>``: the tokenizer record
+names its base), and the records' timings and library versions.
 
     python tests/stage_outputs.py WORK_DIR HASHES.json     # run on the old code, then on the new: diff them
 """
@@ -20,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from tiny import SHARED_DATA, SHARED_TOKENIZERS, make_tiny_model  # noqa: E402
+from tiny import SHARED, SHARED_DATA, SHARED_TOKENIZERS, make_tiny_model  # noqa: E402
 
 _VOLATILE = ("timings_s", "versions")
 _TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d{4}")
@@ -31,7 +32,8 @@ def _normalized(path: Path, root: Path) -> bytes:
     data = path.read_bytes()
     if path.suffix not in (".json", ".md", ".txt", ".jinja"):
         return data
-    text = _TIME.sub("<TIME>", data.decode("utf-8").replace(str(root), "<ROOT>"))
+    text = data.decode("utf-8").replace(str(root), "<ROOT>").replace(str(SHARED), "<SHARED>")
+    text = _TIME.sub("<TIME>", text)
     if path.name.startswith("ruadapt_") and path.suffix == ".json":
         record = json.loads(text)
         for key in _VOLATILE:
