@@ -12,7 +12,7 @@ free of torch (``ruadapt --help`` takes well under a second).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Literal, get_args
 
@@ -260,3 +260,72 @@ class TokenizerTrainOptions:
 # ---------------------------------------------------------------------------------------------- eval
 # the speed test's generation: the model's own greedy continuation, or forced to the rest of the prompt line
 SpeedMode = Literal["greedy", "reference"]
+SPEED_MODES: tuple[str, ...] = get_args(SpeedMode)
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvalOptions:
+    """Everything ``ruadapt eval`` is asked to do: the models (name → dir) and the output folder, what to measure
+    on them (``texts``/``chats``: label → file, ``prompts`` and the speed options, lm-eval ``tasks``) and how.
+
+    ``copy_file`` ``None``: copy_ru reads ``texts["ru"]``; ``stride`` ``None``: the window (lm-eval's policy);
+    ``start_base``: the model the others were swapped from (the start diagnostics of ``ruadapt.eval.start``)."""
+
+    models: Mapping[str, Path]
+    out: Path
+    texts: Mapping[str, Path] = field(default_factory=dict)
+    chats: Mapping[str, Path] = field(default_factory=dict)
+    prompts: Path | None = None
+    tasks: tuple[str, ...] = ()
+    device: str = "auto"
+    dtype: str = "auto"
+    window: int = 1024
+    stride: int | None = None
+    batch_tokens: int = 2048
+    max_lines: int | None = None
+    speed_prompts: int = 8
+    new_tokens: int = 64
+    speed_mode: SpeedMode = "greedy"
+    speed_rounds: int = 5
+    copy_file: Path | None = None
+    task_limit: int | None = None
+    task_batch_size: int = 1
+    include_paths: tuple[Path, ...] = ()
+    system_instruction: str | None = None
+    start_base: str | None = None
+
+    def check(self) -> None:
+        """The checks that need no file (and no torch: ``--device``/``--dtype`` are the stage's), in the order
+        the stage always made them."""
+        require(self.models, "--model: give at least one NAME=DIR")
+        require(
+            self.start_base is None or self.start_base in self.models,
+            f"--start-base {self.start_base}: not one of the --model names ({', '.join(self.models)})",
+        )
+        require(
+            self.start_base is None or self.texts,
+            f"--start-base {self.start_base}: give --text LANG=FILE to measure the start on",
+        )
+        require(
+            self.speed_mode in SPEED_MODES,
+            f"--speed-mode {self.speed_mode}: unknown; use {' or '.join(SPEED_MODES)}",
+        )
+        require(self.speed_rounds >= 1, f"--speed-rounds {self.speed_rounds}: must be at least 1")
+        require(
+            self.new_tokens != 1 or self.speed_prompts == 0,
+            "--new-tokens 1: the speed test times the decoding steps after the first token; give at least 2",
+        )
+        for label in self.chats:
+            require(label not in self.texts, f"--chat {label}: the name is also used by --text; names must differ")
+        require(self.system_instruction is None or self.system_instruction.strip(), "--system-instruction: empty text")
+        require(self.task_batch_size >= 1, f"--task-batch-size {self.task_batch_size}: must be at least 1")
+
+    def record_options(self) -> dict:
+        """The options as the stage record states them: every one but ``models`` and ``out`` (recorded as
+        inputs), as given (``device`` ``auto`` stays ``auto``; the record's result says which device ran)."""
+        return {
+            f.name: dict(value) if isinstance(value, Mapping) else list(value) if isinstance(value, tuple) else value
+            for f in fields(self)
+            if f.name not in ("models", "out")
+            for value in (getattr(self, f.name),)
+        }

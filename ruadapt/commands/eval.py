@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from ..eval.data import parse_named
-from ..options import SpeedMode
+from ..options import EvalOptions, SpeedMode
 from . import add_parser, add_revision, choices, path_arg, resolve_named
 
 EXIT_FAILED = 1  # the report was written but a measure in it has no number (2 = bad input, nothing written)
@@ -140,15 +140,15 @@ ruadapt eval --model base=./base --model swapped=./swapped --start-base base --s
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..eval.run import run_eval
+    from ..eval.run import plan_eval, run_eval
 
-    report = run_eval(
-        resolve_named(args.model, "--model", args.revision),
-        args.out,
+    options = EvalOptions(
+        models=resolve_named(args.model, "--model", args.revision),
+        out=args.out,
         texts=parse_named(args.text, "--text"),
         chats=parse_named(args.chat, "--chat"),
         prompts=args.prompts,
-        tasks=[t.strip() for t in args.tasks.split(",") if t.strip()],
+        tasks=tuple(t.strip() for t in args.tasks.split(",") if t.strip()),
         device=args.device,
         dtype=args.dtype,
         window=args.window,
@@ -162,10 +162,11 @@ def run(args: argparse.Namespace) -> int:
         copy_file=args.copy_file,
         task_limit=args.task_limit,
         task_batch_size=args.task_batch_size,
-        include_paths=args.include_path,
+        include_paths=tuple(args.include_path),
         system_instruction=args.system_instruction,
         start_base=args.start_base,
     )
+    report = run_eval(plan_eval(options))
     print((args.out / "report.md").read_text(encoding="utf-8"))
     sys.stdout.flush()  # the report first, then what failed in it
     for failure in report["failures"]:

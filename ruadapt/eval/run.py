@@ -1,7 +1,11 @@
 """The ``ruadapt eval`` stage: check every input, load the models once, measure, write the report atomically.
 
-Everything that can be wrong with the input (model dir without tokenizer, empty text, unknown task or device)
-is checked before any model is loaded, so a bad run fails in a second with a one-line error.
+The stage has the shape of the others (docs/stages.md): :class:`ruadapt.options.EvalOptions` says what to
+measure; :func:`plan_eval` checks everything that can be wrong with the input (model dir without tokenizer, empty
+text, unknown task or device) and reads the texts before any model is loaded, so a bad run fails in a second with
+a one-line error; :func:`run_eval` loads the models once and runs the steps, each a function: bits per byte
+(:func:`measure_bpb`), generation speed (:func:`measure_generation_speed`), lm-eval tasks (:func:`measure_tasks`)
+and the atomic write of the report and record (:func:`write_eval`).
 """
 
 from __future__ import annotations
@@ -9,129 +13,163 @@ from __future__ import annotations
 import json
 import logging
 import math
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from ..errors import require
 from ..io.chatdata import read_chats
+from ..io.checkpoint import CheckpointReader
 from ..io.outdir import atomic_output_dir, check_output_dir
 from ..io.record import StageRecord
+from ..options import EvalOptions
 from ..vocab.arch import model_fingerprint
 from .bpb import chat_bpb, common_window, text_bpb
 from .data import read_lines
 from .lm_eval_runner import available_tasks, run_task
-from .load import check_device, check_model_dir, load_model, resolve_dtype
+from .load import EvalModel, check_device, check_model_dir, load_model, resolve_dtype
 from .report import write_report
-from .speed import MODES, measure_speed, select_prompts
+from .speed import measure_speed, select_prompts
 from .start import start_diagnostics
 from .task_select import check_include_paths, check_task_data, resolve_tasks
 
 log = logging.getLogger(__name__)
 
 
-def run_eval(
-    models: dict[str, Path],
-    out: Path,
-    *,
-    texts: dict[str, Path] | None = None,
-    chats: dict[str, Path] | None = None,
-    prompts: Path | None = None,
-    tasks: list[str] | None = None,
-    device: str = "auto",
-    dtype: str = "auto",
-    window: int = 1024,
-    stride: int | None = None,
-    batch_tokens: int = 2048,
-    max_lines: int | None = None,
-    speed_prompts: int = 8,
-    new_tokens: int = 64,
-    speed_mode: str = "greedy",
-    speed_rounds: int = 5,
-    copy_file: Path | None = None,
-    task_limit: int | None = None,
-    task_batch_size: int = 1,
-    include_paths: list[Path] | None = None,
-    system_instruction: str | None = None,
-    start_base: str | None = None,
-) -> dict[str, Any]:
-    """Evaluate ``models`` (name -> dir) and write report.json/report.md/plots + ruadapt_eval.json into ``out``.
+@dataclass
+class EvalPlan:
+    """What ``ruadapt eval`` will measure, every input checked and read before any model is loaded."""
 
-    A measure that ran but produced no number (NaN bits per byte from an overflowing dtype, an lm-eval task that
-    scored no document) does not stop the others: it is listed in ``report["failures"]`` (see
-    :func:`failed_measures`), and ``ruadapt eval`` exits 1 when that list is not empty.
+    options: EvalOptions
+    device: str  # resolved: cpu, cuda or cuda:N
+    torch_dtype: torch.dtype
+    readers: dict[str, CheckpointReader]  # model name -> its checked checkpoint
+    text_lines: dict[str, list[str]]  # --text label -> its lines
+    chat_data: dict[str, list]  # --chat label -> its conversations
+    copy_file: Path | None  # copy_ru's paragraphs: --copy-file, else --text ru
+    offered: dict[str, dict[str, Any]]  # lm-eval task name -> spec, in the order of --tasks
+    prompt_lines: list[str]  # speed prompts; empty: no speed test
+    inputs: list[Path]  # what the output folder must not be or lie in
 
-    ``start_base``: the name of the model the others were swapped from; each other model then gets the start
-    diagnostics of :mod:`.start` on every ``--text`` (``report["start"]``), its new tokens being those this
-    model's tokenizer lacks."""
-    texts, chats, tasks = dict(texts or {}), dict(chats or {}), list(tasks or [])
-    include_paths = list(include_paths or [])
-    options = {k: v for k, v in locals().items() if k not in ("models", "out")}
-    # ---- check everything before loading anything
-    require(models, "--model: give at least one NAME=DIR")
-    require(
-        start_base is None or start_base in models,
-        f"--start-base {start_base}: not one of the --model names ({', '.join(models)})",
-    )
-    require(start_base is None or texts, f"--start-base {start_base}: give --text LANG=FILE to measure the start on")
-    device = check_device(device)
-    torch_dtype = resolve_dtype(dtype, device)
-    require(speed_mode in MODES, f"--speed-mode {speed_mode}: unknown; use {' or '.join(MODES)}")
-    require(speed_rounds >= 1, f"--speed-rounds {speed_rounds}: must be at least 1")
-    require(
-        new_tokens != 1 or speed_prompts == 0,
-        "--new-tokens 1: the speed test times the decoding steps after the first token; give at least 2",
-    )
-    for label in chats:
-        require(label not in texts, f"--chat {label}: the name is also used by --text; names must differ")
-    readers = {name: check_model_dir(name, path) for name, path in models.items()}
+    @property
+    def tasks(self) -> list[str]:
+        """The lm-eval tasks to run, in the order given."""
+        return list(self.offered)
+
+
+def plan_eval(options: EvalOptions) -> EvalPlan:
+    """Check every input and read the texts, chats and prompts; load no model and write nothing.
+
+    Everything that can be wrong with the input (model dir without tokenizer, empty text, unknown task or device)
+    fails here, in a second, with a one-line error; the task datasets are read last, after the cheap checks."""
+    options.check()
+    device = check_device(options.device)
+    torch_dtype = resolve_dtype(options.dtype, device)
+    texts, chats, max_lines = dict(options.texts), dict(options.chats), options.max_lines
+    readers = {name: check_model_dir(name, path) for name, path in options.models.items()}
     text_lines = {label: read_lines(path, max_lines=max_lines, what=f"--text {label}") for label, path in texts.items()}
     chat_data = {label: read_chats(path, max_lines=max_lines) for label, path in chats.items()}
+    copy_file = options.copy_file
     if copy_file is None and "ru" in texts:
         copy_file = texts["ru"]
-    include_paths = check_include_paths(include_paths)
-    require(system_instruction is None or system_instruction.strip(), "--system-instruction: empty text")
-    require(task_batch_size >= 1, f"--task-batch-size {task_batch_size}: must be at least 1")
-    if (include_paths or system_instruction is not None) and not tasks:
+    include_paths = check_include_paths(list(options.include_paths))
+    if (include_paths or options.system_instruction is not None) and not options.tasks:
         log.warning("--include-path / --system-instruction without --tasks: no lm-eval task is run")
-    offered = resolve_tasks(tasks, available_tasks(texts, copy_file), include_paths)
-    tasks = list(offered)
-    if "copy_ru" in tasks:
+    offered = resolve_tasks(list(options.tasks), available_tasks(texts, copy_file), include_paths)
+    if "copy_ru" in offered:
         assert copy_file is not None  # copy_ru is offered only with a copy file
         read_lines(copy_file, what="--copy-file")
-    prompt_lines: list[str] = []
-    if speed_prompts > 0 and new_tokens > 0:
-        if prompts is not None:
-            prompt_lines = read_lines(prompts, what="--prompts")
-        elif "ru" in text_lines:
-            prompt_lines = text_lines["ru"]
-        else:
-            log.warning("no --prompts and no --text ru: generation speed is not measured")
+    prompt_lines = speed_prompt_lines(options, text_lines)
     require(
-        text_lines or chat_data or prompt_lines or tasks,
+        text_lines or chat_data or prompt_lines or offered,
         "nothing to measure: give --text LANG=FILE, --chat LANG=FILE.jsonl, --prompts FILE or --tasks",
     )
     inputs = [r.path for r in readers.values()] + list(texts.values()) + list(chats.values())
-    inputs += [p for p in (prompts, copy_file) if p is not None]
-    check_output_dir(out, inputs)
+    inputs += [p for p in (options.prompts, copy_file) if p is not None]
+    check_output_dir(options.out, inputs)
     check_task_data(offered)  # reads the datasets of include-path and registry tasks: after the cheap checks
+    return EvalPlan(
+        options=options,
+        device=device,
+        torch_dtype=torch_dtype,
+        readers=readers,
+        text_lines=text_lines,
+        chat_data=chat_data,
+        copy_file=copy_file,
+        offered=offered,
+        prompt_lines=prompt_lines,
+        inputs=inputs,
+    )
 
-    record = StageRecord("eval", options)
-    for name, reader in readers.items():
+
+def speed_prompt_lines(options: EvalOptions, text_lines: dict[str, list[str]]) -> list[str]:
+    """The speed test's prompts: ``--prompts``, else the lines of ``--text ru``; none when the test is off (or,
+    with a warning, when neither is given)."""
+    if options.speed_prompts <= 0 or options.new_tokens <= 0:
+        return []
+    if options.prompts is not None:
+        return read_lines(options.prompts, what="--prompts")
+    if "ru" in text_lines:
+        return text_lines["ru"]
+    log.warning("no --prompts and no --text ru: generation speed is not measured")
+    return []
+
+
+@dataclass
+class EvalRun:
+    """The loaded models and what is measured on them: the report as it grows, the lm-eval samples, the record."""
+
+    plan: EvalPlan
+    loaded: list[EvalModel]
+    window: int  # the --window every model can take
+    stride: int
+    report: dict[str, Any]
+    record: StageRecord
+    samples: dict[str, dict[str, list]] = field(default_factory=dict)  # model -> task -> lm-eval's rows
+
+
+def run_eval(plan: EvalPlan) -> dict[str, Any]:
+    """Load the models once, measure and write report.json/report.md/plots + ruadapt_eval.json into the output.
+
+    A measure that ran but produced no number (NaN bits per byte from an overflowing dtype, an lm-eval task that
+    scored no document) does not stop the others: it is listed in ``report["failures"]`` (see
+    :func:`failed_measures`), and ``ruadapt eval`` exits 1 when that list is not empty."""
+    run = load_models(plan)
+    measure_bpb(run)
+    measure_generation_speed(run)
+    measure_tasks(run)
+    run.report["failures"] = failed_measures(run.report)  # the command prints them and exits 1
+    write_eval(run)
+    return run.report
+
+
+def eval_record(plan: EvalPlan) -> StageRecord:
+    """The stage record: the options as given, and every model, data file and task YAML as an input."""
+    record = StageRecord("eval", plan.options.record_options())
+    for name, reader in plan.readers.items():
         record.input_model(f"model:{name}", reader, model_fingerprint(reader))
-    for label, path in {**texts, **chats}.items():
+    for label, path in {**plan.options.texts, **plan.options.chats}.items():
         record.input_file(f"data:{label}", path)
-    for name, spec in offered.items():
+    for name, spec in plan.offered.items():
         if spec.get("source") == "include" and spec.get("yaml"):
             record.input_file(f"task:{name}", spec["yaml"])
+    return record
 
-    # ---- load
+
+def load_models(plan: EvalPlan) -> EvalRun:
+    """Start the record, load every model, fix the window every model can take and the stride, and start the
+    report with the device, the models' facts and the window policy."""
+    o = plan.options
+    record = eval_record(plan)
     with record.timed("load"):
-        loaded = [load_model(name, path, device=device, dtype=torch_dtype) for name, path in models.items()]
-    window = common_window(loaded, window)
-    stride = stride or window
+        loaded = [load_model(name, path, device=plan.device, dtype=plan.torch_dtype) for name, path in o.models.items()]
+    window = common_window(loaded, o.window)
+    stride = o.stride or window
     require(1 <= stride <= window, f"--stride {stride}: must be between 1 and the window ({window})")
     report: dict[str, Any] = {
-        "device": device,
+        "device": plan.device,
         "models": {em.name: em.facts for em in loaded},
         "window_policy": {
             "window": window,
@@ -141,85 +179,107 @@ def run_eval(
         },
         "bpb": {em.name: {} for em in loaded},
     }
+    return EvalRun(plan=plan, loaded=loaded, window=window, stride=stride, report=report, record=record)
 
-    # ---- bits per byte (and the start diagnostics of models swapped from --start-base, from the same pass)
-    starts = start_setup(loaded, start_base)
+
+def measure_bpb(run: EvalRun) -> None:
+    """Bits per byte of every model on every ``--text`` and ``--chat`` (``report["bpb"]``), and from the same
+    pass the start diagnostics of the models swapped from ``--start-base`` (``report["start"]``), each with its
+    gap to the base's own bits per byte on the same bytes."""
+    plan, report, o = run.plan, run.report, run.plan.options
+    starts = start_setup(run.loaded, o.start_base)
     if starts:
-        report["start"] = {"base": start_base, "models": {name: {} for name in starts}}
-    with record.timed("bpb"):
-        for em in loaded:
-            for label, lines in text_lines.items():
+        report["start"] = {"base": o.start_base, "models": {name: {} for name in starts}}
+    with run.record.timed("bpb"):
+        for em in run.loaded:
+            for label, lines in plan.text_lines.items():
                 r = text_bpb(
                     em,
                     lines,
-                    window=window,
-                    stride=stride,
-                    batch_tokens=batch_tokens,
+                    window=run.window,
+                    stride=run.stride,
+                    batch_tokens=o.batch_tokens,
                     desc=f"bpb {label}",
                     per_token=em.name in starts,
                 )
-                report["bpb"][em.name][label] = {"kind": "text", "file": str(texts[label]), **r.summary()}
+                report["bpb"][em.name][label] = {"kind": "text", "file": str(o.texts[label]), **r.summary()}
                 if em.name in starts:
                     diag = start_diagnostics(r, *starts[em.name])
                     report["start"]["models"][em.name][label] = {"bpb": r.bpb, **diag}
                 log.info("%s %s: %.4f bits/byte, %.3f chars/token", em.name, label, r.bpb, r.chars / r.tokens)
-            for label, convs in chat_data.items():
+            for label, convs in plan.chat_data.items():
                 r = chat_bpb(
                     em,
                     convs,
-                    window=window,
-                    stride=stride,
-                    batch_tokens=batch_tokens,
+                    window=run.window,
+                    stride=run.stride,
+                    batch_tokens=o.batch_tokens,
                     source=f"--chat {label}",
                     desc=f"bpb {label}",
                 )
-                report["bpb"][em.name][label] = {"kind": "chat", "file": str(chats[label]), **r.summary()}
+                report["bpb"][em.name][label] = {"kind": "chat", "file": str(o.chats[label]), **r.summary()}
                 log.info("%s %s (assistant turns): %.4f bits/byte", em.name, label, r.bpb)
         for name, per_label in (report.get("start") or {}).get("models", {}).items():
             for label, diag in per_label.items():  # the gap to the base's own bits per byte on the same bytes
-                diag["base_bpb"] = report["bpb"][start_base][label]["bpb"]
+                diag["base_bpb"] = report["bpb"][o.start_base][label]["bpb"]
                 diag["gap"] = diag["bpb"] / diag["base_bpb"] - 1
 
-    # ---- speed
-    if prompt_lines:
-        with record.timed("speed"):
-            chosen = select_prompts(prompt_lines, loaded, speed_prompts, new_tokens=new_tokens, mode=speed_mode)
-            report["speed"] = measure_speed(loaded, chosen, new_tokens=new_tokens, mode=speed_mode, rounds=speed_rounds)
-            report["speed"]["prompt_source"] = str(prompts or texts.get("ru"))
 
-    # ---- lm-eval
-    samples: dict[str, dict[str, list]] = {}
-    if tasks:
-        report["lm_eval"] = {em.name: {} for em in loaded}
-        with record.timed("lm_eval"):
-            for em in loaded:
-                for task in tasks:
-                    res = run_task(
-                        em,
-                        task,
-                        offered[task],
-                        window=window,
-                        max_lines=max_lines,
-                        limit=task_limit,
-                        system_instruction=system_instruction,
-                        batch_size=task_batch_size,
-                    )
-                    samples.setdefault(em.name, {})[task] = res.pop("samples")
-                    report["lm_eval"][em.name][task] = res
-        report["bpb_agreement"] = _agreement(report, task_limit)
-    report["failures"] = failed_measures(report)  # the command prints them and exits 1
+def measure_generation_speed(run: EvalRun) -> None:
+    """Generation speed of the models on the same prompts, alternating (``report["speed"]``); nothing without
+    prompts."""
+    plan, o = run.plan, run.plan.options
+    if not plan.prompt_lines:
+        return
+    with run.record.timed("speed"):
+        chosen = select_prompts(
+            plan.prompt_lines, run.loaded, o.speed_prompts, new_tokens=o.new_tokens, mode=o.speed_mode
+        )
+        speed = measure_speed(run.loaded, chosen, new_tokens=o.new_tokens, mode=o.speed_mode, rounds=o.speed_rounds)
+        speed["prompt_source"] = str(o.prompts or o.texts.get("ru"))
+        run.report["speed"] = speed
 
-    with atomic_output_dir(out, inputs) as tmp:
+
+def measure_tasks(run: EvalRun) -> None:
+    """Every lm-eval task on every model (``report["lm_eval"]``, their per-document rows in ``run.samples``) and
+    where lm-eval's bits per byte and ours scored the same bytes, how far apart they are
+    (``report["bpb_agreement"]``); nothing without ``--tasks``."""
+    plan, report, o = run.plan, run.report, run.plan.options
+    if not plan.tasks:
+        return
+    report["lm_eval"] = {em.name: {} for em in run.loaded}
+    with run.record.timed("lm_eval"):
+        for em in run.loaded:
+            for task in plan.tasks:
+                res = run_task(
+                    em,
+                    task,
+                    plan.offered[task],
+                    window=run.window,
+                    max_lines=o.max_lines,
+                    limit=o.task_limit,
+                    system_instruction=o.system_instruction,
+                    batch_size=o.task_batch_size,
+                )
+                run.samples.setdefault(em.name, {})[task] = res.pop("samples")
+                report["lm_eval"][em.name][task] = res
+    report["bpb_agreement"] = _agreement(report, o.task_limit)
+
+
+def write_eval(run: EvalRun) -> None:
+    """Write report.json, report.md, the plots, the lm-eval samples and ruadapt_eval.json atomically into the
+    output folder (``report["files"]`` names what the report wrote)."""
+    out, report = run.plan.options.out, run.report
+    with atomic_output_dir(out, run.plan.inputs) as tmp:
         report["files"] = write_report(report, tmp)
-        for name, per_task in samples.items():
+        for name, per_task in run.samples.items():
             for task, rows in per_task.items():
                 path = tmp / "lm_eval_samples" / name / f"{task}.jsonl"
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-        record.update({k: v for k, v in report.items() if k != "files"})  # device and failures included
-        record.write(tmp)
+        run.record.update({k: v for k, v in report.items() if k != "files"})  # device and failures included
+        run.record.write(tmp)
     log.info("wrote %s", Path(out))
-    return report
 
 
 def start_setup(loaded: list, start_base: str | None) -> dict[str, tuple[set[int], Any]]:
