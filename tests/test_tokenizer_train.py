@@ -398,6 +398,30 @@ def test_bad_input_one_line_error_nothing_written(case, tmp_path, capsys):
         assert not out.exists()
 
 
+@pytest.mark.parametrize("mode", ["extend", "replace"])
+def test_dry_run_prints_the_plan_and_writes_nothing(mode, tmp_path, capsys):
+    """``--dry-run`` checks the inputs, prints mode, base size, each corpus with its size, the target and the
+    output, exits 0 and leaves no output folder (nor a temporary one beside it)."""
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("Привет мир\nЕщё строка\n" * 20, encoding="utf-8")
+    out = tmp_path / "out"
+    size = ["--new-tokens", "100"] if mode == "extend" else ["--mode", "replace", "--vocab-size", "5000"]
+    before = sorted(p.name for p in tmp_path.iterdir())
+    argv = ["tokenizer", "train", "--base", str(SHARED_TOKENIZERS / "qwen2.5"), "--corpus", str(corpus), *size]
+    rc = main(["-q", *argv, "--out", str(out), "--dry-run"])
+    printed = capsys.readouterr().out.splitlines()
+    assert rc == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == before and not out.exists()
+    assert printed[0] == "ruadapt tokenizer train --dry-run: checked the inputs; nothing was written"
+    fields = {line[:16].strip(): line[16:] for line in printed[1:]}
+    assert fields["mode"] == mode
+    assert fields["base"].endswith("(byte_level, 151,665 tokens)")
+    assert fields["corpus"] == f"{corpus} ({corpus.stat().st_size:,} bytes, text)"
+    target = "100 new tokens → at most 151,765 tokens" if mode == "extend" else "a new BPE of 5,000 tokens"
+    assert fields["target"].startswith(target)
+    assert fields["out"] == f"{out} (not created)"
+
+
 def test_jsonl_read_as_text_is_refused_and_jsonl_reads_the_text_field(tmp_path, capsys):
     """JSON Lines under a .txt name would teach the tokenizer merges like '."}'; refused with the flag that
     overrides it. The same lines named .jsonl train on the "text" field: no merge holds JSON syntax."""

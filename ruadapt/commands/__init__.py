@@ -108,13 +108,15 @@ def add_vocab_output_arguments(
     add_allow_argument(p, mistakes)
 
 
-def add_dry_run(p: argparse.ArgumentParser) -> None:
-    """``--dry-run``: check everything, print the plan, write nothing."""
+def add_dry_run(
+    p: argparse.ArgumentParser,
+    plan: str = "rows copied / new / padded, bytes to write, expected peak memory",
+) -> None:
+    """``--dry-run``: check everything, print the plan (``plan`` says what it shows), write nothing."""
     p.add_argument(
         "--dry-run",
         action="store_true",
-        help="check the inputs, print the plan (rows copied / new / padded, bytes to write, expected "
-        "peak memory) and write nothing",
+        help=f"check the inputs, print the plan ({plan}) and write nothing",
     )
 
 

@@ -9,7 +9,7 @@ import os
 from ..io.hub import TOKENIZER, resolve
 from ..mistakes import add_allow_argument
 from ..options import TokenizerMode, TokenizerTrainOptions
-from . import add_parser, add_revision, choices, model_arg, path_arg, resolve_named
+from . import add_dry_run, add_parser, add_revision, choices, model_arg, path_arg, resolve_named
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -39,7 +39,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "ruadapt tokenizer train --base ./Llama-3-8B --corpus ru.txt en.txt --new-tokens 32000 --min-frequency 5 --out "
         "tok\n"
         "ruadapt tokenizer train --base ./Qwen2.5-7B --corpus ru_train.txt --mode replace --vocab-size 64000 --out "
-        "tok-ru64k",
+        "tok-ru64k\n"
+        "ruadapt tokenizer train --base ./Qwen2.5-7B --corpus ru_train.txt --new-tokens 48000 --out tok-ru48k "
+        "--dry-run   # the plan only",
     )
     t.add_argument(
         "--base",
@@ -72,6 +74,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--min-frequency", type=int, default=2, metavar="K", help="a pair must occur at least K times to be merged"
     )
     t.add_argument("--out", type=path_arg, required=True, help="new (or empty) output directory")
+    add_dry_run(t, "mode, base, corpora with their sizes, target size, output")
     add_allow_argument(t, ("json-text",))
     add_revision(t)
     t.set_defaults(func=run_train)
@@ -109,21 +112,23 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run_train(args: argparse.Namespace) -> int:
     from ..tokenizer.train import plan_tokenizer_train, write_trained
 
-    record = write_trained(
-        plan_tokenizer_train(
-            TokenizerTrainOptions(
-                base=resolve(args.base, "--base", revision=args.revision, what=TOKENIZER),
-                corpora=tuple(args.corpus),
-                out=args.out,
-                mode=args.mode,
-                new_tokens=args.new_tokens,
-                vocab_size=args.vocab_size,
-                min_frequency=args.min_frequency,
-                allow=tuple(args.allow),
-                progress=not os.environ.get("TQDM_DISABLE"),
-            )
+    plan = plan_tokenizer_train(
+        TokenizerTrainOptions(
+            base=resolve(args.base, "--base", revision=args.revision, what=TOKENIZER),
+            corpora=tuple(args.corpus),
+            out=args.out,
+            mode=args.mode,
+            new_tokens=args.new_tokens,
+            vocab_size=args.vocab_size,
+            min_frequency=args.min_frequency,
+            allow=tuple(args.allow),
+            progress=not os.environ.get("TQDM_DISABLE"),
         )
     )
+    if args.dry_run:
+        print(plan.format_dry_run())
+        return 0
+    record = write_trained(plan)
     r = record["result"]
     print(f"{args.out}: {r['tokens']} tokens ({args.mode}); record in {args.out}/ruadapt_tokenizer.json")
     print(

@@ -28,7 +28,7 @@ from typing import Any
 from tokenizers import Tokenizer
 
 from ..errors import RuadaptError, require
-from ..io.corpus import check_corpus, iter_documents, refuse_json_as_text
+from ..io.corpus import check_corpus, corpus_format, iter_documents, refuse_json_as_text
 from ..io.outdir import atomic_output_dir, check_output_dir
 from ..io.record import StageRecord, sha256_file
 from ..io.tokdir import (
@@ -72,6 +72,37 @@ class TokenizerTrainPlan:
     base_tok: Tokenizer
     family: str
     record: StageRecord
+
+    def format_dry_run(self) -> str:
+        """What ``tokenizer train --dry-run`` prints: the mode, the base and its size, each corpus with its size on
+        disk, the target size and the output folder. Nothing of the corpus is read beyond its first lines."""
+        o = self.options
+        n_base = tokenizer_size(self.base_tok)
+        if o.mode == "extend":
+            assert o.new_tokens is not None  # checked by options.check()
+            target = f"{o.new_tokens:,} new tokens → at most {n_base + o.new_tokens:,} tokens"
+        else:
+            assert o.vocab_size is not None
+            n_added = len(self.base_tok.get_added_tokens_decoder())
+            target = f"a new BPE of {o.vocab_size:,} tokens (the base's {n_added:,} added tokens included)"
+        lines = [
+            "ruadapt tokenizer train --dry-run: checked the inputs; nothing was written",
+            f"mode            {o.mode}",
+            f"base            {self.base} ({self.family}, {n_base:,} tokens)",
+        ]
+        for c in self.corpora:
+            fmt, compression = corpus_format(c)
+            kind = f"{fmt}, {compression}" if compression else fmt
+            lines.append(f"corpus          {c} ({c.stat().st_size:,} bytes, {kind})")
+        lines += [
+            f"target          {target}; a pair must occur at least {o.min_frequency:,} times",
+            f"out             {o.out} (not created)",
+            "note            the corpus is counted and the merges are learned by the real run, which also checks "
+            "that the base is a BPE"
+            + (" and that --vocab-size leaves room for merges" if o.mode == "replace" else "")
+            + " (fewer tokens are learned when too few pairs occur often enough)",
+        ]
+        return "\n".join(lines)
 
 
 def plan_tokenizer_train(options: TokenizerTrainOptions) -> TokenizerTrainPlan:
