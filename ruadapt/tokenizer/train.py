@@ -42,7 +42,7 @@ from ..io.tokdir import (
 from ..options import TokenizerTrainOptions
 from ..vocab.checktext import CHECK_TEXT, adjacent_pairs, check_text_words
 from ..vocab.pieces import BYTE_LEVEL, SENTENCEPIECE, detect_family
-from .bpe import learn_merges
+from .bpe import MergeResult, learn_merges
 from .words import CorpusInfo, count_words, follows_sentencepiece_rules, sentencepiece_piece_ok
 
 log = logging.getLogger(__name__)
@@ -198,20 +198,8 @@ def extend_spec(
     With ``keep_check_text`` no new merge joins two base tokens that stand side by side in llama.cpp's check text
     (nor, with ``ignore_merges``, makes a check-text word one token), so the check text keeps its base ids."""
     model = spec["model"]
-    require(
-        model.get("type") == "BPE",
-        f"--base: a {model.get('type')} tokenizer cannot be extended with BPE merges (only BPE tokenizers)",
-    )
-    vocab: dict[str, int] = model["vocab"]
+    added = _extendable_added_tokens(model, base_tok)
     n_base = tokenizer_size(base_tok)
-    added = {t.content: i for i, t in base_tok.get_added_tokens_decoder().items()}
-    for content, i in added.items():
-        if content in vocab and vocab[content] != i:
-            raise RuadaptError(
-                f"--base: added token {content!r} has id {i} but model vocab id {vocab[content]}; fix the base "
-                "tokenizer.json"
-            )
-
     word_list = list(counts)
     word_counts = [counts[w] for w in word_list]
     with record.timed("segment_words"):
@@ -219,38 +207,121 @@ def extend_spec(
         seqs = [[t.id for t in bpe.tokenize(w)] for w in word_list]
     tokens_before = sum(len(s) * c for s, c in zip(seqs, word_counts))
 
-    pieces = {i: p for p, i in vocab.items()}
-    blocked: set[int] = set(added.values())
-    if family == SENTENCEPIECE:  # byte-fallback pieces spell bytes, not text: "<0xD0>"+"<0x90>" is no token
-        blocked |= {i for p, i in vocab.items() if len(p) == 6 and p.startswith("<0x") and p.endswith(">")}
-    if model.get("unk_token") in vocab:
-        blocked.add(vocab[model["unk_token"]])
-    ignore_merges = bool(model.get("ignore_merges"))
-    # a SentencePiece-trained base never mixes scripts or joins digits (Gemma: "2020" is 4 tokens, no "'s"):
-    # new merges keep that, so text the corpus did not target tokenizes as before
-    sp_rules = family == SENTENCEPIECE and follows_sentencepiece_rules(vocab)
-    all_strings = dict(vocab)
-    all_strings.update(added)
-    forbidden_pairs: set[tuple[int, int]] = adjacent_pairs(base_tok) if keep_check_text else set()
-    forbidden_words = set(check_text_words(base_tok)) if keep_check_text and ignore_merges else set()
-
-    t0 = time.perf_counter()
+    rules = _MergeRules.of(model, base_tok, family, added, keep_check_text)
     with record.timed("learn_merges"):
-        res = learn_merges(
-            seqs,
-            word_counts,
-            pieces,
-            first_id=n_base,
-            n_new=n_new,
-            min_frequency=min_frequency,
-            base_vocab=all_strings,
+        res = _learn_new_merges(seqs, word_counts, word_list, rules, n_base, n_new, min_frequency, progress)
+    tokens_after = sum(len(s) * c for s, c in zip(res.words, word_counts))
+    _append_new_tokens(spec, added, res)
+
+    facts = {
+        "mode": "extend",
+        "family": family,
+        "base_tokens": n_base,
+        "new_tokens": len(res.new_tokens),
+        "new_merges": len(res.merges),
+        "tokens": n_base + len(res.new_tokens),
+        "new_id_range": [n_base, n_base + len(res.new_tokens)],
+        "ignore_merges": rules.ignore_merges,
+        "merges_skipped_base_result": res.skipped_base_results,
+        "sentencepiece_piece_rules": rules.sp_rules,
+        "merges_skipped_piece_rules": res.skipped_not_allowed,
+        "stopped_early": res.stopped or None,
+        "training_tokens_before": tokens_before,
+        "training_tokens_after": tokens_after,
+        # segmentation_kept is set by verify_tokenizer, after reloading what was written
+        "llama_cpp_check_text": {"pairs_forbidden": len(rules.forbidden_pairs), "merges_skipped": res.skipped_forbidden}
+        if keep_check_text
+        else {},
+    }
+    top = sorted(range(len(word_list)), key=lambda k: -word_counts[k])[:5000]
+    return spec, facts, [(word_list[k], res.words[k]) for k in top]
+
+
+def _extendable_added_tokens(model: dict, base_tok: Tokenizer) -> dict[str, int]:
+    """The base's added tokens (content → id), after checking that the base is a BPE whose added tokens have the
+    ids its model vocab gives them (extending would otherwise move one)."""
+    require(
+        model.get("type") == "BPE",
+        f"--base: a {model.get('type')} tokenizer cannot be extended with BPE merges (only BPE tokenizers)",
+    )
+    vocab: dict[str, int] = model["vocab"]
+    added = {t.content: i for i, t in base_tok.get_added_tokens_decoder().items()}
+    for content, i in added.items():
+        if content in vocab and vocab[content] != i:
+            raise RuadaptError(
+                f"--base: added token {content!r} has id {i} but model vocab id {vocab[content]}; fix the base "
+                "tokenizer.json"
+            )
+    return added
+
+
+@dataclass
+class _MergeRules:
+    """What new merges must respect, read from the base before any is learned (see :func:`learn_merges`)."""
+
+    pieces: dict[int, str]  # id -> vocabulary string
+    all_strings: dict[str, int]  # every base string, added tokens included: a merge must not produce one
+    blocked: set[int]  # ids never merged: added tokens, byte-fallback pieces, unk
+    ignore_merges: bool
+    sp_rules: bool  # the base's SentencePiece piece rules (no mixed scripts, no joined digits) apply
+    forbidden_pairs: set[tuple[int, int]]  # llama.cpp's check text's adjacent base tokens
+    forbidden_words: set[str]  # check-text words that must not become one token (with ignore_merges)
+
+    @classmethod
+    def of(
+        cls, model: dict, base_tok: Tokenizer, family: str, added: dict[str, int], keep_check_text: bool
+    ) -> _MergeRules:
+        """The rules of extending ``base_tok`` (its ``tokenizer.json`` model ``model``, not yet extended)."""
+        vocab: dict[str, int] = model["vocab"]
+        blocked: set[int] = set(added.values())
+        if family == SENTENCEPIECE:  # byte-fallback pieces spell bytes, not text: "<0xD0>"+"<0x90>" is no token
+            blocked |= {i for p, i in vocab.items() if _byte_piece(p)}
+        if model.get("unk_token") in vocab:
+            blocked.add(vocab[model["unk_token"]])
+        ignore_merges = bool(model.get("ignore_merges"))
+        all_strings = dict(vocab)
+        all_strings.update(added)
+        return cls(
+            pieces={i: p for p, i in vocab.items()},
+            all_strings=all_strings,
             blocked=blocked,
-            word_strings=word_list if ignore_merges else None,
-            allowed=sentencepiece_piece_ok if sp_rules else None,
-            forbidden_pairs=forbidden_pairs,
-            forbidden_results=forbidden_words,
-            progress=progress,
+            ignore_merges=ignore_merges,
+            # a SentencePiece-trained base never mixes scripts or joins digits (Gemma: "2020" is 4 tokens, no
+            # "'s"): new merges keep that, so text the corpus did not target tokenizes as before
+            sp_rules=family == SENTENCEPIECE and follows_sentencepiece_rules(vocab),
+            forbidden_pairs=adjacent_pairs(base_tok) if keep_check_text else set(),
+            forbidden_words=set(check_text_words(base_tok)) if keep_check_text and ignore_merges else set(),
         )
+
+
+def _learn_new_merges(
+    seqs: list[list[int]],
+    word_counts: list[int],
+    word_list: list[str],
+    rules: _MergeRules,
+    n_base: int,
+    n_new: int,
+    min_frequency: int,
+    progress: bool,
+) -> MergeResult:
+    """Learn up to ``n_new`` merges on the base segmentations ``seqs`` (modified in place), new ids from
+    ``n_base``; a warning when fewer were found."""
+    t0 = time.perf_counter()
+    res = learn_merges(
+        seqs,
+        word_counts,
+        rules.pieces,
+        first_id=n_base,
+        n_new=n_new,
+        min_frequency=min_frequency,
+        base_vocab=rules.all_strings,
+        blocked=rules.blocked,
+        word_strings=word_list if rules.ignore_merges else None,
+        allowed=sentencepiece_piece_ok if rules.sp_rules else None,
+        forbidden_pairs=rules.forbidden_pairs,
+        forbidden_results=rules.forbidden_words,
+        progress=progress,
+    )
     log.info(
         "learned %d merges (%d new tokens) in %.1f s", len(res.merges), len(res.new_tokens), time.perf_counter() - t0
     )
@@ -261,8 +332,14 @@ def extend_spec(
             n_new,
             res.stopped,
         )
-    tokens_after = sum(len(s) * c for s, c in zip(res.words, word_counts))
+    return res
 
+
+def _append_new_tokens(spec: dict, added: dict[str, int], res: MergeResult) -> None:
+    """Put the new tokens into the model vocab and their merges after the base's, in the base's merge format;
+    every added token goes into the model vocab under its own id, so ``tokenizers`` cannot renumber it."""
+    model = spec["model"]
+    vocab: dict[str, int] = model["vocab"]
     # keep every added token's id: tokenizers numbers added tokens absent from the model vocab from its size
     for content, i in added.items():
         vocab.setdefault(content, i)
@@ -279,31 +356,9 @@ def extend_spec(
         else:
             model["merges"].append([a, b])
 
-    facts = {
-        "mode": "extend",
-        "family": family,
-        "base_tokens": n_base,
-        "new_tokens": len(res.new_tokens),
-        "new_merges": len(res.merges),
-        "tokens": n_base + len(res.new_tokens),
-        "new_id_range": [n_base, n_base + len(res.new_tokens)],
-        "ignore_merges": ignore_merges,
-        "merges_skipped_base_result": res.skipped_base_results,
-        "sentencepiece_piece_rules": sp_rules,
-        "merges_skipped_piece_rules": res.skipped_not_allowed,
-        "stopped_early": res.stopped or None,
-        "training_tokens_before": tokens_before,
-        "training_tokens_after": tokens_after,
-        # segmentation_kept is set by verify_tokenizer, after reloading what was written
-        "llama_cpp_check_text": {"pairs_forbidden": len(forbidden_pairs), "merges_skipped": res.skipped_forbidden}
-        if keep_check_text
-        else {},
-    }
-    top = sorted(range(len(word_list)), key=lambda k: -word_counts[k])[:5000]
-    return spec, facts, [(word_list[k], res.words[k]) for k in top]
-
 
 def _byte_piece(p: str) -> bool:
+    """A byte-fallback piece, ``<0x00>``..``<0xFF>``."""
     return len(p) == 6 and p.startswith("<0x") and p.endswith(">")
 
 
@@ -324,79 +379,25 @@ def replace_spec(
     the trained vocabulary from 0, then ``<0x00>``..``<0xFF>`` for byte-fallback models, then the base's added
     tokens in their base order (also in the model vocab, so their ids cannot move).
     """
-    from tokenizers import models, pre_tokenizers, trainers
-
     model = spec["model"]
     require(
         model.get("type") == "BPE",
         f"--base: a {model.get('type')} tokenizer; --mode replace trains BPE and needs a BPE base",
     )
     added = sorted(base_tok.get_added_tokens_decoder().items())
-    byte_fallback = bool(model.get("byte_fallback"))
-    n_bytes = 256 if byte_fallback else 0
-    n_model = vocab_size - len(added) - n_bytes
-    alphabet = pre_tokenizers.ByteLevel.alphabet() if family == BYTE_LEVEL else []
-    minimum = len(added) + n_bytes + max(len(alphabet), 1) + 1
-    require(
-        n_model > len(alphabet),
-        f"--vocab-size {vocab_size}: too small; the base's {len(added)} added tokens"
-        + (", 256 byte-fallback pieces" if n_bytes else "")
-        + (", 256 byte symbols" if alphabet else "")
-        + f" and some merges need at least {minimum}",
-    )
-    trainer = trainers.BpeTrainer(
-        vocab_size=n_model,
-        min_frequency=min_frequency,
-        show_progress=progress,
-        initial_alphabet=alphabet,
-        special_tokens=[],
-    )
-    learner = Tokenizer(models.BPE())
-    total = sum(counts.values())
-
-    def words():
-        for w, c in counts.items():
-            for _ in range(c):
-                yield w
-
+    n_bytes = 256 if model.get("byte_fallback") else 0
+    n_model, alphabet = _replacement_model_size(vocab_size, family, len(added), n_bytes)
     with record.timed("learn_merges"):
-        learner.train_from_iterator(words(), trainer=trainer, length=total)
-    trained = json.loads(learner.to_str())["model"]
-    if len(trained["vocab"]) > n_model:
-        raise RuadaptError(
-            f"--vocab-size {vocab_size}: too small; the corpus has {len(trained['vocab'])} distinct symbols, plus "
-            f"the base's {len(added)} added tokens{' and 256 byte-fallback pieces' if n_bytes else ''}: "
-            f"use more than {len(trained['vocab']) + len(added) + n_bytes}"
-        )
-    if len(trained["vocab"]) < n_model:
-        log.warning(
-            "only %d of %d BPE tokens learned: no more pairs occur %d times or more",
-            len(trained["vocab"]),
-            n_model,
-            min_frequency,
-        )
+        trained = _train_bpe(counts, n_model, min_frequency, alphabet, progress)
+    _check_trained_size(trained, vocab_size, n_model, len(added), n_bytes, min_frequency)
     vocab: dict[str, int] = dict(sorted(trained["vocab"].items(), key=lambda kv: kv[1]))
     merges = [m.split(" ") if isinstance(m, str) else list(m) for m in trained["merges"]]
-    next_id = len(vocab)
     for b in range(n_bytes):
         piece = f"<0x{b:02X}>"
         if piece not in vocab:
-            vocab[piece] = next_id
-            next_id += 1
-    id_map: dict[str, list[int]] = {}
-    new_added = []
-    base_added_spec = {t["content"]: t for t in spec.get("added_tokens", [])}
-    for old_id, tok in added:
-        if tok.content in vocab:
-            raise RuadaptError(
-                f"--base: added token {tok.content!r} was also learned as a normal token; this should not happen"
-            )
-        vocab[tok.content] = next_id
-        id_map[tok.content] = [old_id, next_id]
-        entry = dict(base_added_spec.get(tok.content, {}))
-        entry.update({"id": next_id, "content": tok.content})
-        new_added.append(entry)
-        next_id += 1
+            vocab[piece] = len(vocab)
+    id_map, new_added = _append_added_tokens(vocab, added, spec)
+    next_id = len(vocab)
 
     new_model = dict(model)
     new_model["vocab"] = vocab
@@ -417,6 +418,90 @@ def replace_spec(
         "llama_cpp_check_text": {},  # renumbered ids: llama.cpp's converter needs `ruadapt gguf` (the base's name)
     }
     return spec, facts, id_map
+
+
+def _replacement_model_size(vocab_size: int, family: str, n_added: int, n_bytes: int) -> tuple[int, list[str]]:
+    """The trained BPE's size (``vocab_size`` less the added tokens and byte-fallback pieces) and its initial
+    alphabet (the 256 byte symbols of a byte-level family); a one-line error when that leaves no room for merges."""
+    from tokenizers import pre_tokenizers
+
+    n_model = vocab_size - n_added - n_bytes
+    alphabet = pre_tokenizers.ByteLevel.alphabet() if family == BYTE_LEVEL else []
+    minimum = n_added + n_bytes + max(len(alphabet), 1) + 1
+    require(
+        n_model > len(alphabet),
+        f"--vocab-size {vocab_size}: too small; the base's {n_added} added tokens"
+        + (", 256 byte-fallback pieces" if n_bytes else "")
+        + (", 256 byte symbols" if alphabet else "")
+        + f" and some merges need at least {minimum}",
+    )
+    return n_model, alphabet
+
+
+def _train_bpe(counts: dict[str, int], n_model: int, min_frequency: int, alphabet: list[str], progress: bool) -> dict:
+    """A BPE of at most ``n_model`` tokens trained by ``tokenizers`` on every training word as often as it occurs;
+    its ``tokenizer.json`` model dict (``vocab``, ``merges``)."""
+    from tokenizers import models, trainers
+
+    trainer = trainers.BpeTrainer(
+        vocab_size=n_model,
+        min_frequency=min_frequency,
+        show_progress=progress,
+        initial_alphabet=alphabet,
+        special_tokens=[],
+    )
+    learner = Tokenizer(models.BPE())
+    total = sum(counts.values())
+
+    def words():
+        for w, c in counts.items():
+            for _ in range(c):
+                yield w
+
+    learner.train_from_iterator(words(), trainer=trainer, length=total)
+    return json.loads(learner.to_str())["model"]
+
+
+def _check_trained_size(
+    trained: dict, vocab_size: int, n_model: int, n_added: int, n_bytes: int, min_frequency: int
+) -> None:
+    """An error when the corpus's symbols alone overflow the trained part; a warning when fewer tokens were
+    learned than asked for."""
+    if len(trained["vocab"]) > n_model:
+        raise RuadaptError(
+            f"--vocab-size {vocab_size}: too small; the corpus has {len(trained['vocab'])} distinct symbols, plus "
+            f"the base's {n_added} added tokens{' and 256 byte-fallback pieces' if n_bytes else ''}: "
+            f"use more than {len(trained['vocab']) + n_added + n_bytes}"
+        )
+    if len(trained["vocab"]) < n_model:
+        log.warning(
+            "only %d of %d BPE tokens learned: no more pairs occur %d times or more",
+            len(trained["vocab"]),
+            n_model,
+            min_frequency,
+        )
+
+
+def _append_added_tokens(
+    vocab: dict[str, int], added: list[tuple[int, Any]], spec: dict
+) -> tuple[dict[str, list[int]], list[dict]]:
+    """Append the base's added tokens, in their base order, to ``vocab`` (in place); returns content → [old id,
+    new id] and the new ``added_tokens`` entries (the base's entries with their new ids)."""
+    id_map: dict[str, list[int]] = {}
+    new_added = []
+    base_added_spec = {t["content"]: t for t in spec.get("added_tokens", [])}
+    for old_id, tok in added:
+        if tok.content in vocab:
+            raise RuadaptError(
+                f"--base: added token {tok.content!r} was also learned as a normal token; this should not happen"
+            )
+        next_id = len(vocab)
+        vocab[tok.content] = next_id
+        id_map[tok.content] = [old_id, next_id]
+        entry = dict(base_added_spec.get(tok.content, {}))
+        entry.update({"id": next_id, "content": tok.content})
+        new_added.append(entry)
+    return id_map, new_added
 
 
 def _remap_post_processor(node: Any, new_ids: dict[str, int]) -> None:
@@ -443,9 +528,24 @@ def verify_tokenizer(
     id_map: dict[str, list[int]],
 ) -> dict:
     """Reload what was written (``tokenizers`` and transformers) and check ids; a mismatch is an error, so a
-    tokenizer that moved an id is never left behind."""
+    tokenizer that moved an id is never left behind. Returns what was checked, for the record."""
     path = out_dir / "tokenizer.json"
     new_tok = Tokenizer.from_file(str(path))
+    checked = _check_reloaded_ids(path, new_tok, base_tok, facts, id_map)
+    _check_resegmentation(path, new_tok, base_tok, facts, check_words)
+    checked["words_resegmented_identically"] = len(check_words)
+    lines = list(itertools.islice(iter_documents(infos[0].path), VERIFY_LINES))
+    ids = _check_round_trip(path, new_tok, lines)
+    checked["lines_round_trip"] = len(lines)
+    checked.update(_check_transformers(out_dir, new_tok, lines, ids))
+    return checked
+
+
+def _check_reloaded_ids(
+    path: Path, new_tok: Tokenizer, base_tok: Tokenizer, facts: dict, id_map: dict[str, list[int]]
+) -> dict[str, Any]:
+    """extend: every base token (added ones too) at its base id; replace: every added token at its mapped id;
+    both: the size the facts state."""
     new_vocab = new_tok.get_vocab(with_added_tokens=True)
     new_added = {i: t.content for i, t in new_tok.get_added_tokens_decoder().items()}
     checked: dict[str, Any] = {}
@@ -470,14 +570,20 @@ def verify_tokenizer(
     n = tokenizer_size(new_tok)
     if n != facts["tokens"]:
         raise RuadaptError(f"{path}: {n} tokens after reload, expected {facts['tokens']}")
+    return checked
 
+
+def _check_resegmentation(
+    path: Path, new_tok: Tokenizer, base_tok: Tokenizer, facts: dict, check_words: list[tuple[str, list[int]]]
+) -> None:
+    """The most frequent training words segment as in training, and llama.cpp's check text keeps the base's ids
+    where extend forbade the pairs that would change it (``facts["llama_cpp_check_text"]["segmentation_kept"]``
+    is set either way)."""
     bad = [w for w, s in check_words if [t.id for t in new_tok.model.tokenize(w)] != s]
     if bad:
         raise RuadaptError(
             f"{path}: {len(bad)} training words segment differently after reload (first {bad[0]!r}); nothing written"
         )
-    checked["words_resegmented_identically"] = len(check_words)
-
     # llama.cpp's converter hashes the ids of its check text: equal ids -> the base's hash -> a stock conversion works
     kept = new_tok.encode(CHECK_TEXT).ids == base_tok.encode(CHECK_TEXT).ids
     facts["llama_cpp_check_text"]["segmentation_kept"] = kept
@@ -487,20 +593,27 @@ def verify_tokenizer(
             "written"
         )
 
-    lines = list(itertools.islice(iter_documents(infos[0].path), VERIFY_LINES))
+
+def _check_round_trip(path: Path, new_tok: Tokenizer, lines: list[str]) -> list[list[int]]:
+    """Every line decodes back to itself; returns the lines' ids."""
     ids = [e.ids for e in new_tok.encode_batch(lines, add_special_tokens=False)]
     not_round = sum(new_tok.decode(x, skip_special_tokens=False) != line for x, line in zip(ids, lines))
     if not_round:
         raise RuadaptError(f"{path}: {not_round} of {len(lines)} training lines do not decode back to themselves")
-    checked["lines_round_trip"] = len(lines)
+    return ids
 
+
+def _check_transformers(out_dir: Path, new_tok: Tokenizer, lines: list[str], ids: list[list[int]]) -> dict[str, Any]:
+    """transformers' ``AutoTokenizer`` on the written folder agrees with ``tokenizers``: size, every id, the lines'
+    ids and llama.cpp's check text."""
     from transformers import AutoTokenizer
 
     hf = AutoTokenizer.from_pretrained(str(out_dir))
+    n = tokenizer_size(new_tok)
     if len(hf) != n:
         raise RuadaptError(f"{out_dir}: transformers AutoTokenizer has {len(hf)} tokens, tokenizers {n}")
     hf_vocab = hf.get_vocab()
-    diff = sum(hf_vocab.get(s) != i for s, i in new_vocab.items())
+    diff = sum(hf_vocab.get(s) != i for s, i in new_tok.get_vocab(with_added_tokens=True).items())
     if diff:
         raise RuadaptError(f"{out_dir}: transformers AutoTokenizer gives {diff} tokens another id than tokenizers")
     hf_ids = hf(lines, add_special_tokens=False)["input_ids"]
@@ -509,10 +622,8 @@ def verify_tokenizer(
         raise RuadaptError(
             f"{out_dir}: transformers AutoTokenizer encodes {k} of {len(lines)} lines differently from tokenizers"
         )
-    checked["lines_same_ids_transformers"] = len(lines)
     if hf.encode(CHECK_TEXT) != new_tok.encode(CHECK_TEXT).ids:  # what llama.cpp's converter calls
         raise RuadaptError(
             f"{out_dir}: transformers AutoTokenizer encodes llama.cpp's check text differently from tokenizers"
         )
-    checked["transformers_class"] = type(hf).__name__
-    return checked
+    return {"lines_same_ids_transformers": len(lines), "transformers_class": type(hf).__name__}
