@@ -79,14 +79,13 @@ def prepare_by_repeating(cfg_path: Path, small_entry: Path, k: int) -> Path:
     files either way (the preparation's own memory is measured on the small corpus, and is per block anyway)."""
     import numpy as np
 
-    import ruadapt.train.cpt as cpt
+    import ruadapt.train.prepare as prepare
     from ruadapt.train.config import load_config
-    from ruadapt.train.prepare import prepare_run
     from ruadapt.train.tokenfile import open_token_file
 
     tf = open_token_file(small_entry)
     lengths = np.diff(np.asarray(tf.offsets))
-    real = cpt.write_documents
+    real = prepare.write_documents  # the name prepare_run calls (imported there from ruadapt.train.cpt)
 
     def repeated(tokenizer_json, blocks, writer, **kw) -> dict:
         for _ in range(k):
@@ -100,11 +99,11 @@ def prepare_by_repeating(cfg_path: Path, small_entry: Path, k: int) -> Path:
             "k": k,
         }
 
-    cpt.write_documents = repeated
+    prepare.write_documents = repeated
     try:
-        manifest = prepare_run(load_config(cfg_path), progress=False)
+        manifest = prepare.prepare_run(load_config(cfg_path), progress=False)
     finally:
-        cpt.write_documents = real
+        prepare.write_documents = real
     return Path(manifest["train"][0]["entry"])
 
 
@@ -199,6 +198,7 @@ def write_config(work: Path, name: str, model: Path, corpus: Path, args: argpars
             "save_steps": args.steps,
             "log_steps": 1,
             "seed": 1,
+            **({"logits_mb": args.logits_mb} if args.logits_mb is not None else {}),
         },
     }
     path = work / f"{name}.yaml"
@@ -282,6 +282,9 @@ def main() -> None:
     ap.add_argument("--block", type=int, default=512)
     ap.add_argument("--micro", type=int, default=1)
     ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument(
+        "--logits-mb", type=int, default=None, help="train.logits_mb (default: ruadapt's; 0 = all logits at once)"
+    )
     ap.add_argument("--num-gpus", type=int, default=2, help="processes (CPU: DS_ACCELERATOR=cpu)")
     ap.add_argument("--interval", type=float, default=0.5, help="seconds between samples of the process tree")
     ap.add_argument("--limit-gb", type=float, default=3.0, help="claim: peak summed PSS of the tree on the big corpus")
@@ -319,6 +322,7 @@ def main() -> None:
         summary = {
             "block": args.block,
             "micro": args.micro,
+            "logits_mb": args.logits_mb,
             "steps": args.steps,
             "processes": args.num_gpus,
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),

@@ -121,6 +121,9 @@ class TrainConfig:
     report_to: list[Reporter] = field(default_factory=list)  # also write the logged scalars to: tensorboard, wandb
     bf16: Bf16 = "auto"  # auto = on when the accelerator supports it; "true"/"false"
     gradient_checkpointing: bool = False
+    # MiB of float32 logits the next-token loss holds at once: longer micro-batches are computed in chunks of
+    # positions, each recomputed in backward (ruadapt/train/loss.py); 0 = the model's own loss, all logits at once
+    logits_mb: int = 128
 
 
 @dataclass
@@ -298,6 +301,7 @@ def validate(cfg: RunConfig, *, check_files: bool = True, skip_model: bool = Fal
     need(cfg.block_size >= 8, f"block_size {cfg.block_size} is too small (at least 8)")
     for key in ("micro_batch_size", "grad_accum", "max_steps", "save_steps", "log_steps", "keep_checkpoints"):
         need(getattr(t, key) >= 1, f"train.{key} must be at least 1")
+    need(t.logits_mb >= 0, "train.logits_mb must not be negative (0 = all logits at once)")
     need(t.lr > 0, "train.lr must be positive")
     need(0 <= t.warmup_steps, "train.warmup_steps must not be negative")
     need(len(t.betas) == 2, "train.betas must be two numbers, e.g. [0.9, 0.95]")

@@ -40,6 +40,7 @@ import numpy as np
 import torch
 
 from ..errors import RuadaptError
+from .loss import chunk_tokens, chunked_next_token_loss, final_softcap
 
 log = logging.getLogger(__name__)
 
@@ -198,7 +199,7 @@ class DistillObjective:
             t_states = engine.module.get_decoder()(
                 input_ids=teacher_ids, output_hidden_states=True, use_cache=False
             ).hidden_states[self.d.layer]
-        out = engine(input_ids=ids, output_hidden_states=True, use_cache=False)
+        out = engine(input_ids=ids, output_hidden_states=True, use_cache=False, logits_to_keep=1)
         s_states = out.hidden_states[self.d.layer]
         target = torch.gather(t_states, 1, align[..., None].expand(-1, -1, t_states.shape[-1]))
         err = (s_states.float() - target.float()).pow(2).mean(-1)
@@ -206,9 +207,13 @@ class DistillObjective:
         # the sum of per-position errors over the batch's counted positions; 0 (with a graph) when none is counted
         loss = (err * m).sum() / m.sum().clamp(min=1.0)
         if self.d.next_token_weight > 0:
-            head = engine.module.get_output_embeddings()
-            logits = head(out.hidden_states[-1].detach())[:, :-1].float()
-            ce = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1))
+            ce = chunked_next_token_loss(
+                engine.module.get_output_embeddings(),
+                out.hidden_states[-1].detach()[:, :-1],
+                ids[:, 1:],
+                chunk_tokens(self.cfg.train.logits_mb, engine.module.config.get_text_config().vocab_size),
+                final_softcap(engine.module),
+            )
             loss = loss + self.d.next_token_weight * ce
         return loss
 

@@ -28,6 +28,7 @@ import shutil
 import signal
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any, cast
 
@@ -40,6 +41,7 @@ from ..io.record import StageRecord
 from ..vocab.arch import model_fingerprint
 from .config import RunConfig, deepspeed_for_world
 from .data import MixSampler, normalized_weights
+from .loss import lm_loss
 from .prepare import load_run_data, manifest_path
 from .progress import Progress
 from .rundir import COMPLETE, RUN_JSON, STARTED_ENV, STATE, check_world_size, comparable, last_complete
@@ -105,11 +107,6 @@ def _all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
     t = torch.tensor(values, dtype=torch.float64, device=device)
     dist.all_reduce(t)
     return t.tolist()
-
-
-def lm_loss(engine, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """The model's own next-token loss: the objective of every stage but ``distill`` (ruadapt/train/distill.py)."""
-    return engine(**batch).loss
 
 
 def evaluate(
@@ -255,7 +252,7 @@ class TrainingRun:
             model=model, optimizer=optimizer, lr_scheduler=scheduler, config=self.ds_cfg
         )
         del keep_alive
-        self.objective: Callable = lm_loss
+        self.objective: Callable = partial(lm_loss, logits_mb=self.t.logits_mb)
         if self.cfg.stage == "distill":  # the loss is selected by stage; its logic lives in distill.py
             from .distill import DistillObjective
 
