@@ -4,7 +4,7 @@ its own with the ``${VAR}`` values its run YAMLs read filled in, so that the cop
 A recipe NAME is ``recipes/NAME/*.yaml`` (the run YAMLs of its training stages) and, for a model recipe,
 ``recipes/NAME/recipe.yaml`` (:class:`RecipeSpec`: description, hardware, base and instruct model, the defaults
 where it differs from :class:`ModelDefaults`) with ``recipes/NAME.sh`` that runs the whole pipeline
-(tokenizer → swap → CPT → LEP → SFT → eval) of ``recipes/lib.sh`` on it. lib.sh reads the recipe through
+(tokenizer → swap → [distill →] CPT → LEP → SFT → eval) of ``recipes/lib.sh`` on it. lib.sh reads the recipe through
 ``ruadapt recipe env``, which prints shell assignments (:func:`shell_assignments`): the defaults live here, once,
 and a new model is one recipe.yaml plus its run YAMLs. In the package the YAMLs read paths and step counts from
 the environment, which lib.sh exports; a copy has them written in:
@@ -12,6 +12,9 @@ the environment, which lib.sh exports; a copy has them written in:
 - ``RUN`` (where every output goes) = DEST, and ``DS_CONFIGS`` = DEST/deepspeed, where the DeepSpeed configs
   the YAMLs name are copied;
 - a variable whose default (:class:`ModelDefaults`) is a number (step counts, document caps) = that number;
+- ``CPT_FROM`` (the model CPT stage 1 starts from) = DEST/distilled when ``DISTILL_STEPS`` > 0, else DEST/swapped
+  (lib.sh exports it by the same rule); ``distill.yaml`` is left out with ``DISTILL_STEPS`` = 0, the default:
+  lib.sh skips that step, and its ``max_steps`` would be 0, which ``ruadapt train`` refuses;
 - ``--set VAR=VALUE`` = VALUE (also for the recipe's own variables: BASE, INSTRUCT, NUM_GPUS, ...);
 - data the user brings (``CORPUS``, ``SFT_DATA``, ...) stays ``${VAR}``: ``ruadapt train`` reads it from the
   environment and names file, key and variable in one line when it is not set.
@@ -31,6 +34,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
+from collections.abc import Iterable
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field, fields
 from importlib import resources
@@ -47,6 +51,8 @@ from .schema import build
 
 VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")  # as ruadapt/train/config.py expands them
 FIXED = ("RUN", "DS_CONFIGS")  # written by recipe cp itself
+DERIVED = ("DS_CONFIGS", "CPT_FROM")  # recipe cp writes them from RUN (and DISTILL_STEPS); never --set
+DISTILL_FILE = "distill.yaml"  # the optional step between swap and CPT (lib.sh runs it when DISTILL_STEPS > 0)
 SPEC_FILE = "recipe.yaml"
 
 
@@ -59,10 +65,11 @@ class PipelineDefaults:
     NEW_TOKENS: int = 48000
     NUM_GPUS: int = 8
     STAGE2: Literal["0", "1"] = "1"
+    DISTILL_STEPS: int = 0  # > 0: distill the new input rows (docs/distill.md) that many steps; CPT starts from them
     CPT_STEPS: int = 2000  # × 256 sequences × 2048 tokens ≈ 1.0B tokens
     CPT2_STEPS: int = 1000
     SFT_STEPS: int = 300
-    STEPS: str = "tokenizer swap cpt lep sft eval"
+    STEPS: str = "tokenizer swap distill cpt lep sft eval"  # distill runs only when DISTILL_STEPS > 0
 
 
 @dataclass
@@ -178,7 +185,15 @@ class Recipe:
     def settable(self) -> list[str]:
         """What ``--set`` may give: the YAMLs' variables and, with a copied script, the script's own."""
         names = self.variables + (self.script_vars if self.script else [])
-        return sorted(set(names) - {"DS_CONFIGS"})
+        return sorted(set(names) - set(DERIVED))
+
+    def deepspeed_of(self, files: list[str]) -> list[str]:
+        """The DeepSpeed configs that these of its YAMLs name."""
+        return _deepspeed_names(self.yamls[f] for f in files if f in self.yamls)
+
+
+def _deepspeed_names(texts: Iterable[str]) -> list[str]:
+    return sorted({m for text in texts for m in re.findall(r"\$\{DS_CONFIGS\}/([\w.-]+)", text)})
 
 
 def _is_comment(line: str) -> bool:
@@ -222,7 +237,7 @@ def load_recipe(name: str) -> Recipe:
         (f for f in (root / name).iterdir() if f.name.endswith(".yaml") and f.name != SPEC_FILE), key=lambda f: f.name
     )
     yamls = {f.name: f.read_text(encoding="utf-8") for f in files}
-    ds = sorted({m for text in yamls.values() for m in re.findall(r"\$\{DS_CONFIGS\}/([\w.-]+)", text)})
+    ds = _deepspeed_names(yamls.values())
     if not (root / name / SPEC_FILE).is_file():  # the demo: its description is its first YAML's header
         description, hardware = _header(next(iter(yamls.values())), name)
         return Recipe(name, description, hardware, yamls, ds, None)
@@ -249,11 +264,10 @@ def parse_settings(items: list[str], recipe: Recipe) -> dict[str, str]:
         if not sep or not key:
             raise RuadaptError(f"--set {item}: expected VAR=VALUE, e.g. --set CORPUS=/data/ru_train.txt")
         if key not in recipe.settable:
-            what = (
-                "is DEST/deepspeed, set by ruadapt recipe cp"
-                if key == "DS_CONFIGS"
-                else f"recipe {recipe.name} has no such variable"
-            )
+            what = {
+                "DS_CONFIGS": "is DEST/deepspeed, set by ruadapt recipe cp",
+                "CPT_FROM": "is RUN/swapped, or RUN/distilled with DISTILL_STEPS > 0, set by ruadapt recipe cp",
+            }.get(key, f"recipe {recipe.name} has no such variable")
             raise RuadaptError(
                 f"--set {key}: {what}; its variables: {', '.join(recipe.settable)} "
                 "(YAML values: edit the copied files, or `ruadapt train --set KEY=VALUE`)"
@@ -272,7 +286,17 @@ def resolve_values(recipe: Recipe, dest: Path, settings: dict[str, str]) -> dict
     values.update(settings)
     if "RUN" in settings:  # the YAMLs are read from anywhere: a relative RUN would move with the working directory
         values["RUN"] = str(Path(settings["RUN"]).expanduser().resolve())
+    if "CPT_FROM" in recipe.variables:  # as lib.sh exports it
+        values["CPT_FROM"] = f"{values['RUN']}/{'distilled' if _distill_steps(values) else 'swapped'}"
     return values
+
+
+def _distill_steps(values: dict[str, str]) -> int | None:
+    """``DISTILL_STEPS`` as written into the copy (0 = lib.sh skips the distill step); None when the copy leaves
+    it to the environment (the demo, which has no recipe.yaml): its distill.yaml is copied, and its CPT starts
+    from RUN/swapped, lib.sh's default."""
+    steps = values.get("DISTILL_STEPS", "")
+    return int(steps) if steps.isdigit() else None
 
 
 def _substitute(text: str, values: dict[str, str]) -> str:
@@ -352,13 +376,13 @@ def copy_script(recipe: Recipe, dest: Path) -> str:
     return _rewrite_paths(f"{first}\n{note}{rest}", recipe, dest)
 
 
-def copy_spec(recipe: Recipe, values: dict[str, str], own: dict[str, str]) -> str:
-    """recipe.yaml for the copy: the variables the YAMLs now hold are ``fixed`` to those values (script and YAMLs
-    cannot disagree on RUN); ``own`` (``--set`` of the recipe's own variables, e.g. BASE) become its defaults,
-    still overridable from the environment. Dumped by yaml and read back through the schema, so any value
-    survives as written."""
+def copy_spec(recipe: Recipe, values: dict[str, str], own: dict[str, str], used: list[str]) -> str:
+    """recipe.yaml for the copy: the variables the copied YAMLs (their ``${VAR}``s: ``used``) now hold are
+    ``fixed`` to those values (script and YAMLs cannot disagree on RUN); ``own`` (``--set`` of the recipe's own
+    variables, e.g. BASE) become its defaults, still overridable from the environment. Dumped by yaml and read back
+    through the schema, so any value survives as written."""
     assert recipe.spec is not None
-    held = {v: values[v] for v in recipe.script_vars if v in values and (v in recipe.variables or v == "RUN")}
+    held = {v: values[v] for v in recipe.script_vars if v in values and (v in used or v == "RUN")}
     given = {**held, **own}
     data = {
         "description": recipe.spec.description,
@@ -396,12 +420,14 @@ def copy_recipe(name: str, dest: Path, settings: list[str] | tuple[str, ...] = (
         raise RuadaptError(f"{dest}: DEST exists and is not a directory")
     values = resolve_values(recipe, dest, given)
     root = recipes_dir()
-    files = {f: copy_yaml(recipe, f, dest, values) for f in recipe.yamls}
-    for ds in recipe.deepspeed:
+    skip = {DISTILL_FILE} if _distill_steps(values) == 0 else set()  # the step is off in this copy
+    files = {f: copy_yaml(recipe, f, dest, values) for f in recipe.yamls if f not in skip}
+    used = list(dict.fromkeys(v for f in files for v in _variables(recipe.yamls[f])))  # what the copies read
+    for ds in recipe.deepspeed_of(list(files)):
         files[f"deepspeed/{ds}"] = (root / "deepspeed" / ds).read_text(encoding="utf-8")
     if recipe.script:
-        own = {k: v for k, v in given.items() if k not in recipe.variables and k != "RUN"}
-        files[SPEC_FILE] = copy_spec(recipe, values, own)
+        own = {k: v for k, v in given.items() if k not in used and k != "RUN"}
+        files[SPEC_FILE] = copy_spec(recipe, values, own, used)
         files[recipe.script] = copy_script(recipe, dest)
         files["lib.sh"] = _rewrite_paths((root / "lib.sh").read_text(encoding="utf-8"), recipe, dest)
     existing = [f for f in files if (dest / f).exists()]
@@ -425,6 +451,6 @@ def copy_recipe(name: str, dest: Path, settings: list[str] | tuple[str, ...] = (
         "files": list(files),
         "script": recipe.script,
         "replaced": existing,
-        "filled": {v: values[v] for v in recipe.variables if v in values},
-        "environment": [v for v in recipe.variables if v not in values],
+        "filled": {v: values[v] for v in used if v in values},
+        "environment": [v for v in used if v not in values],
     }

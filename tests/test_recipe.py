@@ -32,6 +32,9 @@ RECIPE_VARS = (
     "CPT_STEPS",
     "CPT2_STEPS",
     "SFT_STEPS",
+    "DISTILL_STEPS",
+    "CPT_FROM",
+    "BASE",
     "RU_TRAIN",
     "EN_TRAIN",
 )
@@ -189,6 +192,7 @@ def test_second_cp_refuses_and_force_replaces_only_the_recipe_files(data, tmp_pa
         (["nope", "{d}"], "recipe 'nope' not found; recipes: cpu-tiny"),
         (["qwen2.5-7b", "{d}", "--set", "DRY_RUN=1"], "--set DRY_RUN: recipe qwen2.5-7b has no such variable"),
         (["qwen2.5-7b", "{d}", "--set", "DS_CONFIGS=/x"], "--set DS_CONFIGS: is DEST/deepspeed"),
+        (["qwen2.5-7b", "{d}", "--set", "CPT_FROM=/x"], "--set CPT_FROM: is RUN/swapped, or RUN/distilled"),
         (["qwen2.5-7b", "{d}", "--set", "CORPUS"], "expected VAR=VALUE"),
         (["qwen2.5-7b", "{d}", "--set", "RUN={d} #x"], "does not read back as written"),  # would become a YAML comment
     ],
@@ -206,7 +210,8 @@ def test_every_recipe_copies_and_loads(tmp_path, monkeypatch, capsys):
         dest = tmp_path / name
         assert cp(name, dest) == 0, name
         texts = {p.name: p.read_text() for p in dest.glob("*.yaml") if p.name != "recipe.yaml"}
-        assert set(texts) | {"recipe.yaml"} == {p.name for p in (PACKAGE_RECIPES / name).glob("*.yaml")} | {
+        off = {"distill.yaml"} if name != "cpu-tiny" else set()  # DISTILL_STEPS=0: the step is off in the copy
+        assert set(texts) | {"recipe.yaml"} == {p.name for p in (PACKAGE_RECIPES / name).glob("*.yaml")} - off | {
             "recipe.yaml"
         }
         left = set(re.findall(r"\$\{(\w+)\}", "\n".join(content(t) for t in texts.values())))
@@ -368,3 +373,86 @@ def test_wheel_carries_the_recipes_and_the_installed_package_finds_them(tmp_path
         PACKAGE_RECIPES / "deepspeed" / "zero2.json"
     ).read_bytes()
     assert f"out: {run / 'copy'}/cpt1" in (run / "copy" / "cpt-embeddings.yaml").read_text()
+
+
+def pipeline(recipe: Path, tmp_path: Path, **env: str) -> tuple[list[str], dict[str, str]]:
+    """lib.sh's pipeline of ``recipe`` (a dir with recipe.yaml) under DRY_RUN=1: the printed commands, and the
+    variables it exported for the YAMLs (what `ruadapt train` would read them with)."""
+    names = ("RUN", "BASE", "CORPUS", "REPLAY_CORPUS", "SFT_DATA", "DS_CONFIGS", "CPT_STEPS", "CPT2_STEPS")
+    names += ("SFT_STEPS", "DISTILL_STEPS", "CPT_FROM")
+    script = f"set -euo pipefail; source {PACKAGE_RECIPES / 'lib.sh'}; ruadapt_recipe {recipe}; " + " ".join(
+        f'echo "={v}=${{{v}}}";' for v in names
+    )
+    run = dict(os.environ, DRY_RUN="1", PATH=PATH, RUN=str(tmp_path / "run"), **env)
+    r = subprocess.run(["bash", "-c", script], env=run, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    exported = dict(line[1:].split("=", 1) for line in r.stdout.splitlines() if line.startswith("="))
+    return [line for line in r.stdout.splitlines() if line.startswith("+ ")], exported
+
+
+def configs(cmd: str) -> list[str]:
+    words = cmd.split()
+    return [words[i + 1] for i, w in enumerate(words) if w == "--config"]
+
+
+@pytest.mark.parametrize("name", ["qwen2.5-7b", "gemma-3-12b"])
+def test_distill_step_is_off_by_default_and_runs_between_swap_and_cpt(name, tmp_path, monkeypatch):
+    """DISTILL_STEPS (default 0) adds step `distill` (RECIPE/distill.yaml, stage distill, ZeRO-2) between swap and
+    CPT, and CPT stage 1 then starts from RUN/distilled; off, the commands are the ones without it and CPT reads
+    RUN/swapped."""
+    run = tmp_path / "run"
+    cmds, exported = pipeline(PACKAGE_RECIPES / name, tmp_path)
+    assert [c.split()[2] for c in cmds] == ["tokenizer", "swap", "train", "lep", "train", "eval"]
+    assert not any("distill.yaml" in c for c in cmds) and exported["DISTILL_STEPS"] == "0"
+    for var, value in exported.items():
+        monkeypatch.setenv(var, value)
+    assert load_config(configs(cmds[2])[0], check_files=False).model == f"{run}/swapped"
+
+    cmds, exported = pipeline(PACKAGE_RECIPES / name, tmp_path, DISTILL_STEPS="5")
+    assert [c.split()[2] for c in cmds] == ["tokenizer", "swap", "train", "train", "lep", "train", "eval"]
+    assert configs(cmds[2]) == [str(PACKAGE_RECIPES / name / "distill.yaml")] and cmds[2].endswith("--num-gpus 8")
+    assert configs(cmds[3])[0] == str(PACKAGE_RECIPES / name / "cpt-embeddings.yaml")
+    for var, value in exported.items():
+        monkeypatch.setenv(var, value)
+    distill = load_config(configs(cmds[2])[0], check_files=False)
+    assert distill.stage == "distill" and distill.model == f"{run}/swapped" and distill.out == f"{run}/distilled"
+    assert distill.train.max_steps == 5 and distill.train.weight_decay == 0 and distill.train.bf16 == "auto"
+    assert distill.distill.base == exported["BASE"] == read_spec(PACKAGE_RECIPES / name / "recipe.yaml").base
+    assert Path(distill.deepspeed).name == "zero2.json" and distill.data.train[0].path == "/data/ru_train.txt"
+    cpt = load_config(configs(cmds[3])[0], check_files=False)
+    assert cpt.model == f"{run}/distilled" and distill.block_size == cpt.block_size
+
+    # only a recipe with a distill.yaml: qwen2.5-72b has none (its bf16 weights do not fit one GPU under ZeRO-2)
+    env = dict(os.environ, DRY_RUN="1", PATH=PATH, DISTILL_STEPS="5")
+    r = subprocess.run(
+        ["bash", str(PACKAGE_RECIPES / "qwen2.5-72b.sh")], env=env, capture_output=True, timeout=60, text=True
+    )
+    assert r.returncode == 2 and "has no distill.yaml" in r.stderr and not r.stdout
+
+
+def test_cp_with_distill_steps_copies_the_distill_step(data, tmp_path, monkeypatch):
+    """`recipe cp --set DISTILL_STEPS=N` copies distill.yaml (left out with the default 0) and writes CPT_FROM as
+    DEST/distilled; the copied script runs distill then CPT on the copies."""
+    dest = tmp_path / "q3"
+    assert cp("qwen2.5-3b", dest, f"CORPUS={data['corpus']}", "DISTILL_STEPS=5") == 0
+    assert (dest / "distill.yaml").is_file()
+    spec = read_spec(dest / "recipe.yaml")
+    assert spec.defaults.DISTILL_STEPS == 5 and "DISTILL_STEPS" in spec.fixed
+    assert load_config(dest / "cpt-embeddings.yaml", ["data.train=[x]"], check_files=False).model == str(
+        dest / "distilled"
+    )
+    env = dict(os.environ, DRY_RUN="1", PATH=PATH, BASE="/models/B", DISTILL_STEPS="0")  # fixed: the copy wins
+    r = subprocess.run(["bash", str(dest / "qwen2.5-3b.sh")], env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    cmds = [line for line in r.stdout.splitlines() if line.startswith("+ ")]
+    assert configs(cmds[2]) == [str(dest / "distill.yaml")] and configs(cmds[3])[0] == str(dest / "cpt-embeddings.yaml")
+    monkeypatch.setenv("BASE", "/models/B")  # the base stays ${BASE}: the copied script exports it
+    cfg = load_config(dest / "distill.yaml", check_files=False)
+    assert cfg.train.max_steps == 5 and cfg.out == str(dest / "distilled") and cfg.distill.base == "/models/B"
+
+    plain = tmp_path / "plain"  # the default: no distill.yaml, and DISTILL_STEPS > 0 is refused with the reason
+    assert cp("qwen2.5-3b", plain, f"CORPUS={data['corpus']}") == 0
+    assert not (plain / "distill.yaml").exists()
+    env["DISTILL_STEPS"] = "5"
+    r = subprocess.run(["bash", str(plain / "qwen2.5-3b.sh")], env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "has no distill.yaml" in r.stderr and "--set DISTILL_STEPS=N" in r.stderr

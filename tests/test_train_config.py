@@ -75,7 +75,11 @@ def test_every_recipe_yaml_validates_with_deepspeed(yml, monkeypatch):
     if yml.parent.name != "cpu-tiny" and cfg.task == "cpt":
         nodes = 4 if "72b" in yml.parent.name else 1
         assert gb * 8 * nodes == 256  # LEP paper: global batch ≈ 256 sequences
-        assert 1024 <= cfg.block_size <= 4096 and cfg.train.warmup_steps == 100 and cfg.train.weight_decay == 0.1
+        assert 1024 <= cfg.block_size <= 4096
+        if cfg.stage == "distill":  # the optional step before CPT (docs/distill.md): new input rows only, ZeRO 0-2
+            assert cfg.train.weight_decay == 0 and Path(cfg.deepspeed).name == "zero2.json"
+        else:
+            assert cfg.train.warmup_steps == 100 and cfg.train.weight_decay == 0.1
     filled = fill_deepspeed_config(load_deepspeed_json(Path(cfg.deepspeed)), cfg)  # once, by the launcher
     for world in (1, 8):  # each rank adds its world
         ds = deepspeed_for_world(filled, cfg, world_size=world, bf16=world > 1)

@@ -5,7 +5,8 @@
 #
 #   data (skills, held-out tasks) → Qwen2.5 tokenizer trimmed to 8,000 tokens → tiny Qwen2 base pretrained from
 #   scratch → "instruct": the skills taught to the body by LoRA, then a short full SFT
-#   → [lib.sh: tokenizer extension → swap → CPT stage 1 (embeddings, DeepSpeed, 2 CPU processes)]
+#   → [lib.sh: tokenizer extension → swap (→ distill, with DISTILL_STEPS > 0) → CPT stage 1 (embeddings, DeepSpeed,
+#   2 CPU processes)]
 #   → LEP swap / overlap / conversion → short LoRA calibration of each → eval (skills, bpb, speed) → report.md
 #
 # Hardware: any CPU (2 cores here).  Launch: make demo   (or: bash recipes/cpu-tiny.sh;  DRY_RUN=1 prints commands)
@@ -52,7 +53,7 @@ CALIB="${CALIB:-swap overlap conversion}"   # LEP variants calibrated (step 7)
 SYSTEM="Ты полезный ассистент."        # the system prompt of the demo's chats (make_data.py)
 export RUN RU_TRAIN EN_TRAIN PRETRAIN_DOCS BASE_STEPS SFT_DOCS INSTRUCT_STEPS INSTRUCT_FULL_STEPS CALIB_STEPS
 export DS_CONFIGS="$HERE/deepspeed"
-STEPS="${STEPS:-data basetok models tokenizer swap cpt lep calib eval start report}"
+STEPS="${STEPS:-data basetok models tokenizer swap distill cpt lep calib eval start report}"
 
 # shellcheck source=lib.sh
 source "$HERE/lib.sh"
@@ -85,11 +86,12 @@ if ruadapt_step models "$RUN/instruct"; then
         --config "$HERE/cpu-tiny/instruct.yaml" "${launch[@]}"
 fi
 # 5. the shared pipeline: +NEW_TOKENS Russian merges → swap → CPT stage 1 (embeddings only) → $RUN/cpt1; CPT
-#    replays the base's English (en_train) beside the Russian, at the share cpt-embeddings.yaml gives
+#    replays the base's English (en_train) beside the Russian, at the share cpt-embeddings.yaml gives. With
+#    DISTILL_STEPS > 0 (default 0), distill.yaml trains the new input rows first and CPT starts from $RUN/distilled
 BASE="$RUN/base" INSTRUCT="$RUN/instruct" CORPUS="$RU_TRAIN" REPLAY_CORPUS="$EN_TRAIN" RECIPE="$HERE/cpu-tiny" \
     STAGE2=0 SFT_DATA='' \
     NEW_TOKENS="$NEW_TOKENS" CPT_STEPS="$CPT_STEPS" NUM_GPUS="$NUM_GPUS" MASTER_PORT="$MASTER_PORT" \
-    STEPS="$(for s in tokenizer swap cpt; do case " $STEPS " in *" $s "*) printf '%s ' "$s";; esac; done)" \
+    STEPS="$(for s in tokenizer swap distill cpt; do case " $STEPS " in *" $s "*) printf '%s ' "$s";; esac; done)" \
     ruadapt_pipeline
 # 6. LEP with each method: base → instruct maps applied to the CPT'd embeddings
 for method in swap overlap conversion; do

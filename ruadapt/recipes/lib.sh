@@ -2,24 +2,29 @@
 # recipes/lib.sh — the one pipeline every recipe runs; a model recipe = recipes/NAME/recipe.yaml (model, hardware,
 # defaults) + its run YAMLs, started by recipes/NAME.sh (`source lib.sh; ruadapt_recipe DIR`).
 #
-#   tokenizer train → swap → CPT stage 1 (embeddings) [→ CPT stage 2 (LoRA)] → LEP → SFT/calibration → eval
+#   tokenizer train → swap [→ distill] → CPT stage 1 (embeddings) [→ CPT stage 2 (LoRA)] → LEP → SFT/calibration → eval
 #
 # Required variables (a recipe.yaml gives them defaults; or set them in the environment before running):
 #   BASE       base model dir (HF, safetensors)          INSTRUCT   its instruct model dir
 #   CORPUS     Russian training text (one doc per line)  RUN        run directory (everything goes below it)
 #   REPLAY_CORPUS  text in the base's own languages (English, code): the CPT YAMLs mix a share of it (docs/replay.md)
-#   RECIPE     dir of the run YAMLs (cpt-embeddings.yaml, cpt-lora.yaml, sft.yaml)
+#   RECIPE     dir of the run YAMLs (cpt-embeddings.yaml, cpt-lora.yaml, sft.yaml; distill.yaml for DISTILL_STEPS)
 # Optional, with their defaults in one place, ruadapt/recipe.py (`ruadapt recipe env [NAME]` prints them):
 #   MODE NEW_TOKENS VOCAB_SIZE                        tokenizer (replace mode uses VOCAB_SIZE)
 #   NUM_GPUS HOSTFILE MASTER_PORT                     DeepSpeed launch (HOSTFILE = multi-node)
 #   CPT_STEPS CPT2_STEPS SFT_STEPS                    optimizer steps (read by the YAMLs as ${CPT_STEPS} ...)
 #   STAGE2                                            0 = skip CPT stage 2 (LoRA); LEP then uses stage 1
+#   DISTILL_STEPS=0                                   > 0: step `distill` (RECIPE/distill.yaml, docs/distill.md)
+#                                                     trains the new input rows from the base, that many steps,
+#                                                     into RUN/distilled, and CPT starts from there; 0 = skip
 #   LEP_LORA_DELTAS=0                                 1 = LEP also adds the stage-2 LoRA deltas to the instruct body
 #   SFT_DATA                                          chat JSONL; empty = skip SFT/calibration
 #   EVAL_RU EVAL_EN EVAL_CHAT= EVAL_ARGS              eval inputs (empty = that part skipped)
 #   STEPS                                             run only some steps (their inputs must exist)
 #   DRY_RUN=0                                         1 = print every command, run nothing
 #   RUADAPT=ruadapt                                   the command to call (".venv/bin/ruadapt", "python -m ruadapt")
+# Exported for the YAMLs: CPT_FROM, the model CPT stage 1 reads (model: ${CPT_FROM}) = RUN/swapped, or
+# RUN/distilled when DISTILL_STEPS > 0.
 # Relaunching a recipe resumes: finished steps are skipped (their output exists), CPT/SFT continue from
 # their last complete checkpoint.
 
@@ -75,8 +80,21 @@ ruadapt_pipeline() {
     ruadapt_env  # the pipeline's own defaults (MODE, NEW_TOKENS, NUM_GPUS, STAGE2, *_STEPS, STEPS)
     ruadapt_need BASE INSTRUCT CORPUS REPLAY_CORPUS RUN RECIPE
     RECIPES_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+    case "$DISTILL_STEPS" in
+        '' | *[!0-9]*) echo "recipe: DISTILL_STEPS=$DISTILL_STEPS: a number of steps (0 = no distill step)" >&2; exit 2 ;;
+    esac
+    CPT_FROM="$RUN/swapped"
+    if [ "$DISTILL_STEPS" -gt 0 ]; then
+        CPT_FROM="$RUN/distilled"
+        if [ ! -f "$RECIPE/distill.yaml" ]; then
+            echo "recipe: DISTILL_STEPS=$DISTILL_STEPS but $RECIPE has no distill.yaml (docs/distill.md; a copy has it" \
+                "when made with ruadapt recipe cp --set DISTILL_STEPS=N)" >&2
+            exit 2
+        fi
+    fi
     # the YAMLs read these as ${VAR}
     export BASE INSTRUCT CORPUS REPLAY_CORPUS RUN SFT_DATA="${SFT_DATA:-}" CPT_STEPS CPT2_STEPS SFT_STEPS
+    export DISTILL_STEPS CPT_FROM
     export DS_CONFIGS="$RECIPES_DIR/deepspeed"
     local launch=()
     [ -n "${NUM_GPUS:-}" ] && [ -z "${HOSTFILE:-}" ] && launch+=(--num-gpus "$NUM_GPUS")
@@ -91,6 +109,9 @@ ruadapt_pipeline() {
     fi
     if ruadapt_step swap "$RUN/swapped"; then
         ruadapt_cli swap --model "$BASE" --tokenizer "$RUN/tokenizer" --out "$RUN/swapped"
+    fi
+    if [ "$DISTILL_STEPS" -gt 0 ] && ruadapt_step distill "$RUN/distilled"; then  # off by default (docs/distill.md)
+        ruadapt_cli train --config "$RECIPE/distill.yaml" "${launch[@]}"
     fi
     local adapted="$RUN/cpt1" cpt=(--config "$RECIPE/cpt-embeddings.yaml")
     if [ "$STAGE2" = 1 ]; then
