@@ -71,8 +71,8 @@ ruadapt recipe cp cpu-tiny /tmp/tiny --set CPT_STEPS=20                 # the de
         description="The variables of a model recipe (recipes/NAME/recipe.yaml, or DIR/recipe.yaml of a copy) as "
         "bash: each default only where the variable is empty, so the environment wins; a copy's fixed ones always; "
         "RECIPE = the directory of its run YAMLs. Without RECIPE: the pipeline's own defaults (MODE, NEW_TOKENS, "
-        "NUM_GPUS, STAGE2, CPT_STEPS, CPT2_STEPS, SFT_STEPS, STEPS). recipes/lib.sh runs this; the defaults live "
-        "in ruadapt/recipe.py, once.",
+        "NUM_GPUS, STAGE2, DISTILL_STEPS, CPT_STEPS, CPT2_STEPS, SFT_STEPS, STEPS). recipes/lib.sh runs this; the "
+        "defaults live in ruadapt/recipe.py, once.",
         examples="ruadapt recipe env qwen2.5-7b\n"
         "ruadapt recipe env runs/qwen7b          # a copy made by ruadapt recipe cp\n"
         'eval "$(ruadapt recipe env qwen2.5-72b)"; echo "$HOSTFILE"',
