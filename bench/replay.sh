@@ -29,7 +29,7 @@ RU="$RUN/data/ru_train.txt" EN="$RUN/data/en_train.txt"
 for f in "$RUN/base/config.json" "$RUN/swapped/config.json" "$RU" "$EN"; do
     [ -e "$f" ] || { echo "bench/replay.sh: $f not found (run recipes/cpu-tiny.sh up to its cpt step first)" >&2; exit 2; }
 done
-export RUN CORPUS="$RU" REPLAY_CORPUS="$EN" CPT_STEPS DS_CONFIGS="$ROOT/recipes/deepspeed"
+export RUN CORPUS="$RU" REPLAY_CORPUS="$EN" CPT_STEPS DS_CONFIGS="$ROOT/recipes/deepspeed" CPT_FROM="$RUN/swapped"
 export DS_ACCELERATOR="${DS_ACCELERATOR:-cpu}" OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" TOKENIZERS_PARALLELISM=false
 read -r -a cli <<< "$RUADAPT"
 mkdir -p "$RUN/replay"
