@@ -340,8 +340,11 @@ def start_table(run: Path, start: dict, cpt_rec: dict) -> list[str]:
         r = start.get(m)
         if not r:
             continue
-        if m == "swapped":
-            label += f" (swap --init {load(run / 'swapped' / 'ruadapt_swap.json').get('options', {}).get('init', '?')})"
+        if m == "swapped":  # the rules swap applied (result.init: {"input": ..., "output": ...} untied, a name tied)
+            rules = load(run / "swapped" / "ruadapt_swap.json").get("result", {}).get("init", "?")
+            if isinstance(rules, dict):
+                rules = f"input {rules.get('input', '?')}, lm_head {rules.get('output', '?')}"
+            label += f" (init: {rules})"
         if m == "cpt1":
             label += f" ({cpt_rec.get('result', {}).get('steps', '?')} steps{_replay(cpt_rec)})"
         cells = []
