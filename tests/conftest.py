@@ -82,8 +82,9 @@ def uses_data(item: pytest.Item) -> bool:
     return False
 
 
-# the files that take longest on 2 cores, in that order, run first: pytest-xdist (``--dist loadfile``) hands whole files
-# to its workers in collection order, so a long file collected late runs alone at the end while the other worker idles
+# the files that take longest on 2 cores, in that order, run first: with ``--dist loadfile --no-loadscope-reorder``
+# (the Makefile) pytest-xdist hands whole files to its workers in collection order, so a long file collected late
+# would run alone at the end while the other worker idles (its default order, by number of tests, did just that)
 LONGEST_FIRST = (
     "test_demo.py",
     "test_train_launcher.py",
