@@ -35,9 +35,8 @@ $(LLAMA_CPP_OK): | $(STAMP)
 	  $(addprefix llama_cpp_python-$(LLAMA_CPP_PY)/vendor/llama.cpp/,LICENSE convert_hf_to_gguf.py convert_hf_to_gguf_update.py conversion gguf-py)
 	rm -rf $(LLAMA_CPP) && mv $(LLAMA_CPP).tmp $(LLAMA_CPP)
 
-# two pytest-xdist workers, a test file each at a time (module fixtures stay whole), in collection order: the longest
-# files first (tests/conftest.py LONGEST_FIRST; xdist's default orders files by their number of tests); each
-# DeepSpeed test file uses master ports of its own. TEST_WORKERS=0 runs them in one process.
+# two pytest-xdist workers, a test file each at a time (module fixtures stay whole; xdist hands out files with the
+# most tests first); each DeepSpeed test file uses master ports of its own. TEST_WORKERS=0 runs them in one process.
 TEST_WORKERS ?= 2
 
 lint: $(STAMP)
@@ -46,10 +45,10 @@ lint: $(STAMP)
 	$(VENV)/bin/mypy
 
 test: lint $(STAMP) $(LLAMA_CPP_OK)
-	DS_ACCELERATOR=cpu RUADAPT_LLAMA_CPP=$(abspath $(LLAMA_CPP)) $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder tests
+	DS_ACCELERATOR=cpu RUADAPT_LLAMA_CPP=$(abspath $(LLAMA_CPP)) $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests
 
 test-fast: $(STAMP) $(LLAMA_CPP_OK)
-	DS_ACCELERATOR=cpu RUADAPT_LLAMA_CPP=$(abspath $(LLAMA_CPP)) $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder -m "not slow" tests
+	DS_ACCELERATOR=cpu RUADAPT_LLAMA_CPP=$(abspath $(LLAMA_CPP)) $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not slow" tests
 
 demo: $(STAMP)
 	PATH="$(abspath $(VENV))/bin:$$PATH" bash recipes/cpu-tiny.sh

@@ -82,24 +82,7 @@ def uses_data(item: pytest.Item) -> bool:
     return False
 
 
-# the files that take longest on 2 cores, in that order, run first: with ``--dist loadfile --no-loadscope-reorder``
-# (the Makefile) pytest-xdist hands whole files to its workers in collection order, so a long file collected late
-# would run alone at the end while the other worker idles (its default order, by number of tests, did just that)
-LONGEST_FIRST = (
-    "test_demo.py",
-    "test_train_launcher.py",
-    "test_readme.py",
-    "test_train_lifecycle.py",
-    "test_gguf.py",
-    "test_swap.py",
-    "test_distill.py",
-    "test_eval_tasks.py",
-)
-
-
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    rank = {name: k for k, name in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the other files keep their order
     missing = missing_fixtures()
     if not missing:
         return

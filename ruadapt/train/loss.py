@@ -26,7 +26,9 @@ from torch.utils.checkpoint import checkpoint
 IGNORE = -100
 
 
-def _chunk_loss(head: torch.nn.Module, softcap: float | None, hidden: torch.Tensor, labels: torch.Tensor):
+def _chunk_loss(
+    head: torch.nn.Module, softcap: float | None, hidden: torch.Tensor, labels: torch.Tensor
+) -> torch.Tensor:
     """Summed cross-entropy of one chunk of positions (the logits exist only inside this call)."""
     logits = head(hidden).float()
     if softcap:
