@@ -7,8 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tiny import ARCHS
-from transformers import AutoConfig, AutoModelForCausalLM
+from tiny import ARCHS, seeded_model, tiny_config
 
 from ruadapt.train.loss import chunk_tokens, chunked_next_token_loss, final_softcap, lm_loss
 
@@ -16,28 +15,9 @@ ROWS = 300
 
 
 def tiny(model_type: str, tied: bool) -> torch.nn.Module:
-    kwargs = dict(
-        vocab_size=ROWS,
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        max_position_embeddings=64,
-        tie_word_embeddings=tied,
-        pad_token_id=0,
-    )
-    if model_type in ("qwen3", "gemma2", "gemma3_text"):
-        kwargs["head_dim"] = 8
-    if model_type in ("gemma2", "gemma3_text"):
-        kwargs["query_pre_attn_scalar"] = 8
-        kwargs["final_logit_softcapping"] = 3.0  # small enough to bend these logits (std ≈ 4)
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(AutoConfig.for_model(model_type, **kwargs), dtype=torch.float64)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0, 0.5)
-    return model
+    extra = {"final_logit_softcapping": 3.0} if model_type.startswith("gemma") else {}  # bends these logits (std ≈ 4)
+    config = tiny_config(model_type, rows=ROWS, positions=64, tie_word_embeddings=tied, pad_token_id=0, **extra)
+    return seeded_model(config, dtype=torch.float64)
 
 
 def batch() -> dict[str, torch.Tensor]:

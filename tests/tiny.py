@@ -11,6 +11,7 @@ saying where each one comes from publicly (docs/testing.md has the same list wit
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -100,18 +101,56 @@ def copy_tokenizer(name: str, dst: Path) -> Path:
     return dst
 
 
-def _token_id(tok_dir: Path, key: str) -> int | None:
+@functools.cache
+def special_token_ids(name: str) -> dict[str, int | None]:
+    """bos/eos/pad ids (config keys ``bos_token_id``...) of the base tokenizer ``name`` in SHARED, as its
+    tokenizer_config.json names them; cached, since a 262k-token tokenizer.json takes a second to parse."""
+    tok_dir = SHARED_TOKENIZERS / name
     cfg = json.loads((tok_dir / "tokenizer_config.json").read_text())
-    value = cfg.get(key)
-    if isinstance(value, dict):
-        value = value.get("content")
-    if not value:
-        return None
     tj = json.loads((tok_dir / "tokenizer.json").read_text())
-    for t in tj["added_tokens"]:
-        if t["content"] == value:
-            return t["id"]
-    return tj["model"]["vocab"].get(value)
+    added = {t["content"]: t["id"] for t in tj["added_tokens"]}
+    ids: dict[str, int | None] = {}
+    for key in ("bos_token", "eos_token", "pad_token"):
+        value = cfg.get(key)
+        if isinstance(value, dict):
+            value = value.get("content")
+        ids[f"{key}_id"] = (added.get(value, tj["model"]["vocab"].get(value))) if value else None
+    return ids
+
+
+def tiny_config(model_type: str, *, rows: int, hidden: int = 16, layers: int = 2, positions: int = 256, **extra):
+    """A ``model_type`` config of ``layers`` × ``hidden`` with two heads, one key/value head and ``rows`` embedding
+    rows; the per-architecture keys (head_dim, Gemma's query_pre_attn_scalar) follow ``hidden``. ``extra`` overrides
+    or adds config keys (``tie_word_embeddings``, token ids, soft-capping...)."""
+    from transformers import AutoConfig
+
+    kwargs = dict(
+        vocab_size=rows,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=positions,
+    )
+    if model_type in ("qwen3", "gemma2", "gemma3_text"):
+        kwargs["head_dim"] = hidden // 2
+    if model_type in ("gemma2", "gemma3_text"):
+        kwargs["query_pre_attn_scalar"] = hidden // 2
+    return AutoConfig.for_model(model_type, **{**kwargs, **extra})
+
+
+def seeded_model(config, *, seed: int = 0, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+    """The causal LM of ``config`` with every parameter drawn from N(0, 0.5²) after ``torch.manual_seed(seed)``:
+    some inits leave zeros or tiny values, and the tests need every row distinct and O(1)."""
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.5)
+    return model
 
 
 def make_tiny_model(
@@ -128,35 +167,15 @@ def make_tiny_model(
     dtype: torch.dtype = torch.float32,
 ) -> Path:
     """Build, seed and save a tiny ``model_type`` with a real tokenizer; returns the model dir."""
-    from transformers import AutoConfig, AutoModelForCausalLM
-
     tok_name, default_rows = ARCHS[model_type]
     tok_name = tokenizer or tok_name
     out = Path(out)
     copy_tokenizer(tok_name, out)
-    kwargs = dict(
-        vocab_size=rows or default_rows,
-        hidden_size=hidden,
-        intermediate_size=2 * hidden,
-        num_hidden_layers=layers,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        max_position_embeddings=256,
-    )
-    if model_type in ("qwen3", "gemma2", "gemma3_text"):
-        kwargs["head_dim"] = hidden // 2
-    if model_type in ("gemma2", "gemma3_text"):
-        kwargs["query_pre_attn_scalar"] = hidden // 2
+    extra: dict = dict(special_token_ids(tok_name))
     if tied is not None:
-        kwargs["tie_word_embeddings"] = tied
-    for key, cfg_key in (("bos_token_id", "bos_token"), ("eos_token_id", "eos_token"), ("pad_token_id", "pad_token")):
-        kwargs[key] = _token_id(out, cfg_key)
-    config = AutoConfig.for_model(model_type, **kwargs)
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(config, dtype=dtype)
-    with torch.no_grad():  # some inits leave zeros / tiny values; make every row distinct and O(1)
-        for p in model.parameters():
-            p.normal_(0, 0.5)
+        extra["tie_word_embeddings"] = tied
+    config = tiny_config(model_type, rows=rows or default_rows, hidden=hidden, layers=layers, **extra)
+    model = seeded_model(config, seed=seed, dtype=dtype)
     model.save_pretrained(out, max_shard_size=max_shard_size)
     return out
 
