@@ -1,14 +1,16 @@
 # make demo  - create .venv if missing, run the whole pipeline on a tiny model on CPU (recipes/cpu-tiny.sh)
 # make test  - create .venv if missing, fetch llama.cpp's converter (tests/test_gguf.py), make lint, run the test suite
+#              without the tests marked slow (the maintainer's loop, ≤ 10 min on 2 cores; docs/testing.md)
+# make test-all - the same with the slow tests too (every DeepSpeed launcher run, llama.cpp conversions, the README
+#              quickstart): what CI runs (.ci/run)
 # make lint  - ruff check, ruff format --check and mypy (settings in pyproject.toml)
-# make test-fast - the suite without the tests marked slow
 # make llama-cpp - only fetch the converter: the llama-cpp-python sdist (no build), its vendor/llama.cpp unpacked
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.ruadapt-installed
 
-.PHONY: venv test test-fast lint demo clean llama-cpp
+.PHONY: venv test test-all lint demo clean llama-cpp
 
 # llama.cpp's convert_hf_to_gguf.py for `ruadapt gguf` tests: the llama-cpp-python sdist (76 MB) from PyPI, kept
 # whole (bench/gguf_llama_cpp.py builds llama_cpp from it) and its converter unpacked beside it; nothing is compiled
@@ -44,11 +46,13 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check ruadapt tests bench
 	$(VENV)/bin/mypy
 
-test: lint $(STAMP) $(LLAMA_CPP_OK)
-	DS_ACCELERATOR=cpu RUADAPT_LLAMA_CPP=$(abspath $(LLAMA_CPP)) $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests
+PYTEST = DS_ACCELERATOR=cpu RUADAPT_LLAMA_CPP=$(abspath $(LLAMA_CPP)) $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
-test-fast: $(STAMP) $(LLAMA_CPP_OK)
-	DS_ACCELERATOR=cpu RUADAPT_LLAMA_CPP=$(abspath $(LLAMA_CPP)) $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not slow" tests
+test: lint $(STAMP) $(LLAMA_CPP_OK)
+	$(PYTEST) -m "not slow" tests
+
+test-all: lint $(STAMP) $(LLAMA_CPP_OK)
+	$(PYTEST) tests
 
 demo: $(STAMP)
 	PATH="$(abspath $(VENV))/bin:$$PATH" bash recipes/cpu-tiny.sh

@@ -356,7 +356,11 @@ def test_copy_task_runs_offline_with_chat_template(work, loaded):
     assert copy_scores(" Да, верно.\n", "Да, верно.") == {"exact_match": 1.0, "length_ratio": 1.0}
 
 
-@pytest.mark.parametrize("case", ["no_tokenizer", "empty_text", "unknown_task", "unknown_device", "bad_chat"])
+# unknown_task indexes lm-eval's whole registry (≈ 15 s); test_eval_tasks.py checks that error in `make test`
+@pytest.mark.parametrize(
+    "case",
+    ["no_tokenizer", "empty_text", pytest.param("unknown_task", marks=pytest.mark.slow), "unknown_device", "bad_chat"],
+)
 def test_bad_input_one_line_error(work, tmp_path, capsys, case):
     model, text = work["qwen"], work["root"] / "ru.txt"
     extra: list[str] = []

@@ -226,6 +226,7 @@ def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow  # indexes lm-eval's whole registry (≈ 15 s)
 def test_registry_task_offline_fails_in_one_line_before_loading(work, tmp_path):
     """A name of lm-eval's registry whose data is not in the (empty) cache of an offline machine: exit 2, one line
     naming the task and the dataset, nothing written; through the real entry point in a fresh process."""

@@ -312,12 +312,13 @@ ARCH_CASES = [
     ("qwen3", True, True, "conversion", True),
     ("llama", False, True, "conversion", True),
     ("mistral", True, False, "conversion", False),
-    ("gemma2", True, True, "swap", False),
+    pytest.param("gemma2", True, True, "swap", False, marks=pytest.mark.slow),  # `make test-all`
     ("gemma3_text", False, False, "conversion", True),
 ]
+ARCH_IDS = ["qwen3", "llama", "mistral", "gemma2", "gemma3_text"]
 
 
-@pytest.mark.parametrize("model_type,tied,single,method,generate", ARCH_CASES, ids=[c[0] for c in ARCH_CASES])
+@pytest.mark.parametrize("model_type,tied,single,method,generate", ARCH_CASES, ids=ARCH_IDS)
 def test_architectures(tmp_path, model_type, tied, single, method, generate):
     shard = "100MB" if single else "300KB"
     b = make_tiny_model(tmp_path / "b", model_type, tied=tied, hidden=D, max_shard_size=shard)
