@@ -103,6 +103,8 @@ def demo(tmp_path_factory):
     env.pop("DRY_RUN", None)
     p = make_demo(env, timeout=900)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-5000:]
+    # every launch of the demo freed DeepSpeed's CPU allreduce buffers (/dev/shm, ≈ 69 MB per rank)
+    assert not glob.glob(f"/dev/shm/deepspeed_allreduce_buffer_{os.getuid()}_*_29547_*")
     return run, env
 
 

@@ -679,6 +679,25 @@ def test_port_taken_at_the_rendezvous_is_recognised(tmp_path):
     assert not is_port_in_use(RuntimeError("Connection closed by peer"))
 
 
+def test_allreduce_buffers_of_the_run_are_removed_and_no_others(tmp_path):
+    """DeepSpeed's CPU allreduce leaves /dev/shm/deepspeed_allreduce_buffer_<uid>_<addr>_<port>_<rank> behind; only
+    this user's files of this port go (test_demo.py checks a real launch leaves none)."""
+    from ruadapt.train.supervise import remove_allreduce_buffers
+
+    uid = os.getuid()
+    names = [
+        f"deepspeed_allreduce_buffer_{uid}_127.0.0.1_29611_0",
+        f"deepspeed_allreduce_buffer_{uid}_127.0.0.1_29611_1",
+        f"deepspeed_allreduce_buffer_{uid}_127.0.0.1_29612_0",  # another run's port
+        f"deepspeed_allreduce_buffer_{uid + 1}_127.0.0.1_29611_0",  # another user's
+        "other_29611_0",
+    ]
+    for n in names:
+        (tmp_path / n).write_bytes(b"x")
+    assert remove_allreduce_buffers(29611, shm_dir=tmp_path) == names[:2]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(names[2:])
+
+
 def test_supervisor_keeps_an_inherited_ignored_sigint_ignored(tmp_path):
     import threading
 

@@ -42,6 +42,7 @@ from ..train.supervise import (
     master_port,
     pick_master_port,
     prepare_extension,
+    remove_allreduce_buffers,
     stop_on_signals,
     supervise,
     supervisor_env,
@@ -237,7 +238,11 @@ def launch(
             print(building, file=sys.stderr)
         sys.stdout.flush()
         sys.stderr.flush()
-        code, sig = supervise(cmd, grace_s=args.stop_grace, env=env)
+        try:
+            code, sig = supervise(cmd, grace_s=args.stop_grace, env=env)
+        finally:  # the run's processes are gone: free what DeepSpeed's CPU allreduce left in /dev/shm
+            if port is not None:
+                remove_allreduce_buffers(port)
         if sig is not None:
             print(stop_message(pending, sig), file=sys.stderr)
             return code
