@@ -16,7 +16,8 @@ On a small pretrained base (the demo's, or the smaller one of docs/init.md) and 
 A swapped model made by another command (e.g. a distillation stage) joins as ``--swapped NAME@SIZE=DIR``.
 
     python bench/init.py --base runs/demo/base --corpus runs/demo/data/ru_train.txt \\
-        [--extensions 8000,2000] [--steps 50,150,300] [--seeds 0,1] [--cpt-inits mean/mean,mean/mean-all] \\
+        [--replay-corpus runs/demo/data/en_train.txt] [--extensions 8000,2000] [--steps 50,150,300] [--seeds 0,1] \\
+        [--cpt-inits mean/mean,mean/mean-all] \\
         [--eval-lines 300] [--workdir runs/bench-init] [--json bench/results/init.json]
 
 Prints a markdown table and writes the JSON (every figure, the commands' wall times, the options).
@@ -119,6 +120,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--base", type=Path, required=True, help="pretrained base model dir (with its tokenizer)")
     ap.add_argument("--corpus", type=Path, required=True, help="Russian training text: tokenizer extension and CPT")
+    ap.add_argument(
+        "--replay-corpus",
+        type=Path,
+        default=None,
+        help="the base's own languages (e.g. runs/demo/data/en_train.txt): CPT runs the --cpt-config's data mix as the "
+        "recipe does (REPLAY_CORPUS); without it CPT trains on --corpus alone",
+    )
     ap.add_argument("--ru-eval", type=Path, default=SHARED / "data" / "ru_eval.txt")
     ap.add_argument("--en-eval", type=Path, default=SHARED / "data" / "en_eval.txt")
     ap.add_argument("--extensions", default="8000,2000", help="new-token counts, comma-separated; CPT on the first")
@@ -176,6 +184,7 @@ def main() -> None:
         "tied": tied,
         "reference": reference,
         "target_step": target_step,
+        "replay_corpus": str(args.replay_corpus.resolve()) if args.replay_corpus else None,
         "steps": steps,
         "seeds": seeds,
         "extensions": {},
@@ -238,10 +247,13 @@ def main() -> None:
         train_env = {
             "DS_CONFIGS": str(ROOT / "recipes" / "deepspeed"),
             "RUN": str(work),
-            "CORPUS": str(args.corpus),
+            "CORPUS": str(args.corpus.resolve()),
+            "REPLAY_CORPUS": str(args.replay_corpus.resolve()) if args.replay_corpus else "",
             "CPT_STEPS": str(steps[-1]),
             "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
         }
+        # the YAML's data mix (Russian + the replay share), or Russian alone
+        data_train = [] if args.replay_corpus else ["--set", f'data.train=["{args.corpus.resolve()}"]']
         trained: dict[str, Path] = {}
         curves: dict[str, dict[int, list[float]]] = {}
         for init in cpt_inits:
@@ -268,8 +280,7 @@ def main() -> None:
                         f"train.save_steps={steps[-1]}",
                         "--set",
                         f"train.eval_steps={args.eval_every}",
-                        "--set",
-                        f'data.train=["{args.corpus.resolve()}"]',
+                        *data_train,
                         "--set",
                         f'data.eval=["{heldout}"]',
                         log=log,
