@@ -30,6 +30,7 @@ import itertools
 import json
 import os
 import platform
+import shutil
 import statistics
 import sys
 import time
@@ -79,8 +80,17 @@ def init_flags(init: str, tied: bool) -> list[str]:
 
 
 def evaluate(models: dict[str, Path], out: Path, args, log: list) -> dict:
-    """`ruadapt eval` of ``models`` (the first is the base) with the start diagnostics; returns report.json."""
-    if not (out / "report.json").is_file():
+    """`ruadapt eval` of ``models`` (the first is the base) with the start diagnostics; returns report.json.
+
+    An earlier report in ``out`` is reused only if it scored exactly these models (names and paths): a relaunch
+    with one more ``--swapped`` model evaluates them all again rather than miss the new one."""
+    report = out / "report.json"
+    if report.is_file():
+        done = json.loads(report.read_text(encoding="utf-8"))["models"]
+        wanted = {name: str(path.resolve()) for name, path in models.items()}
+        if {name: str(Path(m["path"]).resolve()) for name, m in done.items()} != wanted:
+            shutil.rmtree(out)  # the bench's own work folder, made by an earlier launch
+    if not report.is_file():
         flags = [x for name, path in models.items() for x in ("--model", f"{name}={path}")]
         ruadapt(
             "eval",
@@ -103,7 +113,7 @@ def evaluate(models: dict[str, Path], out: Path, args, log: list) -> dict:
             out,
             log=log,
         )
-    return json.loads((out / "report.json").read_text(encoding="utf-8"))
+    return json.loads(report.read_text(encoding="utf-8"))
 
 
 def steps_to(target: float, curve: list[tuple[int, float]]) -> float | None:
