@@ -30,8 +30,9 @@ RULES = OUTPUT_RULES
 ALL_SHARE = 0.5  # the weight of ō in the *-all rules
 
 # Defaults, chosen by bench/init.py (docs/init.md, 2026-12-07) on the demo's base and its tied twin, +8,000 and +2,000
-# tokens. Untied: the pair with the best start on held-out Russian (ru gap to the base +0.7 % against +12.0 % for
-# mean/mean) that is also the fastest through CPT stage 1 (mean/mean's 150-step loss in 114 steps). Tied: the pieces'
+# tokens. Untied: the pair with the best start on held-out Russian (+8,000: ru gap to the base +0.7 % against +12.0 %
+# for mean/mean) and the best rule through CPT stage 1's first ≈ 100 steps (mean/mean's 150-step loss in 114 / 141
+# steps); last/first-all, measured at +2,000 only, beats it at every step there — the candidate. Tied: the pieces'
 # mean — `mean-all` starts far better (+0.5 % against +9.8 %) but then stalls, and mean of pieces passes it after
 # ≈ 70 CPT steps and reaches a given loss in about half the steps (150 against 282).
 DEFAULT_INPUT = "last"
