@@ -17,7 +17,7 @@ PURPOSE = {
     "mean-norm": "the pieces' mean rescaled to the pieces' mean row norm (averaging shrinks norms)",
     "all": "ō, the mean of all old rows: the new token's logit is the model's average one",
     "mean-all": "halfway between the pieces' mean and ō",
-    "first-all": "halfway between the first piece and ō",
+    "first-all": "halfway between the first piece and ō (the untied lm_head default)",
     "last-all": "halfway between the last piece and ō (for a tied row, which is input and lm_head at once)",
 }
 PIECE_RULES = ("mean", "weighted", "first", "last")
@@ -30,13 +30,13 @@ RULES = OUTPUT_RULES
 ALL_SHARE = 0.5  # the weight of ō in the *-all rules
 
 # Defaults, chosen by bench/init.py (docs/init.md, 2026-12-07) on the demo's base and its tied twin, +8,000 and +2,000
-# tokens. Untied: the pair with the best start on held-out Russian (+8,000: ru gap to the base +0.7 % against +12.0 %
-# for mean/mean) and the best rule through CPT stage 1's first ≈ 100 steps (mean/mean's 150-step loss in 114 / 141
-# steps); last/first-all, measured at +2,000 only, beats it at every step there — the candidate. Tied: the pieces'
+# tokens. Untied: the pair with the best start on held-out Russian (+8,000: ru gap to the base +0.2 % against +12.0 %
+# for mean/mean) that stays the best through CPT stage 1 at both sizes (mean/mean's 150-step loss in 90 / 132 steps;
+# last/mean-all, the default before, 112 / 141; 2 seeds x 300 steps, English the same). Tied: the pieces'
 # mean — `mean-all` starts far better (+0.5 % against +9.8 %) but then stalls, and mean of pieces passes it after
 # ≈ 70 CPT steps and reaches a given loss in about half the steps (150 against 282).
 DEFAULT_INPUT = "last"
-DEFAULT_OUTPUT = "mean-all"
+DEFAULT_OUTPUT = "first-all"
 DEFAULT_TIED = "mean"
 
 
