@@ -66,6 +66,7 @@ class PipelineDefaults:
     NUM_GPUS: int = 8
     STAGE2: Literal["0", "1"] = "1"
     DISTILL_STEPS: int = 0  # > 0: distill the new input rows (docs/distill.md) that many steps; CPT starts from them
+    SWAP_ARGS: str = ""  # extra `ruadapt swap` options, e.g. the init rules (empty: swap's defaults, docs/init.md)
     CPT_STEPS: int = 2000  # × 256 sequences × 2048 tokens ≈ 1.0B tokens
     CPT2_STEPS: int = 1000
     SFT_STEPS: int = 300

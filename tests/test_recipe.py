@@ -20,6 +20,7 @@ from tiny import ROOT, SHARED_DATA, make_tiny_model
 from ruadapt.cli import main
 from ruadapt.recipe import read_spec, recipe_names
 from ruadapt.train.config import load_config
+from ruadapt.vocab.init_rules import DEFAULT_INPUT, DEFAULT_TIED
 
 PACKAGE_RECIPES = ROOT / "ruadapt" / "recipes"
 PATH = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"  # lib.sh calls this venv's `ruadapt recipe env`
@@ -456,3 +457,39 @@ def test_cp_with_distill_steps_copies_the_distill_step(data, tmp_path, monkeypat
     env["DISTILL_STEPS"] = "5"
     r = subprocess.run(["bash", str(plain / "qwen2.5-3b.sh")], env=env, capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "has no distill.yaml" in r.stderr and "--set DISTILL_STEPS=N" in r.stderr
+
+
+# each model recipe's base as its released config has it (model_type, tie_word_embeddings): what swap will meet
+RECIPE_MODELS = {
+    "qwen2.5-3b": ("qwen2", True),
+    "qwen2.5-7b": ("qwen2", False),
+    "qwen2.5-32b": ("qwen2", False),
+    "qwen2.5-72b": ("qwen2", False),
+    "llama-3-8b": ("llama", False),
+    "mistral-nemo-12b": ("mistral", False),
+    "gemma-3-12b": ("gemma3_text", True),
+}
+FAST_RECIPES = ("qwen2.5-3b", "qwen2.5-7b")  # one tied, one untied; the others in make test-all
+
+
+@pytest.mark.parametrize(
+    "name",
+    [n if n in FAST_RECIPES else pytest.param(n, marks=pytest.mark.slow) for n in sorted(RECIPE_MODELS)],
+)
+def test_recipe_swap_runs_its_init_rules_on_its_architecture(name, tmp_path):
+    """The swap command each model recipe prints (with its SWAP_ARGS) runs on a tiny model of the recipe's own
+    architecture and tie: the untied recipes give the lm_head's new rows the first piece's row (docs/init.md: the
+    rule that trains best through a long CPT), the tied ones swap's tied default."""
+    assert set(RECIPE_MODELS) == {n for n in recipe_names() if (PACKAGE_RECIPES / n / "recipe.yaml").is_file()}
+    model_type, tied = RECIPE_MODELS[name]
+    cmds, _ = pipeline(PACKAGE_RECIPES / name, tmp_path)
+    words = next(c for c in cmds if c.split()[2] == "swap").split()[3:]  # "+ ruadapt swap --model B ..."
+    args = dict(zip(words[::2], words[1::2]))
+    base = make_tiny_model(tmp_path / "base", model_type, tied=tied)
+    args.update({"--model": str(base), "--tokenizer": str(base), "--out": str(tmp_path / "swapped")})
+    assert main(["swap", *[w for kv in args.items() for w in kv], "--allow", "same-tokenizer"]) == 0
+    rules = json.loads((tmp_path / "swapped" / "ruadapt_swap.json").read_text())["result"]["init"]
+    if tied:
+        assert "--init-output" not in args and rules == {"tied": DEFAULT_TIED}
+    else:
+        assert args["--init-output"] == "first" and rules == {"input": DEFAULT_INPUT, "output": "first"}

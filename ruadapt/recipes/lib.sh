@@ -14,6 +14,8 @@
 #   NUM_GPUS HOSTFILE MASTER_PORT                     DeepSpeed launch (HOSTFILE = multi-node)
 #   CPT_STEPS CPT2_STEPS SFT_STEPS                    optimizer steps (read by the YAMLs as ${CPT_STEPS} ...)
 #   STAGE2                                            0 = skip CPT stage 2 (LoRA); LEP then uses stage 1
+#   SWAP_ARGS                                         extra `ruadapt swap` options (the untied model recipes:
+#                                                     --init-output first, the rule that trains best, docs/init.md)
 #   DISTILL_STEPS=0                                   > 0: step `distill` (RECIPE/distill.yaml, docs/distill.md)
 #                                                     trains the new input rows from the base, that many steps,
 #                                                     into RUN/distilled, and CPT starts from there; 0 = skip
@@ -108,7 +110,8 @@ ruadapt_pipeline() {
         ruadapt_cli tokenizer train --base "$BASE" --corpus "$CORPUS" "${tok_args[@]}" --out "$RUN/tokenizer"
     fi
     if ruadapt_step swap "$RUN/swapped"; then
-        ruadapt_cli swap --model "$BASE" --tokenizer "$RUN/tokenizer" --out "$RUN/swapped"
+        # shellcheck disable=SC2086  # SWAP_ARGS is a list of extra options
+        ruadapt_cli swap --model "$BASE" --tokenizer "$RUN/tokenizer" ${SWAP_ARGS:-} --out "$RUN/swapped"
     fi
     if [ "$DISTILL_STEPS" -gt 0 ] && ruadapt_step distill "$RUN/distilled"; then  # off by default (docs/distill.md)
         ruadapt_cli train --config "$RECIPE/distill.yaml" "${launch[@]}"
