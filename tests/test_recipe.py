@@ -459,7 +459,8 @@ def test_cp_with_distill_steps_copies_the_distill_step(data, tmp_path, monkeypat
     assert r.returncode == 2 and "has no distill.yaml" in r.stderr and "--set DISTILL_STEPS=N" in r.stderr
 
 
-# each model recipe's base as its released config has it (model_type, tie_word_embeddings): what swap will meet
+# each model recipe's base: the model_type of a tiny stand-in (Gemma 3's text model for gemma-3-12b) and the released
+# config's tie_word_embeddings, which decides the init options swap accepts
 RECIPE_MODELS = {
     "qwen2.5-3b": ("qwen2", True),
     "qwen2.5-7b": ("qwen2", False),
