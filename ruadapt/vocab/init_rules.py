@@ -32,8 +32,9 @@ ALL_SHARE = 0.5  # the weight of ō in the *-all rules
 # Defaults, chosen by bench/init.py (docs/init.md, 2026-12-07) on the demo's base and its tied twin, +8,000 and +2,000
 # tokens. Untied: the pair with the best start on held-out Russian (+8,000: ru gap to the base +0.2 % against +12.0 %
 # for mean/mean) and the fastest through CPT stage 1 of the rules that start well (mean/mean's 150-step loss in 90 /
-# 132 steps; last/mean-all, the default before, 112 / 141; 2 seeds x 300 steps, English the same; last/first, which
-# starts at +19-23 %, draws level by ~150 steps). Tied: the pieces'
+# 132 steps; last/mean-all, the default before, 112 / 141; 2 seeds x 300 steps, English the same). last/first, which
+# starts at +19-23 %, draws level by ~150 steps and ends 1,000 steps lowest, so the untied model recipes pass
+# --init-output first (their SWAP_ARGS); the default here is for no CPT or a short one. Tied: the pieces'
 # mean — `mean-all` starts far better (+0.5 % against +9.8 %) but then stalls, and mean of pieces passes it after
 # ≈ 70 CPT steps and reaches a given loss in about half the steps (150 against 282).
 DEFAULT_INPUT = "last"
